@@ -1,0 +1,235 @@
+"""``genrec`` command line. User errors print one line and exit 2; ``--debug`` shows tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from genrec import __version__
+from genrec.errors import GenrecError
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from genrec.models import MODELS
+
+    recipes = _recipes()
+    print(f"{'model':<12} {'kinds':<22} recipes")
+    for name, cls in sorted(MODELS.items()):
+        rs = ", ".join(sorted(r for r, m in recipes.items() if m == name)) or "-"
+        print(f"{name:<12} {','.join(cls.kinds):<22} {rs}")
+    return 0
+
+
+def _recipes() -> dict[str, str]:
+    """Recipe name -> model name, from the configs/ folder of the source tree (when present)."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    out: dict[str, str] = {}
+    if root.is_dir():
+        for p in sorted(root.glob("*.yaml")):
+            try:
+                out[p.stem] = (yaml.safe_load(p.read_text()) or {}).get("model", {}).get("name", "?")
+            except Exception:
+                out[p.stem] = "?"
+    return out
+
+
+def _resolve_recipe(name: str | None) -> str | None:
+    if name is None:
+        return None
+    p = Path(name)
+    if p.exists():
+        return str(p)
+    cand = Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml"
+    if cand.exists():
+        return str(cand)
+    raise GenrecError(f"config '{name}' not found (a YAML path, or one of: {', '.join(sorted(_recipes()))})")
+
+
+def _print_metrics(title: str, metrics: dict, ks: list[int]) -> None:
+    print(title)
+    cols = [f"hr@{k}" for k in ks if k in (5, 10, 50, 200)] + [f"ndcg@{k}" for k in ks if k in (5, 10, 50, 200)]
+    cols.append("mrr")
+    print("  " + "  ".join(f"{c:>9}" for c in cols))
+    print("  " + "  ".join(f"{metrics[c]:>9.4f}" for c in cols if c in metrics))
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from genrec.config import load_config
+    from genrec.train.run import train_run
+
+    overrides = list(args.set or [])
+    if args.data:
+        overrides.append(f"data.path={args.data}")
+    cfg = load_config(_resolve_recipe(args.config), overrides)
+    out = args.out or f"runs/{cfg.model['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    t0 = time.time()
+    res = train_run(cfg, out, resume=not args.no_resume)
+    if "metrics" in res:
+        _print_metrics(f"{cfg.model['name']} test ({res['protocol']['split']}, full catalogue, "
+                       f"exclude_history={res['protocol']['exclude_history']}), best epoch "
+                       f"{res['protocol']['best_epoch']}, {time.time() - t0:.0f}s:", res["metrics"], cfg.eval.ks)
+        print(f"run folder: {out}")
+    elif "stopped_early_by" in res:
+        print(f"stopped at step {res['summary']['global_step']} (train.max_steps); run again to resume: {out}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from genrec.data.splits import make_split
+    from genrec.eval.retrieval import evaluate_retrieval
+    from genrec.train.run import open_run
+
+    run = open_run(args.run_dir)
+    cfg = run.cfg
+    kw = {"valid_frac": cfg.data.valid_frac, "test_frac": cfg.data.test_frac} if cfg.data.split == "temporal" else {}
+    split = make_split(run.seqs, cfg.data.split, **kw)
+    excl = cfg.eval.exclude_history if args.exclude_history is None else args.exclude_history
+    samples = split.test if args.split == "test" else split.valid
+    m = evaluate_retrieval(run.model, run.seqs, samples, cfg.eval.ks, excl, cfg.eval.batch_size)
+    res = {"model": cfg.model["name"], "data_fingerprint": run.dataset.fingerprint,
+           "protocol": {"split": split.name, "evaluated_on": args.split, "candidates": "full catalogue",
+                        "exclude_history": excl, "history_window": cfg.data.max_len}, "metrics": m}
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        _print_metrics(f"{cfg.model['name']} {args.split} ({split.name}, full catalogue, exclude_history={excl}):",
+                       m, cfg.eval.ks)
+    return 0
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from genrec.train.run import open_run, recommend
+
+    run = open_run(args.run_dir)
+    item_ext = run.dataset.item_external_ids()
+    ext_to_int = {e: i for i, e in enumerate(item_ext) if i > 0}
+    if args.history is not None:
+        names = [x.strip() for x in args.history.split(",") if x.strip()]
+        unknown = [x for x in names if x not in ext_to_int]
+        if unknown:
+            raise GenrecError(f"unknown item id(s) in --history: {', '.join(unknown[:10])}")
+        hist = [ext_to_int[x] for x in names]
+        times = None
+    elif args.user is not None:
+        user_ext = run.dataset.user_external_ids()
+        try:
+            uid = user_ext.index(str(args.user), 1)
+        except ValueError:
+            raise GenrecError(f"unknown user id '{args.user}'") from None
+        row = int((run.seqs.user_ids == uid).nonzero()[0][0])
+        sl = run.seqs.row(row)
+        hist, times = run.seqs.items[sl].tolist(), run.seqs.timestamps[sl].tolist()
+    else:
+        raise GenrecError("give --user ID or --history ITEM,ITEM,...")
+    recs = recommend(run, hist, times, k=args.k, exclude_history=not args.include_history)
+    titles = {}
+    if "title" in run.dataset.items.column_names:
+        titles = dict(zip(run.dataset.items.column("item_id").to_pylist(), run.dataset.items.column("title").to_pylist()))
+    if args.json:
+        print(json.dumps([{"item": item_ext[i], "score": s, "title": titles.get(i)} for i, s in recs]))
+        return 0
+    for rank, (i, s) in enumerate(recs, 1):
+        t = titles.get(i)
+        print(f"{rank:>3}. {item_ext[i]:<16} {s:+.4f}" + (f"  {t}" if t else ""))
+    return 0
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    """Synthetic data -> SASRec and HSTU -> a metrics table, in a couple of minutes on a laptop CPU."""
+    from genrec.config import load_config
+    from genrec.train.run import train_run
+
+    rows = []
+    for model in ("sasrec", "hstu"):
+        cfg = load_config(_resolve_recipe(f"quickstart-{model}"), args.set or [])
+        t0 = time.time()
+        res = train_run(cfg, Path(args.out) / model, resume=True)
+        rows.append((model, res["metrics"], time.time() - t0, res["protocol"]["best_epoch"]))
+    print("\nQuick start: synthetic data, leave-one-out, full-catalogue ranking, history excluded")
+    cols = ["hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr"]
+    print(f"{'model':<8}" + "".join(f"{c:>9}" for c in cols) + f"{'best ep':>9}{'seconds':>9}")
+    for model, m, sec, ep in rows:
+        print(f"{model:<8}" + "".join(f"{m[c]:>9.4f}" for c in cols) + f"{ep:>9}{sec:>9.0f}")
+    print(f"runs in {args.out}/; try: genrec recommend {args.out}/hstu --user 1 -k 10")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="genrec", description="Generative recommendation: train, evaluate, serve.")
+    p.add_argument("--version", action="version", version=f"genrec {__version__}")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    try:
+        from genrec.data import cli as data_cli
+
+        data_cli.register(sub)
+    except ImportError:  # pragma: no cover - data room missing
+        pass
+
+    t = sub.add_parser("train", help="train a model from a recipe (YAML) with overrides")
+    t.add_argument("config", nargs="?", help="recipe: a YAML path or a name from configs/ (default: SASRec defaults)")
+    t.add_argument("--data", help="prepared dataset folder (overrides data.path)")
+    t.add_argument("--out", help="run folder (default runs/MODEL-DATE)")
+    t.add_argument("--set", nargs="*", metavar="SECTION.KEY=VALUE", help="config overrides, e.g. train.lr=0.001")
+    t.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in the run folder")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a trained run on its test (or validation) split")
+    e.add_argument("run_dir")
+    e.add_argument("--split", choices=["test", "valid"], default="test")
+    g = e.add_mutually_exclusive_group()
+    g.add_argument("--exclude-history", dest="exclude_history", action="store_true", default=None)
+    g.add_argument("--no-exclude-history", dest="exclude_history", action="store_false")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=_cmd_evaluate)
+
+    r = sub.add_parser("recommend", help="top-k items for a known user or a given history")
+    r.add_argument("run_dir")
+    r.add_argument("--user", help="external user id from the dataset")
+    r.add_argument("--history", help="comma-separated external item ids, oldest first")
+    r.add_argument("-k", type=int, default=10)
+    r.add_argument("--include-history", action="store_true", help="allow items already in the history")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=_cmd_recommend)
+
+    m = sub.add_parser("models", help="list registered models, their kinds and recipes")
+    m.set_defaults(func=_cmd_models)
+
+    q = sub.add_parser("quickstart", help="synthetic data -> SASRec + HSTU -> metrics table")
+    q.add_argument("--out", default="runs/quickstart")
+    q.add_argument("--set", nargs="*", metavar="SECTION.KEY=VALUE")
+    q.set_defaults(func=_cmd_quickstart)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except GenrecError as exc:
+        if args.debug:
+            raise
+        print(f"genrec: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("genrec: interrupted", file=sys.stderr)
+        return 130
+    except (FloatingPointError, MemoryError) as exc:
+        if args.debug:
+            raise
+        print(f"genrec: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Run configuration: dataclasses with working defaults, YAML files that override them, and
+``section.key=value`` command-line overrides.
+
+Unknown keys are errors (with a suggestion), never silently ignored: a typo in a recipe must not
+train a different model than the one the user asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from genrec.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # a prepared dataset folder; empty = the bundled synthetic generator
+    split: str = "leave_one_out"  # leave_one_out | temporal
+    max_len: int = 50  # history window fed to the model
+    valid_frac: float = 0.1  # temporal split only
+    test_frac: float = 0.1  # temporal split only
+    synthetic_users: int = 1000  # used when path is empty
+    synthetic_items: int = 500
+    synthetic_seed: int = 0
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "sampled_softmax"  # sampled_softmax | full_softmax | bce
+    num_negatives: int = 128
+    temperature: float = 0.05
+    shared_negatives: bool = True  # one negative set per batch (a matmul) instead of per position (a gather)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 0.0  # 0 = off
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    bf16: bool = True  # autocast to bf16 on CUDA only
+    eval_every: int = 1  # epochs between validation runs
+    patience: int = 10  # validation runs without improvement before stopping; 0 = never stop early
+    early_stop_metric: str = "ndcg@10"
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = at epoch ends only
+    max_steps: int = 0  # stop after this many optimizer steps (0 = no limit); a later run resumes
+    length_bucketing: bool = True
+    num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass
+class EvalConfig:
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20, 50, 200])
+    exclude_history: bool = True  # remove the user's earlier items from the ranking (as HSTU does)
+    batch_size: int = 256
+
+
+@dataclass
+class RunConfig:
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "sasrec"})
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    source: str = ""  # where the recipe's numbers come from
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["train"]["betas"] = list(self.train.betas)
+        return d
+
+
+_SECTIONS = {"data": DataConfig, "objective": ObjectiveConfig, "train": TrainConfig, "eval": EvalConfig}
+
+
+def _suggest(key: str, options: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(key, options, n=1)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known: {', '.join(sorted(options))})"
+
+
+def _coerce(value: Any, target_type: Any, where: str) -> Any:
+    t = target_type if isinstance(target_type, str) else getattr(target_type, "__name__", str(target_type))
+    t = str(t)
+    try:
+        if t in ("int",) and not isinstance(value, bool):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if t == "float":
+            return float(value)
+        if t == "bool":
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if t == "str":
+            return str(value)
+        if t.startswith("tuple"):
+            return tuple(float(v) for v in value)
+        if t.startswith("list[int]"):
+            return [int(v) for v in value]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {t}, got {value!r}") from None
+    return value
+
+
+def dataclass_from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build ``cls`` from ``data``; unknown keys and wrongly typed values raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"unknown config key '{where}.{key}'" + _suggest(key, list(known), f"{where}."))
+        kwargs[key] = _coerce(value, known[key].type, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: top level must be a mapping")
+    allowed = {"model", "data", "objective", "train", "eval", "source"}
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown section '{key}'" + _suggest(key, list(allowed)))
+    cfg = RunConfig()
+    if "model" in raw:
+        if not isinstance(raw["model"], dict):
+            raise ConfigError(f"{where}: 'model' must be a mapping (name: ..., plus the model's keys)")
+        cfg.model = {"name": "sasrec", **raw["model"]}
+    for name, cls in _SECTIONS.items():
+        if name in raw:
+            setattr(cfg, name, dataclass_from_dict(cls, raw[name] or {}, name))
+    if "source" in raw:
+        cfg.source = str(raw["source"])
+    return cfg
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}: invalid YAML{at}") from None
+    return data or {}
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a raw config mapping."""
+    raw = dict(raw)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected section.key=value")
+        path, value = item.split("=", 1)
+        parts = path.strip().split(".")
+        if len(parts) != 2:
+            raise ConfigError(f"override '{item}': expected section.key=value (e.g. train.lr=0.001)")
+        section, key = parts
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        sec = dict(raw.get(section) or {})
+        sec[key] = parsed
+        raw[section] = sec
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    raw = load_yaml(path) if path else {}
+    raw = apply_overrides(raw, overrides or [])
+    return config_from_dict(raw, str(path) if path else "config")
+
+
+def replace(cfg: Any, **kw: Any) -> Any:
+    return dataclasses.replace(cfg, **kw)

@@ -1,0 +1,1 @@
+"""Data room: raw logs -> canonical parquet + manifest -> jagged user sequences -> splits."""

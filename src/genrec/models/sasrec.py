@@ -1,0 +1,104 @@
+"""SASRec (Kang & McAuley, ICDM 2018) as configured in the HSTU repository's comparisons.
+
+Inputs ``E[i] * sqrt(d) + P[j]``; blocks ``Q = LN(x); y = MHA(Q, x, x, causal); x = FFN(LN(Q + y))``
+with a point-wise feed-forward network with its own residual; a final LayerNorm; L2-normalised
+outputs and cosine scoring, so the loss and evaluation are exactly those used for HSTU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genrec.data.sequences import SeqBatch
+from genrec.models.base import Retriever, l2norm
+from genrec.models.registry import register
+
+
+class PointWiseFFN(nn.Module):
+    def __init__(self, d: int, d_ff: int, dropout: float) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(d, d_ff)
+        self.w2 = nn.Linear(d_ff, d)
+        self.drop1 = nn.Dropout(dropout)
+        self.drop2 = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop2(self.w2(self.drop1(F.relu(self.w1(x)))))
+
+
+class SASRecBlock(nn.Module):
+    def __init__(self, d: int, heads: int, d_ff: int, dropout: float) -> None:
+        super().__init__()
+        if d % heads:
+            raise ValueError(f"d_model {d} is not divisible by num_heads {heads}")
+        self.heads = heads
+        self.ln_attn = nn.LayerNorm(d, eps=1e-8)
+        self.q = nn.Linear(d, d)
+        self.k = nn.Linear(d, d)
+        self.v = nn.Linear(d, d)
+        self.o = nn.Linear(d, d)
+        self.attn_dropout = dropout
+        self.ln_ffn = nn.LayerNorm(d, eps=1e-8)
+        self.ffn = PointWiseFFN(d, d_ff, dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        h = self.heads
+        qin = self.ln_attn(x)
+        q = self.q(qin).view(B, L, h, D // h).transpose(1, 2)
+        k = self.k(x).view(B, L, h, D // h).transpose(1, 2)
+        v = self.v(x).view(B, L, h, D // h).transpose(1, 2)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask[:, None], dropout_p=self.attn_dropout if self.training else 0.0
+        )
+        y = self.o(y.transpose(1, 2).reshape(B, L, D))
+        return self.ffn(self.ln_ffn(qin + y))
+
+
+@register("sasrec")
+class SASRec(Retriever):
+    """Self-attentive sequential retriever."""
+
+    @dataclass
+    class Config:
+        d_model: int = 64
+        num_layers: int = 2
+        num_heads: int = 1
+        d_ff: int = 0  # 0 = d_model, as in the reference configs
+        dropout: float = 0.2
+
+    def __init__(self, cfg: Config, num_items: int, max_len: int) -> None:
+        super().__init__(num_items, max_len)
+        self.cfg = cfg
+        d = cfg.d_model
+        self.item_emb = nn.Embedding(num_items + 1, d, padding_idx=0)
+        nn.init.trunc_normal_(self.item_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+        self.pos_emb = nn.Embedding(max_len, d)
+        nn.init.trunc_normal_(self.pos_emb.weight, std=math.sqrt(1.0 / d))
+        self.input_dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(
+            SASRecBlock(d, cfg.num_heads, cfg.d_ff or d, cfg.dropout) for _ in range(cfg.num_layers)
+        )
+        self.final_ln = nn.LayerNorm(d, eps=1e-8)
+
+    def sequence_output(self, batch: SeqBatch) -> torch.Tensor:
+        B, L = batch.items.shape
+        valid = batch.mask  # (B, L)
+        x = self.item_emb(batch.items) * math.sqrt(self.cfg.d_model) + self.pos_emb.weight[:L][None]
+        x = self.input_dropout(x) * valid[..., None]
+        ar = torch.arange(L, device=x.device)
+        # causal; padded query rows read key 0 only so no row is fully masked (those rows are discarded)
+        attn_mask = (ar[None, :] <= ar[:, None])[None] & (valid[:, None, :] | (ar == 0)[None, None, :])
+        for blk in self.blocks:
+            x = blk(x, attn_mask) * valid[..., None]
+        return l2norm(self.final_ln(x))
+
+    def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        return l2norm(self.item_emb(ids))

@@ -1,0 +1,92 @@
+"""Next-item objectives for retrievers: sampled softmax, full softmax and BCE.
+
+Each takes the user states at supervised positions ``(T, D)`` (already L2-normalised by the model),
+the positive item ids ``(T,)`` and the model (for item vectors), and returns the *sum* of per-position
+losses; the trainer divides by the global number of supervised positions, which keeps the loss
+identical between one process and several data-parallel ones.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from genrec.config import ObjectiveConfig
+from genrec.errors import ConfigError
+from genrec.models.base import Retriever
+
+MASKED_LOGIT = -5e4  # a sampled negative equal to the positive is pushed out of the softmax
+
+
+class SampledSoftmax:
+    """Softmax over the positive and R negatives drawn uniformly from the whole catalogue.
+
+    Cosine logits divided by a temperature (HSTU's public-experiment loss). ``shared_negatives``
+    draws one set of R negatives per batch and scores it with a matmul (cheap on CPU); otherwise
+    each position gets its own R negatives as in the reference code.
+    """
+
+    def __init__(self, cfg: ObjectiveConfig) -> None:
+        if cfg.num_negatives < 1:
+            raise ConfigError("objective.num_negatives must be >= 1")
+        self.R = cfg.num_negatives
+        self.tau = cfg.temperature
+        self.shared = cfg.shared_negatives
+
+    def __call__(self, model: Retriever, states: torch.Tensor, positives: torch.Tensor,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        T = states.shape[0]
+        pos_v = model.item_vectors(positives)  # (T, D)
+        pos_logit = (states * pos_v).sum(-1, keepdim=True) / self.tau  # (T, 1)
+        n = model.num_items
+        if self.shared:
+            neg = torch.randint(1, n + 1, (self.R,), generator=generator, device="cpu").to(states.device)
+            neg_v = model.item_vectors(neg)  # (R, D)
+            neg_logit = states @ neg_v.T / self.tau  # (T, R)
+            hit = positives[:, None] == neg[None, :]
+        else:
+            neg = torch.randint(1, n + 1, (T, self.R), generator=generator, device="cpu").to(states.device)
+            neg_v = model.item_vectors(neg)  # (T, R, D)
+            neg_logit = torch.einsum("td,trd->tr", states, neg_v) / self.tau
+            hit = positives[:, None] == neg
+        neg_logit = neg_logit.masked_fill(hit, MASKED_LOGIT)
+        logits = torch.cat([pos_logit, neg_logit], dim=1)  # (T, 1+R)
+        return -F.log_softmax(logits.float(), dim=1)[:, 0].sum()
+
+
+class FullSoftmax:
+    """Softmax over the whole catalogue (exact; affordable up to ~100k items)."""
+
+    def __init__(self, cfg: ObjectiveConfig) -> None:
+        self.tau = cfg.temperature
+
+    def __call__(self, model: Retriever, states: torch.Tensor, positives: torch.Tensor,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        logits = states @ model.item_table().T / self.tau  # (T, N+1)
+        logits[:, 0] = MASKED_LOGIT
+        return F.cross_entropy(logits.float(), positives, reduction="sum")
+
+
+class BCE:
+    """Binary cross-entropy with one uniform negative per position (the 2018 SASRec recipe)."""
+
+    def __init__(self, cfg: ObjectiveConfig) -> None:
+        self.tau = cfg.temperature
+
+    def __call__(self, model: Retriever, states: torch.Tensor, positives: torch.Tensor,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        T = states.shape[0]
+        neg = torch.randint(1, model.num_items + 1, (T,), generator=generator, device="cpu").to(states.device)
+        pos = (states * model.item_vectors(positives)).sum(-1) / self.tau
+        ng = (states * model.item_vectors(neg)).sum(-1) / self.tau
+        loss = F.softplus(-pos.float()) + F.softplus(ng.float()) * (neg != positives)
+        return loss.sum()
+
+
+OBJECTIVES = {"sampled_softmax": SampledSoftmax, "full_softmax": FullSoftmax, "bce": BCE}
+
+
+def build_objective(cfg: ObjectiveConfig):
+    if cfg.name not in OBJECTIVES:
+        raise ConfigError(f"objective.name: unknown objective '{cfg.name}' (known: {', '.join(OBJECTIVES)})")
+    return OBJECTIVES[cfg.name](cfg)

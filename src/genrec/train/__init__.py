@@ -1,0 +1,1 @@
+"""Training: the loop, atomic checkpoints with exact resume, logs, and data parallelism."""

@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny deterministic dataset with strong sequential structure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from genrec.data.schema import Dataset, Interactions, fingerprint_of, write_dataset
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def make_toy(num_users: int = 120, num_items: int = 60, seed: int = 0) -> Dataset:
+    """Users walk through the catalogue with a fixed stride, so the next item is predictable."""
+    rng = np.random.default_rng(seed)
+    u, i, t = [], [], []
+    for user in range(1, num_users + 1):
+        n = int(rng.integers(6, 25))
+        start, step = int(rng.integers(0, num_items)), int(rng.integers(1, 3))
+        u += [user] * n
+        i += [(start + k * step) % num_items + 1 for k in range(n)]
+        t += list(1_000_000 + np.cumsum(rng.integers(1, 5000, n)))
+    inter = Interactions(np.array(u, dtype=np.int64), np.array(i, dtype=np.int64), np.array(t, dtype=np.int64))
+    params = {"toy": seed}
+    items = pa.table({"item_id": np.arange(1, num_items + 1, dtype=np.int64),
+                      "external_id": [f"i{x}" for x in range(1, num_items + 1)],
+                      "title": [f"Toy item {x}" for x in range(1, num_items + 1)]})
+    users = pa.table({"user_id": np.arange(1, num_users + 1, dtype=np.int64),
+                      "external_id": [f"u{x}" for x in range(1, num_users + 1)]})
+    manifest = {"name": "toy", "counts": {"users": num_users, "items": num_items, "interactions": len(u)},
+                "params": params, "fingerprint": fingerprint_of(inter, params)}
+    return Dataset(interactions=inter, items=items, users=users, manifest=manifest)
+
+
+@pytest.fixture
+def toy() -> Dataset:
+    return make_toy()
+
+
+@pytest.fixture
+def toy_dir(tmp_path: Path) -> Path:
+    ds = make_toy()
+    out = tmp_path / "toy"
+    write_dataset(out, ds.interactions, ds.items, ds.manifest, ds.users)
+    return out
+
+
+def tiny_cfg(model: str = "sasrec", **sections) -> dict:
+    raw = {
+        "model": {"name": model, "d_model": 16, "num_layers": 1, "num_heads": 1},
+        "data": {"max_len": 20},
+        "objective": {"name": "sampled_softmax", "num_negatives": 16},
+        "train": {"epochs": 2, "batch_size": 32, "progress": False, "tensorboard": False, "patience": 0},
+        "eval": {"ks": [1, 5, 10]},
+    }
+    for k, v in sections.items():
+        raw.setdefault(k, {}).update(v)
+    return raw

@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+import torch
+
+from genrec.config import ObjectiveConfig
+from genrec.eval.metrics import auc, metrics_from_ranks
+from genrec.models.registry import build_model
+from genrec.objectives import build_objective
+from genrec.objectives.next_item import MASKED_LOGIT, SampledSoftmax
+
+
+def test_metrics_from_known_ranks():
+    m = metrics_from_ranks(np.array([0, 1, 4, 20]), [1, 5, 10])
+    assert m["hr@1"] == 0.25 and m["hr@5"] == 0.75 and m["hr@10"] == 0.75
+    assert m["ndcg@5"] == pytest.approx((1 + 1 / np.log2(3) + 1 / np.log2(6)) / 4)
+    assert m["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 5 + 1 / 21) / 4)
+
+
+def test_auc_with_ties():
+    assert auc(np.array([1, 0, 1, 0]), np.array([0.9, 0.1, 0.5, 0.5])) == pytest.approx(0.875)
+
+
+def test_sampled_negative_equal_to_positive_is_masked():
+    model = build_model({"name": "sasrec", "d_model": 8, "num_layers": 1}, num_items=1, max_len=5)
+    obj = SampledSoftmax(ObjectiveConfig(num_negatives=4))
+    states = model.item_vectors(torch.tensor([1]))
+    # with one item every negative equals the positive: all masked, loss ~ 0
+    loss = obj(model, states, torch.tensor([1]))
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    assert MASKED_LOGIT < -1e4
+
+
+@pytest.mark.parametrize("name", ["sampled_softmax", "full_softmax", "bce"])
+@pytest.mark.parametrize("shared", [True, False])
+def test_objectives_decrease_on_a_fixed_target(name, shared):
+    torch.manual_seed(0)
+    model = build_model({"name": "sasrec", "d_model": 8, "num_layers": 1}, num_items=50, max_len=5)
+    obj = build_objective(ObjectiveConfig(name=name, num_negatives=8, shared_negatives=shared))
+    states = torch.nn.Parameter(torch.randn(4, 8))
+    pos = torch.tensor([3, 7, 9, 11])
+    opt = torch.optim.Adam([states, *model.parameters()], lr=0.05)
+    first = None
+    for step in range(60):
+        g = torch.Generator().manual_seed(step)
+        loss = obj(model, torch.nn.functional.normalize(states, dim=-1), pos, g)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+
+
+def test_unknown_objective():
+    from genrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown objective"):
+        build_objective(ObjectiveConfig(name="softmaxx"))
