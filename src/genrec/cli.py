@@ -165,12 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    try:
-        from genrec.data import cli as data_cli
+    import importlib
 
-        data_cli.register(sub)
-    except ImportError:  # pragma: no cover - data room missing
-        pass
+    for room in ("genrec.data.cli", "genrec.serve.cli"):
+        try:
+            mod = importlib.import_module(room)
+        except ModuleNotFoundError as exc:  # optional room (e.g. serving extras not installed)
+            if exc.name and exc.name.startswith("genrec"):
+                continue
+            mod = None
+        if mod is not None:
+            mod.register(sub)
 
     t = sub.add_parser("train", help="train a model from a recipe (YAML) with overrides")
     t.add_argument("config", nargs="?", help="recipe: a YAML path or a name from configs/ (default: SASRec defaults)")

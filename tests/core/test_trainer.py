@@ -108,9 +108,10 @@ def test_recommend_matches_evaluation_ranking(toy_dir, tmp_path):
     rec_ids = [i for i, _ in recs]
     assert not set(rec_ids) & set(items[:-1].tolist())
     # the evaluation code's rank of the held-out item equals its position in the recommendation list
+    import numpy as np
+
     from genrec.data.splits import EvalSamples
     from genrec.eval.retrieval import rank_targets
-    import numpy as np
 
     rank = rank_targets(run.model, run.seqs, EvalSamples(np.array([row]), np.array([len(items) - 1])))[0]
     assert rec_ids.index(int(items[-1])) == rank

@@ -30,7 +30,13 @@ from genrec.models.base import RETRIEVER, Retriever
 from genrec.models.registry import build_model
 from genrec.objectives import build_objective
 from genrec.train import distributed as dist_utils
-from genrec.train.checkpoint import latest_checkpoint, load_checkpoint, load_weights, save_checkpoint, save_weights
+from genrec.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    save_weights,
+)
 from genrec.train.logging import MetricLogger
 
 CONFIG_FILE = "config.json"
@@ -181,7 +187,7 @@ class Trainer:
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=len(batches), initial=st["step_in_epoch"], desc=f"epoch {epoch + 1}/{tc.epochs}",
-                           leave=False, dynamic_ncols=True)
+                           leave=False, dynamic_ncols=True, disable=None)
             loss_sum, loss_n, t_epoch = 0.0, 0, time.time()
             for bi in range(st["step_in_epoch"], len(batches)):
                 rows = batches[bi]

@@ -1,0 +1,62 @@
+"""Train a recipe over several seeds and record mean and spread of the test metrics.
+
+Example (Amazon Beauty, P5 split, full-catalogue ranking):
+    python benchmarks/accuracy.py --recipe configs/sasrec-beauty.yaml --data data_cache/beauty --seeds 1 2 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import write_result  # noqa: E402
+
+from genrec.config import load_config  # noqa: E402
+from genrec.train.run import train_run  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", required=True)
+    ap.add_argument("--data", required=True, help="prepared dataset folder")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--runs", default="runs/bench", help="where the run folders go")
+    ap.add_argument("--name", help="results file name (default: recipe stem + dataset folder name)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
+    args = ap.parse_args()
+    name = args.name or f"{Path(args.recipe).stem}__{Path(args.data).name}"
+    per_seed, walls = [], []
+    for seed in args.seeds:
+        cfg = load_config(args.recipe, [*args.set, f"data.path={args.data}", f"train.seed={seed}",
+                                        "train.progress=false"])
+        t0 = time.time()
+        res = train_run(cfg, Path(args.runs) / f"{name}-seed{seed}", resume=True)
+        walls.append(time.time() - t0)
+        per_seed.append({"seed": seed, "metrics": res["metrics"], "best_epoch": res["protocol"]["best_epoch"],
+                         "metrics_other_exclusion": res["metrics_other_exclusion"],
+                         "train_seconds": res["train"].get("train_seconds")})
+        m = res["metrics"]
+        print(f"seed {seed}: " + " ".join(f"{k}={m[k]:.4f}" for k in ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "mrr")),
+              flush=True)
+    keys = [k for k in per_seed[0]["metrics"] if k != "num_queries"]
+    mean = {k: statistics.fmean(s["metrics"][k] for s in per_seed) for k in keys}
+    std = {k: (statistics.stdev(s["metrics"][k] for s in per_seed) if len(per_seed) > 1 else 0.0) for k in keys}
+    okeys = keys
+    other_mean = {k: statistics.fmean(s["metrics_other_exclusion"]["metrics"][k] for s in per_seed) for k in okeys}
+    rec = {"dataset": res["dataset"], "data_fingerprint": res["data_fingerprint"], "model": res["model"],
+           "recipe": args.recipe, "protocol": res["protocol"], "seeds": args.seeds, "metrics_mean": mean,
+           "metrics_std": std, "metrics_other_exclusion_mean": {
+               "exclude_history": per_seed[0]["metrics_other_exclusion"]["exclude_history"], "metrics": other_mean},
+           "per_seed": per_seed, "wall_seconds_per_seed": walls, "config": res["config"]}
+    path = write_result(name, rec)
+    print("mean: " + " ".join(f"{k}={mean[k]:.4f}±{std[k]:.4f}" for k in ("hr@5", "ndcg@5", "hr@10", "ndcg@10")))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""File access shared by the readers: transparent gzip/zip, and one-line errors for bad input.
+
+Public datasets arrive plain, gzipped or zipped (and re-compressed copies keep the original
+name), so compression is detected from the magic bytes, never from the extension. Every
+low-level failure (missing file, corrupt archive, bad encoding, malformed CSV row) is turned
+into a :class:`DataError` that names the file, because the CLI shows only that one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import io
+import zipfile
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.csv as pcsv
+
+from genrec.errors import DataError, GenrecError
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+_LOW_LEVEL_ERRORS = (
+    pa.ArrowInvalid,
+    OSError,
+    EOFError,
+    zipfile.BadZipFile,
+    zlib.error,
+    UnicodeDecodeError,
+    ValueError,
+)
+
+
+def label(path: Path | str, member: str | None = None) -> str:
+    return f"{path}:{member}" if member else str(path)
+
+
+def require_file(path: str | Path, what: str = "file") -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: {what} not found")
+    if p.is_dir():
+        raise DataError(f"{p}: is a folder, expected a {what}")
+    return p
+
+
+def compression_of(path: str | Path) -> str | None:
+    """'gzip', 'zip' or None, from the first bytes of the file."""
+    with open(require_file(path), "rb") as f:
+        head = f.read(4)
+    if head.startswith(_GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(_ZIP_MAGIC):
+        return "zip"
+    return None
+
+
+@contextlib.contextmanager
+def data_errors(where: str, doing: str = "cannot read") -> Iterator[None]:
+    """Re-raise low-level parsing/IO failures as a one-line DataError naming ``where``."""
+    try:
+        yield
+    except GenrecError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{where}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{where}: {doing}: not valid {exc.encoding} text at byte {exc.start}") from None
+    except _LOW_LEVEL_ERRORS as exc:
+        raise DataError(f"{where}: {doing}: {describe(exc)}") from None
+
+
+def describe(exc: BaseException) -> str:
+    """A short one-line description of a low-level read error."""
+    if isinstance(exc, (gzip.BadGzipFile, zlib.error, EOFError)) or "compression method" in str(exc):
+        return "corrupt or truncated compressed data"
+    text = str(exc).strip().strip("'\"")
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def zip_members(path: str | Path) -> list[str]:
+    with data_errors(str(path), "not a readable zip archive"), zipfile.ZipFile(path) as zf:
+        return [n for n in zf.namelist() if not n.endswith("/") and "__MACOSX" not in n]
+
+
+def find_zip_member(path: str | Path, names: Sequence[str]) -> str | None:
+    """First member whose base name is one of ``names`` (in priority order), plain or .gz."""
+    members = zip_members(path)
+    for want in names:
+        for m in members:
+            base = m.rsplit("/", 1)[-1]
+            if base == want or base == want + ".gz":
+                return m
+    return None
+
+
+def _single_member(path: Path) -> str:
+    members = zip_members(path)
+    if len(members) != 1:
+        raise DataError(f"{path}: zip holds {len(members)} files; cannot tell which one to read")
+    return members[0]
+
+
+@contextlib.contextmanager
+def open_binary(path: str | Path, member: str | None = None) -> Iterator[IO[bytes]]:
+    """A decompressed binary stream of a plain/.gz file, or of one member of a .zip.
+
+    Only opening is guarded here; callers wrap their reading in :func:`data_errors` (or handle
+    parser errors themselves, as :func:`read_csv` does to report row numbers).
+    """
+    p = require_file(path)
+    kind = compression_of(p)
+    with contextlib.ExitStack() as stack:
+        with data_errors(label(p, member)):
+            f: IO[bytes]
+            if kind == "zip":
+                member = member or _single_member(p)
+                zf = stack.enter_context(zipfile.ZipFile(p))
+                f = stack.enter_context(zf.open(member))
+                if member.endswith(".gz"):
+                    f = stack.enter_context(gzip.open(f))  # type: ignore[arg-type]
+            elif kind == "gzip":
+                f = stack.enter_context(gzip.open(p, "rb"))  # type: ignore[arg-type]
+            else:
+                f = stack.enter_context(open(p, "rb"))
+        yield f
+
+
+def read_bytes(path: str | Path, member: str | None = None) -> bytes:
+    with open_binary(path, member) as f, data_errors(label(path, member)):
+        return f.read()
+
+
+def read_text(path: str | Path, member: str | None = None, encoding: str = "utf-8") -> str:
+    data = read_bytes(path, member)
+    with data_errors(label(path, member)):
+        return data.decode(encoding)
+
+
+def first_line(path: str | Path, member: str | None = None, limit: int = 1 << 16) -> str:
+    """The first line (for sniffing the format), decoded leniently."""
+    with open_binary(path, member) as f, data_errors(label(path, member)):
+        head = f.read(limit)
+    return head.decode("utf-8", errors="replace").splitlines()[0] if head.strip() else ""
+
+
+def _bad_row(source: Any, read_opts: pcsv.ReadOptions, parse_opts: pcsv.ParseOptions) -> str | None:
+    """Locate the first malformed row (single-threaded re-parse; only on the error path)."""
+    found: list[str] = []
+
+    def handler(row: Any) -> str:
+        if not found:
+            text = (row.text or "")[:80]
+            found.append(
+                f"row {row.number}: expected {row.expected_columns} fields, got {row.actual_columns}: {text!r}"
+            )
+        return "skip"
+
+    ro = pcsv.ReadOptions(
+        use_threads=False,
+        column_names=read_opts.column_names or None,
+        autogenerate_column_names=read_opts.autogenerate_column_names,
+        skip_rows=read_opts.skip_rows,
+    )
+    po = pcsv.ParseOptions(delimiter=parse_opts.delimiter, quote_char=parse_opts.quote_char, invalid_row_handler=handler)
+    try:
+        pcsv.read_csv(source, read_options=ro, parse_options=po, convert_options=pcsv.ConvertOptions())
+    except (pa.ArrowInvalid, OSError):
+        pass
+    return found[0] if found else None
+
+
+def read_csv(
+    path: str | Path,
+    *,
+    member: str | None = None,
+    delimiter: str = ",",
+    column_names: list[str] | None = None,
+    column_types: dict[str, pa.DataType] | None = None,
+    include_columns: list[str] | None = None,
+    quote_char: str | bool = '"',
+) -> pa.Table:
+    """Read a delimited file (plain/.gz/.zip member) into an Arrow table with named errors.
+
+    ``column_names`` means the file has no header row.
+    """
+    where = label(path, member)
+    read_opts = pcsv.ReadOptions(column_names=column_names or [], block_size=1 << 22)
+    parse_opts = pcsv.ParseOptions(delimiter=delimiter, quote_char=quote_char)
+    conv = pcsv.ConvertOptions(
+        column_types=column_types or {},
+        include_columns=include_columns or [],
+        strings_can_be_null=False,
+    )
+    try:
+        with open_binary(path, member) as f:
+            return pcsv.read_csv(f, read_options=read_opts, parse_options=parse_opts, convert_options=conv)
+    except pa.ArrowInvalid as exc:
+        msg = str(exc).splitlines()[0]
+        if "CSV parse error" in msg or "Expected" in msg:
+            with open_binary(path, member) as f, data_errors(where):
+                # valid UTF-8 so pyarrow can hand the offending row's text to the handler
+                data = f.read().decode("utf-8", errors="replace").encode("utf-8")
+            bad = _bad_row(io.BytesIO(data), read_opts, parse_opts)
+            raise DataError(f"{where}: malformed {bad}" if bad else f"{where}: {msg[:200]}") from None
+        if "conversion error" in msg.lower() or "In CSV column" in msg:
+            raise DataError(f"{where}: {msg[:200]}") from None
+        raise DataError(f"{where}: cannot parse: {msg[:200]}") from None
+    except GenrecError:
+        raise
+    except _LOW_LEVEL_ERRORS as exc:
+        raise DataError(f"{where}: cannot read: {describe(exc)}") from None
+
+
+def header_columns(path: str | Path, delimiter: str, member: str | None = None) -> list[str]:
+    """Column names from the header row, without parsing the rest of the file."""
+    line = first_line(path, member).lstrip("\ufeff")
+    if not line.strip():
+        raise DataError(f"{label(path, member)}: empty file, expected a header row")
+    return [c.strip() for c in next(csv.reader([line], delimiter=delimiter))]
