@@ -1,0 +1,116 @@
+"""Regenerate (or check) the tables of BENCHMARKS.md from the JSON records in benchmarks/results/.
+
+    python benchmarks/report.py            # print the tables
+    python benchmarks/report.py --write    # rewrite the generated blocks of BENCHMARKS.md
+    python benchmarks/report.py --check    # exit 1 if BENCHMARKS.md disagrees with the JSON records
+
+A generated block sits between `<!-- table:NAME -->` and `<!-- /table:NAME -->` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOC = ROOT / "BENCHMARKS.md"
+
+
+def load() -> list[dict]:
+    out = []
+    for p in sorted(RESULTS.glob("*.json")):
+        rec = json.loads(p.read_text())
+        rec["_file"] = p.name
+        out.append(rec)
+    return out
+
+
+def fmt(mean: float, std: float | None) -> str:
+    return f"{mean:.4f}" if not std else f"{mean:.4f} ± {std:.4f}"
+
+
+def accuracy_table(recs: list[dict], dataset: str, cols: list[str]) -> str:
+    rows = [r for r in recs if r.get("dataset") == dataset and "metrics_mean" in r]
+    head = "| model | recipe | seeds | " + " | ".join(cols) + " | best epochs | wall s/seed | record |"
+    sep = "|" + " --- |" * (len(cols) + 6)
+    lines = [head, sep]
+    for r in sorted(rows, key=lambda r: (r["model"], r["recipe"])):
+        m, s = r["metrics_mean"], r["metrics_std"]
+        eps = ",".join(str(x["best_epoch"]) for x in r["per_seed"])
+        wall = sum(r["wall_seconds_per_seed"]) / len(r["wall_seconds_per_seed"])
+        lines.append(f"| {r['model']} | `{Path(r['recipe']).name}` | {len(r['seeds'])} | "
+                     + " | ".join(fmt(m[c], s[c]) for c in cols)
+                     + f" | {eps} | {wall:.0f} | `{r['_file']}` |")
+    return "\n".join(lines)
+
+
+def other_exclusion_table(recs: list[dict], dataset: str, cols: list[str]) -> str:
+    rows = [r for r in recs if r.get("dataset") == dataset and "metrics_other_exclusion_mean" in r]
+    lines = ["| model | exclude_history | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 2)]
+    for r in sorted(rows, key=lambda r: r["model"]):
+        o = r["metrics_other_exclusion_mean"]
+        lines.append(f"| {r['model']} | {o['exclude_history']} | " + " | ".join(f"{o['metrics'][c]:.4f}" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def speed_table(recs: list[dict]) -> str:
+    rows = [r for r in recs if r["_file"].startswith("speed__")]
+    lines = ["| model | dataset | ms/step | steps/epoch | s/epoch | s/full eval (users) | GFLOP/step | "
+             "achieved GFLOP/s | matmul GFLOP/s | fraction | record |", "|" + " --- |" * 11]
+    for r in rows:
+        m = r["metrics"]
+        lines.append(f"| {r['model']} | {r['dataset']} | {m['ms_per_step_median']:.1f} | {m['steps_per_epoch']} | "
+                     f"{m['seconds_per_epoch']:.1f} | {m['seconds_per_full_eval']:.1f} ({m['eval_users']}) | "
+                     f"{m['train_gflop_per_step']:.2f} | {m['train_gflops_achieved']:.1f} | "
+                     f"{m['matmul_gflops_measured']:.1f} | {m['fraction_of_matmul_rate']:.1%} | `{r['_file']}` |")
+    return "\n".join(lines)
+
+
+def tables() -> dict[str, str]:
+    recs = load()
+    beauty_cols = ["recall@5", "ndcg@5", "recall@10", "ndcg@10"]
+    ml_cols = ["hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200", "mrr"]
+    return {
+        "beauty": accuracy_table(recs, "beauty", beauty_cols),
+        "beauty-other": other_exclusion_table(recs, "beauty", beauty_cols),
+        "ml-100k": accuracy_table(recs, "ml-100k", ml_cols),
+        "speed": speed_table(recs),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--write", action="store_true")
+    ap.add_argument("--check", action="store_true")
+    args = ap.parse_args()
+    tabs = tables()
+    if not (args.write or args.check):
+        for k, v in tabs.items():
+            print(f"## {k}\n{v}\n")
+        return
+    text = DOC.read_text()
+    bad = []
+    for name, table in tabs.items():
+        pat = re.compile(rf"(<!-- table:{re.escape(name)} -->\n)(.*?)(\n<!-- /table:{re.escape(name)} -->)", re.S)
+        m = pat.search(text)
+        if not m:
+            continue
+        if m.group(2).strip() != table.strip():
+            bad.append(name)
+        text = text[: m.start(2)] + table + text[m.end(2):]
+    if args.write:
+        DOC.write_text(text)
+        print(f"rewrote {DOC.name}")
+    if args.check:
+        if bad:
+            print(f"BENCHMARKS.md disagrees with benchmarks/results/ in: {', '.join(bad)}")
+            sys.exit(1)
+        print("BENCHMARKS.md matches benchmarks/results/")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,546 @@
+"""Exported model artifacts and the Python recommendation API on top of them.
+
+An artifact is a self-contained folder, so a model can be served without its training run or its
+dataset folder. Everything in it is JSON or safetensors: loading never unpickles anything.
+
+- ``artifact.json``: format name and version, the genrec version that wrote it, model name and
+  kinds, ``num_items``, ``max_len``, dataset fingerprint, the shape of every weight tensor, the
+  sha256 of every file, and a ``files`` map of slots to file names.
+- ``model.safetensors`` (slot ``weights``): the model's state dict.
+- ``config.json`` (slot ``config``): the resolved run config, from which the model is rebuilt.
+- ``items.json`` (slot ``items``): ``external_ids`` indexed by internal id (index 0 is padding)
+  and ``titles`` (same indexing) or null.
+- slot ``sid_table`` (optional, null for today's models): a safetensors file with the item ->
+  semantic-id table that Generator models (TIGER-style, not implemented yet) will need. The
+  format already carries the slot and loading already dispatches on ``kinds``, so adding a
+  generator means writing its branch in :meth:`Artifact.run`, not a new format version.
+
+Rankings are computed with :func:`genrec.eval.retrieval.score_histories`, the function the
+evaluation code ranks with, so an answer from here equals the evaluation's ranking exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import genrec
+from genrec.errors import GenrecError
+
+FORMAT = "genrec-artifact"
+FORMAT_VERSION = 1
+MANIFEST = "artifact.json"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+ITEMS_FILE = "items.json"
+SID_TABLE_FILE = "sid_table.safetensors"
+REQUIRED_SLOTS = ("weights", "config", "items")
+MAX_TIMESTAMP = 2**62  # keeps every time difference inside int64
+UNKNOWN_MODES = ("ignore", "reject")
+
+
+class ArtifactError(GenrecError):
+    """An artifact folder that is missing, damaged, or written for another genrec or model."""
+
+
+class RequestError(GenrecError):
+    """A recommendation request that cannot be answered as asked (the HTTP layer answers 400).
+
+    ``details`` carries machine-readable extras, e.g. the list of unknown item ids.
+    """
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+class NotARankerError(RequestError):
+    """``score`` was called on a model whose kinds do not include "ranker"."""
+
+
+class Recommendations(list):
+    """``[(external_item_id, score), ...]`` best first, plus what was done to the history.
+
+    A list subclass so the common case reads like a plain list, while the caller can still see
+    which ids were ignored and whether the history was cut to the model's window.
+    """
+
+    def __init__(self, items: list[tuple[str, float]], ignored_unknown: list[str], truncated: bool,
+                 history_used: int) -> None:
+        super().__init__(items)
+        self.ignored_unknown = ignored_unknown
+        self.truncated = truncated
+        self.history_used = history_used
+
+    def __repr__(self) -> str:
+        return (f"Recommendations({list.__repr__(self)}, ignored_unknown={self.ignored_unknown}, "
+                f"truncated={self.truncated}, history_used={self.history_used})")
+
+
+@dataclass
+class Query:
+    """A validated request in internal ids, ready for a (batched) forward pass."""
+
+    items: np.ndarray  # (n,) internal ids of the known history, oldest first, not yet truncated
+    times: np.ndarray  # (n,) int64 seconds
+    query_time: int
+    k: int
+    exclude_history: bool
+    ignored_unknown: list[str] = field(default_factory=list)
+    truncated: bool = False
+    history_used: int = 0
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    from genrec.data.schema import sha256_file
+
+    return sha256_file(path)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _short_list(xs: Sequence[str], n: int = 10) -> str:
+    head = ", ".join(repr(x) for x in xs[:n])
+    return head + (f" and {len(xs) - n} more" if len(xs) > n else "")
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: {what} file is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: {what} is not valid JSON ({exc})") from None
+
+
+# -- export -----------------------------------------------------------------------------------------
+
+
+def export_run(run_dir: str | Path, out: str | Path, weights: str = "best", overwrite: bool = False) -> Path:
+    """Write the artifact folder for a trained run; returns its path.
+
+    The folder is written under a temporary name and renamed into place, so a killed export never
+    leaves a half-written artifact that would later fail to load in a confusing way.
+    """
+    from genrec.train.checkpoint import save_weights
+    from genrec.train.run import open_run
+
+    run_dir, out = Path(run_dir), Path(out)
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"{out}: exists and is not a folder")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ArtifactError(f"{out}: folder exists and is not empty (pass --force to replace an artifact)")
+        if not (out / MANIFEST).exists():
+            raise ArtifactError(f"{out}: refusing to replace a folder that is not a genrec artifact")
+    run = open_run(run_dir, weights=weights)
+    ds = run.dataset
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        save_weights(run.model, tmp / WEIGHTS_FILE)
+        os.chmod(tmp / WEIGHTS_FILE, 0o644)  # safetensors writes 0600; an artifact is meant to be shared
+        (tmp / CONFIG_FILE).write_text(json.dumps(run.cfg.to_dict(), indent=2))
+        titles = None
+        if "title" in ds.items.column_names:
+            by_id = dict(zip(ds.items.column("item_id").to_pylist(), ds.items.column("title").to_pylist()))
+            titles = [None] + [None if by_id.get(i) is None else str(by_id[i]) for i in range(1, ds.num_items + 1)]
+        (tmp / ITEMS_FILE).write_text(json.dumps({"external_ids": ds.item_external_ids(), "titles": titles}))
+        files: dict[str, str | None] = {"weights": WEIGHTS_FILE, "config": CONFIG_FILE, "items": ITEMS_FILE,
+                                        "sid_table": None}
+        if (run_dir / SID_TABLE_FILE).exists():  # written by generator runs (none exist yet)
+            shutil.copyfile(run_dir / SID_TABLE_FILE, tmp / SID_TABLE_FILE)
+            files["sid_table"] = SID_TABLE_FILE
+        test = {}
+        res_path = run_dir / "results" / "test.json"
+        if res_path.exists():
+            try:
+                res = json.loads(res_path.read_text())
+                test = {"test_metrics": res.get("metrics"), "test_protocol": res.get("protocol")}
+            except json.JSONDecodeError:
+                test = {}
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "genrec_version": genrec.__version__,
+            "model": run.cfg.model["name"],
+            "kinds": list(run.model.kinds),
+            "num_items": ds.num_items,
+            "max_len": run.cfg.data.max_len,
+            "data_fingerprint": ds.fingerprint,
+            "dataset": ds.manifest.get("name"),
+            "behaviors": ds.behavior_names,
+            "run": run_dir.resolve().name,
+            "weights_from": weights,
+            "files": files,
+            "tensors": {k: list(v.shape) for k, v in run.model.state_dict().items()},
+            "sha256": {name: _sha256(tmp / name) for name in files.values() if name},
+            **test,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+# -- load -------------------------------------------------------------------------------------------
+
+
+def _check_manifest(root: Path) -> dict[str, Any]:
+    mpath = root / MANIFEST
+    if not mpath.exists():
+        if (root / "config.json").exists() and ((root / "best").exists() or (root / "checkpoints").exists()):
+            raise ArtifactError(f"{root}: this is a training run folder, not an artifact; "
+                                f"run `genrec export {root} --out ARTIFACT_DIR` first")
+        raise ArtifactError(f"{mpath}: missing; is {root} a folder written by `genrec export`?")
+    man = _read_json(mpath, "artifact manifest")
+    if not isinstance(man, dict) or man.get("format") != FORMAT:
+        raise ArtifactError(f"{mpath}: not a genrec artifact manifest (format is not '{FORMAT}')")
+    ver = man.get("format_version")
+    if not _is_int(ver):
+        raise ArtifactError(f"{mpath}: format_version must be an integer, got {ver!r}")
+    if ver != FORMAT_VERSION:
+        by = man.get("genrec_version", "an unknown version")
+        hint = "upgrade genrec" if ver > FORMAT_VERSION else "re-export the run with this genrec"
+        raise ArtifactError(f"{mpath}: artifact format version {ver} (written by genrec {by}); this genrec "
+                            f"{genrec.__version__} reads version {FORMAT_VERSION}: {hint}")
+    for key, typ in (("genrec_version", str), ("model", str), ("kinds", list), ("num_items", int),
+                     ("max_len", int), ("data_fingerprint", str), ("files", dict), ("tensors", dict)):
+        if not isinstance(man.get(key), typ) or isinstance(man.get(key), bool):
+            raise ArtifactError(f"{mpath}: key '{key}' is missing or not a {typ.__name__}")
+    if man["num_items"] < 1 or man["max_len"] < 1:
+        raise ArtifactError(f"{mpath}: num_items and max_len must be positive")
+    for slot in REQUIRED_SLOTS:
+        if not isinstance(man["files"].get(slot), str):
+            raise ArtifactError(f"{mpath}: files.{slot} is missing")
+    for slot, name in man["files"].items():
+        if name is None:
+            continue
+        if not isinstance(name, str) or Path(name).name != name:
+            raise ArtifactError(f"{mpath}: files.{slot} must be a plain file name inside the artifact, got {name!r}")
+        path = root / name
+        if not path.is_file():
+            raise ArtifactError(f"{path}: file is missing (artifact.json lists it as the {slot} file)")
+        want = (man.get("sha256") or {}).get(name)
+        if want is not None and _sha256(path) != want:
+            raise ArtifactError(f"{path}: sha256 does not match artifact.json (the file changed after export)")
+    return man
+
+
+def _read_items(path: Path, num_items: int) -> tuple[list[str], list[str | None] | None]:
+    data = _read_json(path, "item map")
+    ext = data.get("external_ids") if isinstance(data, dict) else None
+    if not isinstance(ext, list) or len(ext) != num_items + 1 or not all(isinstance(e, str) for e in ext):
+        raise ArtifactError(f"{path}: external_ids must be a list of {num_items + 1} strings "
+                            "(index 0 is padding), as artifact.json's num_items says")
+    if len(set(ext[1:])) != num_items:
+        raise ArtifactError(f"{path}: external_ids contains duplicates")
+    titles = data.get("titles")
+    if titles is not None and (not isinstance(titles, list) or len(titles) != num_items + 1
+                               or not all(t is None or isinstance(t, str) for t in titles)):
+        raise ArtifactError(f"{path}: titles must be null or a list of {num_items + 1} strings or nulls")
+    return ext, titles
+
+
+def _read_safetensors(path: Path, expected: dict[str, list[int]] | None) -> dict[str, torch.Tensor]:
+    """Read a safetensors file, checking tensor names and shapes against ``expected`` first."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+            if expected is not None:
+                missing = sorted(set(expected) - set(shapes))
+                extra = sorted(set(shapes) - set(expected))
+                if missing or extra:
+                    raise ArtifactError(f"{path}: tensors do not match artifact.json "
+                                        f"(missing {missing[:3]}, unexpected {extra[:3]})")
+                for k, shape in shapes.items():
+                    if shape != list(expected[k]):
+                        raise ArtifactError(f"{path}: tensor '{k}' has shape {tuple(shape)}, "
+                                            f"artifact.json says {tuple(expected[k])}")
+            return {k: f.get_tensor(k) for k in shapes}
+    except ArtifactError:
+        raise
+    except Exception as exc:  # safetensors raises several types for corrupt files
+        raise ArtifactError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]})") from None
+
+
+def load_artifact(path: str | Path, device: str = "cpu") -> Artifact:
+    """Open an artifact folder for serving; every check fails with a one-line ``ArtifactError``."""
+    from genrec.config import config_from_dict
+    from genrec.models.registry import build_model
+
+    root = Path(path)
+    if not root.is_dir():
+        raise ArtifactError(f"{root}: artifact folder not found")
+    man = _check_manifest(root)
+    files = man["files"]
+    cpath = root / files["config"]
+    raw = _read_json(cpath, "config")
+    try:
+        cfg = config_from_dict(raw, str(cpath))
+        model = build_model(cfg.model, man["num_items"], man["max_len"])
+    except ArtifactError:
+        raise
+    except GenrecError as exc:
+        raise ArtifactError(f"{cpath}: cannot rebuild the model ({exc})") from None
+    if list(model.kinds) != list(man["kinds"]):
+        raise ArtifactError(f"{root / MANIFEST}: kinds {man['kinds']} do not match model '{man['model']}' "
+                            f"({list(model.kinds)})")
+    wpath = root / files["weights"]
+    tensors = _read_safetensors(wpath, man["tensors"])
+    own = model.state_dict()
+    for k, v in own.items():
+        if k not in tensors:
+            raise ArtifactError(f"{wpath}: tensor '{k}' is missing for model '{man['model']}'")
+        if tuple(tensors[k].shape) != tuple(v.shape):
+            raise ArtifactError(f"{wpath}: tensor '{k}' has shape {tuple(tensors[k].shape)}, model "
+                                f"'{man['model']}' with {cpath.name} expects {tuple(v.shape)}")
+    unexpected = sorted(set(tensors) - set(own))
+    if unexpected:
+        raise ArtifactError(f"{wpath}: unexpected tensors for model '{man['model']}': {unexpected[:3]}")
+    model.load_state_dict(tensors)
+    ext, titles = _read_items(root / files["items"], man["num_items"])
+    sid_table = None
+    if files.get("sid_table"):
+        sid_table = _read_safetensors(root / files["sid_table"], None)
+    try:
+        model = model.to(device)
+    except (RuntimeError, AssertionError) as exc:
+        raise ArtifactError(f"{root}: cannot move the model to device '{device}' ({exc})") from None
+    model.eval()
+    return Artifact(root, man, cfg.to_dict(), model, ext, titles, sid_table)
+
+
+# -- the Python API ---------------------------------------------------------------------------------
+
+
+class Artifact:
+    """A loaded artifact: ``recommend`` / ``recommend_batch`` for retrievers, ``score`` for rankers.
+
+    Requests are validated in :meth:`prepare` (cheap, raises :class:`RequestError`) and computed in
+    :meth:`run` (one forward pass for many requests), so the server can reject bad requests
+    before they queue and micro-batch the good ones.
+    """
+
+    def __init__(self, root: Path, manifest: dict[str, Any], config: dict[str, Any], model: torch.nn.Module,
+                 external_ids: list[str], titles: list[str | None] | None,
+                 sid_table: dict[str, torch.Tensor] | None = None) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.config = config
+        self.model = model
+        self.external_ids = external_ids
+        self.titles = titles
+        self.sid_table = sid_table
+        self._index = {e: i for i, e in enumerate(external_ids) if i > 0}
+
+    # descriptive properties
+    @property
+    def model_name(self) -> str:
+        return str(self.manifest["model"])
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self.model.kinds)
+
+    @property
+    def num_items(self) -> int:
+        return int(self.manifest["num_items"])
+
+    @property
+    def max_len(self) -> int:
+        return int(self.manifest["max_len"])
+
+    @property
+    def data_fingerprint(self) -> str:
+        return str(self.manifest["data_fingerprint"])
+
+    def metadata(self) -> dict[str, Any]:
+        """What a client needs to know to call the model (and to tell which model answered)."""
+        m = self.manifest
+        return {"model": self.model_name, "kinds": list(self.kinds), "num_items": self.num_items,
+                "max_len": self.max_len, "data_fingerprint": self.data_fingerprint, "dataset": m.get("dataset"),
+                "genrec_version": m["genrec_version"], "serving_genrec_version": genrec.__version__,
+                "format_version": m["format_version"], "has_titles": self.titles is not None,
+                "behaviors": m.get("behaviors"), "test_metrics": m.get("test_metrics")}
+
+    def title(self, item: str) -> str | None:
+        """Title of an external item id, or None when the dataset had no titles."""
+        i = self._index.get(str(item))
+        return None if i is None or self.titles is None else self.titles[i]
+
+    def require_ranker(self) -> None:
+        """Raise :class:`NotARankerError` unless the model's kinds include "ranker"."""
+        from genrec.models.base import RANKER
+
+        if RANKER not in self.kinds:
+            raise NotARankerError(f"model '{self.model_name}' is not a ranker (kinds: {', '.join(self.kinds)}); "
+                                  "use recommend() / POST /recommend")
+
+    # validation
+    def _map(self, ids: Sequence[Any], what: str, unknown: str) -> tuple[list[int], list[int], list[str]]:
+        """(internal ids, positions kept, unknown ids in first-seen order) for external ids."""
+        known, keep, unk, seen = [], [], [], set()
+        for pos, x in enumerate(ids):
+            if not (isinstance(x, str) or _is_int(x)):
+                raise RequestError(f"{what}[{pos}] must be an item id (string or integer), got {type(x).__name__}")
+            key = str(x)
+            i = self._index.get(key)
+            if i is None:
+                if key not in seen:
+                    seen.add(key)
+                    unk.append(key)
+            else:
+                known.append(i)
+                keep.append(pos)
+        if unk and unknown == "reject":
+            raise RequestError(f"unknown item id(s) in {what}: {_short_list(unk)}", unknown_items=unk)
+        return known, keep, unk
+
+    def prepare(self, history: Sequence[Any], k: int = 10, timestamps: Sequence[int] | None = None,
+                exclude_history: bool = True, unknown: str = "ignore", query_time: int | None = None,
+                behaviors: Sequence[Any] | None = None) -> Query:
+        """Validate one request and map it to internal ids; raises :class:`RequestError` naming the problem.
+
+        ``behaviors`` is checked (one per history event) but no current model reads it.
+        """
+        if isinstance(history, (str, bytes)) or not isinstance(history, (Sequence, np.ndarray)):
+            raise RequestError("history must be a list of item ids")
+        if len(history) == 0:
+            raise RequestError("empty history: give at least one item id")
+        if unknown not in UNKNOWN_MODES:
+            raise RequestError(f"unknown={unknown!r}: expected 'ignore' or 'reject'")
+        if not _is_int(k):
+            raise RequestError(f"k must be an integer, got {type(k).__name__}")
+        if not 1 <= k <= self.num_items:
+            raise RequestError(f"k={k} is out of range (1..{self.num_items})")
+        if not isinstance(exclude_history, bool):
+            raise RequestError("exclude_history must be true or false")
+        if timestamps is not None:
+            if len(timestamps) != len(history):
+                raise RequestError(f"timestamps has {len(timestamps)} entries but history has {len(history)}; "
+                                   "give one unix time (seconds) per history item")
+            bad = [p for p, t in enumerate(timestamps) if not _is_int(t) or not 0 <= t <= MAX_TIMESTAMP]
+            if bad:
+                raise RequestError(f"timestamps[{bad[0]}] must be an integer unix time in seconds "
+                                   f"(0..{MAX_TIMESTAMP}), got {timestamps[bad[0]]!r}")
+        if behaviors is not None and len(behaviors) != len(history):
+            raise RequestError(f"behaviors has {len(behaviors)} entries but history has {len(history)}")
+        if query_time is not None and (not _is_int(query_time) or not 0 <= query_time <= MAX_TIMESTAMP):
+            raise RequestError(f"query_time must be an integer unix time in seconds, got {query_time!r}")
+        known, keep, unk = self._map(history, "history", unknown)
+        if not known:
+            raise RequestError(f"no known item id in history (unknown: {_short_list(unk)})", unknown_items=unk)
+        items = np.asarray(known, dtype=np.int64)
+        if timestamps is None:
+            # as `genrec recommend --history`: consecutive seconds, so the three paths agree exactly
+            times = np.arange(1, len(items) + 1, dtype=np.int64)
+        else:
+            times = np.asarray([int(timestamps[p]) for p in keep], dtype=np.int64)
+        qt = int(times[-1]) if query_time is None else int(query_time)
+        n = len(items)
+        return Query(items, times, qt, int(k), exclude_history, unk, n > self.max_len, min(n, self.max_len))
+
+    # computation
+    def run(self, queries: list[Query]) -> list[Recommendations]:
+        """Answer prepared queries with as few forward passes as possible (one per exclusion setting)."""
+        from genrec.eval.retrieval import score_histories
+        from genrec.models.base import GENERATOR, RETRIEVER
+
+        if RETRIEVER not in self.kinds:
+            if GENERATOR in self.kinds:
+                raise RequestError(f"model '{self.model_name}' is a generator; serving generators "
+                                   "(semantic-id beam search) is not implemented yet")
+            raise RequestError(f"model '{self.model_name}' is not a retriever (kinds: {', '.join(self.kinds)}); "
+                               "use score() / POST /score")
+        out: list[Recommendations | None] = [None] * len(queries)
+        for flag in (True, False):
+            idx = [i for i, q in enumerate(queries) if q.exclude_history == flag]
+            if not idx:
+                continue
+            qs = [queries[i] for i in idx]
+            scores = score_histories(self.model, [q.items for q in qs], [q.times for q in qs],
+                                     np.array([q.query_time for q in qs], dtype=np.int64), flag).cpu()
+            for row, (i, q) in enumerate(zip(idx, qs)):
+                s = scores[row]
+                k = min(q.k, int(torch.isfinite(s).sum()))
+                top = torch.topk(s, k)
+                recs = [(self.external_ids[int(j)], float(v)) for v, j in zip(top.values, top.indices)]
+                out[i] = Recommendations(recs, q.ignored_unknown, q.truncated, q.history_used)
+        return out  # type: ignore[return-value]
+
+    def recommend(self, history: Sequence[Any], k: int = 10, timestamps: Sequence[int] | None = None,
+                  exclude_history: bool = True, unknown: str = "ignore", query_time: int | None = None,
+                  behaviors: Sequence[Any] | None = None) -> Recommendations:
+        """Top-k ``(external_item_id, score)`` for one history of external ids, oldest first.
+
+        Ids are compared as strings (``12`` and ``"12"`` are the same item). Unknown ids are dropped
+        and listed in ``.ignored_unknown`` (or raise with ``unknown="reject"``); a history longer
+        than ``max_len`` uses its most recent ``max_len`` items (``.truncated``), while exclusion
+        still removes every item of the full history. Without ``timestamps`` the events are taken
+        one second apart, as ``genrec recommend --history`` does.
+        """
+        q = self.prepare(history, k, timestamps, exclude_history, unknown, query_time, behaviors)
+        return self.run([q])[0]
+
+    def recommend_batch(self, histories: Sequence[Sequence[Any]], k: int = 10,
+                        timestamps: Sequence[Sequence[int] | None] | None = None, exclude_history: bool = True,
+                        unknown: str = "ignore", query_times: Sequence[int | None] | None = None
+                        ) -> list[Recommendations]:
+        """``recommend`` for many histories in one forward pass (what the server's micro-batcher does)."""
+        n = len(histories)
+        for name, arg in (("timestamps", timestamps), ("query_times", query_times)):
+            if arg is not None and len(arg) != n:
+                raise RequestError(f"{name} has {len(arg)} entries for {n} histories")
+        qs = [self.prepare(h, k, None if timestamps is None else timestamps[b], exclude_history, unknown,
+                           None if query_times is None else query_times[b]) for b, h in enumerate(histories)]
+        return self.run(qs) if qs else []
+
+    def score(self, history: Sequence[Any], candidates: Sequence[Any], timestamps: Sequence[int] | None = None,
+              unknown: str = "ignore", query_time: int | None = None) -> Recommendations:
+        """Scores of the given candidates for one history, best first (models of kind "ranker").
+
+        A ranker is expected to provide ``score_candidates(batch: SeqBatch, candidates: (B, C)) -> (B, C)``;
+        retrievers are refused with :class:`NotARankerError` rather than silently faking pairwise scores.
+        """
+        from genrec.data.sequences import make_history_batch
+
+        self.require_ranker()
+        if isinstance(candidates, (str, bytes)) or not isinstance(candidates, (Sequence, np.ndarray)):
+            raise RequestError("candidates must be a list of item ids")
+        if len(candidates) == 0:
+            raise RequestError("empty candidates: give at least one item id to score")
+        q = self.prepare(history, 1, timestamps, False, unknown, query_time)
+        cand, _, unk = self._map(candidates, "candidates", unknown)
+        if not cand:
+            raise RequestError(f"no known item id in candidates (unknown: {_short_list(unk)})", unknown_items=unk)
+        batch = make_history_batch([q.items], [q.times], np.array([q.query_time]), self.max_len)
+        with torch.no_grad():
+            s = self.model.score_candidates(batch.to(self.model.device),
+                                            torch.as_tensor([cand], device=self.model.device))[0].float().cpu()
+        order = torch.argsort(s, descending=True, stable=True)
+        recs = [(self.external_ids[cand[int(j)]], float(s[j])) for j in order]
+        return Recommendations(recs, q.ignored_unknown + [u for u in unk if u not in q.ignored_unknown],
+                               q.truncated, q.history_used)

@@ -1,0 +1,60 @@
+"""One tiny HSTU run, trained and exported once per session, shared by every serving test."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_toy, tiny_cfg
+
+
+@dataclass
+class Served:
+    data_dir: Path
+    run_dir: Path
+    art_dir: Path
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
+    from genrec.config import config_from_dict
+    from genrec.data.schema import load_dataset, write_dataset
+    from genrec.serve.artifact import export_run
+    from genrec.train.run import train_run
+
+    root = tmp_path_factory.mktemp("serve")
+    ds = make_toy()
+    data_dir = write_dataset(root / "toy", ds.interactions, ds.items, ds.manifest, ds.users)
+    cfg = config_from_dict(tiny_cfg("hstu", data={"path": str(data_dir)}, train={"epochs": 1}))
+    train_run(cfg, root / "run", dataset=load_dataset(data_dir))
+    export_run(root / "run", root / "art")
+    return Served(data_dir, root / "run", root / "art")
+
+
+@pytest.fixture(scope="session")
+def art(served: Served):
+    from genrec.serve.artifact import load_artifact
+
+    return load_artifact(served.art_dir)
+
+
+@pytest.fixture(scope="session")
+def run(served: Served):
+    from genrec.train.run import open_run
+
+    return open_run(served.run_dir)
+
+
+@pytest.fixture(scope="session")
+def user_history(run):
+    """f(row) -> (history external ids, timestamps, held-out item, its time), as evaluation splits a user."""
+    ext = run.dataset.item_external_ids()
+
+    def f(row: int) -> tuple[list[str], list[int], str, int]:
+        sl = run.seqs.row(row)
+        items, times = run.seqs.items[sl].tolist(), run.seqs.timestamps[sl].tolist()
+        return [ext[i] for i in items[:-1]], times[:-1], ext[items[-1]], times[-1]
+
+    return f
