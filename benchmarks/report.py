@@ -35,6 +35,8 @@ def fmt(mean: float, std: float | None) -> str:
 
 def accuracy_table(recs: list[dict], dataset: str, cols: list[str]) -> str:
     rows = [r for r in recs if r.get("dataset") == dataset and "metrics_mean" in r]
+    if not rows:
+        return "(no results yet)"
     head = "| model | recipe | seeds | " + " | ".join(cols) + " | best epochs | wall s/seed | record |"
     sep = "|" + " --- |" * (len(cols) + 6)
     lines = [head, sep]
@@ -70,6 +72,22 @@ def speed_table(recs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def serve_table(recs: list[dict]) -> str:
+    rows = [r for r in recs if r["_file"].startswith("serve__")]
+    lines = ["| model | dataset | concurrency | batched req/s | p50 ms | p99 ms | mean batch | unbatched req/s | "
+             "p50 ms | p99 ms | ratio | non-2xx (b / u) | record |", "|" + " --- |" * 13]
+    for r in rows:
+        m = r["metrics"]
+        for c in r["protocol"]["concurrency"]:
+            b, u = m["batched"][f"c{c}"], m["unbatched"][f"c{c}"]
+            ratio = m["throughput_ratio_batched_over_unbatched"][f"c{c}"]
+            lines.append(f"| {r['model']['name']} | {r['dataset']['name']} | {c} | {b['throughput_rps']:.1f} | "
+                         f"{b['p50_ms']:.1f} | {b['p99_ms']:.1f} | {b['mean_batch_size']} | {u['throughput_rps']:.1f} | "
+                         f"{u['p50_ms']:.1f} | {u['p99_ms']:.1f} | {ratio:.2f}x | "
+                         f"{sum(b['non_2xx'].values())} / {sum(u['non_2xx'].values())} | `{r['_file']}` |")
+    return "\n".join(lines)
+
+
 def tables() -> dict[str, str]:
     recs = load()
     beauty_cols = ["recall@5", "ndcg@5", "recall@10", "ndcg@10"]
@@ -79,6 +97,7 @@ def tables() -> dict[str, str]:
         "beauty-other": other_exclusion_table(recs, "beauty", beauty_cols),
         "ml-100k": accuracy_table(recs, "ml-100k", ml_cols),
         "speed": speed_table(recs),
+        "serve": serve_table(recs),
     }
 
 

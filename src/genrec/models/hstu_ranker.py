@@ -1,0 +1,235 @@
+"""HSTU ranker: the production (DLRM-HSTU) variant of HSTU used as a pCTR baseline and as HPGR's encoder.
+
+Zhai et al., "Actions Speak Louder than Words", ICML 2024 (arXiv 2402.17152), §3 and the M-FALCON
+inference of §3.4; layer semantics follow the authors' production modules (spec_hpgr_hstu_mtgr.md
+§3.4) rather than the research code of ``hstu.py``:
+
+- ``f1`` has a bias, the input LayerNorm and the output norm are affine, only ``u`` goes through SiLU;
+- scores ``silu(alpha * q k^T) / N`` with ``alpha = 1/sqrt(d_qk)`` and ``N`` the fixed history cap;
+- ``y = x + W_o(dropout(concat[u, o, u * Norm(o)]))``;
+- positions are additive embeddings relative to the request: distance from the end of the history
+  and a ``sqrt`` (or ``log``) bucket of ``request_time - t_j`` in minutes;
+- candidates are appended after the (padded) history under the target-aware mask: each candidate row
+  sees the real history and itself, history rows never see candidates, candidates never see each
+  other. So ``C`` candidates are scored in one pass and each gets the score it would get alone.
+
+Deviations: one CTR head (MLP on the candidate output) instead of the multi-task module; the action
+encoder is one embedding per behaviour level (plus a learned "unknown action" for candidates)
+instead of summed multi-hot action bits; no contextual prefix tokens and no local attention window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genrec.data.sequences import SeqBatch
+from genrec.models.base import RANKER
+from genrec.models.registry import register
+
+ColumnMask = torch.Tensor | Sequence[torch.Tensor | None] | None
+
+
+def target_aware_mask(lengths: torch.Tensor, N: int, C: int) -> torch.Tensor:
+    """(B, N+C, N+C) bool M-FALCON mask for a history padded to N followed by C candidates.
+
+    History row i < n: columns j <= i, j < n. Candidate row N+c: columns j < n and N+c itself.
+    Padding rows read nothing.
+    """
+    L = N + C
+    ar = torch.arange(L, device=lengths.device)
+    hist_col = ar[None, :] < lengths[:, None]  # (B, L) real history columns
+    causal = ar[None, :] <= ar[:, None]  # (L, L)
+    hist_rows = (ar < N)[None, :, None] & hist_col[:, :, None]  # (B, L, 1) real history rows
+    m = hist_rows & causal[None] & hist_col[:, None, :]
+    cand_rows = (ar >= N)[:, None]  # (L, 1)
+    m = m | (cand_rows[None] & hist_col[:, None, :]) | (cand_rows & (ar[None, :] == ar[:, None]))[None]
+    return m
+
+
+def time_bucket(delta: torch.Tensor, num_buckets: int, fn: str = "sqrt") -> torch.Tensor:
+    """Bucket of a time gap in seconds: int(sqrt(delta/60)) or int(log(delta/60)), clipped to [0, num_buckets]."""
+    minutes = delta.clamp(min=0).to(torch.float32) / 60.0
+    if fn == "sqrt":
+        b = torch.sqrt(minutes)
+    elif fn == "log":
+        b = torch.log(minutes.clamp(min=1.0))
+    else:
+        raise ValueError(f"time_bucket: fn must be 'sqrt' or 'log', got {fn!r}")
+    return b.floor().clamp(0, num_buckets).to(torch.int64)
+
+
+class HSTURankerLayer(nn.Module):
+    """One production STU layer (affine norms, biased f1, concat_ux output)."""
+
+    def __init__(self, d: int, heads: int, dqk: int, dv: int, linear_dropout: float, attn_dropout: float,
+                 group_norm: bool) -> None:
+        super().__init__()
+        self.h, self.dqk, self.dv = heads, dqk, dv
+        self.in_norm = nn.LayerNorm(d, eps=1e-6)
+        self.uvqk = nn.Linear(d, 2 * heads * dv + 2 * heads * dqk)
+        self.group_norm = group_norm
+        self.o_norm = nn.LayerNorm(dv if group_norm else heads * dv, eps=1e-6)
+        self.out = nn.Linear(3 * heads * dv, d)
+        nn.init.xavier_uniform_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.dropout = nn.Dropout(linear_dropout)
+        self.attn_dropout = nn.Dropout(attn_dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, norm_len: int) -> torch.Tensor:
+        """x: (B, L, D); mask: (B, L, L) bool or float weights (multiplicative). Returns (B, L, D)."""
+        B, L, _ = x.shape
+        h, dqk, dv = self.h, self.dqk, self.dv
+        u, v, q, k = torch.split(self.uvqk(self.in_norm(x)), [h * dv, h * dv, h * dqk, h * dqk], dim=-1)
+        u = F.silu(u)  # (B, L, h*dv)
+        q = q.view(B, L, h, dqk).transpose(1, 2)  # (B, h, L, dqk)
+        k = k.view(B, L, h, dqk).transpose(1, 2)
+        v = v.view(B, L, h, dv).transpose(1, 2)  # (B, h, L, dv)
+        s = torch.einsum("bhid,bhjd->bhij", q, k) / math.sqrt(dqk)  # (B, h, L, L)
+        a = self.attn_dropout(F.silu(s) / norm_len) * mask[:, None].to(s.dtype)
+        o = torch.einsum("bhij,bhjd->bhid", a, v).transpose(1, 2)  # (B, L, h, dv)
+        on = self.o_norm(o) if self.group_norm else self.o_norm(o.reshape(B, L, h * dv))
+        o, on = o.reshape(B, L, h * dv), on.reshape(B, L, h * dv)
+        return x + self.out(self.dropout(torch.cat([u, o, u * on], dim=-1)))
+
+
+@register("hstu_ranker")
+class HSTURanker(nn.Module):
+    """Target-aware HSTU pCTR model: ``score(batch, candidates) -> (B, C)`` logits."""
+
+    kinds: tuple[str, ...] = (RANKER,)
+    registry_name: str = ""
+
+    @dataclass
+    class Config:
+        d_model: int = 64
+        num_layers: int = 2
+        num_heads: int = 2
+        dqk: int = 0  # per-head query/key width; 0 = d_model // num_heads
+        dv: int = 0  # per-head value width; 0 = d_model // num_heads
+        dropout: float = 0.2  # input dropout
+        linear_dropout: float = 0.1  # dropout before W_o
+        attn_dropout: float = 0.0  # dropout on attention scores
+        group_norm: bool = False  # per-head norm of the attention output
+        num_time_buckets: int = 128
+        time_bucket_fn: str = "sqrt"  # "sqrt" (production default) or "log"
+        num_behaviors: int = 8  # behaviour levels the action embedding can hold
+        head_hidden: int = 0  # hidden width of the CTR MLP; 0 = d_model // 2
+
+    def __init__(self, cfg: Config, num_items: int, max_len: int) -> None:
+        super().__init__()
+        if cfg.time_bucket_fn not in ("sqrt", "log"):
+            raise ValueError(f"hstu_ranker: time_bucket_fn must be 'sqrt' or 'log', got {cfg.time_bucket_fn!r}")
+        self.cfg, self.num_items, self.max_len = cfg, num_items, max_len
+        d = cfg.d_model
+        dqk = cfg.dqk or d // cfg.num_heads
+        dv = cfg.dv or d // cfg.num_heads
+        self.item_emb = nn.Embedding(num_items + 1, d, padding_idx=0)
+        nn.init.trunc_normal_(self.item_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+        self.pos_emb = nn.Embedding(max_len + 1, d)  # 0 = candidate, k = k-th event from the end
+        self.time_emb = nn.Embedding(cfg.num_time_buckets + 1, d)
+        self.action_emb = nn.Embedding(cfg.num_behaviors + 2, d)  # 0 = none, 1.. = levels, last = unknown
+        for emb in (self.pos_emb, self.time_emb, self.action_emb):
+            nn.init.normal_(emb.weight, std=0.02)
+        self.input_dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(
+            HSTURankerLayer(d, cfg.num_heads, dqk, dv, cfg.linear_dropout, cfg.attn_dropout, cfg.group_norm)
+            for _ in range(cfg.num_layers)
+        )
+        hidden = cfg.head_hidden or max(1, d // 2)
+        self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+
+    @property
+    def device(self) -> torch.device:
+        return self.item_emb.weight.device
+
+    def embed(self, batch: SeqBatch, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N+C, D) inputs of history then candidates, and the (B, N+C) bool mask of real tokens."""
+        N = batch.items.shape[1]
+        dev = batch.items.device
+        ar = torch.arange(N, device=dev)
+        valid = ar[None, :] < batch.lengths[:, None]  # (B, N)
+        dist = (batch.lengths[:, None] - ar[None, :]).clamp(0, self.max_len)  # (B, N) 1 = last event
+        dt = batch.query_time[:, None] - batch.timestamps  # (B, N) seconds before the request
+        tb = time_bucket(dt, self.cfg.num_time_buckets, self.cfg.time_bucket_fn)
+        act = batch.behaviors.clamp(0, self.cfg.num_behaviors) if batch.behaviors is not None else torch.zeros_like(
+            batch.items)
+        hist = self.item_emb(batch.items) + self.pos_emb(dist) + self.time_emb(tb) + self.action_emb(act)
+        unknown = torch.full_like(candidates, self.cfg.num_behaviors + 1)
+        zero = torch.zeros_like(candidates)
+        cand = self.item_emb(candidates) + self.pos_emb(zero) + self.time_emb(zero) + self.action_emb(unknown)
+        x = torch.cat([hist * valid[..., None], cand], dim=1)  # (B, N+C, D)
+        real = torch.cat([valid, candidates > 0], dim=1)  # (B, N+C)
+        return self.input_dropout(x) * real[..., None], real
+
+    def _layer_mask(self, base: torch.Tensor, column_mask: torch.Tensor | None, N: int) -> torch.Tensor:
+        """Apply an optional history-column mask: (B, N) to every row, (B, C, N) to candidate rows only."""
+        if column_mask is None:
+            return base
+        m = base.to(torch.float32)
+        if column_mask.dim() == 2:
+            m[:, :, :N] = m[:, :, :N] * column_mask[:, None, :].to(m.dtype)
+        else:
+            m[:, N:, :N] = m[:, N:, :N] * column_mask.to(m.dtype)
+        return m
+
+    def candidate_outputs(self, batch: SeqBatch, candidates: torch.Tensor,
+                          column_mask: ColumnMask = None) -> torch.Tensor:
+        """(B, C, D) encoder outputs at the candidate tokens.
+
+        ``column_mask`` is the hook for PGSA-style sparse attention: weights on the history columns,
+        (B, N) for all rows or (B, C, N) for the candidate rows only; one tensor for every layer or a
+        sequence with one entry (or None) per layer. 0 drops a column; the mask stays multiplicative.
+        """
+        N, C = batch.items.shape[1], candidates.shape[1]
+        x, real = self.embed(batch, candidates)
+        base = target_aware_mask(batch.lengths, N, C)  # (B, N+C, N+C)
+        per_layer = (list(column_mask) if isinstance(column_mask, Sequence) and not isinstance(column_mask, torch.Tensor)
+                     else [column_mask] * len(self.layers))
+        if len(per_layer) != len(self.layers):
+            raise ValueError(f"column_mask: got {len(per_layer)} entries for {len(self.layers)} layers")
+        cache: dict[int, torch.Tensor] = {}
+        for layer, cm in zip(self.layers, per_layer):
+            key = id(cm)
+            if key not in cache:
+                cache[key] = self._layer_mask(base, cm, N)
+            x = layer(x, cache[key], self.max_len) * real[..., None]
+        return x[:, N:]
+
+    def score(self, batch: SeqBatch, candidates: torch.Tensor, column_mask: ColumnMask = None,
+              micro_batch: int | None = None) -> torch.Tensor:
+        """(B, C) logits for candidates (B, C); ``micro_batch`` splits C into chunks (M-FALCON's b_m)."""
+        if candidates.dim() == 1:
+            candidates = candidates[:, None]
+        C = candidates.shape[1]
+        if micro_batch and micro_batch < C:
+            if column_mask is not None and not (isinstance(column_mask, torch.Tensor) and column_mask.dim() == 3):
+                raise ValueError("score: micro_batch needs a (B, C, N) candidate-row column_mask or none")
+            return torch.cat([
+                self.score(batch, candidates[:, i : i + micro_batch],
+                           None if column_mask is None else column_mask[:, i : i + micro_batch])
+                for i in range(0, C, micro_batch)
+            ], dim=1)
+        return self.head(self.candidate_outputs(batch, candidates, column_mask)).squeeze(-1)  # (B, C)
+
+    def score_candidates(self, batch: SeqBatch, candidates: torch.Tensor) -> torch.Tensor:
+        """Alias of :meth:`score` used by the serving artifact."""
+        return self.score(batch, candidates)
+
+    def loss(self, batch: SeqBatch, candidates: torch.Tensor, labels: torch.Tensor,
+             column_mask: ColumnMask = None) -> torch.Tensor:
+        """Mean BCE of the logits against 0/1 labels (B, C); candidates 0 are padding and ignored."""
+        if candidates.dim() == 1:
+            candidates = candidates[:, None]
+        labels = labels.reshape(candidates.shape).to(torch.float32)
+        logits = self.score(batch, candidates, column_mask)
+        w = (candidates > 0).to(logits.dtype)
+        per = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+        return (per * w).sum() / w.sum().clamp(min=1.0)
