@@ -1,0 +1,103 @@
+"""From beams to metrics: a generator's ranked list is its beam list, so ranks stop at the beam size.
+
+The rank of the target is its (0-based) beam position; a target that is not among the beams gets rank
+``inf`` (beyond the list), so HR/Recall@K and NDCG@K are exact for every ``K <= beam_size`` and ``mrr`` is
+MRR truncated at the beam size. Unconstrained decoding can return SIDs that name no item (spec §2.5): as in
+TIGER they are dropped before ranking (``filter_invalid``), and their share is reported as ``invalid_rate``.
+History items are not removed from the list (spec A-T4).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from genrec.data.sequences import UserSequences
+from genrec.data.splits import EvalSamples
+from genrec.errors import ConfigError
+from genrec.eval.metrics import metrics_from_ranks
+
+
+class GenerationEval(NamedTuple):
+    metrics: dict[str, float]  # hr@K, recall@K, ndcg@K, mrr (truncated), num_queries, invalid_rate, beam_size
+    ranks: np.ndarray  # (S,) 0-based rank of each target among the (valid) beams, inf when absent
+    invalid_rate: float  # fraction of returned beams whose SID names no item
+
+
+def beam_ranks(items: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray,
+               filter_invalid: bool = True) -> np.ndarray:
+    """(B, K) beam item ids (-1 = invalid), (B,) targets -> (B,) float ranks, ``inf`` when the target is absent.
+
+    With ``filter_invalid`` the rank counts only the valid beams above the target (invalid ones are removed
+    from the list, as TIGER does); otherwise it is the raw beam position.
+    """
+    it = np.asarray(items.cpu() if isinstance(items, torch.Tensor) else items, dtype=np.int64)  # (B, K)
+    tg = np.asarray(targets.cpu() if isinstance(targets, torch.Tensor) else targets, dtype=np.int64)  # (B,)
+    if it.ndim != 2 or tg.shape != (it.shape[0],):
+        raise ConfigError(f"beam_ranks: need (B, K) items and (B,) targets, got {it.shape} and {tg.shape}")
+    hit = (it == tg[:, None]) & (it >= 0)  # (B, K)
+    first = hit.argmax(1)  # (B,) first matching beam (0 when none)
+    if filter_invalid:
+        before = np.cumsum(it >= 0, axis=1) - (it >= 0)  # (B, K) valid beams strictly above each slot
+        pos = before[np.arange(len(tg)), first].astype(np.float64)
+    else:
+        pos = first.astype(np.float64)
+    return np.where(hit.any(1), pos, np.inf)
+
+
+def generation_metrics(items: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray, ks: list[int],
+                       filter_invalid: bool = True) -> dict[str, float]:
+    """HR/Recall@K, NDCG@K (K <= number of beams) and truncated MRR from beam lists."""
+    width = int(np.shape(items)[1])
+    bad = [k for k in ks if k > width]
+    if bad:
+        raise ConfigError(f"generation metrics: K={bad} exceed the {width} returned beams; raise the beam size")
+    return metrics_from_ranks(beam_ranks(items, targets, filter_invalid), ks)
+
+
+def history_matrix(seqs: UserSequences, rows: np.ndarray, ends: np.ndarray, max_len: int) -> np.ndarray:
+    """(S,) rows and history lengths -> (S, L) item ids of the last <= ``max_len`` events before each end.
+
+    Left-aligned (oldest first), zero-padded on the right; L = the longest window in the batch.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    ends = np.asarray(ends, dtype=np.int64)
+    lens = np.minimum(ends, max_len)  # (S,)
+    width = max(int(lens.max()) if lens.size else 0, 1)
+    start = seqs.offsets[rows] + ends - lens  # (S,) flat index of each window's first event
+    idx = start[:, None] + np.arange(width)[None, :]  # (S, L)
+    real = np.arange(width)[None, :] < lens[:, None]
+    return np.where(real, seqs.items[np.minimum(idx, len(seqs.items) - 1)], 0)
+
+
+@torch.no_grad()
+def evaluate_generator(model: Any, seqs: UserSequences, samples: EvalSamples, ks: list[int], beam_size: int = 20,
+                       batch_size: int = 256, constrained: bool = True, filter_invalid: bool = True
+                       ) -> GenerationEval:
+    """Beam-search every evaluation query and score the target's beam position.
+
+    ``model`` is any generator with ``generate(histories, users, beam_size, k, constrained) -> BeamResult``
+    and a ``max_len`` history window.
+    """
+    if len(samples) == 0:
+        raise ConfigError("evaluate_generator: no evaluation queries")
+    bad = [k for k in ks if k > beam_size]
+    if bad:
+        raise ConfigError(f"eval.ks {bad} exceed the beam size {beam_size}; a generator ranks only its beams")
+    ranks, invalid, total = [], 0, 0
+    for i in range(0, len(samples), batch_size):
+        rows = samples.rows[i:i + batch_size]
+        ends = samples.hist_end[i:i + batch_size]
+        hist = torch.from_numpy(history_matrix(seqs, rows, ends, model.max_len))  # (b, L)
+        targets = seqs.items[seqs.offsets[rows] + ends]  # (b,)
+        res = model.generate(hist, seqs.user_ids[rows], beam_size=beam_size, k=beam_size, constrained=constrained)
+        ranks.append(beam_ranks(res.items, targets, filter_invalid))
+        invalid += int((~res.valid).sum())
+        total += res.valid.numel()
+    r = np.concatenate(ranks)
+    rate = invalid / max(total, 1)
+    metrics = metrics_from_ranks(r, ks)
+    metrics.update(invalid_rate=rate, beam_size=beam_size)
+    return GenerationEval(metrics, r, rate)

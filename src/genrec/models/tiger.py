@@ -1,0 +1,445 @@
+"""TIGER (Rajput et al., NeurIPS 2023): recommend by generating the next item's semantic id.
+
+A T5-style encoder-decoder reads ``[user token, SID tokens of the last <= max_len items]`` and decodes the
+next item's SID one position at a time (spec §2.2-2.3). Design points:
+
+- **One vocabulary, disjoint ranges.** ``PAD = 0``, ``BOS = 1``, then SID position ``p`` code ``c`` is token
+  ``2 + p * codebook_size + c`` (so ``c_1 = 5`` and ``c_2 = 5`` are different tokens, as in the paper's
+  per-level namespaces), then the hashed user buckets.
+- **Per-position output slices.** The decoder's logits at step ``t`` cover only the codes of SID position
+  ``t`` (``(B, codebook_size)``), with codes beyond that position's codebook masked to ``-inf``. Training and
+  beam search therefore normalise over the same set, which is what ``genrec.sid.beam`` expects.
+- **The SID table lives in the weights.** ``item_sids`` (a persistent buffer) maps item id -> SID, so a
+  checkpoint can only be reloaded with the table it was trained on, and ``generate`` needs nothing else.
+- **T5 details kept:** pre-norm RMSNorm blocks without biases, bucketed relative position bias shared across
+  the layers of a stack (bidirectional in the encoder, causal in the decoder), ReLU feed-forward, dropout on
+  embeddings, residual branches, attention weights and the final stack outputs.
+- **Incremental decoding.** ``step_fn`` caches every decoder layer's self-attention keys/values and the
+  cross-attention keys/values of the encoder output; all cached tensors lead with the row dimension so
+  ``beam_search`` can reorder them with ``index_select``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genrec.errors import ConfigError, DataError
+from genrec.models.base import GENERATOR
+from genrec.models.registry import register
+from genrec.sid.beam import BeamResult, beam_search
+from genrec.sid.codebook import SIDTable
+from genrec.sid.trie import SIDTrie
+
+PAD = 0
+BOS = 1
+NUM_SPECIAL = 2
+_HASH_MULT = 2654435761  # Knuth's multiplicative hash constant; spreads consecutive user ids over buckets
+
+
+class RMSNorm(nn.Module):
+    """T5's layer norm: scale only, no mean subtraction, no bias (own copy: nn.RMSNorm needs torch >= 2.4)."""
+
+    def __init__(self, d: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def relative_buckets(rel: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int) -> torch.Tensor:
+    """T5 bucketing of ``rel = key_pos - query_pos``: exact buckets for small distances, log-spaced beyond.
+
+    Encoders see both directions (half the buckets each); a causal decoder only looks back.
+    """
+    out = torch.zeros_like(rel)
+    if bidirectional:
+        num_buckets //= 2
+        out = out + (rel > 0).long() * num_buckets
+        dist = rel.abs()
+    else:
+        dist = (-rel).clamp(min=0)
+    exact = max(num_buckets // 2, 1)
+    far = exact + (torch.log(dist.clamp(min=1).float() / exact) / math.log(max(max_distance / exact, 1.0 + 1e-6))
+                   * (num_buckets - exact)).long()
+    far = far.clamp(max=num_buckets - 1)
+    return out + torch.where(dist < exact, dist, far)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with an inner width ``heads * head_dim`` that may differ from ``d`` (6 x 64 vs 128)."""
+
+    def __init__(self, d: int, heads: int, head_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        inner = heads * head_dim
+        self.q = nn.Linear(d, inner, bias=False)
+        self.k = nn.Linear(d, inner, bias=False)
+        self.v = nn.Linear(d, inner, bias=False)
+        self.o = nn.Linear(inner, d, bias=False)
+        self.dropout = dropout
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        return x.view(b, s, self.heads, self.head_dim).transpose(1, 2)  # (B, h, S, dk)
+
+    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S, d) -> keys, values (B, h, S, dk)."""
+        return self.split(self.k(x)), self.split(self.v(x))
+
+    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """Queries from ``x`` (B, T, d) over cached keys/values; ``bias`` (B|1, h|1, T, S) additive, -inf = masked."""
+        q = self.split(self.q(x))  # (B, h, T, dk)
+        if bias is not None and bias.dtype != q.dtype:  # autocast: the mask must match the query dtype
+            bias = bias.to(q.dtype)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, h, T, dk)
+        b, _, t, _ = y.shape
+        return self.o(y.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        k, v = self.keys_values(kv)
+        return self.attend(x, k, v, bias)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d: int, d_ff: int, dropout: float, activation: str) -> None:
+        super().__init__()
+        acts = {"relu": F.relu, "gelu": F.gelu}
+        if activation not in acts:
+            raise ConfigError(f"model.activation: '{activation}' is not one of {sorted(acts)}")
+        self.act = acts[activation]
+        self.wi = nn.Linear(d, d_ff, bias=False)
+        self.wo = nn.Linear(d_ff, d, bias=False)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.wo(self.drop(self.act(self.wi(x))))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: TIGER.Config) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.head_dim, cfg.dropout)
+        self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout, cfg.activation)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.drop(self.attn(h, h, bias))
+        return x + self.drop(self.ffn(self.norm2(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TIGER.Config) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.norm1 = RMSNorm(d, cfg.norm_eps)
+        self.self_attn = Attention(d, cfg.num_heads, cfg.head_dim, cfg.dropout)
+        self.norm2 = RMSNorm(d, cfg.norm_eps)
+        self.cross_attn = Attention(d, cfg.num_heads, cfg.head_dim, cfg.dropout)
+        self.norm3 = RMSNorm(d, cfg.norm_eps)
+        self.ffn = FeedForward(d, cfg.d_ff, cfg.dropout, cfg.activation)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, self_kv: tuple[torch.Tensor, torch.Tensor], self_bias: torch.Tensor,
+                cross_kv: tuple[torch.Tensor, torch.Tensor], cross_bias: torch.Tensor) -> torch.Tensor:
+        """``self_kv`` must already contain this call's own positions (teacher forcing or the cache + new)."""
+        x = x + self.drop(self.self_attn.attend(self.norm1(x), *self_kv, self_bias))
+        x = x + self.drop(self.cross_attn.attend(self.norm2(x), *cross_kv, cross_bias))
+        return x + self.drop(self.ffn(self.norm3(x)))
+
+
+class Encoded(NamedTuple):
+    """Encoder output for a batch of users; the step function's initial state is built from it."""
+
+    memory: torch.Tensor  # (B, S, d) final encoder states
+    mask: torch.Tensor  # (B, S) bool, True on real tokens
+
+
+class DecodeState(NamedTuple):
+    """Per-row decoding state; every tensor leads with the row dim (B, then B*beam) for beam reordering."""
+
+    cross: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (k, v) of the memory, each (R, h, S, dk)
+    cross_bias: torch.Tensor  # (R, 1, 1, S) 0 on real memory tokens, -inf on padding
+    cache: list[tuple[torch.Tensor, torch.Tensor]]  # per layer self-attention (k, v), each (R, h, t, dk)
+
+
+@register("tiger")
+class TIGER(nn.Module):
+    """Encoder-decoder generator over semantic ids; ``kinds = ("generator",)``."""
+
+    kinds: tuple[str, ...] = (GENERATOR,)
+    registry_name: str = ""
+
+    @dataclass
+    class Config:
+        d_model: int = 128
+        num_encoder_layers: int = 4
+        num_decoder_layers: int = 4
+        num_heads: int = 6
+        head_dim: int = 64  # attention inner width = num_heads * head_dim (384), independent of d_model
+        d_ff: int = 1024
+        dropout: float = 0.1
+        activation: str = "relu"  # relu (paper) | gelu
+        norm_eps: float = 1e-6
+        codebook_size: int = 256  # token range per SID position; every level (collision level too) must fit
+        sid_length: int = 4  # m: 3 RQ-VAE levels + the collision level
+        num_user_buckets: int = 2000  # hashed user token; 0 = no user token (the paper's ablation)
+        relative_buckets: int = 32  # T5 relative position bias
+        relative_max_distance: int = 128
+        tie_embeddings: bool = False  # score codes with the (scaled) input token embeddings, as T5 v1.0 does
+
+    def __init__(self, cfg: Config, num_items: int, max_len: int = 20) -> None:
+        super().__init__()
+        if cfg.sid_length < 1 or cfg.codebook_size < 1:
+            raise ConfigError("model: sid_length and codebook_size must be >= 1")
+        if cfg.num_user_buckets < 0:
+            raise ConfigError("model.num_user_buckets must be >= 0")
+        self.cfg = cfg
+        self.num_items = num_items
+        self.max_len = max_len
+        m, c = cfg.sid_length, cfg.codebook_size
+        self.sid_offset = NUM_SPECIAL
+        self.user_offset = NUM_SPECIAL + m * c
+        self.vocab_size = self.user_offset + cfg.num_user_buckets
+        self.tokens = nn.Embedding(self.vocab_size, cfg.d_model)
+        self.enc_rel = nn.Embedding(cfg.relative_buckets, cfg.num_heads)
+        self.dec_rel = nn.Embedding(cfg.relative_buckets, cfg.num_heads)
+        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers))
+        self.enc_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.dec_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, m * c, bias=False)
+        # item id -> SID (-1 = no SID; row 0 is padding) and which codes exist at each position
+        self.register_buffer("item_sids", torch.full((num_items + 1, m), -1, dtype=torch.long))
+        self.register_buffer("code_valid", torch.ones(m, c, dtype=torch.bool))
+        self._trie: SIDTrie | None = None
+
+    # ---- SID table --------------------------------------------------------------------------------------
+    def set_sid_table(self, table: SIDTable) -> None:
+        """Install the item -> SID map this model is trained on (stored in the weights)."""
+        m, c = self.cfg.sid_length, self.cfg.codebook_size
+        if table.length != m:
+            raise DataError(f"tiger: SID table has {table.length} positions, model.sid_length is {m}")
+        if max(table.codebook_sizes) > c:
+            raise DataError(f"tiger: SID table codebook sizes {table.codebook_sizes} exceed model.codebook_size {c}")
+        ids = table.item_ids
+        if len(ids) and (ids.min() < 1 or ids.max() > self.num_items):
+            raise DataError(f"tiger: SID table item ids must lie in 1..{self.num_items}")
+        sids = torch.full((self.num_items + 1, m), -1, dtype=torch.long)
+        sids[torch.as_tensor(ids)] = torch.as_tensor(table.codes)
+        self.item_sids.copy_(sids)
+        valid = torch.arange(c)[None, :] < torch.as_tensor(table.codebook_sizes)[:, None]  # (m, C)
+        self.code_valid.copy_(valid)
+        self._trie = None
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._trie = None  # the SID buffers may have changed
+
+    def trie(self) -> SIDTrie:
+        """The prefix trie of every item's SID (built once per table and device)."""
+        dev = self.item_sids.device
+        if self._trie is None or self._trie.device != dev:
+            has = (self.item_sids >= 0).all(1)
+            if not bool(has.any()):
+                raise DataError("tiger: no SID table installed (call set_sid_table first)")
+            sizes = tuple(int(s) for s in self.code_valid.sum(1).tolist())
+            ids = torch.nonzero(has).squeeze(1)
+            self._trie = SIDTrie.from_codes(self.item_sids[ids].cpu(), ids.cpu(), sizes).to(dev)
+        return self._trie
+
+    # ---- inputs -----------------------------------------------------------------------------------------
+    def user_tokens(self, users: torch.Tensor) -> torch.Tensor:
+        """(B,) raw user ids -> (B,) user-bucket tokens (hashing trick over ``num_user_buckets``)."""
+        bucket = (users.long() * _HASH_MULT) % (2**32) % self.cfg.num_user_buckets
+        return self.user_offset + bucket
+
+    def encoder_inputs(self, items: torch.Tensor, users: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) item ids, oldest first, 0 = padding; (B,) user ids -> tokens, mask (B, S), S = [1 +] L*m.
+
+        Items without a SID are masked out. A row with nothing to read keeps one PAD token visible so
+        attention never sees an all-masked row.
+        """
+        b, length = items.shape
+        m, c = self.cfg.sid_length, self.cfg.codebook_size
+        codes = self.item_sids[items.clamp(0, self.num_items)]  # (B, L, m)
+        real = (items > 0)[..., None] & (codes >= 0)  # (B, L, m)
+        tok = self.sid_offset + torch.arange(m, device=items.device) * c + codes.clamp(min=0)  # (B, L, m)
+        tok = torch.where(real, tok, torch.full_like(tok, PAD)).reshape(b, length * m)
+        mask = real.reshape(b, length * m)
+        if self.cfg.num_user_buckets > 0:
+            u = torch.zeros(b, dtype=torch.long, device=items.device) if users is None else users.to(items.device)
+            tok = torch.cat([self.user_tokens(u)[:, None], tok], 1)
+            mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=items.device), mask], 1)
+        if tok.shape[1] == 0:
+            tok = torch.full((b, 1), PAD, dtype=torch.long, device=items.device)
+            mask = torch.zeros(b, 1, dtype=torch.bool, device=items.device)
+        empty = ~mask.any(1)
+        mask[:, 0] = mask[:, 0] | empty
+        return tok, mask
+
+    def decoder_inputs(self, sids: torch.Tensor) -> torch.Tensor:
+        """(B, t) codes of the first t SID positions -> (B, t+1) decoder tokens ``[BOS, tok(c_1), ..., tok(c_t)]``."""
+        b, t = sids.shape
+        c = self.cfg.codebook_size
+        tok = self.sid_offset + torch.arange(t, device=sids.device) * c + sids  # (B, t)
+        return torch.cat([torch.full((b, 1), BOS, dtype=torch.long, device=sids.device), tok], 1)
+
+    # ---- network ----------------------------------------------------------------------------------------
+    def _rel_bias(self, table: nn.Embedding, q_pos: torch.Tensor, k_pos: torch.Tensor, bidirectional: bool
+                  ) -> torch.Tensor:
+        """(T,), (S,) positions -> (1, h, T, S) learned bias."""
+        rel = k_pos[None, :] - q_pos[:, None]  # (T, S)
+        b = relative_buckets(rel, bidirectional, self.cfg.relative_buckets, self.cfg.relative_max_distance)
+        return table(b).permute(2, 0, 1)[None]
+
+    def encode(self, enc_tokens: torch.Tensor, enc_mask: torch.Tensor) -> Encoded:
+        """(B, S) tokens and mask -> encoder states (B, S, d)."""
+        s = enc_tokens.shape[1]
+        pos = torch.arange(s, device=enc_tokens.device)
+        bias = self._rel_bias(self.enc_rel, pos, pos, True)  # (1, h, S, S)
+        bias = bias + _key_bias(enc_mask)  # (B, h, S, S)
+        x = self.drop(self.tokens(enc_tokens))  # (B, S, d)
+        for layer in self.encoder:
+            x = layer(x, bias)
+        return Encoded(self.drop(self.enc_norm(x)), enc_mask)
+
+    def _logits(self, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) decoder outputs at SID positions ``positions`` (T,) -> (B, T, C) code logits."""
+        m, c = self.cfg.sid_length, self.cfg.codebook_size
+        if self.head is None:
+            w = self.tokens.weight[self.sid_offset:self.user_offset].view(m, c, -1)[positions]  # (T, C, d)
+            logits = torch.einsum("btd,tcd->btc", h * self.cfg.d_model ** -0.5, w)
+        else:
+            w = self.head.weight.view(m, c, -1)[positions]  # (T, C, d)
+            logits = torch.einsum("btd,tcd->btc", h, w)
+        return logits.masked_fill(~self.code_valid[positions][None], float("-inf"))
+
+    def decode(self, enc: Encoded, dec_input: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: (B, T) decoder tokens (T <= m) -> (B, T, C) logits of SID positions 0..T-1."""
+        t = dec_input.shape[1]
+        if t > self.cfg.sid_length:
+            raise ConfigError(f"tiger: decoder input of length {t} exceeds sid_length {self.cfg.sid_length}")
+        pos = torch.arange(t, device=dec_input.device)
+        causal = torch.ones(t, t, dtype=torch.bool, device=dec_input.device).tril()
+        self_bias = self._rel_bias(self.dec_rel, pos, pos, False).masked_fill(~causal, float("-inf"))
+        cross_bias = _key_bias(enc.mask)  # (B, 1, 1, S)
+        x = self.drop(self.tokens(dec_input))  # (B, T, d)
+        for layer in self.decoder:
+            h = layer.norm1(x)
+            x = layer(x, layer.self_attn.keys_values(h), self_bias, layer.cross_attn.keys_values(enc.memory),
+                      cross_bias)
+        return self._logits(self.drop(self.dec_norm(x)), pos)
+
+    def forward(self, enc_tokens: torch.Tensor, enc_mask: torch.Tensor, dec_input: torch.Tensor) -> torch.Tensor:
+        """(B, S) encoder tokens + mask, (B, T) decoder tokens -> (B, T, C) logits (teacher forcing)."""
+        return self.decode(self.encode(enc_tokens, enc_mask), dec_input)
+
+    def loss(self, enc_tokens: torch.Tensor, enc_mask: torch.Tensor, target_sids: torch.Tensor) -> torch.Tensor:
+        """Summed next-code cross-entropy over the m target positions of every row (the trainer divides)."""
+        logits = self(enc_tokens, enc_mask, self.decoder_inputs(target_sids[:, :-1]))  # (B, m, C)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target_sids.reshape(-1),
+                               reduction="sum")
+
+    # ---- incremental decoding ---------------------------------------------------------------------------
+    def initial_state(self, enc: Encoded) -> DecodeState:
+        """Decoding state for B users: cross-attention keys/values computed once, empty self-attention caches."""
+        b = enc.memory.shape[0]
+        h, dk = self.cfg.num_heads, self.cfg.head_dim
+        empty = enc.memory.new_zeros(b, h, 0, dk)
+        cross = [layer.cross_attn.keys_values(enc.memory) for layer in self.decoder]
+        return DecodeState(cross, _key_bias(enc.mask), [(empty, empty) for _ in self.decoder])
+
+    def step(self, codes: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
+        """``beam_search`` step: (R, t) codes decoded so far -> (R, C) logits of SID position t, new state.
+
+        Only the newest decoder token is run; earlier positions come from the cache (which must hold t rows
+        of keys/values, i.e. the state returned by the previous call, reordered by the search).
+        """
+        r, t = codes.shape
+        if t >= self.cfg.sid_length:
+            raise ConfigError(f"tiger: asked for SID position {t} of {self.cfg.sid_length}")
+        if t == 0:
+            tok = torch.full((r, 1), BOS, dtype=torch.long, device=codes.device)
+        else:
+            tok = self.sid_offset + (t - 1) * self.cfg.codebook_size + codes[:, -1:]  # (R, 1)
+        dev = codes.device
+        self_bias = self._rel_bias(self.dec_rel, torch.tensor([t], device=dev), torch.arange(t + 1, device=dev),
+                                   False)  # (1, h, 1, t+1)
+        x = self.drop(self.tokens(tok))  # (R, 1, d)
+        cache = []
+        for layer, (k_old, v_old), cross in zip(self.decoder, state.cache, state.cross):
+            k_new, v_new = layer.self_attn.keys_values(layer.norm1(x))  # (R, h, 1, dk)
+            kv = (torch.cat([k_old, k_new], 2), torch.cat([v_old, v_new], 2))  # (R, h, t+1, dk)
+            cache.append(kv)
+            x = layer(x, kv, self_bias, cross, state.cross_bias)
+        logits = self._logits(self.drop(self.dec_norm(x)), torch.tensor([t], device=dev))[:, 0]  # (R, C)
+        return logits, DecodeState(state.cross, state.cross_bias, cache)
+
+    def step_fn(self, enc_tokens: torch.Tensor, enc_mask: torch.Tensor):
+        """Encode once and return ``(step, initial_state)`` for :func:`genrec.sid.beam.beam_search`."""
+        return self.step, self.initial_state(self.encode(enc_tokens, enc_mask))
+
+    # ---- recommendation ---------------------------------------------------------------------------------
+    def history_tensor(self, histories: Sequence[Sequence[int] | np.ndarray] | torch.Tensor) -> torch.Tensor:
+        """Item-id histories (oldest first) -> (B, L) left-aligned, zero-padded, last ``max_len`` items kept.
+
+        A tensor is taken to be such a padded batch already.
+        """
+        if isinstance(histories, torch.Tensor):  # already padded by the caller: used as is
+            return histories.long().to(self.item_sids.device)
+        rows = [np.asarray(h, dtype=np.int64)[-self.max_len:] if len(h) else np.zeros(0, np.int64)
+                for h in histories]
+        out = np.zeros((len(rows), max([len(r) for r in rows] + [1])), dtype=np.int64)
+        for i, r in enumerate(rows):
+            out[i, :len(r)] = r
+        return torch.from_numpy(out).to(self.item_sids.device)
+
+    @torch.no_grad()
+    def generate(self, histories: Sequence[Sequence[int] | np.ndarray] | torch.Tensor,
+                 users: Sequence[int] | np.ndarray | torch.Tensor | None = None, beam_size: int = 20,
+                 k: int | None = None, constrained: bool = True) -> BeamResult:
+        """Top-``k`` next items (``k <= beam_size``) per history via (trie-constrained) beam search.
+
+        Returns a ``BeamResult`` cut to ``k`` beams: ``items`` (B, k) (-1 = invalid SID), ``scores`` (B, k)
+        summed log-probabilities, ``sids`` (B, k, m), ``valid``. ``users`` are raw user ids for the hashed
+        user token (None = bucket of user 0).
+        """
+        k = beam_size if k is None else k
+        if not 1 <= k <= beam_size:
+            raise ConfigError(f"tiger.generate: need 1 <= k <= beam_size, got k={k}, beam_size={beam_size}")
+        was_training = self.training
+        self.eval()
+        try:
+            items = self.history_tensor(histories)  # (B, L)
+            u = None if users is None else torch.as_tensor(np.asarray(users), dtype=torch.long)
+            enc_tokens, enc_mask = self.encoder_inputs(items, u)
+            step, state = self.step_fn(enc_tokens, enc_mask)
+            res = beam_search(step, self.trie(), items.shape[0], beam_size, state, constrained)
+        finally:
+            self.train(was_training)
+        return BeamResult(res.sids[:, :k], res.scores[:, :k], res.items[:, :k], res.valid[:, :k])
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _key_bias(mask: torch.Tensor) -> torch.Tensor:
+    """(B, S) bool key mask -> (B, 1, 1, S) additive bias: 0 where visible, -inf where padded."""
+    zero = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    return zero.masked_fill(~mask, float("-inf"))[:, None, None, :]
