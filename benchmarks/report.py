@@ -88,6 +88,32 @@ def serve_table(recs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pgsa_table(recs: list[dict]) -> str:
+    rows = [r for r in recs if r["_file"].startswith("pgsa__")]
+    lines = ["| device | N | dense ms | PGSA ms | speed-up | dense peak MB | PGSA peak MB | kept columns | record |",
+             "|" + " --- |" * 9]
+    for r in rows:
+        dev = r["_file"][len("pgsa__"):-len(".json")]
+        for n, m in r["metrics"]["by_history_length"].items():
+            lines.append(f"| {dev} | {n} | {m['dense_ms']:.1f} | {m['pgsa_ms']:.1f} | {m['speedup']:.2f}x | "
+                         f"{m['dense_peak_mb']:.0f} | {m['pgsa_peak_mb']:.0f} | {m['kept_columns']:.0f} | `{r['_file']}` |")
+    return "\n".join(lines)
+
+
+def beam_table(recs: list[dict]) -> str:
+    rows = [r for r in recs if r["_file"].startswith("beam__")]
+    lines = ["| device | users per call | constrained ms/user | unconstrained ms/user | invalid SIDs constrained | "
+             "invalid SIDs unconstrained | record |", "|" + " --- |" * 7]
+    for r in rows:
+        m = r["metrics"]
+        for b in r["protocol"]["batches"]:
+            lines.append(f"| {r['protocol']['device']} | {b} | {m[f'ms_per_user_constrained_batch{b}']:.2f} | "
+                         f"{m[f'ms_per_user_unconstrained_batch{b}']:.2f} | "
+                         f"{m[f'invalid_rate_constrained_batch{b}']:.0%} | {m[f'invalid_rate_unconstrained_batch{b}']:.0%} "
+                         f"| `{r['_file']}` |")
+    return "\n".join(lines)
+
+
 def tables() -> dict[str, str]:
     recs = load()
     beauty_cols = ["recall@5", "ndcg@5", "recall@10", "ndcg@10"]
@@ -98,6 +124,8 @@ def tables() -> dict[str, str]:
         "ml-100k": accuracy_table(recs, "ml-100k", ml_cols),
         "speed": speed_table(recs),
         "serve": serve_table(recs),
+        "pgsa": pgsa_table(recs),
+        "beam": beam_table(recs),
     }
 
 
@@ -114,13 +142,13 @@ def main() -> None:
     text = DOC.read_text()
     bad = []
     for name, table in tabs.items():
-        pat = re.compile(rf"(<!-- table:{re.escape(name)} -->\n)(.*?)(\n<!-- /table:{re.escape(name)} -->)", re.S)
+        pat = re.compile(rf"(<!-- table:{re.escape(name)} -->\n)(.*?)(<!-- /table:{re.escape(name)} -->)", re.S)
         m = pat.search(text)
         if not m:
             continue
         if m.group(2).strip() != table.strip():
             bad.append(name)
-        text = text[: m.start(2)] + table + text[m.end(2):]
+        text = text[: m.start(2)] + table.strip() + "\n" + text[m.end(2):]
     if args.write:
         DOC.write_text(text)
         print(f"rewrote {DOC.name}")
