@@ -1,4 +1,4 @@
-"""Regenerate (or check) the tables of BENCHMARKS.md from the JSON records in benchmarks/results/.
+"""Regenerate (or check) the tables of BENCHMARKS.md and README.md from the JSON records in benchmarks/results/.
 
     python benchmarks/report.py            # print the tables
     python benchmarks/report.py --write    # rewrite the generated blocks of BENCHMARKS.md
@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-DOC = ROOT / "BENCHMARKS.md"
+DOCS = [ROOT / "BENCHMARKS.md", ROOT / "README.md"]
 
 
 def load() -> list[dict]:
@@ -37,13 +37,14 @@ def accuracy_table(recs: list[dict], dataset: str, cols: list[str]) -> str:
     rows = [r for r in recs if r.get("dataset") == dataset and "metrics_mean" in r]
     if not rows:
         return "(no results yet)"
-    head = "| model | recipe | seeds | " + " | ".join(cols) + " | best epochs | wall s/seed | record |"
+    head = "| model | recipe | seeds | " + " | ".join(cols) + " | best epochs | train s/seed | record |"
     sep = "|" + " --- |" * (len(cols) + 6)
     lines = [head, sep]
     for r in sorted(rows, key=lambda r: (r["model"], r["recipe"])):
         m, s = r["metrics_mean"], r["metrics_std"]
         eps = ",".join(str(x["best_epoch"]) for x in r["per_seed"])
-        wall = sum(r["wall_seconds_per_seed"]) / len(r["wall_seconds_per_seed"])
+        secs = r.get("train_seconds_per_seed") or r.get("wall_seconds_per_seed")
+        wall = sum(secs) / len(secs)
         lines.append(f"| {r['model']} | `{Path(r['recipe']).name}` | {len(r['seeds'])} | "
                      + " | ".join(fmt(m[c], s[c]) for c in cols)
                      + f" | {eps} | {wall:.0f} | `{r['_file']}` |")
@@ -139,7 +140,19 @@ def main() -> None:
         for k, v in tabs.items():
             print(f"## {k}\n{v}\n")
         return
-    text = DOC.read_text()
+    bad = []
+    for doc in DOCS:
+        bad += [f"{doc.name}:{n}" for n in sync(doc, tabs, args.write)]
+    if args.check:
+        if bad:
+            print(f"docs disagree with benchmarks/results/ in: {', '.join(bad)}")
+            sys.exit(1)
+        print("BENCHMARKS.md and README.md match benchmarks/results/")
+
+
+def sync(doc: Path, tabs: dict[str, str], write: bool) -> list[str]:
+    """Compare (and with ``write`` replace) the generated blocks of one document; returns the stale ones."""
+    text = doc.read_text()
     bad = []
     for name, table in tabs.items():
         pat = re.compile(rf"(<!-- table:{re.escape(name)} -->\n)(.*?)(<!-- /table:{re.escape(name)} -->)", re.S)
@@ -149,14 +162,10 @@ def main() -> None:
         if m.group(2).strip() != table.strip():
             bad.append(name)
         text = text[: m.start(2)] + table.strip() + "\n" + text[m.end(2):]
-    if args.write:
-        DOC.write_text(text)
-        print(f"rewrote {DOC.name}")
-    if args.check:
-        if bad:
-            print(f"BENCHMARKS.md disagrees with benchmarks/results/ in: {', '.join(bad)}")
-            sys.exit(1)
-        print("BENCHMARKS.md matches benchmarks/results/")
+    if write:
+        doc.write_text(text)
+        print(f"rewrote {doc.name}")
+    return bad
 
 
 if __name__ == "__main__":
