@@ -48,7 +48,7 @@ def main() -> None:
     okeys = keys
     other_mean = {k: statistics.fmean(s["metrics_other_exclusion"]["metrics"][k] for s in per_seed) for k in okeys}
     rec = {"dataset": res["dataset"], "data_fingerprint": res["data_fingerprint"], "model": res["model"],
-           "recipe": args.recipe, "protocol": res["protocol"], "seeds": args.seeds, "metrics_mean": mean,
+           "recipe": args.recipe, "protocol": res["protocol"], "seeds": args.seeds, "metrics": mean, "metrics_mean": mean,
            "metrics_std": std, "metrics_other_exclusion_mean": {
                "exclude_history": per_seed[0]["metrics_other_exclusion"]["exclude_history"], "metrics": other_mean},
            "per_seed": per_seed, "train_seconds_per_seed": train_secs, "config": res["config"]}
