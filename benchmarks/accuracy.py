@@ -7,6 +7,7 @@ Example (Amazon Beauty, P5 split, full-catalogue ranking):
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -19,6 +20,21 @@ from genrec.config import load_config  # noqa: E402
 from genrec.train.run import train_run  # noqa: E402
 
 
+def evaluate_as_is(cfg, run_dir: Path) -> dict:
+    """Test metrics of a run folder's best weights so far, exactly as train_run reports a finished run."""
+    from genrec.data.loading import load_data
+    from genrec.train.trainer import Trainer
+
+    trainer = Trainer(cfg, run_dir, load_data(cfg.data), resume=True)
+    trainer.load_best()
+    res = trainer.evaluate("test")
+    other = trainer.evaluate("test", exclude_history=not res["protocol"]["exclude_history"])
+    res["metrics_other_exclusion"] = {"exclude_history": other["protocol"]["exclude_history"],
+                                      "metrics": other["metrics"]}
+    res["train"] = trainer.summary()
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", required=True)
@@ -27,6 +43,9 @@ def main() -> None:
     ap.add_argument("--runs", default="runs/bench", help="where the run folders go")
     ap.add_argument("--name", help="results file name (default: recipe stem + dataset folder name)")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--evaluate-only", action="store_true",
+                    help="evaluate the run folders' best weights as they stand, without training; seeds whose "
+                         "early stopping had not ended are marked finished=false")
     args = ap.parse_args()
     name = args.name or f"{Path(args.recipe).stem}__{Path(args.data).name}"
     per_seed, train_secs = [], []
@@ -34,11 +53,18 @@ def main() -> None:
         cfg = load_config(args.recipe, [*args.set, f"data.path={args.data}", f"train.seed={seed}",
                                         "train.progress=false"])
         # a finished run folder is resumed (only re-evaluated), so time comes from the run's own record
-        res = train_run(cfg, Path(args.runs) / f"{name}-seed{seed}", resume=True)
-        train_secs.append(res["train"].get("train_seconds"))
+        run_dir = Path(args.runs) / f"{name}-seed{seed}"
+        res = evaluate_as_is(cfg, run_dir) if args.evaluate_only else train_run(cfg, run_dir, resume=True)
+        secs = res["train"].get("train_seconds")
+        if secs is None:  # runs written before train_seconds was checkpointed: sum the logged epoch times
+            log = run_dir / "metrics.jsonl"
+            secs = sum(json.loads(line).get("epoch_seconds", 0.0) for line in log.read_text().splitlines())
+            res["train"]["train_seconds"] = secs
+        train_secs.append(secs)
         per_seed.append({"seed": seed, "metrics": res["metrics"], "best_epoch": res["protocol"]["best_epoch"],
                          "metrics_other_exclusion": res["metrics_other_exclusion"],
-                         "train_seconds": res["train"].get("train_seconds")})
+                         "train_seconds": res["train"].get("train_seconds"),
+                         "finished": res["train"].get("finished"), "epochs_run": res["train"].get("epoch")})
         m = res["metrics"]
         print(f"seed {seed}: " + " ".join(f"{k}={m[k]:.4f}" for k in ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "mrr")),
               flush=True)

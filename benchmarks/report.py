@@ -42,7 +42,7 @@ def accuracy_table(recs: list[dict], dataset: str, cols: list[str]) -> str:
     lines = [head, sep]
     for r in sorted(rows, key=lambda r: (r["model"], r["recipe"])):
         m, s = r["metrics_mean"], r["metrics_std"]
-        eps = ",".join(str(x["best_epoch"]) for x in r["per_seed"])
+        eps = ",".join(str(x["best_epoch"]) + ("*" if x.get("finished") is False else "") for x in r["per_seed"])
         secs = r.get("train_seconds_per_seed") or r.get("wall_seconds_per_seed")
         wall = sum(secs) / len(secs)
         lines.append(f"| {r['model']} | `{Path(r['recipe']).name}` | {len(r['seeds'])} | "

@@ -177,7 +177,6 @@ class Trainer:
         lengths = self.split.train_end[self.train_rows]
         self.model.train()
         stop = False
-        t_start = time.time()
         while st["epoch"] < tc.epochs and not stop:
             epoch = st["epoch"]
             rng = np.random.default_rng([tc.seed, epoch])
@@ -228,8 +227,10 @@ class Trainer:
                 break
             st["epoch"] = epoch + 1
             st["step_in_epoch"] = 0
+            epoch_seconds = time.time() - t_epoch
+            st["train_seconds"] = st.get("train_seconds", 0.0) + epoch_seconds  # checkpointed with the state
             rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss_epoch": loss_sum / max(loss_n, 1),
-                                   "epoch_seconds": round(time.time() - t_epoch, 3)}
+                                   "epoch_seconds": round(epoch_seconds, 3)}
             if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
                 improved = False
                 if self.main:
@@ -255,7 +256,6 @@ class Trainer:
             if stop or st["epoch"] >= tc.epochs:
                 st["finished"] = True
             self._save(f"epoch-{st['epoch']:05d}")
-        st["train_seconds"] = st.get("train_seconds", 0.0) + (time.time() - t_start)
         self.logger.close()
         return self.summary()
 
