@@ -22,6 +22,22 @@ from genrec.train.run import train_run  # noqa: E402
 
 def evaluate_as_is(cfg, run_dir: Path) -> dict:
     """Test metrics of a run folder's best weights so far, exactly as train_run reports a finished run."""
+    from genrec.train.run import model_kind
+
+    if model_kind(cfg) == "generator":
+        from genrec.sid.build import load_sid_table
+        from genrec.train.generator import evaluate_generator_run
+
+        res = evaluate_generator_run(run_dir, "test")
+        if cfg.generator.test_other_decoding:
+            other = evaluate_generator_run(run_dir, "test", constrained=not cfg.generator.constrained)
+            res["metrics_other_decoding"] = {"constrained": not cfg.generator.constrained,
+                                             "metrics": other["metrics"]}
+        res["sid_health"] = load_sid_table(run_dir / "sid").health().as_dict()
+        state = json.loads(sorted((run_dir / "checkpoints").glob("*/state.json"))[-1].read_text()) \
+            if list((run_dir / "checkpoints").glob("*/state.json")) else {}
+        res["train"] = {k: state.get(k) for k in ("epoch", "best_epoch", "finished", "train_seconds")}
+        return res
     from genrec.data.loading import load_data
     from genrec.train.trainer import Trainer
 
@@ -54,15 +70,22 @@ def main() -> None:
                                         "train.progress=false"])
         # a finished run folder is resumed (only re-evaluated), so time comes from the run's own record
         run_dir = Path(args.runs) / f"{name}-seed{seed}"
-        res = evaluate_as_is(cfg, run_dir) if args.evaluate_only else train_run(cfg, run_dir, resume=True)
+        done = run_dir / "results" / "test.json"  # written by train_run once the run finished: reuse it
+        if args.evaluate_only:
+            res = evaluate_as_is(cfg, run_dir)
+        elif done.exists() and json.loads(done.read_text()).get("train", {}).get("finished"):
+            res = json.loads(done.read_text())
+        else:
+            res = train_run(cfg, run_dir, resume=True)
         secs = res["train"].get("train_seconds")
         if secs is None:  # runs written before train_seconds was checkpointed: sum the logged epoch times
             log = run_dir / "metrics.jsonl"
             secs = sum(json.loads(line).get("epoch_seconds", 0.0) for line in log.read_text().splitlines())
             res["train"]["train_seconds"] = secs
         train_secs.append(secs)
+        other_key = "metrics_other_exclusion" if "metrics_other_exclusion" in res else "metrics_other_decoding"
         per_seed.append({"seed": seed, "metrics": res["metrics"], "best_epoch": res["protocol"]["best_epoch"],
-                         "metrics_other_exclusion": res["metrics_other_exclusion"],
+                         other_key: res.get(other_key),
                          "train_seconds": res["train"].get("train_seconds"),
                          "finished": res["train"].get("finished"), "epochs_run": res["train"].get("epoch")})
         m = res["metrics"]
@@ -72,12 +95,15 @@ def main() -> None:
     mean = {k: statistics.fmean(s["metrics"][k] for s in per_seed) for k in keys}
     std = {k: (statistics.stdev(s["metrics"][k] for s in per_seed) if len(per_seed) > 1 else 0.0) for k in keys}
     okeys = keys
-    other_mean = {k: statistics.fmean(s["metrics_other_exclusion"]["metrics"][k] for s in per_seed) for k in okeys}
+    has_other = all(s[other_key] for s in per_seed)
+    other_mean = {k: statistics.fmean(s[other_key]["metrics"][k] for s in per_seed) for k in okeys} if has_other else {}
+    setting = {k: v for k, v in per_seed[0][other_key].items() if k != "metrics"} if has_other else {}
     rec = {"dataset": res["dataset"], "data_fingerprint": res["data_fingerprint"], "model": res["model"],
            "recipe": args.recipe, "protocol": res["protocol"], "seeds": args.seeds, "metrics": mean, "metrics_mean": mean,
-           "metrics_std": std, "metrics_other_exclusion_mean": {
-               "exclude_history": per_seed[0]["metrics_other_exclusion"]["exclude_history"], "metrics": other_mean},
+           "metrics_std": std, f"{other_key}_mean": {**setting, "metrics": other_mean} if has_other else None,
            "per_seed": per_seed, "train_seconds_per_seed": train_secs, "config": res["config"]}
+    if "sid_health" in res:
+        rec["sid_health"] = res["sid_health"]
     path = write_result(name, rec)
     print("mean: " + " ".join(f"{k}={mean[k]:.4f}±{std[k]:.4f}" for k in ("hr@5", "ndcg@5", "hr@10", "ndcg@10")))
     print(f"wrote {path}")

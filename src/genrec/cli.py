@@ -52,8 +52,11 @@ def _resolve_recipe(name: str | None) -> str | None:
 
 def _print_metrics(title: str, metrics: dict, ks: list[int]) -> None:
     print(title)
-    cols = [f"hr@{k}" for k in ks if k in (5, 10, 50, 200)] + [f"ndcg@{k}" for k in ks if k in (5, 10, 50, 200)]
-    cols.append("mrr")
+    if "auc" in metrics:  # ranking (CTR) record
+        cols = [c for c in ("auc", "gauc", "logloss") if c in metrics]
+    else:
+        cols = [f"{n}@{k}" for n in ("hr", "ndcg") for k in ks if k in (5, 10, 20, 50, 200) and f"{n}@{k}" in metrics]
+        cols.append("mrr")
     print("  " + "  ".join(f"{c:>9}" for c in cols))
     print("  " + "  ".join(f"{metrics[c]:>9.4f}" for c in cols if c in metrics))
 
@@ -70,9 +73,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     t0 = time.time()
     res = train_run(cfg, out, resume=not args.no_resume)
     if "metrics" in res:
-        _print_metrics(f"{cfg.model['name']} test ({res['protocol']['split']}, full catalogue, "
-                       f"exclude_history={res['protocol']['exclude_history']}), best epoch "
-                       f"{res['protocol']['best_epoch']}, {time.time() - t0:.0f}s:", res["metrics"], cfg.eval.ks)
+        pr = res.get("protocol", {})
+        _print_metrics(f"{cfg.model['name']} test ({pr.get('task', '')}, {pr.get('split', '')}, "
+                       f"{pr.get('candidates', '')}), best epoch {pr.get('best_epoch')}, {time.time() - t0:.0f}s:",
+                       res["metrics"], cfg.eval.ks)
         print(f"run folder: {out}")
     elif "stopped_early_by" in res:
         print(f"stopped at step {res['summary']['global_step']} (train.max_steps); run again to resume: {out}")
@@ -84,6 +88,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from genrec.eval.retrieval import evaluate_retrieval
     from genrec.train.run import open_run
 
+    kind = _run_kind(args.run_dir)
+    if kind != "retriever":
+        res = _evaluate_other(args, kind)
+        if args.json:
+            print(json.dumps({k: res[k] for k in ("model", "data_fingerprint", "protocol", "metrics") if k in res},
+                             indent=2, default=str))
+        else:
+            pr = res["protocol"]
+            _print_metrics(f"{res['model']} {args.split} ({pr.get('task')}, {pr.get('candidates', '')}):",
+                           res["metrics"], pr.get("ks", [5, 10, 20]))
+        return 0
     run = open_run(args.run_dir)
     cfg = run.cfg
     kw = {"valid_frac": cfg.data.valid_frac, "test_frac": cfg.data.test_frac} if cfg.data.split == "temporal" else {}
@@ -102,6 +117,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_kind(run_dir: str) -> str:
+    from genrec.errors import CheckpointError
+
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"{run_dir}: not a genrec run folder (no config.json)")
+    kinds = json.loads(path.read_text()).get("kinds", ["retriever"])
+    return next((k for k in ("generator", "ranker") if k in kinds), "retriever")
+
+
+def _evaluate_other(args: argparse.Namespace, kind: str) -> dict:
+    """Evaluate a generator (beam search, constrained unless --unconstrained) or a ranker (AUC/GAUC/LogLoss)."""
+    if kind == "ranker":
+        from genrec.train.ranker import evaluate_ranker_run
+
+        return evaluate_ranker_run(args.run_dir, args.split)
+    from genrec.train.generator import evaluate_generator_run
+
+    return evaluate_generator_run(args.run_dir, args.split, constrained=not args.unconstrained)
+
+
 def _cmd_recommend(args: argparse.Namespace) -> int:
     from genrec.train.run import open_run, recommend
 
@@ -114,7 +150,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         if unknown:
             raise GenrecError(f"unknown item id(s) in --history: {', '.join(unknown[:10])}")
         hist = [ext_to_int[x] for x in names]
-        times = None
+        times, uid = None, None
     elif args.user is not None:
         user_ext = run.dataset.user_external_ids()
         try:
@@ -126,7 +162,8 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         hist, times = run.seqs.items[sl].tolist(), run.seqs.timestamps[sl].tolist()
     else:
         raise GenrecError("give --user ID or --history ITEM,ITEM,...")
-    recs = recommend(run, hist, times, k=args.k, exclude_history=not args.include_history)
+    recs = recommend(run, hist, times, k=args.k, exclude_history=not args.include_history,
+                     user=uid if args.user is not None else None)
     titles = {}
     if "title" in run.dataset.items.column_names:
         titles = dict(zip(run.dataset.items.column("item_id").to_pylist(), run.dataset.items.column("title").to_pylist()))
@@ -167,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     import importlib
 
-    for room in ("genrec.data.cli", "genrec.serve.cli"):
+    for room in ("genrec.data.cli", "genrec.sid.cli", "genrec.serve.cli"):
         try:
             mod = importlib.import_module(room)
         except ModuleNotFoundError as exc:  # optional room (e.g. serving extras not installed)
@@ -191,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = e.add_mutually_exclusive_group()
     g.add_argument("--exclude-history", dest="exclude_history", action="store_true", default=None)
     g.add_argument("--no-exclude-history", dest="exclude_history", action="store_false")
+    e.add_argument("--unconstrained", action="store_true", help="generators: free (not trie-constrained) decoding")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_cmd_evaluate)
 

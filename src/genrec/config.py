@@ -51,7 +51,7 @@ class TrainConfig:
     bf16: bool = True  # autocast to bf16 on CUDA only
     eval_every: int = 1  # epochs between validation runs
     patience: int = 10  # validation runs without improvement before stopping; 0 = never stop early
-    early_stop_metric: str = "ndcg@10"
+    early_stop_metric: str = "auto"  # auto = ndcg@10 for retrievers and generators, auc for rankers
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = at epoch ends only
     max_steps: int = 0  # stop after this many optimizer steps (0 = no limit); a later run resumes
     length_bucketing: bool = True
@@ -68,12 +68,61 @@ class EvalConfig:
 
 
 @dataclass
+class RankingConfig:
+    """The ranking (CTR) track: how impressions and labels are derived, and the temporal split (spec §6.1)."""
+
+    labels: str = "auto"  # auto | ratings | behaviors (auto: behaviors when the log has them, else ratings)
+    rating_threshold: float = 4.0  # ratings: label = rating >= threshold
+    positive_behaviors: list[str] = field(default_factory=lambda: ["fav", "cart", "buy"])  # behaviors logs
+    window: str = "day"  # behaviors: a pv is positive if a positive behavior follows in the same day | session
+    session_gap: int = 1800  # seconds, when window = session
+    min_history: int = 1  # impressions with fewer earlier events are dropped
+    valid_frac: float = 0.1  # validation = the last 10% of the training period
+    test_frac: float = 0.1  # test = the last 10% of impressions
+    eval_batch_size: int = 1024
+
+
+@dataclass
+class SIDConfig:
+    """Where a generator's semantic ids come from: a saved table, or built from item embeddings."""
+
+    table: str = ""  # a SID table folder written by `genrec sid build`; empty = build into the run folder
+    embeddings: str = "text"  # text | cf | file
+    source_run: str = ""  # cf: a trained genrec run folder whose item embedding table is quantized
+    embeddings_file: str = ""  # file: a .npy array (num_items, D) for items 1..num_items
+    text_fields: list[str] = field(default_factory=lambda: ["title", "brand", "categories", "genres", "price"])
+    quantizer: str = "rqvae"  # rqvae | rqkmeans
+    levels: int = 3
+    codebook_size: int = 256
+    rqvae_epochs: int = 200
+    seed: int = 0
+    cache_dir: str = "data_cache/embeddings"  # text embeddings are cached here by text fingerprint
+
+
+@dataclass
+class GeneratorConfig:
+    """Generator-only training and decoding knobs (TIGER, GAMER, GLASS)."""
+
+    warmup_steps: int = 10_000  # constant lr up to here, then lr * sqrt(warmup_steps / step) (TIGER §4)
+    linear_warmup_steps: int = 0  # optional linear ramp from 0 at the very start (not in the paper)
+    beam_size: int = 20  # validation/test beam width = the longest ranked list (spec A-T3)
+    constrained: bool = True  # trie-constrained decoding for validation and test
+    valid_max_queries: int = 0  # 0 = every validation query; else a fixed seeded subset (for slow machines)
+    test_other_decoding: bool = True  # also decode the test split the other way (free vs constrained) and record it
+
+
+@dataclass
 class RunConfig:
     model: dict[str, Any] = field(default_factory=lambda: {"name": "sasrec"})
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
+    sid: SIDConfig = field(default_factory=SIDConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    pretrain: dict[str, Any] = field(default_factory=dict)  # HPGR stage 1 (genrec.train.pretrain.PretrainConfig)
+    stages: list[str] = field(default_factory=list)  # e.g. [pretrain, finetune]; empty = the model's own stage
     source: str = ""  # where the recipe's numbers come from
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,7 +131,10 @@ class RunConfig:
         return d
 
 
-_SECTIONS = {"data": DataConfig, "objective": ObjectiveConfig, "train": TrainConfig, "eval": EvalConfig}
+STAGES = ("pretrain", "finetune")
+
+_SECTIONS = {"data": DataConfig, "objective": ObjectiveConfig, "train": TrainConfig, "eval": EvalConfig,
+             "ranking": RankingConfig, "sid": SIDConfig, "generator": GeneratorConfig}
 
 
 def _suggest(key: str, options: list[str], prefix: str = "") -> str:
@@ -110,6 +162,10 @@ def _coerce(value: Any, target_type: Any, where: str) -> Any:
             return tuple(float(v) for v in value)
         if t.startswith("list[int]"):
             return [int(v) for v in value]
+        if t.startswith("list[str]"):
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            return [str(v) for v in value]
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: expected {t}, got {value!r}") from None
     return value
@@ -133,7 +189,8 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: top level must be a mapping")
-    allowed = {"model", "data", "objective", "train", "eval", "source"}
+    allowed = {"model", "data", "objective", "train", "eval", "ranking", "sid", "generator", "pretrain", "stages",
+               "source"}
     for key in raw:
         if key not in allowed:
             raise ConfigError(f"{where}: unknown section '{key}'" + _suggest(key, list(allowed)))
@@ -145,6 +202,17 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
     for name, cls in _SECTIONS.items():
         if name in raw:
             setattr(cfg, name, dataclass_from_dict(cls, raw[name] or {}, name))
+    if "pretrain" in raw:
+        if not isinstance(raw["pretrain"] or {}, dict):
+            raise ConfigError(f"{where}: 'pretrain' must be a mapping of HPGR stage-1 settings")
+        cfg.pretrain = dict(raw["pretrain"] or {})
+    if "stages" in raw:
+        stages = raw["stages"] or []
+        stages = [stages] if isinstance(stages, str) else stages
+        bad = [s for s in stages if s not in STAGES]
+        if bad or not isinstance(stages, list):
+            raise ConfigError(f"{where}: stages {stages!r}: each must be one of {list(STAGES)}")
+        cfg.stages = list(stages)
     if "source" in raw:
         cfg.source = str(raw["source"])
     return cfg
@@ -171,16 +239,22 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise ConfigError(f"override '{item}': expected section.key=value")
         path, value = item.split("=", 1)
         parts = path.strip().split(".")
-        if len(parts) != 2:
-            raise ConfigError(f"override '{item}': expected section.key=value (e.g. train.lr=0.001)")
-        section, key = parts
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError:
             parsed = value
-        sec = dict(raw.get(section) or {})
-        sec[key] = parsed
-        raw[section] = sec
+        if parts == ["stages"] or parts == ["source"]:
+            raw[parts[0]] = parsed
+            continue
+        if len(parts) < 2 or (len(parts) > 2 and parts[0] not in ("model", "pretrain")):
+            raise ConfigError(f"override '{item}': expected section.key=value (e.g. train.lr=0.001)")
+        node = dict(raw.get(parts[0]) or {})
+        raw[parts[0]] = node
+        for part in parts[1:-1]:  # nested keys (pretrain.sem.d_model=64)
+            child = dict(node.get(part) or {})
+            node[part] = child
+            node = child
+        node[parts[-1]] = parsed
     return raw
 
 
@@ -192,3 +266,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def replace(cfg: Any, **kw: Any) -> Any:
     return dataclasses.replace(cfg, **kw)
+
+
+def early_stop_metric(cfg: RunConfig, default: str) -> str:
+    """``train.early_stop_metric``, with ``auto`` resolved to the trainer's default (ndcg@10 or auc)."""
+    m = cfg.train.early_stop_metric
+    return default if m in ("", "auto") else m

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -35,7 +34,6 @@ def test_lr_schedule_constant_then_inverse_sqrt():
 
 
 def test_tiny_tiger_learns_the_next_item_rule(tmp_path, toy_data, table):
-    t0 = time.time()
     cfg = tiny_cfg(epochs=60, batch_size=64, lr=1e-2, eval_every=60)
     tr = GeneratorTrainer(cfg, tmp_path / "run", toy_data, table, OPTS)
     summary = tr.fit()
@@ -54,7 +52,6 @@ def test_tiny_tiger_learns_the_next_item_rule(tmp_path, toy_data, table):
     assert 0.0 <= free["metrics"]["invalid_rate"] <= 1.0
     lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("valid/ndcg@5" in r for r in lines)
-    assert time.time() - t0 < 25
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, toy_data, table):

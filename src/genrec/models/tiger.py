@@ -240,7 +240,7 @@ class TIGER(nn.Module):
         if len(ids) and (ids.min() < 1 or ids.max() > self.num_items):
             raise DataError(f"tiger: SID table item ids must lie in 1..{self.num_items}")
         sids = torch.full((self.num_items + 1, m), -1, dtype=torch.long)
-        sids[torch.as_tensor(ids)] = torch.as_tensor(table.codes)
+        sids[torch.as_tensor(np.array(ids))] = torch.as_tensor(np.array(table.codes))
         self.item_sids.copy_(sids)
         valid = torch.arange(c)[None, :] < torch.as_tensor(table.codebook_sizes)[:, None]  # (m, C)
         self.code_valid.copy_(valid)

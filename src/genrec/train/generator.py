@@ -18,7 +18,7 @@ import json
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 import genrec
-from genrec.config import RunConfig
+from genrec.config import GeneratorConfig, RunConfig, early_stop_metric
 from genrec.data.schema import Dataset
-from genrec.data.sequences import UserSequences
+from genrec.data.sequences import UserSequences, batch_order
 from genrec.data.splits import EvalSamples, Split, make_split
 from genrec.errors import CheckpointError, ConfigError, DataError
 from genrec.eval.generation import GenerationEval, evaluate_generator, history_matrix
@@ -45,16 +45,7 @@ from genrec.train.checkpoint import (
 from genrec.train.logging import MetricLogger
 from genrec.train.trainer import BEST_DIR, CONFIG_FILE, git_commit, resolve_device
 
-
-@dataclass
-class GeneratorOptions:
-    """Generator-only knobs that ``RunConfig.train`` does not carry (yet)."""
-
-    warmup_steps: int = 10_000  # constant lr up to here, then lr * sqrt(warmup_steps / step) (TIGER §4)
-    linear_warmup_steps: int = 0  # optional linear ramp from 0 at the very start (not in the paper)
-    beam_size: int = 20  # validation/test beam width = the longest ranked list (spec A-T3)
-    constrained: bool = True  # trie-constrained decoding for validation and test
-    valid_max_queries: int = 0  # 0 = every validation query; else a fixed seeded subset (for slow machines)
+GeneratorOptions = GeneratorConfig  # the generator: section of a recipe (kept under its old name)
 
 
 class TrainExamples:
@@ -84,7 +75,7 @@ class GeneratorTrainer:
     def __init__(self, cfg: RunConfig, run_dir: str | Path, dataset: Dataset, sids: SIDTable,
                  options: GeneratorOptions | None = None, resume: bool = True) -> None:
         self.cfg = cfg
-        self.opts = options or GeneratorOptions()
+        self.opts = options or cfg.generator
         self.run_dir = Path(run_dir)
         self.dataset = dataset
         self.sids = sids
@@ -110,9 +101,10 @@ class GeneratorTrainer:
         self.ks = [k for k in cfg.eval.ks if k <= self.opts.beam_size]
         if not self.ks:
             raise ConfigError(f"eval.ks {cfg.eval.ks}: none is within the beam size {self.opts.beam_size}")
+        self.stop_metric = early_stop_metric(cfg, f"ndcg@{10 if 10 in self.ks else max(self.ks)}")
         known = ["mrr"] + [f"{name}@{k}" for k in self.ks for name in ("hr", "recall", "ndcg")]
-        if tc.early_stop_metric not in known:
-            raise ConfigError(f"train.early_stop_metric '{tc.early_stop_metric}' is not computed for a generator "
+        if self.stop_metric not in known:
+            raise ConfigError(f"train.early_stop_metric '{self.stop_metric}' is not computed for a generator "
                               f"with eval.ks <= beam size {self.opts.beam_size} (choose from {known})")
         self.valid_samples = self._valid_subset()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tuple(tc.betas),
@@ -197,8 +189,10 @@ class GeneratorTrainer:
         m = self.model.cfg.sid_length
         while st["epoch"] < tc.epochs and not stop:
             epoch = st["epoch"]
-            order = np.random.default_rng([tc.seed, epoch]).permutation(len(self.examples))
-            batches = [order[i:i + tc.batch_size] for i in range(0, len(order), tc.batch_size)]
+            # Length bucketing: the encoder reads 1 + m * min(j, max_len) tokens, so batching prefixes of similar
+            # length removes most padding (same loss, several times fewer FLOPs on short-history datasets).
+            lengths = np.minimum(self.examples.ends, self.cfg.data.max_len)
+            batches = batch_order(lengths, tc.batch_size, np.random.default_rng([tc.seed, epoch]), tc.length_bucketing)
             loss_sum, loss_n, t_epoch = 0.0, 0, time.time()
             for bi in range(st["step_in_epoch"], len(batches)):
                 enc_tokens, enc_mask, target = self.batch(batches[bi])
@@ -235,9 +229,9 @@ class GeneratorTrainer:
                                    "epoch_seconds": round(time.time() - t_epoch, 3)}
             if len(self.valid_samples) and ((epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs):
                 m_valid = self._evaluate_samples(self.valid_samples).metrics
-                metric = m_valid.get(tc.early_stop_metric)
+                metric = m_valid.get(self.stop_metric)
                 if metric is None:
-                    raise ConfigError(f"train.early_stop_metric '{tc.early_stop_metric}' is not among {sorted(m_valid)}")
+                    raise ConfigError(f"train.early_stop_metric '{self.stop_metric}' is not among {sorted(m_valid)}")
                 rec.update({f"valid/{k}": v for k, v in m_valid.items() if k != "num_queries"})
                 improved = st["best_metric"] is None or metric > st["best_metric"]
                 if improved:
@@ -293,7 +287,7 @@ class GeneratorTrainer:
                 "exclude_history": False,
                 "history_window": cfg.data.max_len,
                 "ks": self.ks,
-                "early_stopping": f"{cfg.train.early_stop_metric} on validation",
+                "early_stopping": f"{self.stop_metric} on validation",
                 "best_epoch": self.state.get("best_epoch"),
             },
             "metrics": ev.metrics,
@@ -303,3 +297,24 @@ class GeneratorTrainer:
             "commit": git_commit(),
             "date": time.strftime("%Y-%m-%d"),
         }
+
+
+def evaluate_generator_run(run_dir: str | Path, which: str = "test", constrained: bool = True) -> dict[str, Any]:
+    """Re-evaluate a finished generator run folder (its best weights and its own SID table)."""
+    from genrec.config import config_from_dict
+    from genrec.data.schema import load_dataset
+    from genrec.sid.build import load_sid_table
+
+    root = Path(run_dir)
+    record = json.loads((root / CONFIG_FILE).read_text())
+    cfg = config_from_dict(record["config"], str(root / CONFIG_FILE))
+    if record.get("data_path"):
+        dataset = load_dataset(record["data_path"])
+    else:
+        from genrec.data.loading import load_data
+
+        dataset = load_data(cfg.data)
+    sids = load_sid_table(root / "sid")
+    trainer = GeneratorTrainer(cfg, root, dataset, sids, resume=True)
+    trainer.load_best()
+    return trainer.evaluate(which, constrained=constrained)

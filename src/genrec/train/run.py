@@ -15,12 +15,14 @@ from genrec.config import RunConfig, config_from_dict
 from genrec.data.loading import load_data
 from genrec.data.schema import Dataset, load_dataset
 from genrec.data.sequences import UserSequences
-from genrec.errors import CheckpointError, DataError, GenrecError
+from genrec.errors import CheckpointError, ConfigError, DataError, GenrecError
 from genrec.eval.retrieval import score_histories
-from genrec.models.base import Retriever
+from genrec.models.base import GENERATOR, RANKER, RETRIEVER, Retriever
 from genrec.models.registry import build_model
 from genrec.train.checkpoint import load_weights
 from genrec.train.trainer import BEST_DIR, CONFIG_FILE, Trainer
+
+SID_DIR = "sid"  # a generator run's copy of the SID table it was trained with
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -30,13 +32,39 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
+def model_kind(cfg: RunConfig) -> str:
+    """The model's primary kind (retriever | ranker | generator), read from the registry without building it."""
+    import genrec.models  # noqa: F401  (registers the built-in models)
+    from genrec.models.registry import get_model_class
+
+    kinds = get_model_class(cfg.model["name"]).kinds
+    for kind in (GENERATOR, RANKER):
+        if kind in kinds:
+            return kind
+    return RETRIEVER
+
+
 def train_run(cfg: RunConfig, out: str | Path, resume: bool = True, dataset: Dataset | None = None
               ) -> dict[str, Any]:
-    """Train (or resume) a run, then evaluate its best weights on the test split.
+    """Train (or resume) a run of any model kind, then evaluate its best weights on the test split.
 
     Returns the results record (also written to ``RUN_DIR/results/test.json``).
     """
+    kind = model_kind(cfg)
+    if cfg.stages and kind != RANKER:
+        raise ConfigError(f"stages {cfg.stages}: the two-stage pipeline is for HPGR-style rankers, "
+                          f"not the {kind} '{cfg.model['name']}'")
+    if kind == RANKER:
+        if cfg.stages:
+            from genrec.train.stages import run_stages
+
+            return run_stages(cfg, out, resume=resume, dataset=dataset)
+        from genrec.train.ranker import train_ranker_run
+
+        return train_ranker_run(cfg, out, resume=resume, dataset=dataset)
     dataset = dataset if dataset is not None else load_data(cfg.data)
+    if kind == GENERATOR:
+        return train_generator_run(cfg, out, resume, dataset)
     trainer = Trainer(cfg, out, dataset, resume=resume)
     summary = trainer.fit()
     if not trainer.main:
@@ -51,6 +79,44 @@ def train_run(cfg: RunConfig, out: str | Path, resume: bool = True, dataset: Dat
     res["train"] = summary
     _write_json(Path(out) / "results" / "test.json", res)
     return res
+
+
+def train_generator_run(cfg: RunConfig, out: str | Path, resume: bool, dataset: Dataset) -> dict[str, Any]:
+    """Generator runs: SID table (given, or built once into ``RUN_DIR/sid``), training, constrained and free
+    decoding on the test split."""
+    from genrec.sid.build import sid_table_for
+    from genrec.train.generator import GeneratorTrainer
+
+    sids = sid_table_for(cfg.sid, dataset, Path(out) / SID_DIR)
+    cfg.model = fit_model_to_sids(cfg.model, sids.length, max(sids.codebook_sizes))
+    trainer = GeneratorTrainer(cfg, out, dataset, sids, resume=resume)
+    summary = trainer.fit()
+    if not summary.get("finished"):
+        return {"summary": summary, "stopped_early_by": "train.max_steps"}
+    trainer.load_best()
+    res = trainer.evaluate("test")
+    if trainer.opts.test_other_decoding:
+        free = trainer.evaluate("test", constrained=not trainer.opts.constrained)
+        res["metrics_other_decoding"] = {"constrained": not trainer.opts.constrained, "metrics": free["metrics"]}
+    res["sid_health"] = sids.health().as_dict()
+    res["train"] = summary
+    _write_json(Path(out) / "results" / "test.json", res)
+    return res
+
+
+def fit_model_to_sids(model: dict[str, Any], sid_length: int, largest_level: int) -> dict[str, Any]:
+    """Fill a generator's ``sid_length`` / ``codebook_size`` from its SID table unless the recipe sets them,
+    and say clearly when a recipe's values cannot hold the table."""
+    out = dict(model)
+    out.setdefault("sid_length", sid_length)
+    out.setdefault("codebook_size", largest_level)
+    if out["sid_length"] != sid_length:
+        raise ConfigError(f"model.sid_length={out['sid_length']} but the SID table has {sid_length} positions "
+                          "(drop model.sid_length to take it from the table)")
+    if out["codebook_size"] < largest_level:
+        raise ConfigError(f"model.codebook_size={out['codebook_size']} is smaller than the SID table's largest level "
+                          f"({largest_level} codes, often the collision level); raise it or drop the key")
+    return out
 
 
 @dataclass
@@ -77,7 +143,15 @@ def open_run(run_dir: str | Path, weights: str = "best", device: str = "cpu") ->
     if dataset.fingerprint != record.get("data_fingerprint"):
         raise DataError(f"{root}: the dataset at '{dataset.path}' has fingerprint {dataset.fingerprint}, "
                         f"but the run was trained on {record.get('data_fingerprint')}")
-    model = build_model(cfg.model, dataset.num_items, cfg.data.max_len).to(device)
+    model = build_model(cfg.model, dataset.num_items, cfg.data.max_len)
+    if GENERATOR in model.kinds:
+        from genrec.sid.build import load_sid_table
+
+        sids = load_sid_table(root / SID_DIR)
+        if record.get("sid_fingerprint") and sids.fingerprint != record["sid_fingerprint"]:
+            raise CheckpointError(f"{root}: its SID table does not match the one the run was trained with")
+        model.set_sid_table(sids)
+    model = model.to(device)
     wpath = root / BEST_DIR / "model.safetensors"
     if weights != "best" or not wpath.exists():
         from genrec.train.checkpoint import latest_checkpoint
@@ -92,16 +166,42 @@ def open_run(run_dir: str | Path, weights: str = "best", device: str = "cpu") ->
 
 
 def recommend(run: LoadedRun, history_items: list[int], history_times: list[int] | None, k: int = 10,
-              exclude_history: bool = True, query_time: int | None = None) -> list[tuple[int, float]]:
-    """Top-k (internal item id, score) for one history of internal ids, ranked like the evaluation code."""
+              exclude_history: bool = True, query_time: int | None = None, user: int | None = None
+              ) -> list[tuple[int, float]]:
+    """Top-k (internal item id, score) for one history of internal ids, ranked like the evaluation code.
+
+    Generators return their constrained beam (score = the SID's log-probability); ``user`` feeds their
+    hashed user token (none for an anonymous history)."""
     if not history_items:
         raise GenrecError("empty history: give at least one item")
     if not 1 <= k <= run.dataset.num_items:
         raise GenrecError(f"k={k} is out of range (1..{run.dataset.num_items})")
     h = np.asarray(history_items, dtype=np.int64)
+    if GENERATOR in run.model.kinds:
+        return _generate(run, h, k, exclude_history, user)
     t = np.asarray(history_times if history_times is not None else np.arange(1, len(h) + 1), dtype=np.int64)
     qt = int(query_time) if query_time is not None else int(t[-1])
     scores = score_histories(run.model, [h], [t], np.array([qt]), exclude_history)[0]
     k = min(k, int(torch.isfinite(scores).sum()))
     top = torch.topk(scores, k)
     return [(int(i), float(s)) for s, i in zip(top.values, top.indices)]
+
+
+def _generate(run: LoadedRun, history: np.ndarray, k: int, exclude_history: bool, user: int | None
+              ) -> list[tuple[int, float]]:
+    """Beam-search a generator; history items are dropped from the beam list when asked, so the beam is
+    widened by the history length to still fill k slots when it can."""
+    g = run.cfg.generator
+    window = history[-run.cfg.data.max_len:]
+    extra = len(set(window.tolist())) if exclude_history else 0
+    beam = min(max(g.beam_size, k + extra), run.dataset.num_items)
+    users = None if user is None else np.array([user])
+    res = run.model.generate([window], users, beam_size=beam, k=beam, constrained=True)
+    seen = set(history.tolist()) if exclude_history else set()
+    out: list[tuple[int, float]] = []
+    for item, score, ok in zip(res.items[0].tolist(), res.scores[0].tolist(), res.valid[0].tolist()):
+        if ok and item not in seen:
+            out.append((int(item), float(score)))
+        if len(out) == k:
+            break
+    return out

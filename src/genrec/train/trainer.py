@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import genrec
-from genrec.config import RunConfig
+from genrec.config import RunConfig, early_stop_metric
 from genrec.data.schema import Dataset
 from genrec.data.sequences import UserSequences, batch_order, make_train_batch
 from genrec.data.splits import Split, make_split
@@ -79,6 +79,7 @@ def git_commit() -> str:
 class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: str | Path, dataset: Dataset, resume: bool = True) -> None:
         self.cfg = cfg
+        self.stop_metric = early_stop_metric(cfg, "ndcg@10")
         self.run_dir = Path(run_dir)
         self.dataset = dataset
         tc = cfg.train
@@ -237,9 +238,9 @@ class Trainer:
                     m = evaluate_retrieval(self.model, self.seqs, self.split.valid, self.cfg.eval.ks,
                                            self.cfg.eval.exclude_history, self.cfg.eval.batch_size) \
                         if len(self.split.valid) else {}
-                    metric = m.get(tc.early_stop_metric)
+                    metric = m.get(self.stop_metric)
                     if metric is None and m:
-                        raise ConfigError(f"train.early_stop_metric '{tc.early_stop_metric}' is not among {sorted(m)}")
+                        raise ConfigError(f"train.early_stop_metric '{self.stop_metric}' is not among {sorted(m)}")
                     rec.update({f"valid/{k}": v for k, v in m.items() if k != "num_queries"})
                     if metric is not None and (st["best_metric"] is None or metric > st["best_metric"]):
                         st["best_metric"], st["best_epoch"], st["bad_evals"] = metric, epoch + 1, 0
@@ -292,7 +293,7 @@ def results_record(trainer: Trainer, which: str, exclude_history: bool, metrics:
             "exclude_history": exclude_history,
             "history_window": cfg.data.max_len,
             "ks": cfg.eval.ks,
-            "early_stopping": f"{cfg.train.early_stop_metric} on validation",
+            "early_stopping": f"{trainer.stop_metric} on validation",
             "best_epoch": trainer.state.get("best_epoch"),
         },
         "metrics": metrics,

@@ -1,0 +1,139 @@
+"""Build a dataset's semantic-id table from a recipe's ``sid`` section: embeddings -> quantizer -> SIDs.
+
+A SID folder holds ``sid_table.parquet`` (the versioned table), ``health.json`` (per-level usage, entropy,
+collisions, largest prefix group) and ``build.json`` (the settings, the embedding source and fingerprints),
+so a table can be audited and reused by every generator trained on the same catalogue.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from genrec.config import SIDConfig
+from genrec.data.schema import Dataset
+from genrec.errors import ConfigError, DataError
+from genrec.sid.codebook import SIDTable
+from genrec.sid.embed import ItemEmbeddings, run_cf_embeddings, text_embeddings
+
+TABLE_FILE = "sid_table.parquet"
+HEALTH_FILE = "health.json"
+BUILD_FILE = "build.json"
+EMBEDDINGS = ("text", "cf", "file")
+QUANTIZERS = ("rqvae", "rqkmeans")
+
+
+def item_embeddings(cfg: SIDConfig, dataset: Dataset) -> ItemEmbeddings:
+    """Content or collaborative vectors for every item ``1..num_items`` of ``dataset``."""
+    if cfg.embeddings == "text":
+        names = set(dataset.items.column_names)
+        fields = [f for f in cfg.text_fields if f in names]
+        if not fields:
+            raise DataError(f"sid.embeddings=text: the items table has none of the text fields {cfg.text_fields} "
+                            "(use sid.embeddings=cf with sid.source_run=RUN_DIR, or sid.embeddings=file)")
+        emb = text_embeddings(dataset.items, cfg.cache_dir or None, fields)
+    elif cfg.embeddings == "cf":
+        if not cfg.source_run:
+            raise ConfigError("sid.embeddings=cf needs sid.source_run=RUN_DIR (a trained retriever on this dataset)")
+        emb = run_cf_embeddings(cfg.source_run)
+    elif cfg.embeddings == "file":
+        path = Path(cfg.embeddings_file)
+        if not path.is_file():
+            raise DataError(f"sid.embeddings_file '{path}' not found (a .npy array of shape (num_items, D))")
+        vec = np.load(path, allow_pickle=False)
+        if vec.ndim != 2 or vec.shape[0] != dataset.num_items:
+            raise DataError(f"{path}: expected shape ({dataset.num_items}, D) for items 1..{dataset.num_items}, "
+                            f"got {vec.shape}")
+        from genrec.sid.codebook import tensor_fingerprint
+
+        t = torch.from_numpy(np.ascontiguousarray(vec, dtype=np.float32))
+        emb = ItemEmbeddings(np.arange(1, dataset.num_items + 1, dtype=np.int64), t, f"file:{path.name}",
+                             tensor_fingerprint(t))
+    else:
+        raise ConfigError(f"sid.embeddings '{cfg.embeddings}' is not one of {list(EMBEDDINGS)}")
+    keep = (emb.item_ids >= 1) & (emb.item_ids <= dataset.num_items)
+    ids, vec = emb.item_ids[keep], emb.vectors[torch.from_numpy(keep)]
+    missing = np.setdiff1d(np.arange(1, dataset.num_items + 1), ids)
+    if missing.size:
+        raise DataError(f"item embeddings lack {missing.size} item(s) of the dataset (e.g. {missing[:5].tolist()})")
+    if not torch.isfinite(vec).all():
+        raise DataError("item embeddings contain NaN or infinite values")
+    return ItemEmbeddings(ids, vec, emb.source, emb.fingerprint)
+
+
+def fit_quantizer(cfg: SIDConfig, x: torch.Tensor) -> tuple[Any, dict[str, Any]]:
+    """Fit the configured residual quantizer on ``x`` (N, D); returns it and a short training log."""
+    if cfg.levels < 1 or cfg.codebook_size < 2:
+        raise ConfigError("sid.levels must be >= 1 and sid.codebook_size >= 2")
+    if cfg.quantizer == "rqvae":
+        from genrec.sid.rqvae import RQVAE, RQVAEConfig
+
+        torch.manual_seed(cfg.seed)
+        q = RQVAE(RQVAEConfig(input_dim=int(x.shape[1]), num_levels=cfg.levels, codebook_size=cfg.codebook_size))
+        hist = q.fit(x, epochs=cfg.rqvae_epochs, seed=cfg.seed, log_every=0)
+        last = hist[-1]
+        return q, {"epochs": len(hist), "final_loss": last.loss, "final_recon_loss": last.recon_loss,
+                   "final_epoch_usage": list(last.usage)}
+    if cfg.quantizer == "rqkmeans":
+        from genrec.sid.rqkmeans import RQKMeans, RQKMeansConfig
+
+        q = RQKMeans(RQKMeansConfig(num_levels=cfg.levels, codebook_size=cfg.codebook_size, seed=cfg.seed))
+        fits = q.fit(x)
+        return q, {"levels": [f._asdict() for f in fits]}
+    raise ConfigError(f"sid.quantizer '{cfg.quantizer}' is not one of {list(QUANTIZERS)}")
+
+
+def build_sid_table(cfg: SIDConfig, dataset: Dataset, out_dir: str | Path | None = None) -> SIDTable:
+    """Embed, quantize and make unique; writes the SID folder when ``out_dir`` is given."""
+    t0 = time.time()
+    emb = item_embeddings(cfg, dataset)
+    t_embed = time.time() - t0
+    q, fit_log = fit_quantizer(cfg, emb.vectors)
+    table = SIDTable.from_quantizer(q, emb.item_ids, emb.vectors)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        health = table.health()
+        _write_json(out / HEALTH_FILE, health.as_dict())
+        _write_json(out / BUILD_FILE, {
+            "sid": asdict(cfg), "embeddings": {"source": emb.source, "fingerprint": emb.fingerprint,
+                                               "dim": int(emb.vectors.shape[1]), "seconds": round(t_embed, 1)},
+            "dataset": dataset.manifest.get("name", ""), "data_fingerprint": dataset.fingerprint,
+            "quantizer_log": fit_log, "seconds": round(time.time() - t0, 1), "table": table.meta()})
+        table.save(out / TABLE_FILE)  # last: its presence marks a complete folder
+    return table
+
+
+def load_sid_table(path: str | Path) -> SIDTable:
+    """A SID folder (``sid_table.parquet`` inside) or a table file (.parquet / .json)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / TABLE_FILE
+        if not p.exists():
+            raise DataError(f"{path}: no {TABLE_FILE} here (build one with: genrec sid build)")
+    return SIDTable.load(p)
+
+
+def sid_table_for(cfg: SIDConfig, dataset: Dataset, run_sid_dir: str | Path) -> SIDTable:
+    """The table a generator run uses: ``sid.table`` when set, else the run's own folder (built once)."""
+    if cfg.table:
+        table = load_sid_table(cfg.table)
+    elif (Path(run_sid_dir) / TABLE_FILE).exists():
+        return load_sid_table(run_sid_dir)
+    else:
+        return build_sid_table(cfg, dataset, run_sid_dir)
+    Path(run_sid_dir).mkdir(parents=True, exist_ok=True)
+    table.save(Path(run_sid_dir) / TABLE_FILE)  # the run folder keeps the exact table it was trained on
+    return table
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)

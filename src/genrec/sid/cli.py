@@ -1,0 +1,53 @@
+"""``genrec sid ...``: build a dataset's semantic-id table from a recipe, and print a table's health report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from genrec.cli import _resolve_recipe
+    from genrec.config import load_config
+    from genrec.data.loading import load_data
+    from genrec.sid.build import HEALTH_FILE, build_sid_table
+
+    overrides = list(args.set or [])
+    if args.data:
+        overrides.append(f"data.path={args.data}")
+    cfg = load_config(_resolve_recipe(args.config), overrides)
+    dataset = load_data(cfg.data)
+    table = build_sid_table(cfg.sid, dataset, args.out)
+    print(f"SID table for {dataset.num_items:,} items -> {args.out} "
+          f"({cfg.sid.embeddings} embeddings, {cfg.sid.quantizer}, {table.length} positions)")
+    print(table.health().summary())
+    print(f"health report: {Path(args.out) / HEALTH_FILE}")
+    return 0
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    from genrec.sid.build import load_sid_table
+
+    table = load_sid_table(args.table)
+    h = table.health()
+    print(json.dumps(h.as_dict(), indent=2) if args.json else h.summary())
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``sid`` command group (build, health)."""
+    sid = subparsers.add_parser("sid", help="semantic ids: build a SID table, inspect its health")
+    sub = sid.add_subparsers(dest="sid_command", metavar="{build,health}")
+    sub.required = True
+    b = sub.add_parser("build", help="item embeddings -> residual quantizer -> unique SIDs + health report")
+    b.add_argument("config", help="recipe (YAML path or a name from configs/) whose sid: section is used")
+    b.add_argument("--data", help="prepared dataset folder (overrides data.path)")
+    b.add_argument("--out", required=True, help="SID folder to write (sid_table.parquet, health.json, build.json)")
+    b.add_argument("--set", nargs="*", metavar="SECTION.KEY=VALUE", help="overrides, e.g. sid.quantizer=rqkmeans")
+    b.set_defaults(func=_cmd_build)
+    h = sub.add_parser("health", help="per-level code usage, entropy, collisions of a SID table")
+    h.add_argument("table", help="a SID folder or a .parquet/.json table")
+    h.add_argument("--json", action="store_true")
+    h.set_defaults(func=_cmd_health)
