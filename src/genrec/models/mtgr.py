@@ -1,0 +1,360 @@
+"""MTGR: Meituan's generative-recommendation ranker (Han et al., arXiv 2505.18654), spec §4.
+
+A CTR model over one token sequence per (user, request):
+
+    [ U: user-profile tokens | S: long history | R: real-time history | C: candidate tokens ]
+
+- U: one ``d_model`` token per profile field (field embedding + hashed value embedding).
+- S / R: one token per history event, ``MLP_group(concat(item, time-gap bucket, action))``; R is the
+  most recent part of the history (events within ``realtime_window`` seconds of the request, at most
+  ``realtime_max`` of them), S the rest. S and R have their own MLPs.
+- C: one token per candidate, ``MLP(concat(item, category, cross features))``. Cross features (counts of
+  earlier user x item / user x category events, popularity, ...) live only in candidate tokens and are
+  computed by :func:`genrec.data.features.impression_features` from events strictly before the
+  impression.
+
+Each layer (spec §4.2), with ``GLN`` a LayerNorm whose affine parameters are chosen per token group:
+
+    X~ = GLN(X);  u, v, q, k = split(W X~ + b);  u = silu(u)
+    V~ = ((silu(q k^T / sqrt(d_qk)) / T_b) * M) v        # HSTU pointwise attention, no softmax
+    X  = X + MLP(GLN(V~ * u))
+
+``T_b`` = number of U + S + R tokens of the row + 1 (the token count of one candidate's sample; see
+``docs/models/mtgr.md`` for why not + K). ``M`` is the dynamic mask of :func:`mtgr_mask`: U and S see
+each other fully, R is causal by timestamp, a candidate sees U, the S/R events strictly before its own
+exposure time and itself, never another candidate. So several candidates are scored in one pass and
+each gets exactly the score it would get alone.
+
+Deviations (all documented in docs/models/mtgr.md): one CTR head (public data has one label), the
+``1/sqrt(d_qk)`` score scale of production HSTU, a time-gap embedding on history tokens (MTGR's paper
+does not describe positional information), normaliser without the other candidates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genrec.data.features import CROSS_FEATURES
+from genrec.data.sequences import SeqBatch
+from genrec.errors import ConfigError
+from genrec.models.base import RANKER
+from genrec.models.hstu_ranker import time_bucket
+from genrec.models.registry import register
+from genrec.nn.attention import hstu_pointwise_attention
+
+# token groups
+GROUP_U, GROUP_S, GROUP_R, GROUP_C = 0, 1, 2, 3
+NUM_GROUPS = 4
+
+Features = dict[str, torch.Tensor] | None
+
+_P_VALUE, _P_FIELD = 1_000_003, 7_919
+
+
+def mtgr_mask(groups: torch.Tensor, times: torch.Tensor, real: torch.Tensor, mode: str = "dynamic",
+              history: str = "full") -> torch.Tensor:
+    """(B, T, T) bool attention mask, row = query token i, column = key token j.
+
+    groups (B, T): GROUP_U / GROUP_S / GROUP_R / GROUP_C per token; times (B, T): event time of S/R
+    tokens and exposure time of candidates (ignored for U); real (B, T): False on padding.
+
+    mode="dynamic" (MTGR, spec §4.3), for real i, j:
+    - column U: every row;
+    - column S: U, S and R rows (S rows only j <= i when ``history="causal"``), candidate rows when
+      ``t_j < t_i``;
+    - column R: R rows when ``t_j < t_i`` or j == i; candidate rows when ``t_j < t_i``;
+    - column C: only itself (j == i).
+    mode="causal" (ablation "w/o dynamic mask"): U/S/R rows see U/S/R columns j <= i in token order;
+    candidate rows as above.
+    """
+    if mode not in ("dynamic", "causal"):
+        raise ValueError(f"mtgr_mask: mode must be 'dynamic' or 'causal', got {mode!r}")
+    if history not in ("full", "causal"):
+        raise ValueError(f"mtgr_mask: history must be 'full' or 'causal', got {history!r}")
+    T = groups.shape[1]
+    ar = torch.arange(T, device=groups.device)
+    eye = (ar[:, None] == ar[None, :])[None]  # (1, T, T)
+    before = ar[None, :] <= ar[:, None]  # (T, T) j <= i in token order
+    gi, gj = groups[:, :, None], groups[:, None, :]  # row / column groups
+    earlier = times[:, None, :] < times[:, :, None]  # (B, T, T) t_j < t_i
+    cand_row = gi == GROUP_C
+    seen_by_cand = (gj == GROUP_U) | (((gj == GROUP_S) | (gj == GROUP_R)) & earlier)
+    m = cand_row & (seen_by_cand | eye)
+    seq_row = ~cand_row  # U, S, R rows
+    if mode == "dynamic":
+        s_rule = before[None] if history == "causal" else torch.ones_like(eye)
+        us = (gj == GROUP_U) | ((gj == GROUP_S) & (((gi == GROUP_S) & s_rule) | (gi != GROUP_S)))
+        r = (gj == GROUP_R) & (gi == GROUP_R) & (earlier | eye)
+        m = m | (seq_row & (us | r))
+    else:
+        m = m | (seq_row & (gj != GROUP_C) & before[None])
+    return m & real[:, :, None] & real[:, None, :]
+
+
+class GroupLayerNorm(nn.Module):
+    """LayerNorm whose affine (gamma, beta) is selected per token by its group; statistics are per token.
+
+    With ``enabled=False`` every group shares one (gamma, beta): a plain LayerNorm (ablation)."""
+
+    def __init__(self, groups: int, dim: int, enabled: bool = True, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.enabled, self.eps, self.dim = enabled, eps, dim
+        n = groups if enabled else 1
+        self.weight = nn.Parameter(torch.ones(n, dim))
+        self.bias = nn.Parameter(torch.zeros(n, dim))
+
+    def forward(self, x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """x (B, T, dim), groups (B, T) int64."""
+        xn = F.layer_norm(x, (self.dim,), eps=self.eps)
+        g = groups if self.enabled else torch.zeros_like(groups)
+        return xn * F.embedding(g, self.weight) + F.embedding(g, self.bias)
+
+
+class MTGRLayer(nn.Module):
+    """GLN -> (u, v, q, k) -> pointwise attention under the dynamic mask -> GLN(V~ * u) -> MLP -> residual."""
+
+    def __init__(self, d: int, heads: int, dqk: int, dv: int, ffn_hidden: int, linear_dropout: float,
+                 group_norm: bool) -> None:
+        super().__init__()
+        self.h, self.dqk, self.dv = heads, dqk, dv
+        self.in_norm = GroupLayerNorm(NUM_GROUPS, d, group_norm)
+        self.uvqk = nn.Linear(d, 2 * heads * dv + 2 * heads * dqk)
+        self.o_norm = GroupLayerNorm(NUM_GROUPS, heads * dv, group_norm)
+        self.ffn = nn.Sequential(nn.Linear(heads * dv, ffn_hidden), nn.SiLU(), nn.Dropout(linear_dropout),
+                                 nn.Linear(ffn_hidden, d))
+        nn.init.xavier_uniform_(self.ffn[-1].weight)
+        nn.init.zeros_(self.ffn[-1].bias)
+
+    def forward(self, x: torch.Tensor, groups: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D); groups (B, T); weights (B, T, T) float = mask / normaliser. Returns (B, T, D)."""
+        B, T, _ = x.shape
+        h, dqk, dv = self.h, self.dqk, self.dv
+        u, v, q, k = torch.split(self.uvqk(self.in_norm(x, groups)), [h * dv, h * dv, h * dqk, h * dqk], dim=-1)
+        q = q.view(B, T, h, dqk).transpose(1, 2) / math.sqrt(dqk)  # (B, h, T, dqk)
+        k = k.view(B, T, h, dqk).transpose(1, 2)
+        v = v.view(B, T, h, dv).transpose(1, 2)
+        o = hstu_pointwise_attention(q, k, v, None, weights, 1)  # (B, T, h*dv); weights carry 1/T_b
+        return x + self.ffn(self.o_norm(o * F.silu(u), groups))
+
+
+def _mlp(d_in: int, d: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d), nn.SiLU(), nn.Linear(d, d))
+
+
+@register("mtgr")
+class MTGR(nn.Module):
+    """MTGR pCTR model: ``score(batch, candidates, features=...) -> (B, C)`` logits."""
+
+    kinds: tuple[str, ...] = (RANKER,)
+    registry_name: str = ""
+    needs_features: bool = True
+
+    @dataclass
+    class Config:
+        d_model: int = 64
+        num_layers: int = 3  # MTGR-small depth
+        num_heads: int = 2
+        dqk: int = 0  # per-head query/key width; 0 = d_model // num_heads
+        dv: int = 0  # per-head value width; 0 = d_model // num_heads
+        ffn_hidden: int = 0  # hidden width of each layer's output MLP; 0 = d_model
+        dropout: float = 0.2  # input (token) dropout
+        linear_dropout: float = 0.1  # dropout inside the output MLP
+        item_dim: int = 0  # item-id embedding width; 0 = d_model
+        feat_dim: int = 16  # embedding width of every other field (time, action, category, cross features)
+        realtime_max: int = 32  # at most this many most-recent events form the real-time group R (0 = no R)
+        realtime_window: int = 86400  # R = events at most this many seconds before the request; 0 = no time limit
+        history_mask: str = "full"  # U/S attention among themselves: "full" (MTGR) or "causal"
+        mask: str = "dynamic"  # "dynamic" (MTGR) or "causal" (ablation: token-order causal U|S|R)
+        group_norm: bool = True  # False = one shared LayerNorm for all groups (ablation "w/o GLN")
+        cross_features: bool = True  # False = cross features ignored (ablation "w/o cross features")
+        max_profile_fields: int = 8  # most user-profile tokens a dataset may bring
+        profile_buckets: int = 20011  # hashed (field, value) table of the profile tokens
+        category_buckets: int = 4099  # hashed candidate-category table
+        num_time_buckets: int = 128  # request_time - t_j buckets of history tokens
+        time_bucket_fn: str = "sqrt"  # "sqrt" or "log" (hstu_ranker.time_bucket)
+        num_behaviors: int = 8  # behaviour levels the action embedding can hold
+        head_hidden: int = 0  # hidden width of the CTR MLP; 0 = d_model // 2
+
+    def __init__(self, cfg: Config, num_items: int, max_len: int) -> None:
+        super().__init__()
+        self._check(cfg, num_items, max_len)
+        self.cfg, self.num_items, self.max_len = cfg, num_items, max_len
+        d = cfg.d_model
+        dqk = cfg.dqk or d // cfg.num_heads
+        dv = cfg.dv or d // cfg.num_heads
+        di, df = cfg.item_dim or d, cfg.feat_dim
+        self.item_emb = nn.Embedding(num_items + 1, di, padding_idx=0)
+        self.time_emb = nn.Embedding(cfg.num_time_buckets + 1, df)
+        self.action_emb = nn.Embedding(cfg.num_behaviors + 1, df)  # 0 = no action column / padding
+        self.seq_mlp = nn.ModuleList([_mlp(di + 2 * df, d), _mlp(di + 2 * df, d)])  # S, R
+        self.profile_emb = nn.Embedding(cfg.profile_buckets + 1, d)  # 0 = missing value
+        self.field_emb = nn.Embedding(cfg.max_profile_fields, d)
+        self.cat_emb = nn.Embedding(cfg.category_buckets + 1, df)  # 0 = no category
+        self.cross_emb = nn.ModuleDict({name: nn.Embedding(v, df) for name, v in CROSS_FEATURES.items()})
+        self.cand_mlp = _mlp(di + df + len(CROSS_FEATURES) * df, d)
+        for emb in (self.item_emb, self.time_emb, self.action_emb, self.profile_emb, self.field_emb, self.cat_emb,
+                    *self.cross_emb.values()):
+            nn.init.normal_(emb.weight, std=0.02)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+        self.input_dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(
+            MTGRLayer(d, cfg.num_heads, dqk, dv, cfg.ffn_hidden or d, cfg.linear_dropout, cfg.group_norm)
+            for _ in range(cfg.num_layers)
+        )
+        hidden = cfg.head_hidden or max(1, d // 2)
+        self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+
+    @staticmethod
+    def _check(cfg: Config, num_items: int, max_len: int) -> None:
+        def bad(key: str, why: str) -> ConfigError:
+            return ConfigError(f"model.{key}: {why} (mtgr), got {getattr(cfg, key)!r}")
+
+        for key in ("d_model", "num_layers", "num_heads", "feat_dim", "max_profile_fields", "profile_buckets",
+                    "category_buckets", "num_time_buckets", "num_behaviors"):
+            v = getattr(cfg, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise bad(key, "must be a positive integer")
+        for key in ("dqk", "dv", "ffn_hidden", "item_dim", "realtime_max", "realtime_window", "head_hidden"):
+            v = getattr(cfg, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise bad(key, "must be an integer >= 0")
+        if (cfg.dqk == 0 or cfg.dv == 0) and cfg.d_model % cfg.num_heads:
+            raise bad("num_heads", f"must divide d_model={cfg.d_model} when dqk or dv is 0")
+        for key in ("dropout", "linear_dropout"):
+            v = getattr(cfg, key)
+            if not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+                raise bad(key, "must be in [0, 1)")
+        choices = {"history_mask": ("full", "causal"), "mask": ("dynamic", "causal"), "time_bucket_fn": ("sqrt", "log")}
+        for key, allowed in choices.items():
+            if getattr(cfg, key) not in allowed:
+                raise bad(key, f"must be one of {list(allowed)}")
+        if num_items < 1 or max_len < 1:
+            raise ConfigError(f"mtgr: num_items and max_len must be >= 1, got {num_items}, {max_len}")
+
+    @property
+    def device(self) -> torch.device:
+        return self.item_emb.weight.device
+
+    # ------------------------------------------------------------------ features
+    def _cand_feature(self, features: Features, name: str, B: int, C: int) -> torch.Tensor:
+        """(B, C) int64 ids of a per-candidate feature; zeros when absent."""
+        dev = self.device
+        if not features or name not in features or features[name] is None:
+            return torch.zeros(B, C, dtype=torch.long, device=dev)
+        t = torch.as_tensor(features[name], device=dev).long()
+        if t.dim() == 1:
+            t = t[:, None]
+        if t.dim() != 2 or t.shape[0] != B or t.shape[1] != C:
+            raise ValueError(f"mtgr: feature '{name}' has shape {tuple(t.shape)}, expected ({B},) or ({B}, {C})")
+        return t
+
+    def _profile_ids(self, features: Features, B: int) -> torch.Tensor:
+        """(B, F) hashed profile ids (0 = missing); one all-missing field when no profile is given."""
+        dev = self.device
+        if not features or features.get("profile") is None:
+            return torch.zeros(B, 1, dtype=torch.long, device=dev)
+        p = torch.as_tensor(features["profile"], device=dev).long()
+        if p.dim() == 1:
+            p = p[:, None]
+        if p.shape[0] != B:
+            raise ValueError(f"mtgr: feature 'profile' has {p.shape[0]} rows for a batch of {B}")
+        Fn = p.shape[1]
+        if Fn > self.cfg.max_profile_fields:
+            raise ConfigError(f"model.max_profile_fields: the data has {Fn} user-profile fields, "
+                              f"more than max_profile_fields={self.cfg.max_profile_fields} (mtgr)")
+        field = torch.arange(1, Fn + 1, device=dev)[None, :]
+        h = 1 + (p * _P_VALUE + field * _P_FIELD) % self.cfg.profile_buckets
+        return torch.where(p > 0, h, torch.zeros_like(h))
+
+    # ------------------------------------------------------------------ tokens
+    def tokens(self, batch: SeqBatch, candidates: torch.Tensor, features: Features = None,
+               candidate_times: torch.Tensor | None = None):
+        """Token inputs and per-token attributes.
+
+        Returns x (B, T, D), groups (B, T), times (B, T), real (B, T) and the number of profile tokens
+        F, with T = F + N + C: profile tokens, the (padded) history, then the candidates.
+        """
+        cfg = self.cfg
+        B, N = batch.items.shape
+        C = candidates.shape[1]
+        dev = batch.items.device
+        # U: profile tokens
+        prof = self._profile_ids(features, B)  # (B, F)
+        Fn = prof.shape[1]
+        xu = self.profile_emb(prof) + self.field_emb(torch.arange(Fn, device=dev))[None]
+        # S / R: history tokens
+        ar = torch.arange(N, device=dev)
+        valid = ar[None, :] < batch.lengths[:, None]  # (B, N)
+        age = batch.query_time[:, None] - batch.timestamps  # (B, N) seconds before the request
+        recent = valid & ((batch.lengths[:, None] - ar[None, :]) <= cfg.realtime_max)
+        if cfg.realtime_window > 0:
+            recent = recent & (age <= cfg.realtime_window)
+        tb = time_bucket(age, cfg.num_time_buckets, cfg.time_bucket_fn)
+        act = (batch.behaviors.clamp(0, cfg.num_behaviors) if batch.behaviors is not None
+               else torch.zeros_like(batch.items))
+        fields = torch.cat([self.item_emb(batch.items), self.time_emb(tb), self.action_emb(act)], dim=-1)
+        xh = torch.where(recent[..., None], self.seq_mlp[1](fields), self.seq_mlp[0](fields))
+        # C: candidate tokens with item side features and cross features
+        cat = self._cand_feature(features, "cand_category", B, C)
+        cat = torch.where(cat > 0, 1 + (cat * _P_VALUE) % cfg.category_buckets, torch.zeros_like(cat))
+        parts = [self.item_emb(candidates), self.cat_emb(cat)]
+        for name, vocab in CROSS_FEATURES.items():
+            ids = (self._cand_feature(features, name, B, C).clamp(0, vocab - 1) if cfg.cross_features
+                   else torch.zeros(B, C, dtype=torch.long, device=dev))
+            parts.append(self.cross_emb[name](ids))
+        xc = self.cand_mlp(torch.cat(parts, dim=-1))
+        x = torch.cat([xu, xh, xc], dim=1)  # (B, T, D)
+        groups = torch.cat([
+            torch.full((B, Fn), GROUP_U, dtype=torch.long, device=dev),
+            torch.where(recent, GROUP_R, GROUP_S),
+            torch.full((B, C), GROUP_C, dtype=torch.long, device=dev),
+        ], dim=1)
+        if candidate_times is None:
+            ct = batch.query_time[:, None].expand(B, C)
+        else:
+            ct = torch.as_tensor(candidate_times, device=dev).long().reshape(B, C)
+        times = torch.cat([torch.zeros(B, Fn, dtype=torch.long, device=dev), batch.timestamps, ct], dim=1)
+        real = torch.cat([torch.ones(B, Fn, dtype=torch.bool, device=dev), valid, candidates > 0], dim=1)
+        x = self.input_dropout(x) * real[..., None]
+        return x, groups, times, real, Fn
+
+    def candidate_outputs(self, batch: SeqBatch, candidates: torch.Tensor, features: Features = None,
+                          candidate_times: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, D) encoder outputs at the candidate tokens."""
+        x, groups, times, real, Fn = self.tokens(batch, candidates, features, candidate_times)
+        mask = mtgr_mask(groups, times, real, self.cfg.mask, self.cfg.history_mask)
+        norm = (Fn + batch.lengths + 1).to(x.dtype)  # (B,) tokens of one candidate's sample
+        weights = mask.to(x.dtype) / norm[:, None, None]
+        for layer in self.layers:
+            x = layer(x, groups, weights) * real[..., None]
+        return x[:, x.shape[1] - candidates.shape[1]:]
+
+    def score(self, batch: SeqBatch, candidates: torch.Tensor, features: Features = None,
+              candidate_times: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C) logits. ``features``: the arrays of ``impression_features`` for these samples, as
+        tensors ((B,) or (B, C) per candidate feature, (B, F) profile); missing keys read as 0.
+        ``candidate_times`` (B, C): exposure time of each candidate (default: ``batch.query_time``)."""
+        if candidates.dim() == 1:
+            candidates = candidates[:, None]
+        return self.head(self.candidate_outputs(batch, candidates, features, candidate_times)).squeeze(-1)
+
+    def score_candidates(self, batch: SeqBatch, candidates: torch.Tensor, features: Features = None) -> torch.Tensor:
+        """Alias of :meth:`score` used by the serving artifact and the ranking trainer."""
+        return self.score(batch, candidates, features)
+
+    def loss(self, batch: SeqBatch, candidates: torch.Tensor, labels: torch.Tensor,
+             features: Features = None) -> torch.Tensor:
+        """Mean BCE of the logits against 0/1 labels (B, C); candidates 0 are padding and ignored."""
+        if candidates.dim() == 1:
+            candidates = candidates[:, None]
+        labels = labels.reshape(candidates.shape).to(torch.float32)
+        logits = self.score(batch, candidates, features)
+        w = (candidates > 0).to(logits.dtype)
+        per = F.binary_cross_entropy_with_logits(logits.float(), labels, reduction="none")
+        return (per * w).sum() / w.sum().clamp(min=1.0)
