@@ -1,4 +1,4 @@
-"""HPGR stage 1: the Session Enhancement Module (SEM), pre-trained with session-based MIM.
+"""HPGR: the stage-1 Session Enhancement Module (SEM, pre-trained with session MIM) and the stage-2 ranker.
 
 HPGR (arXiv 2603.00980) splits a user's history into sessions and encodes it hierarchically before
 the HSTU ranker of stage 2 sees it. The paper's method section is not public; this is the
@@ -15,17 +15,28 @@ permutation-equivariant, so the block-diagonal mask over ``[events | SES tokens]
 one [SES] per session", and the index tensors stay plain ``(B, N)`` / ``(B, M)`` gathers with no
 per-event Python loop. Switches: ``session_repr="mean"`` (mean of ``h_j`` instead of [SES]) and
 ``use_sessions=False`` (a plain bidirectional Transformer over the events, the "no SEM" ablation).
+
+Stage 2 (``HPGRRanker``, registered as ``"hpgr"``) is at the end of the file: the HSTU ranker of
+``hstu_ranker.py`` initialised from the stage-1 item table, with PGSA (``genrec.nn.sparse``) in every layer.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genrec.data.sequences import SeqBatch
+from genrec.errors import ConfigError
+from genrec.models.base import RANKER
+from genrec.models.hstu_ranker import ColumnMask, HSTURanker, HSTURankerLayer, target_aware_mask
+from genrec.models.registry import register
+from genrec.nn.attention import hstu_pointwise_attention
 from genrec.nn.position import log_time_bucket
+from genrec.nn.sparse import IMPLS, ROWS, WINDOWS, kept_columns, pgsa_attention, pgsa_relevance, pgsa_weights
 
 MASK_ID = -1  # an input item id meaning "the learned [MASK] vector" (set by objectives.mim)
 
@@ -259,3 +270,246 @@ class SessionEncoder(nn.Module):
         g_j = torch.gather(g, 1, lay.event_session[..., None].expand(B, N, g.shape[-1]))  # (B, N, D)
         u = self.out_norm(h + self.fuse(g_j)) * valid[..., None]
         return SEMOutput(u, valid, g, s_valid)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stage 2: preference-aware fine-tuning (spec §5.3(c)-(e))
+# ---------------------------------------------------------------------------------------------------
+
+
+def window_sessions(timestamps: torch.Tensor, lengths: torch.Tensor, gap: int | None,
+                    max_session_len: int | None) -> torch.Tensor:
+    """(B, N) session ids (1, 2, ... per row; 0 on padding) of a left-aligned history window.
+
+    The rule of ``genrec.data.sessions.sessionize`` (a gap > ``gap`` seconds or ``max_session_len``
+    events open a session), applied to the window only: stage 2 sees histories as windows, and the SEM
+    only needs ids that change at boundaries.
+    """
+    B, N = timestamps.shape
+    ar = torch.arange(N, device=timestamps.device)
+    real = ar[None, :] < lengths[:, None]  # (B, N)
+    start = torch.zeros_like(real)
+    start[:, 0] = True
+    if gap is not None and N > 1:
+        start[:, 1:] = (timestamps[:, 1:] - timestamps[:, :-1]) > gap
+    if max_session_len:
+        seg = torch.cummax(torch.where(start, ar.expand(B, N), torch.zeros_like(ar).expand(B, N)), 1).values
+        start = (ar[None, :] - seg) % int(max_session_len) == 0
+    return torch.where(real, torch.cumsum(start.long(), 1), torch.zeros(B, N, dtype=torch.long,
+                                                                        device=timestamps.device))
+
+
+def fit_table(table: torch.Tensor, d: int) -> torch.Tensor:
+    """(V, Dp) pre-trained table -> (V, d) initial ranker table.
+
+    Same width: an exact copy. Wider ranker: zero-padding (every dot product kept). Narrower: projection
+    on the table's top right-singular vectors, the rank-d map that best keeps its dot products (the
+    quantity PGSA and MIM are built on).
+    """
+    dp = table.shape[1]
+    if dp == d:
+        return table.clone()
+    if dp < d:
+        return F.pad(table, (0, d - dp))
+    _, _, vh = torch.linalg.svd(table[1:].double(), full_matrices=False)  # row 0 is padding
+    return (table.double() @ vh[:d].T).to(table.dtype)
+
+
+def pgsa_layer(layer: HSTURankerLayer, x: torch.Tensor, weights: torch.Tensor, lengths: torch.Tensor,
+               norm_len: int, rows: str = "all", impl: str = "gather") -> torch.Tensor:
+    """One HSTU ranker layer (its own weights) with PGSA attention instead of the dense masked one.
+
+    x: (B, N+1, D), history in slots 0..N-1 and one candidate in slot N; weights: (B, N) PGSA column
+    weights. The projections and the ``[u, o, u*Norm(o)]`` output are ``HSTURankerLayer.forward``'s;
+    only the attention changes, so with every column kept the two agree. Returns (B, N+1, D).
+    """
+    B, L, _ = x.shape
+    N = L - 1
+    h, dqk, dv = layer.h, layer.dqk, layer.dv
+    u, v, q, k = torch.split(layer.uvqk(layer.in_norm(x)), [h * dv, h * dv, h * dqk, h * dqk], dim=-1)
+    u = F.silu(u)  # (B, L, h*dv)
+    q = q.view(B, L, h, dqk).transpose(1, 2) / math.sqrt(dqk)  # (B, h, L, dqk); the ranker's 1/sqrt(d_qk)
+    k = k.view(B, L, h, dqk).transpose(1, 2)
+    v = v.view(B, L, h, dv).transpose(1, 2)  # (B, h, L, dv)
+    if rows == "all":
+        o = pgsa_attention(q, k, v, weights, lengths, norm_len, rows="all", impl=impl)  # (B, L, h*dv)
+    else:  # plain causal history (cacheable), PGSA on the candidate row only
+        hist_mask = target_aware_mask(lengths, N, 1)[:, :N, :N]  # (B, N, N)
+        o_hist = hstu_pointwise_attention(q[:, :, :N], k[:, :, :N], v[:, :, :N], None, hist_mask, norm_len)
+        o_cand = pgsa_attention(q, k, v, weights, lengths, norm_len, rows="candidate", impl=impl)  # (B, 1, h*dv)
+        o = torch.cat([o_hist, o_cand], dim=1)  # (B, L, h*dv)
+    on = layer.o_norm(o.view(B, L, h, dv)) if layer.group_norm else layer.o_norm(o)
+    on = on.reshape(B, L, h * dv)
+    return x + layer.out(layer.dropout(torch.cat([u, o, u * on], dim=-1)))
+
+
+def _per_candidate(batch: SeqBatch, candidates: torch.Tensor) -> tuple[SeqBatch, torch.Tensor]:
+    """(B, N) history and (B, C) candidates -> (B*C, N) copies and (B*C, 1): one PGSA pass per pair."""
+    C = candidates.shape[1]
+    if C == 1:
+        return batch, candidates
+
+    def rep(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.repeat_interleave(C, dim=0)
+
+    flat = SeqBatch(items=rep(batch.items), timestamps=rep(batch.timestamps), lengths=rep(batch.lengths),
+                    query_time=rep(batch.query_time), behaviors=rep(batch.behaviors))
+    return flat, candidates.reshape(-1, 1)
+
+
+@register("hpgr")
+class HPGRRanker(HSTURanker):
+    """HPGR stage 2: the target-aware HSTU ranker, pre-trained item table, PGSA in every layer.
+
+    Same API as :class:`HSTURanker` (``loss`` mean BCE, ``score`` (B, C) logits, ``score_candidates``).
+    Each (user, candidate) pair gets its own pass, because the PGSA mask depends on the candidate.
+    Relevance ``r_j = <Ê[c], Ê[i_j]>`` comes from a frozen copy of the pre-trained table
+    (``freeze_relevance``), or from the ranker's own table, detached, when there is no pre-training (a
+    frozen *random* table would pick random anchors) or ``freeze_relevance=False``. Top-K never passes
+    gradients either way.
+    """
+
+    kinds: tuple[str, ...] = (RANKER,)
+
+    @dataclass
+    class Config(HSTURanker.Config):
+        pretrained: str = ""  # stage-1 artifact folder; "" = no pre-training (random init)
+        pgsa: bool = True  # False = dense target-aware attention (the "dense attention" ablation)
+        impl: str = "gather"  # "gather" (cost grows with K) or "dense" (the masked reference)
+        top_k: int = 32  # K anchors per (user, candidate)
+        sigma: float = 2.0  # Gaussian window in positions; 0 = anchors only
+        eps: float = 0.01  # window weights below eps are dropped
+        window: str = "position"  # "position" (default) or "score" (relevance-Gaussian ablation)
+        sigma_r: float = 0.25  # width of the score Gaussian
+        rows: str = "all"  # "all" rows sparse, or "candidate" row only (cheap variant)
+        freeze_relevance: bool = True  # relevance from the frozen pre-trained table
+        use_sem: bool = True  # add the frozen pre-trained SEM's session-aware event vectors (needs pretrained)
+
+    def __init__(self, cfg: Config, num_items: int, max_len: int) -> None:
+        for name, value, options in (("impl", cfg.impl, IMPLS), ("rows", cfg.rows, ROWS),
+                                     ("window", cfg.window, WINDOWS)):
+            if value not in options:
+                raise ConfigError(f"hpgr: model.{name} must be one of {list(options)}, got {value!r}")
+        if cfg.top_k < 1 or cfg.sigma < 0 or not 0 < cfg.eps < 1:
+            raise ConfigError(f"hpgr: need model.top_k >= 1, sigma >= 0, 0 < eps < 1 "
+                              f"(got {cfg.top_k}, {cfg.sigma}, {cfg.eps})")
+        if cfg.pgsa and cfg.attn_dropout > 0:
+            raise ConfigError("hpgr: PGSA attention has no score dropout; set model.attn_dropout=0")
+        super().__init__(cfg, num_items, max_len)
+        self.cfg: HPGRRanker.Config = cfg
+        self.sem: SessionEncoder | None = None
+        self.sem_proj: nn.Linear | None = None
+        self.session_rule: tuple[int | None, int | None] = (None, None)  # stage 1's (gap, cap), for the SEM
+        if cfg.pretrained:
+            self._load_pretrained(cfg.pretrained, num_items, max_len)
+
+    def _load_pretrained(self, path: str, num_items: int, max_len: int) -> None:
+        from pathlib import Path
+
+        from genrec.train.pretrain import META_FILE, load_pretrained  # stage-1 code imports this module
+
+        if not (Path(path) / META_FILE).exists():
+            raise ConfigError(f"hpgr: model.pretrained={path!r} is not a stage-1 artifact; run the pretrain "
+                              "stage first (stages: [pretrain, finetune]) or set model.pretrained=''")
+        pre = load_pretrained(path, num_items=num_items)
+        table = pre.item_table  # (I+1, Dp)
+        with torch.no_grad():
+            self.item_emb.weight.copy_(fit_table(table, self.cfg.d_model))
+        if self.cfg.use_sem:
+            sem = pre.sem
+            if not sem.cfg.use_sessions and max_len > sem.max_len:
+                raise ConfigError(f"hpgr: the session-free pre-trained encoder holds {sem.max_len} positions, "
+                                  f"data.max_len is {max_len}; raise pretrain.max_len or set model.use_sem=false")
+            sem.requires_grad_(False)
+            self.sem = sem.eval()
+            self.sem_proj = nn.Linear(table.shape[1], self.cfg.d_model, bias=False)
+            nn.init.zeros_(self.sem_proj.weight)  # at init the model is the SEM-free one
+            raw = pre.meta["config"]
+            self.session_rule = (raw.get("session_gap"), raw.get("max_session_len"))
+        if self.cfg.freeze_relevance and self.sem is None:
+            self.register_buffer("relevance_table", table.clone())  # (I+1, Dp) frozen Ê
+
+    def train(self, mode: bool = True) -> HPGRRanker:
+        """The frozen SEM stays in eval mode (no dropout) while the ranker trains."""
+        super().train(mode)
+        if self.sem is not None:
+            self.sem.eval()
+        return self
+
+    def relevance_source(self) -> torch.Tensor:
+        """(V, D') table behind PGSA relevance: the frozen pre-trained copy, else the live table (detached)."""
+        if self.cfg.pretrained and self.cfg.freeze_relevance:
+            return self.sem.item_emb.weight if self.sem is not None else self.relevance_table
+        return self.item_emb.weight.detach()
+
+    def relevance(self, batch: SeqBatch, candidates: torch.Tensor) -> torch.Tensor:
+        """(B, N) relevance of each history item to the candidate (B,); -inf on padding; no gradient."""
+        return pgsa_relevance(self.relevance_source(), candidates, batch.items, batch.lengths).detach()
+
+    def column_weights(self, batch: SeqBatch, candidates: torch.Tensor) -> torch.Tensor:
+        """(B, N) PGSA column weights for one candidate (B,) per row."""
+        c = self.cfg
+        return pgsa_weights(self.relevance(batch, candidates), batch.lengths, c.top_k, c.sigma, c.eps, c.window,
+                            c.sigma_r)
+
+    @torch.no_grad()
+    def sem_features(self, batch: SeqBatch) -> torch.Tensor:
+        """(B, N, Dp) frozen SEM event vectors u_j of the history window (zeros on padding)."""
+        assert self.sem is not None
+        sids = window_sessions(batch.timestamps, batch.lengths, *self.session_rule) if self.sem.cfg.use_sessions \
+            else None
+        return self.sem(batch.items, batch.timestamps, sids, batch.lengths).events
+
+    def embed(self, batch: SeqBatch, candidates: torch.Tensor,
+              sem: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ranker's inputs, plus ``W_sem u_j`` on the history tokens when the SEM is used."""
+        x, real = super().embed(batch, candidates)  # (B, N+C, D), (B, N+C)
+        if self.sem is None:
+            return x, real
+        assert self.sem_proj is not None
+        N = batch.items.shape[1]
+        sem = self.sem_features(batch) if sem is None else sem  # (B, N, Dp)
+        hist = x[:, :N] + self.sem_proj(sem.to(x.dtype)) * real[:, :N, None]
+        return torch.cat([hist, x[:, N:]], dim=1), real
+
+    def candidate_outputs(self, batch: SeqBatch, candidates: torch.Tensor,
+                          column_mask: ColumnMask = None) -> torch.Tensor:
+        """(B, C, D) encoder outputs at the candidates, PGSA in every layer (one mask for all layers).
+
+        impl="dense": the ranker's own masked attention with the PGSA weights as its ``column_mask``.
+        impl="gather", rows="all": only the K' kept history tokens and the candidate are run through the
+        layers. Exact, because the mask is the same in every layer: a dropped column is never read, so
+        its row can never reach the candidate. Cost per layer O(K'^2 d + K' d^2) instead of O(N^2 d + N d^2).
+        impl="gather", rows="candidate": causal history pass plus the candidate row on its kept columns.
+        """
+        if not self.cfg.pgsa:
+            return super().candidate_outputs(batch, candidates, column_mask)
+        if column_mask is not None:
+            raise ValueError("hpgr: PGSA builds its own column mask; pass column_mask only with model.pgsa=false")
+        cfg = self.cfg
+        B, N = batch.items.shape
+        C = candidates.shape[1]
+        flat, cand = _per_candidate(batch, candidates)  # (B*C, N), (B*C, 1): the mask depends on the candidate
+        w = self.column_weights(flat, cand[:, 0])  # (B*C, N)
+        if cfg.impl == "dense":
+            if cfg.rows == "candidate":  # history rows are candidate-free: one shared pass
+                return super().candidate_outputs(batch, candidates, w.view(B, C, N))
+            return super().candidate_outputs(flat, cand, w).reshape(B, C, -1)
+        sem = None
+        if self.sem is not None:
+            sem = self.sem_features(batch)  # (B, N, Dp), once per user, not per candidate
+            sem = sem.repeat_interleave(C, dim=0) if C > 1 else sem
+        x, real = self.embed(flat, cand, sem)  # (B*C, N+1, D)
+        if cfg.rows == "candidate":
+            for layer in self.layers:
+                x = pgsa_layer(layer, x, w, flat.lengths, self.max_len, "candidate", "gather") * real[..., None]
+            return x[:, N].reshape(B, C, -1)
+        idx, colw = kept_columns(w)  # (B*C, K'+1), slot N (the candidate) last with weight 1
+        xg = x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))  # (B*C, K'+1, D)
+        keep = colw > 0
+        keep[:, -1] = real[:, N]
+        causal = idx[:, None, :] <= idx[:, :, None]  # by original slot
+        mask = (causal & keep[:, :, None] & keep[:, None, :]).to(x.dtype) * colw[:, None, :]  # (B*C, K'+1, K'+1)
+        for layer in self.layers:
+            xg = layer(xg, mask, self.max_len) * keep[..., None]
+        return xg[:, -1].reshape(B, C, -1)

@@ -314,3 +314,28 @@ def load_pretrained(path: str | Path, num_items: int | None = None, device: str 
 
 __all__ = ["PretrainConfig", "Pretrained", "load_pretrained", "pretrain_batch", "pretrain_sessions",
            "pretraining_events", "probe_loss"]
+
+
+def parse_pretrain_config(raw: dict[str, Any] | None, where: str = "pretrain") -> PretrainConfig:
+    """A run config's raw ``pretrain:`` mapping (nested ``sem:`` / ``mim:`` allowed) -> PretrainConfig.
+
+    Unknown keys raise ConfigError like every other section, so a typo cannot pre-train another model.
+    """
+    if not isinstance(raw or {}, dict):
+        raise ConfigError(f"{where}: expected a mapping of stage-1 settings")
+    raw = dict(raw or {})
+    nested = {}
+    for key, cls in (("sem", SessionEncoder.Config), ("mim", MIMConfig)):
+        if key in raw:
+            nested[key] = dataclass_from_dict(cls, raw.pop(key) or {}, f"{where}.{key}")
+    cfg = dataclass_from_dict(PretrainConfig, raw, where)
+    for key, value in nested.items():
+        setattr(cfg, key, value)
+    for key in ("session_gap", "max_session_len"):  # int | None: the generic coercion leaves them as given
+        value = getattr(cfg, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{where}.{key}: expected an integer or null, got {value!r}")
+    return cfg
+
+
+__all__ += ["parse_pretrain_config"]

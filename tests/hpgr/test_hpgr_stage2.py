@@ -1,0 +1,251 @@
+"""HPGR stage 2: the PGSA ranker (dense == gathered for the whole model, all-kept == plain HSTU ranker),
+the frozen relevance table, loading the stage-1 artifact, and the in-window sessioniser."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from genrec.data.sequences import SeqBatch, UserSequences
+from genrec.data.sessions import sessionize
+from genrec.errors import CheckpointError, ConfigError
+from genrec.models.hpgr import HPGRRanker, SessionEncoder, fit_table, pgsa_layer, window_sessions
+from genrec.models.hstu_ranker import HSTURanker
+from genrec.models.registry import MODELS, build_model
+from genrec.nn.sparse import pgsa_mask
+from genrec.objectives.mim import MIMConfig
+from genrec.train.pretrain import PretrainConfig, load_pretrained, pretrain_sessions
+
+V = 40  # catalogue size of every test here
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _batch(B=5, N=24, seed=0, full=False) -> SeqBatch:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, N + 1, (B,), generator=g)
+    lengths[0] = N
+    if full:
+        lengths[:] = N
+    valid = torch.arange(N)[None] < lengths[:, None]
+    ts = torch.cumsum(torch.randint(1, 7200, (B, N), generator=g), 1) * valid
+    return SeqBatch(items=torch.randint(1, V + 1, (B, N), generator=g) * valid, timestamps=ts, lengths=lengths,
+                    query_time=ts.max(1).values + 60)
+
+
+def _cfg(**kw) -> HPGRRanker.Config:
+    base = {"d_model": 16, "num_layers": 2, "num_heads": 2, "dropout": 0.0, "linear_dropout": 0.0, "top_k": 3,
+            "sigma": 1.0}
+    return HPGRRanker.Config(**{**base, **kw})
+
+
+def _pair(**kw) -> tuple[HPGRRanker, HPGRRanker]:
+    torch.manual_seed(0)
+    dense = HPGRRanker(_cfg(impl="dense", **kw), num_items=V, max_len=24)
+    gather = HPGRRanker(_cfg(impl="gather", **kw), num_items=V, max_len=24)
+    gather.load_state_dict(dense.state_dict())
+    return dense, gather
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    """A tiny stage-1 artifact (d=16) pre-trained for a few steps on synthetic sessions over V items."""
+    rng = np.random.default_rng(0)
+    its, tss, offs = [], [], [0]
+    for _ in range(30):
+        n = int(rng.integers(8, 30))
+        its.append(rng.integers(1, V + 1, n))
+        tss.append(1_000_000 + np.cumsum(rng.choice([60, 600, 20_000], n)))
+        offs.append(offs[-1] + n)
+    seqs = UserSequences(np.arange(1, 31), np.array(offs), np.concatenate(its), np.concatenate(tss))
+    cfg = PretrainConfig(sem=SessionEncoder.Config(d_model=16, num_heads=2, intra_layers=1, inter_layers=1),
+                         mim=MIMConfig(), max_len=30, epochs=1, max_steps=3, batch_size=16, probe_rows=8)
+    return pretrain_sessions(seqs, int(np.quantile(seqs.timestamps, 0.8)), cfg, tmp_path_factory.mktemp("s1") / "a",
+                             num_items=V)
+
+
+def test_registered_as_ranker_and_config_checked():
+    assert MODELS["hpgr"] is HPGRRanker and HPGRRanker.kinds == ("ranker",)
+    m = build_model({"name": "hpgr", "d_model": 8, "num_heads": 2, "top_k": 4, "impl": "dense"}, num_items=5,
+                    max_len=6)
+    assert isinstance(m, HPGRRanker) and isinstance(m, HSTURanker)
+    for bad in ({"impl": "sparse"}, {"rows": "some"}, {"top_k": 0}, {"sigma": -1.0}, {"attn_dropout": 0.1}):
+        with pytest.raises(ConfigError):
+            build_model({"name": "hpgr", "d_model": 8, "num_heads": 2, **bad}, num_items=5, max_len=6)
+    with pytest.raises(ConfigError, match="pretrain stage"):
+        build_model({"name": "hpgr", "d_model": 8, "num_heads": 2, "pretrained": "no/such/folder"}, 5, 6)
+
+
+@pytest.mark.parametrize("rows,window,C,seed", [("all", "position", 1, 0), ("all", "position", 3, 1),
+                                                 ("candidate", "position", 2, 2), ("all", "score", 1, 3)])
+def test_dense_and_gathered_model_agree_with_gradients(rows, window, C, seed):
+    dense, gather = _pair(rows=rows, window=window)
+    batch = _batch(seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    cands = torch.randint(1, V + 1, (5, C), generator=g)
+    if C > 1:
+        cands[1, -1] = 0  # a padding candidate is ignored by both
+    labels = torch.randint(0, 2, (5, C), generator=g).float()
+    ld, lg = dense.loss(batch, cands, labels), gather.loss(batch, cands, labels)
+    ld.backward()
+    lg.backward()
+    assert torch.allclose(dense.score(batch, cands), gather.score(batch, cands), atol=1e-5)
+    assert abs(float(ld.detach()) - float(lg.detach())) < 1e-5
+    for (name, pd), (_, pg) in zip(dense.named_parameters(), gather.named_parameters()):
+        if pd.grad is not None or pg.grad is not None:
+            assert torch.allclose(pd.grad, pg.grad, atol=1e-5), name
+    # the mask is really sparse here, and it changes the scores
+    w = gather.column_weights(batch, cands[:, 0])
+    assert int((w > 0).sum()) < int(batch.lengths.sum())
+    with torch.no_grad():
+        plain = HSTURanker(HSTURanker.Config(d_model=16, num_heads=2), V, 24)
+        plain.load_state_dict(dense.state_dict())
+        assert not torch.allclose(plain.score(batch, cands), gather.score(batch, cands), atol=1e-4)
+
+
+@pytest.mark.parametrize("impl,rows", [("gather", "all"), ("dense", "all"), ("gather", "candidate")])
+def test_all_columns_kept_equals_the_plain_hstu_ranker(impl, rows):
+    torch.manual_seed(0)
+    hpgr = HPGRRanker(_cfg(top_k=24, impl=impl, rows=rows), V, 24).eval()  # K >= N: every column kept
+    plain = HSTURanker(HSTURanker.Config(d_model=16, num_heads=2), V, 24).eval()
+    plain.load_state_dict(hpgr.state_dict())
+    batch = _batch(seed=5)
+    cands = torch.randint(1, V + 1, (5, 3))
+    with torch.no_grad():
+        assert torch.allclose(hpgr.score(batch, cands), plain.score(batch, cands), atol=1e-5)
+        off = HPGRRanker(_cfg(top_k=3, pgsa=False), V, 24).eval()  # the dense-attention ablation
+        off.load_state_dict(hpgr.state_dict())
+        assert torch.allclose(off.score(batch, cands), plain.score(batch, cands), atol=1e-6)
+
+
+def test_pgsa_layer_equals_the_ranker_layer_under_the_pgsa_mask():
+    _, model = _pair()
+    layer = model.layers[0]
+    batch = _batch(seed=4)
+    x = torch.randn(5, 25, 16)
+    w = model.column_weights(batch, torch.randint(1, V + 1, (5,)))
+    for rows in ("all", "candidate"):
+        want = layer(x, pgsa_mask(w, batch.lengths, rows), 24)
+        for impl in ("gather", "dense"):
+            got = pgsa_layer(layer, x, w, batch.lengths, 24, rows, impl)
+            real = torch.cat([torch.arange(24)[None] < batch.lengths[:, None], torch.ones(5, 1, dtype=torch.bool)], 1)
+            assert torch.allclose(got * real[..., None], want * real[..., None], atol=1e-5), (rows, impl)
+
+
+def test_scores_do_not_depend_on_batch_mates_or_candidate_grouping():
+    _, model = _pair()
+    model.eval()
+    batch = _batch(seed=7)
+    cands = torch.randint(1, V + 1, (5, 3))
+    with torch.no_grad():
+        together = model.score(batch, cands)
+        alone = torch.cat([model.score(batch, cands[:, c : c + 1]) for c in range(3)], dim=1)
+        chunks = model.score(batch, cands, micro_batch=2)
+    assert torch.allclose(together, alone, atol=1e-5) and torch.allclose(together, chunks, atol=1e-5)
+
+
+def test_loads_the_artifact_and_keeps_relevance_frozen(artifact):
+    pre = load_pretrained(artifact)
+    torch.manual_seed(0)
+    model = HPGRRanker(_cfg(pretrained=str(artifact), use_sem=False), num_items=V, max_len=24)
+    assert torch.equal(model.item_emb.weight, pre.item_table)  # initialised from the pre-trained table
+    frozen = model.relevance_source().clone()
+    assert torch.equal(frozen, pre.item_table)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "relevance_table" not in trainable and "relevance_table" in model.state_dict()
+    batch = _batch(seed=2, full=True)
+    cands = torch.randint(1, V + 1, (5, 1))
+    w0 = model.column_weights(batch, cands[:, 0])
+    assert not model.relevance(batch, cands[:, 0]).requires_grad
+    opt = torch.optim.SGD(model.parameters(), lr=5.0)
+    for _ in range(3):
+        opt.zero_grad()
+        model.loss(batch, cands, torch.ones(5, 1)).backward()
+        opt.step()
+    assert not torch.equal(model.item_emb.weight, pre.item_table)  # the table fine-tunes ...
+    assert torch.equal(model.relevance_source(), frozen)  # ... the relevance copy does not
+    assert torch.equal(model.column_weights(batch, cands[:, 0]), w0)
+    live = HPGRRanker(_cfg(pretrained=str(artifact), use_sem=False, freeze_relevance=False), V, 24)
+    assert live.relevance_source().data_ptr() == live.item_emb.weight.data_ptr()  # follows the fine-tuned table
+    with pytest.raises(CheckpointError):
+        HPGRRanker(_cfg(pretrained=str(artifact)), num_items=V + 1, max_len=24)
+
+
+def test_frozen_sem_adds_session_aware_inputs(artifact):
+    torch.manual_seed(0)
+    model = HPGRRanker(_cfg(pretrained=str(artifact), use_sem=True), num_items=V, max_len=24)
+    torch.manual_seed(0)
+    bare = HPGRRanker(_cfg(pretrained=str(artifact), use_sem=False), num_items=V, max_len=24)
+    bare.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(("sem.", "sem_proj."))},
+                         strict=False)
+    batch = _batch(seed=3)
+    cands = torch.randint(1, V + 1, (5, 2))
+    model.train()
+    assert not model.sem.training  # frozen SEM: no dropout while the ranker trains
+    model.eval()
+    bare.eval()
+    with torch.no_grad():
+        assert torch.allclose(model.score(batch, cands), bare.score(batch, cands), atol=1e-6)  # W_sem starts at 0
+        feats = model.sem_features(batch)
+        assert feats.shape == (5, 24, 16) and feats[0].abs().sum() > 0
+        model.sem_proj.weight.normal_()
+        assert not torch.allclose(model.score(batch, cands), bare.score(batch, cands), atol=1e-4)
+    model.train()
+    model.loss(batch, cands, torch.ones(5, 2)).backward()
+    assert model.sem_proj.weight.grad is not None
+    assert all(p.grad is None and not p.requires_grad for p in model.sem.parameters())
+
+
+def test_fit_table_keeps_dot_products():
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(30, 8, generator=g)
+    table[0] = 0
+    wide = fit_table(table, 12)
+    assert torch.allclose(wide @ wide.T, table @ table.T, atol=1e-5)
+    low_rank = torch.cat([torch.zeros(1, 8), torch.randn(29, 4, generator=g) @ torch.randn(4, 8, generator=g)])
+    narrow = fit_table(low_rank, 4)  # a rank-4 table loses nothing in 4 dimensions
+    assert narrow.shape == (30, 4) and torch.allclose(narrow @ narrow.T, low_rank @ low_rank.T, atol=1e-4)
+
+
+def test_window_sessions_follow_the_sessionizer_rule():
+    g = torch.Generator().manual_seed(0)
+    B, N = 6, 40
+    lengths = torch.tensor([40, 33, 1, 0, 12, 40])
+    gaps = torch.tensor([5, 50, 4000])[torch.randint(0, 3, (B, N), generator=g)]
+    ts = torch.cumsum(gaps, 1)
+    for gap, cap in ((3600, 7), (None, 5), (3600, None)):
+        sid = window_sessions(ts, lengths, gap, cap)
+        for b in range(B):
+            n = int(lengths[b])
+            want = sessionize(np.zeros(n, np.int64), ts[b, :n].numpy(), gap, cap)
+            assert sid[b, :n].tolist() == want.tolist() and not sid[b, n:].any()
+
+
+def test_learns_to_find_the_candidate_in_the_history():
+    # label = 1 iff the candidate is in the history; with relevance from the ranker's own (detached) table the
+    # candidate's copy in the history is always an anchor, so the sparse model can learn it
+    torch.manual_seed(0)
+    B, N = 32, 16
+    items = torch.randint(1, V + 1, (B, N))
+    pos = items[torch.arange(B), torch.randint(0, N, (B,))]
+    cands = torch.stack([pos, torch.randint(1, V + 1, (B,))], 1)
+    labels = (cands[:, :, None] == items[:, None, :]).any(-1).float()
+    ts = torch.cumsum(torch.randint(1, 100, (B, N)), 1)
+    batch = SeqBatch(items=items, timestamps=ts, lengths=torch.full((B,), N), query_time=ts[:, -1] + 10)
+    model = HPGRRanker(_cfg(num_layers=1, top_k=2, sigma=0.0), num_items=V, max_len=N)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        loss = model.loss(batch, cands, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.7 * losses[0], losses[::10]
