@@ -34,7 +34,8 @@ def fmt(mean: float, std: float | None) -> str:
 
 
 def accuracy_table(recs: list[dict], dataset: str, cols: list[str]) -> str:
-    rows = [r for r in recs if r.get("dataset") == dataset and "metrics_mean" in r]
+    rows = [r for r in recs if r.get("dataset") == dataset and "metrics_mean" in r
+            and all(c in r["metrics_mean"] for c in cols)]  # retrieval/generation records (not CTR ones)
     if not rows:
         return "(no results yet)"
     head = "| model | recipe | seeds | " + " | ".join(cols) + " | best epochs | train s/seed | record |"
@@ -101,18 +102,46 @@ def pgsa_table(recs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def beam_table(recs: list[dict]) -> str:
-    rows = [r for r in recs if r["_file"].startswith("beam__")]
-    lines = ["| device | users per call | constrained ms/user | unconstrained ms/user | invalid SIDs constrained | "
-             "invalid SIDs unconstrained | record |", "|" + " --- |" * 7]
+def sid_health_table(recs: list[dict]) -> str:
+    rows = [r for r in recs if r.get("sid_health") and "metrics_mean" in r]
+    lines = ["| dataset | model | SID level | codebook | usage | entropy bits | prefixes | max items/prefix | record |",
+             "|" + " --- |" * 9]
+    for r in rows:
+        h = r["sid_health"]
+        for lv in h["levels"]:
+            lines.append(f"| {r['dataset']} | {r['model']} | {lv['level'] + 1} | {lv['codebook_size']} | "
+                         f"{lv['usage']:.1%} | {lv['entropy_bits']:.2f} | {lv['num_prefixes']} | "
+                         f"{lv['max_items_per_prefix']} | `{r['_file']}` |")
+        lines.append(f"| {r['dataset']} | {r['model']} | collisions before the extra level | | "
+                     f"{h['collision_rate']:.1%} | | | | `{r['_file']}` |")
+    return "\n".join(lines) if rows else "(no results yet)"
+
+
+def beam_table(recs: list[dict], trained: bool) -> str:
+    rows = [r for r in recs if r["_file"].startswith("beam__") and bool(r["protocol"].get("decoder")) == trained]
+    lines = ["| decoder | device | users per call | constrained ms/user | unconstrained ms/user | "
+             "invalid SIDs constrained | invalid SIDs unconstrained | record |", "|" + " --- |" * 8]
     for r in rows:
         m = r["metrics"]
+        dec = r["model"] if r["protocol"].get("decoder") else "random MLP step decoder"
         for b in r["protocol"]["batches"]:
-            lines.append(f"| {r['protocol']['device']} | {b} | {m[f'ms_per_user_constrained_batch{b}']:.2f} | "
+            lines.append(f"| {dec} | {r['protocol']['device']} | {b} | {m[f'ms_per_user_constrained_batch{b}']:.2f} | "
                          f"{m[f'ms_per_user_unconstrained_batch{b}']:.2f} | "
-                         f"{m[f'invalid_rate_constrained_batch{b}']:.0%} | {m[f'invalid_rate_unconstrained_batch{b}']:.0%} "
+                         f"{m[f'invalid_rate_constrained_batch{b}']:.1%} | {m[f'invalid_rate_unconstrained_batch{b}']:.1%} "
                          f"| `{r['_file']}` |")
     return "\n".join(lines)
+
+
+def ctr_table(recs: list[dict]) -> str:
+    rows = [r for r in recs if r["_file"].startswith("ctr-")]
+    lines = ["| dataset | model | recipe | seeds | AUC | GAUC | LogLoss | test impressions | record |",
+             "|" + " --- |" * 9]
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["model"])):
+        m, sp = r["metrics"], r.get("spread", {})
+        lines.append(f"| {r['dataset']} | {r['model']} | `{Path(r['recipe']).name}` | {len(r['seeds'])} | "
+                     + " | ".join(fmt(m[c], sp.get(c)) for c in ("auc", "gauc", "logloss"))
+                     + f" | {r.get('test_impressions', '')} | `{r['_file']}` |")
+    return "\n".join(lines) if rows else "(no results yet)"
 
 
 def tables() -> dict[str, str]:
@@ -126,7 +155,10 @@ def tables() -> dict[str, str]:
         "speed": speed_table(recs),
         "serve": serve_table(recs),
         "pgsa": pgsa_table(recs),
-        "beam": beam_table(recs),
+        "beam": beam_table(recs, trained=False),
+        "beam-trained": beam_table(recs, trained=True),
+        "sid-health": sid_health_table(recs),
+        "ctr": ctr_table(recs),
     }
 
 

@@ -72,7 +72,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = args.out or f"runs/{cfg.model['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
     t0 = time.time()
     res = train_run(cfg, out, resume=not args.no_resume)
-    if "metrics" in res:
+    if "metrics" in res and "per_behavior" in res["metrics"]:
+        from genrec.train.gamer import format_table
+
+        print(format_table(res))
+        print(f"run folder: {out}")
+    elif "metrics" in res:
         pr = res.get("protocol", {})
         _print_metrics(f"{cfg.model['name']} test ({pr.get('task', '')}, {pr.get('split', '')}, "
                        f"{pr.get('candidates', '')}), best epoch {pr.get('best_epoch')}, {time.time() - t0:.0f}s:",

@@ -112,6 +112,38 @@ class GeneratorConfig:
 
 
 @dataclass
+class MultiBehaviorConfig:
+    """Multi-behavior protocol and GAMER training-data knobs (a ``multibehavior:`` recipe section)."""
+
+    session_gap: int = 3600  # seconds of inactivity that end a session
+    behavior_order: list[str] = field(default_factory=list)  # levels lowest first; empty = the manifest's order
+    min_history: int = 1  # evaluation queries need this many interactions before the evaluated session
+    augment: int = 4  # x thinned copies per training sequence (ratios k/x, k = 1..x); 0 = no augmentation
+    train_windows: str = "last"  # last: the last max_len+1 interactions per sequence (GAMER); all: every window
+    candidates: str = "behavior"  # beam candidates for behavior b: behavior | behavior_history | all
+    eval_behaviors: list[str] = field(default_factory=list)  # empty = every behavior
+    warmup_ratio: float = 0.04  # linear warmup over this fraction of all steps, then cosine decay to 0
+    early_stop: str = "valid_loss"  # valid_loss (GAMER) or "<behavior>/<metric>", e.g. buy/ndcg@10
+    valid_max_users: int = 0  # 0 = every validation user; else a fixed seeded subset
+
+    def check(self) -> None:
+        if self.session_gap < 0:
+            raise ConfigError(f"multibehavior.session_gap must be >= 0 seconds, got {self.session_gap}")
+        if self.augment < 0:
+            raise ConfigError(f"multibehavior.augment must be >= 0, got {self.augment}")
+        from genrec.data.multibehavior import CANDIDATE_MODES, WINDOW_MODES
+
+        if self.train_windows not in WINDOW_MODES:
+            raise ConfigError(f"multibehavior.train_windows '{self.train_windows}' is not one of {WINDOW_MODES}")
+        if self.candidates not in CANDIDATE_MODES:
+            raise ConfigError(f"multibehavior.candidates '{self.candidates}' is not one of {CANDIDATE_MODES}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"multibehavior.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
+        if self.min_history < 0:
+            raise ConfigError(f"multibehavior.min_history must be >= 0, got {self.min_history}")
+
+
+@dataclass
 class RunConfig:
     model: dict[str, Any] = field(default_factory=lambda: {"name": "sasrec"})
     data: DataConfig = field(default_factory=DataConfig)
@@ -121,6 +153,7 @@ class RunConfig:
     ranking: RankingConfig = field(default_factory=RankingConfig)
     sid: SIDConfig = field(default_factory=SIDConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    multibehavior: MultiBehaviorConfig = field(default_factory=MultiBehaviorConfig)
     pretrain: dict[str, Any] = field(default_factory=dict)  # HPGR stage 1 (genrec.train.pretrain.PretrainConfig)
     stages: list[str] = field(default_factory=list)  # e.g. [pretrain, finetune]; empty = the model's own stage
     source: str = ""  # where the recipe's numbers come from
@@ -134,7 +167,8 @@ class RunConfig:
 STAGES = ("pretrain", "finetune")
 
 _SECTIONS = {"data": DataConfig, "objective": ObjectiveConfig, "train": TrainConfig, "eval": EvalConfig,
-             "ranking": RankingConfig, "sid": SIDConfig, "generator": GeneratorConfig}
+             "ranking": RankingConfig, "sid": SIDConfig, "generator": GeneratorConfig,
+             "multibehavior": MultiBehaviorConfig}
 
 
 def _suggest(key: str, options: list[str], prefix: str = "") -> str:
@@ -189,8 +223,8 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: top level must be a mapping")
-    allowed = {"model", "data", "objective", "train", "eval", "ranking", "sid", "generator", "pretrain", "stages",
-               "source"}
+    allowed = {"model", "data", "objective", "train", "eval", "ranking", "sid", "generator", "multibehavior",
+               "pretrain", "stages", "source"}
     for key in raw:
         if key not in allowed:
             raise ConfigError(f"{where}: unknown section '{key}'" + _suggest(key, list(allowed)))

@@ -63,6 +63,8 @@ def train_run(cfg: RunConfig, out: str | Path, resume: bool = True, dataset: Dat
 
         return train_ranker_run(cfg, out, resume=resume, dataset=dataset)
     dataset = dataset if dataset is not None else load_data(cfg.data)
+    if kind == GENERATOR and cfg.model["name"] == "gamer":
+        return train_gamer_run(cfg, out, resume, dataset)
     if kind == GENERATOR:
         return train_generator_run(cfg, out, resume, dataset)
     trainer = Trainer(cfg, out, dataset, resume=resume)
@@ -99,6 +101,21 @@ def train_generator_run(cfg: RunConfig, out: str | Path, resume: bool, dataset: 
         free = trainer.evaluate("test", constrained=not trainer.opts.constrained)
         res["metrics_other_decoding"] = {"constrained": not trainer.opts.constrained, "metrics": free["metrics"]}
     res["sid_health"] = sids.health().as_dict()
+    res["train"] = summary
+    _write_json(Path(out) / "results" / "test.json", res)
+    return res
+
+
+def train_gamer_run(cfg: RunConfig, out: str | Path, resume: bool, dataset: Dataset) -> dict[str, Any]:
+    """Multi-behavior generator runs (GAMER): session split, SIDs, training, per-behavior test evaluation."""
+    from genrec.train.gamer import GamerTrainer
+
+    trainer = GamerTrainer(cfg, out, dataset, None, cfg.multibehavior, resume=resume)
+    summary = trainer.fit()
+    if not summary.get("finished"):
+        return {"summary": summary, "stopped_early_by": "train.max_steps"}
+    trainer.load_best()
+    res = trainer.evaluate("test")
     res["train"] = summary
     _write_json(Path(out) / "results" / "test.json", res)
     return res

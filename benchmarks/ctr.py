@@ -1,0 +1,82 @@
+"""Ranking (CTR) track: train a ranker recipe over several seeds and record AUC / GAUC / LogLoss, mean and spread.
+
+Impressions, labels and the global temporal split come from the recipe's ``ranking:`` section (stamped in
+the record's protocol). Finished seeds are resumed, i.e. only re-evaluated, so the script can be rerun.
+
+Examples:
+    python benchmarks/ctr.py --recipe configs/hstu_ranker-ml100k.yaml --data data_cache/ml-100k --seeds 1 2 3 \
+        --set train.num_threads=1
+    python benchmarks/ctr.py --recipe configs/hstu_ranker-taobao.yaml --data data_cache/taobao --seeds 1 2 3 \
+        --set train.num_threads=1
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import write_result  # noqa: E402
+
+from genrec.config import load_config  # noqa: E402
+from genrec.data.loading import load_data  # noqa: E402
+from genrec.train.ranker import train_ranker_run  # noqa: E402
+
+METRICS = ("auc", "gauc", "logloss")
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one seed); NaN when any seed is NaN."""
+    if any(math.isnan(v) for v in values):
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", required=True)
+    ap.add_argument("--data", required=True, help="prepared dataset folder")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--runs", default="runs/bench", help="where the run folders go")
+    ap.add_argument("--name", help="results file name (default: ctr-<data folder>-<recipe stem>)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
+    args = ap.parse_args()
+    name = args.name or f"ctr-{Path(args.data).name}-{Path(args.recipe).stem}"
+    dataset = None
+    per_seed = []
+    res: dict = {}
+    for seed in args.seeds:
+        cfg = load_config(args.recipe, [*args.set, f"data.path={args.data}", f"train.seed={seed}",
+                                        "train.progress=false"])
+        dataset = dataset if dataset is not None else load_data(cfg.data)
+        res = train_ranker_run(cfg, Path(args.runs) / f"{name}-seed{seed}", resume=True, dataset=dataset)
+        if "metrics" not in res:
+            raise SystemExit(f"seed {seed}: training stopped before the end ({res.get('stopped_early_by')})")
+        tr = res["train"]
+        per_seed.append({"seed": seed, "metrics": res["metrics"], "best_epoch": res["protocol"]["best_epoch"],
+                         "epochs_run": tr.get("epoch"), "finished": tr.get("finished"),
+                         "train_seconds": tr.get("train_seconds")})
+        m = res["metrics"]
+        print(f"seed {seed}: " + " ".join(f"{k}={m[k]:.4f}" for k in METRICS), flush=True)
+    keys = [k for k in per_seed[0]["metrics"] if k not in ("num_impressions", "gauc_users", "positive_rate")]
+    stats = {k: mean_std([s["metrics"][k] for s in per_seed]) for k in keys}
+    rec = {
+        "dataset": res["dataset"], "data_fingerprint": res["data_fingerprint"], "model": res["model"],
+        "recipe": args.recipe, "task": "ranking (CTR)", "protocol": res["protocol"], "seeds": args.seeds,
+        "metrics": {k: v[0] for k, v in stats.items()}, "spread": {k: v[1] for k, v in stats.items()},
+        "test_impressions": res["metrics"]["num_impressions"], "test_positive_rate": res["metrics"]["positive_rate"],
+        "per_seed": per_seed, "train_seconds_per_seed": [s["train_seconds"] for s in per_seed],
+        "config": res["config"],
+    }
+    rec["protocol"] = {**rec["protocol"], "best_epoch": [s["best_epoch"] for s in per_seed]}
+    path = write_result(name, rec)
+    print("mean: " + " ".join(f"{k}={rec['metrics'][k]:.4f}±{rec['spread'][k]:.4f}" for k in METRICS))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Per-behavior evaluation of multi-behavior generators with multi-target metrics (spec §1.4, §3.7).
+
+For behavior ``b`` a query is a user whose evaluated session holds ``b``; its targets are the set ``T`` of
+items with ``b`` in that session and its ranked list is the beam list (beam search constrained to the
+candidates of ``b``). With ``h_K = |top-K ∩ T|``:
+
+- Hit@K = 1[h_K > 0];  Recall@K = h_K / |T|;
+- NDCG@K = DCG@K / IDCG@K, DCG over the hit positions ``1/log2(rank + 1)``, IDCG over ``min(K, |T|)`` slots.
+
+Per-behavior means are merged into one row weighted by each behavior's number of users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from genrec.data.multibehavior import BehaviorQueries, SessionSplit, behavior_queries, candidate_items
+from genrec.errors import ConfigError
+
+METRICS = ("hit", "recall", "ndcg")
+
+
+def multi_target_metrics(ranked: np.ndarray | torch.Tensor, targets: Sequence[np.ndarray], ks: Sequence[int]
+                         ) -> dict[str, np.ndarray]:
+    """(Q, K) ranked item ids (-1 = empty slot) and Q target sets -> per-query ``hit@k``, ``recall@k``, ``ndcg@k``."""
+    r = np.asarray(ranked.cpu() if isinstance(ranked, torch.Tensor) else ranked, dtype=np.int64)
+    if r.ndim != 2 or r.shape[0] != len(targets):
+        raise ConfigError(f"multi-target metrics: {r.shape} ranked lists for {len(targets)} target sets")
+    bad = [k for k in ks if k > r.shape[1]]
+    if bad:
+        raise ConfigError(f"multi-target metrics: K={bad} exceed the {r.shape[1]} ranked items")
+    rel = np.zeros(r.shape, dtype=bool)  # (Q, K) slot holds a target
+    sizes = np.zeros(len(targets), dtype=np.int64)
+    for q, tg in enumerate(targets):
+        tg = np.unique(np.asarray(tg, dtype=np.int64))
+        if tg.size == 0:
+            raise ConfigError(f"multi-target metrics: query {q} has no target")
+        sizes[q] = tg.size
+        rel[q] = np.isin(r[q], tg) & (r[q] >= 0)
+    gain = 1.0 / np.log2(np.arange(r.shape[1]) + 2.0)  # (K,) discount of rank 1, 2, ...
+    out: dict[str, np.ndarray] = {}
+    for k in ks:
+        hits = rel[:, :k].sum(1)
+        dcg = (rel[:, :k] * gain[:k]).sum(1)
+        ideal = np.cumsum(gain[:k])[np.minimum(k, sizes) - 1]
+        out[f"hit@{k}"] = (hits > 0).astype(np.float64)
+        out[f"recall@{k}"] = np.minimum(hits, sizes) / sizes
+        out[f"ndcg@{k}"] = dcg / ideal
+    return out
+
+
+def mean_metrics(per_query: dict[str, np.ndarray]) -> dict[str, float]:
+    """Means of per-query metrics plus ``num_users``."""
+    n = len(next(iter(per_query.values()))) if per_query else 0
+    out = {k: float(v.mean()) if n else 0.0 for k, v in per_query.items()}
+    out["num_users"] = n
+    return out
+
+
+def merge_behaviors(per_behavior: dict[str, dict[str, float]]) -> dict[str, float]:
+    """User-weighted merge of per-behavior means (behaviors without users contribute nothing)."""
+    total = sum(int(m.get("num_users", 0)) for m in per_behavior.values())
+    keys = sorted({k for m in per_behavior.values() for k in m if k != "num_users"})
+    merged: dict[str, float] = {}
+    for k in keys:
+        merged[k] = (sum(m[k] * m["num_users"] for m in per_behavior.values() if m.get("num_users"))
+                     / total) if total else 0.0
+    merged["num_users"] = total
+    return merged
+
+
+class MultiBehaviorEval(NamedTuple):
+    per_behavior: dict[str, dict[str, float]]  # behavior name -> means + num_users + candidates
+    merged: dict[str, float]  # user-weighted over the behaviors
+    invalid_rate: float  # fraction of returned beams naming no item
+
+
+def query_histories(split: SessionSplit, queries: BehaviorQueries, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(Q, L) right-padded item and behavior histories: the last ``<= max_len`` events before each session."""
+    lens = np.minimum(queries.hist_end, max_len)  # (Q,)
+    width = max(int(lens.max()) if lens.size else 0, 1)
+    start = split.seqs.offsets[queries.rows] + queries.hist_end - lens  # (Q,)
+    idx = start[:, None] + np.arange(width)[None, :]  # (Q, L)
+    real = np.arange(width)[None, :] < lens[:, None]
+    idx = np.minimum(idx, len(split.seqs.items) - 1)
+    return np.where(real, split.seqs.items[idx], 0), np.where(real, split.behaviors[idx], 0)
+
+
+@torch.no_grad()
+def evaluate_behaviors(model: Any, split: SessionSplit, which: str = "test", behaviors: Sequence[int] | None = None,
+                       ks: Sequence[int] = (1, 5, 10), beam_size: int = 20, batch_size: int = 128,
+                       candidates: str = "behavior", min_history: int = 1, constrained: bool = True,
+                       max_users: int = 0, seed: int = 0) -> MultiBehaviorEval:
+    """Beam-search every (user, behavior) query of ``which`` and score it against its target set.
+
+    ``model`` needs ``generate(items, behaviors, behavior, beam_size, k, candidates, constrained)`` and a
+    ``max_len`` history window. ``max_users > 0`` evaluates a fixed seeded subset of each behavior's users.
+    """
+    if max(ks) > beam_size:
+        raise ConfigError(f"eval ks {list(ks)} exceed the beam size {beam_size}; a generator ranks only its beams")
+    names = split.levels.names
+    todo = range(len(names)) if behaviors is None else behaviors
+    per: dict[str, dict[str, float]] = {}
+    invalid, total = 0, 0
+    for b in todo:
+        q = behavior_queries(split, which, int(b), min_history)
+        if max_users and len(q) > max_users:
+            keep = np.sort(np.random.default_rng([seed, int(b), 11]).choice(len(q), max_users, replace=False))
+            q = q.subset(keep)
+        if len(q) == 0:
+            per[names[b]] = {"num_users": 0}
+            continue
+        cand = candidate_items(split, int(b), candidates, which)
+        sets = q.target_sets()
+        hist_items, hist_beh = query_histories(split, q, model.max_len)
+        ranked = []
+        for i in range(0, len(q), batch_size):
+            res = model.generate(torch.from_numpy(hist_items[i:i + batch_size]),
+                                 torch.from_numpy(hist_beh[i:i + batch_size]), int(b), beam_size=beam_size,
+                                 k=beam_size, candidates=cand, constrained=constrained)
+            ranked.append(res.items.cpu().numpy())
+            invalid += int((~res.valid).sum())
+            total += res.valid.numel()
+        m = mean_metrics(multi_target_metrics(np.concatenate(ranked), sets, ks))
+        m["num_candidates"] = int(cand.size)
+        m["targets_in_candidates"] = float(np.mean([np.isin(s, cand).mean() for s in sets]))
+        per[names[b]] = m
+    merged = merge_behaviors({k: {kk: vv for kk, vv in v.items() if kk not in ("num_candidates",
+                                                                           "targets_in_candidates")}
+                              for k, v in per.items()})
+    return MultiBehaviorEval(per, merged, invalid / max(total, 1))

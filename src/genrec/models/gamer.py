@@ -1,0 +1,559 @@
+"""GAMER (arXiv 2511.03155): a decoder-only generator over multi-behavior semantic-id sequences.
+
+Layout (spec §3.3): every interaction is ``<behavior_b> c_1 ... c_m``, so ``P = m + 1`` tokens per
+interaction; no BOS, no user token. The prompt for "the next item with behavior b" ends with ``<behavior_b>``
+and the model generates the ``m`` SID tokens. Architecture (spec §3.4, the authors' ``Qwen3Multi``):
+
+- pre-norm layers: grouped-query self-attention (per-head RMSNorm on q/k, RoPE, plain causal mask);
+- **cross-level interaction layer** in the top ``cross_layers`` layers: a second attention in which token
+  ``t`` reads only earlier tokens ``s`` of *strictly lower* behavior level (``s <= t, λ(s) < λ(t)``);
+  per-behavior embeddings are added to every head's q, k and v, and the output is gated by
+  ``SiLU(W_g z)``;
+- **position-routed SwiGLU experts** in every layer (one per position in the interaction: pad, behavior
+  token, SID level 1..m); in the bottom ``injection_layers`` layers the expert input is
+  ``[RMSNorm(h); E[behavior]]`` (behavior injection);
+- tied input/output embeddings over the whole vocabulary; next-token cross-entropy on SID tokens only,
+  logits divided by ``temperature``.
+
+**Masking defect (spec A-G1).** Tokens of the lowest level have no admissible key in the cross-level layer.
+The released code adds ``finfo.min`` to every masked logit, which turns such a row into a *uniform*
+average over every position, future ones included. By default their cross-level output is zero instead;
+``released_mask=True`` reproduces the released behaviour for comparison.
+
+**Beam scores.** The model is trained with a softmax over the full vocabulary. ``step`` returns the
+codes of SID position ``t`` plus one extra column holding the log-sum-exp of every other token, so the
+beam search's ``log_softmax`` yields exactly the full-vocabulary log-probabilities (the extra column
+lies outside every codebook and is masked afterwards). Decoding uses the trained distribution
+(``logits / temperature``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genrec.errors import ConfigError, DataError
+from genrec.models.base import GENERATOR
+from genrec.models.registry import register
+from genrec.models.tiger import RMSNorm
+from genrec.nn.moe import RoutedFFN
+from genrec.nn.rope import apply_rope, rope_cos_sin
+from genrec.sid.beam import BeamResult, beam_search
+from genrec.sid.codebook import SIDTable
+from genrec.sid.trie import SIDTrie
+
+PAD = 0
+NUM_SPECIAL = 1
+LEVEL_PAD = 100  # level of padding: above every behavior, so no token reads a pad in the cross-level layer
+
+
+class Route(NamedTuple):
+    """Per-token side information derived from the token layout (the released ``router``)."""
+
+    pos_in_item: torch.Tensor  # (B, T) π: 0 pad, 1 behavior token, 2..m+1 SID levels 1..m
+    behavior: torch.Tensor  # (B, T) behavior id of the token's interaction, -1 on padding
+    level: torch.Tensor  # (B, T) λ: behavior level of the interaction, LEVEL_PAD on padding
+    positions: torch.Tensor  # (B, T) RoPE positions: real tokens visible before this one
+    real: torch.Tensor  # (B, T) bool
+    segment: torch.Tensor  # (B, T) 0 = shared prefix; k > 0 = a branch that sees the prefix and itself only
+
+    @property
+    def beh_att(self) -> torch.Tensor:
+        """β_att: behavior + 1 on every token of an interaction, 0 on padding."""
+        return self.behavior + 1
+
+    @property
+    def beh_ffn(self) -> torch.Tensor:
+        """β_ffn: behavior + 1 on SID tokens, 0 on behavior tokens and padding."""
+        return torch.where(self.pos_in_item >= 2, self.behavior + 1, torch.zeros_like(self.behavior))
+
+
+def visible(route: Route) -> torch.Tensor:
+    """(B, T, T) bool: ``s <= t`` and, for branched rows, ``s`` in the prefix or in ``t``'s own branch."""
+    t = route.real.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=route.real.device).tril()
+    seg = route.segment
+    same = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])  # (B, T, S)
+    return causal[None] & same
+
+
+def self_mask(route: Route) -> torch.Tensor:
+    """(B, T, T) self-attention mask: visible real keys; a padding query sees only itself (no empty rows)."""
+    t = route.real.shape[1]
+    eye = torch.eye(t, dtype=torch.bool, device=route.real.device)[None]
+    return visible(route) & (route.real[:, None, :] | eye)
+
+
+def cross_level_mask(route: Route) -> torch.Tensor:
+    """(B, T, T) cross-level mask ``M_ts = 1[s <= t and λ(s) < λ(t)]`` between visible real tokens."""
+    lower = route.level[:, None, :] < route.level[:, :, None]  # (B, T, S)
+    return visible(route) & route.real[:, None, :] & route.real[:, :, None] & lower
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
+                     released: bool = False, dropout: float = 0.0, need_weights: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Softmax attention with a boolean mask, GQA by repeating key/value heads.
+
+    q (B, h, T, dk), k/v (B, kvh, S, dk), allowed (B, T, S) -> (B, h, T, dk) and, with ``need_weights``,
+    the (B, h, T, S) weights actually applied. Rows with no allowed key give 0 (fixed) or, with
+    ``released``, the released code's uniform average over all S positions.
+    """
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k = k.repeat_interleave(groups, dim=1)  # (B, h, S, dk)
+        v = v.repeat_interleave(groups, dim=1)
+    any_ok = allowed.any(-1)  # (B, T)
+    if released:
+        bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(
+            ~allowed, torch.finfo(q.dtype).min)  # a fully masked row is flat: uniform over every position
+    else:
+        blocked = ~allowed & any_ok[..., None]  # empty rows stay finite here and are zeroed below
+        bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(blocked, float("-inf"))
+    bias = bias[:, None]  # (B, 1, T, S)
+    weights = None
+    if need_weights:
+        scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5 + bias  # (B, h, T, S)
+        weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        if not released:
+            weights = weights * any_ok[:, None, :, None].to(weights.dtype)
+        out = F.dropout(weights, dropout) @ v
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+        if not released:
+            out = out * any_ok[:, None, :, None].to(out.dtype)
+    return out, weights
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with per-head q/k RMSNorm and RoPE; ``cross=True`` makes it GAMER's
+    cross-level interaction layer (behavior embeddings on q/k/v, SiLU output gate, empty-row handling)."""
+
+    def __init__(self, cfg: GAMER.Config, cross: bool) -> None:
+        super().__init__()
+        h, kvh, dk, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.d_model
+        self.h, self.kvh, self.dk, self.cross = h, kvh, dk, cross
+        self.released = cross and cfg.released_mask
+        self.dropout = cfg.dropout
+        self.q = nn.Linear(d, h * dk, bias=False)
+        self.k = nn.Linear(d, kvh * dk, bias=False)
+        self.v = nn.Linear(d, kvh * dk, bias=False)
+        self.o = nn.Linear(h * dk, d, bias=False)
+        self.q_norm = RMSNorm(dk, cfg.norm_eps)
+        self.k_norm = RMSNorm(dk, cfg.norm_eps)
+        if cross:
+            nb = cfg.num_behaviors + 1  # row 0 = padding
+            self.eq = nn.Embedding(nb, h * dk)
+            self.ek = nn.Embedding(nb, kvh * dk)
+            self.ev = nn.Embedding(nb, kvh * dk)
+            self.gate = nn.Linear(d, d, bias=False)
+
+    def forward(self, x: torch.Tensor, beh: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                allowed: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None,
+                need_weights: bool = False
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
+        """x (B, T, d), beh (B, T) β_att, allowed (B, T, S) with S = cached + T keys.
+
+        Returns the output (B, T, d), the keys/values of all S positions (for the cache) and the weights.
+        """
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, self.h, self.dk)
+        k = self.k(x).view(b, t, self.kvh, self.dk)
+        v = self.v(x).view(b, t, self.kvh, self.dk)
+        if self.cross:
+            q = q + self.eq(beh).view(b, t, self.h, self.dk)
+            k = k + self.ek(beh).view(b, t, self.kvh, self.dk)
+            v = v + self.ev(beh).view(b, t, self.kvh, self.dk)
+        q = apply_rope(self.q_norm(q).transpose(1, 2), cos, sin)  # (B, h, T, dk)
+        k = apply_rope(self.k_norm(k).transpose(1, 2), cos, sin)  # (B, kvh, T, dk)
+        v = v.transpose(1, 2)  # (B, kvh, T, dk)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)  # (B, kvh, S, dk)
+            v = torch.cat([past[1], v], dim=2)
+        y, w = masked_attention(q, k, v, allowed, self.released, self.dropout if self.training else 0.0,
+                                need_weights)
+        y = self.o(y.transpose(1, 2).reshape(b, t, self.h * self.dk))  # (B, T, d)
+        if self.cross:
+            y = y * F.silu(self.gate(x))
+        return y, (k, v), w
+
+
+class LayerInputs(NamedTuple):
+    cos: torch.Tensor  # (B, 1, T, dk)
+    sin: torch.Tensor
+    beh_att: torch.Tensor  # (B, T)
+    beh_ffn: torch.Tensor  # (B, T)
+    pos_in_item: torch.Tensor  # (B, T)
+    self_allowed: torch.Tensor  # (B, T, S)
+    cross_allowed: torch.Tensor  # (B, T, S)
+
+
+class Layer(nn.Module):
+    def __init__(self, cfg: GAMER.Config, cross: bool, inject: bool) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.norm1 = RMSNorm(d, cfg.norm_eps)
+        self.self_attn = Attention(cfg, cross=False)
+        self.cross_attn = Attention(cfg, cross=True) if cross else None
+        self.norm_cross = RMSNorm(d, cfg.norm_eps) if cross else None
+        self.norm2 = RMSNorm(d, cfg.norm_eps)
+        self.inject = nn.Embedding(cfg.num_behaviors + 1, cfg.behavior_dim) if inject else None
+        experts = cfg.sid_length + 2 if cfg.position_experts else 1  # pad + behavior token + m SID levels
+        self.ffn = RoutedFFN(experts, d + (cfg.behavior_dim if inject else 0), cfg.d_ff, d, cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, li: LayerInputs, past: tuple[torch.Tensor, ...] | None = None,
+                need_weights: bool = False) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], dict[str, Any]]:
+        weights: dict[str, Any] = {}
+        a, kv_self, weights["self"] = self.self_attn(self.norm1(x), li.beh_att, li.cos, li.sin, li.self_allowed,
+                                                     None if past is None else past[:2], need_weights)
+        x = x + self.drop(a)
+        cache = kv_self
+        if self.cross_attn is not None:
+            assert self.norm_cross is not None
+            c, kv_cross, weights["cross"] = self.cross_attn(self.norm_cross(x), li.beh_att, li.cos, li.sin,
+                                                            li.cross_allowed, None if past is None else past[2:],
+                                                            need_weights)
+            x = x + self.drop(c)
+            cache = kv_self + kv_cross
+        z = self.norm2(x)
+        if self.inject is not None:
+            z = torch.cat([z, self.inject(li.beh_ffn)], dim=-1)  # (B, T, d + behavior_dim)
+        route = li.pos_in_item if len(self.ffn.experts) > 1 else torch.zeros_like(li.pos_in_item)
+        x = x + self.drop(self.ffn(z, route))
+        return x, cache, weights
+
+
+class DecodeState(NamedTuple):
+    """Per-row decoding state; every tensor leads with the row dim so beam search can reorder it."""
+
+    caches: list[tuple[torch.Tensor, ...]]  # per layer (k, v[, k_cross, v_cross]) each (R, kvh, S, dk)
+    key_real: torch.Tensor  # (R, S)
+    key_level: torch.Tensor  # (R, S)
+    next_pos: torch.Tensor  # (R,) RoPE position of the next token
+    behavior: torch.Tensor  # (R,) behavior id being generated
+    logits: torch.Tensor  # (R, V) next-token logits, already divided by the temperature
+
+
+@register("gamer")
+class GAMER(nn.Module):
+    """Decoder-only multi-behavior generator over semantic ids; ``kinds = ("generator",)``."""
+
+    kinds: tuple[str, ...] = (GENERATOR,)
+    registry_name: str = ""
+
+    @dataclass
+    class Config:
+        d_model: int = 256
+        num_layers: int = 8
+        num_heads: int = 6
+        num_kv_heads: int = 3  # grouped-query attention: num_heads / num_kv_heads queries share a key head
+        head_dim: int = 64  # also the width of the per-head behavior embeddings of the cross-level layer
+        d_ff: int = 512
+        dropout: float = 0.2  # residual branches, attention weights and expert hidden units
+        norm_eps: float = 1e-6
+        rope_theta: float = 1_000_000.0
+        cross_layers: int = 4  # the top layers with a cross-level interaction layer (0 = ablation)
+        injection_layers: int = 4  # the bottom layers whose experts read a behavior embedding (0 = ablation)
+        behavior_dim: int = 64
+        position_experts: bool = True  # one feed-forward expert per position in the interaction
+        released_mask: bool = False  # reproduce the released code's uniform rows in the cross-level layer
+        temperature: float = 0.7  # logits / temperature in the loss and in decoding
+        num_behaviors: int = 4
+        codebook_size: int = 256  # token range per SID position; every level (collision level too) must fit
+        sid_length: int = 4  # m
+
+    def __init__(self, cfg: Config, num_items: int, max_len: int = 50) -> None:
+        super().__init__()
+        if cfg.num_heads % cfg.num_kv_heads:
+            raise ConfigError(f"model.num_heads {cfg.num_heads} must be a multiple of num_kv_heads {cfg.num_kv_heads}")
+        if not 0 <= cfg.cross_layers <= cfg.num_layers or not 0 <= cfg.injection_layers <= cfg.num_layers:
+            raise ConfigError(f"model.cross_layers / injection_layers must lie in 0..num_layers ({cfg.num_layers})")
+        if cfg.sid_length < 1 or cfg.codebook_size < 1 or cfg.num_behaviors < 1:
+            raise ConfigError("model: sid_length, codebook_size and num_behaviors must be >= 1")
+        if cfg.temperature <= 0 or cfg.head_dim % 2:
+            raise ConfigError("model: temperature must be > 0 and head_dim even (RoPE)")
+        self.cfg = cfg
+        self.num_items = num_items
+        self.max_len = max_len  # history window in interactions
+        nb, m, c = cfg.num_behaviors, cfg.sid_length, cfg.codebook_size
+        self.beh_offset = NUM_SPECIAL
+        self.sid_offset = NUM_SPECIAL + nb
+        self.vocab_size = self.sid_offset + m * c
+        self.tokens = nn.Embedding(self.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(
+            Layer(cfg, cross=i >= cfg.num_layers - cfg.cross_layers, inject=i < cfg.injection_layers)
+            for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.register_buffer("item_sids", torch.full((num_items + 1, m), -1, dtype=torch.long))
+        self.register_buffer("behavior_levels", torch.arange(nb, dtype=torch.long))
+        self._tries: dict[tuple[str, str], SIDTrie] = {}
+        self.last_attention: list[dict[str, Any]] | None = None
+        self.apply(_init_weights)
+
+    # ---- tables -------------------------------------------------------------------------------------
+    def set_sid_table(self, table: SIDTable) -> None:
+        """Install the item -> SID map (stored in the weights)."""
+        m, c = self.cfg.sid_length, self.cfg.codebook_size
+        if table.length != m:
+            raise DataError(f"gamer: SID table has {table.length} positions, model.sid_length is {m}")
+        if max(table.codebook_sizes) > c:
+            raise DataError(f"gamer: SID table codebook sizes {table.codebook_sizes} exceed model.codebook_size {c}")
+        ids = table.item_ids
+        if len(ids) and (ids.min() < 1 or ids.max() > self.num_items):
+            raise DataError(f"gamer: SID table item ids must lie in 1..{self.num_items}")
+        sids = torch.full((self.num_items + 1, m), -1, dtype=torch.long)
+        sids[torch.as_tensor(ids)] = torch.as_tensor(table.codes)
+        self.item_sids.copy_(sids)
+        self._tries = {}
+
+    def set_behavior_levels(self, levels: Sequence[int] | np.ndarray) -> None:
+        """Level of each behavior id (the dataset's order, or an override); stored in the weights."""
+        lv = torch.as_tensor(np.asarray(levels), dtype=torch.long)
+        if lv.shape != (self.cfg.num_behaviors,):
+            raise ConfigError(f"gamer: {lv.numel()} behavior levels for model.num_behaviors={self.cfg.num_behaviors}")
+        if int(lv.max()) >= LEVEL_PAD or int(lv.min()) < 0:
+            raise ConfigError(f"gamer: behavior levels must lie in 0..{LEVEL_PAD - 1}")
+        self.behavior_levels.copy_(lv)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._tries = {}
+
+    def trie(self, candidates: np.ndarray | Sequence[int] | None = None) -> SIDTrie:
+        """Prefix trie over the SIDs of ``candidates`` (default: every item with a SID), cached per set."""
+        dev = self.item_sids.device
+        has = (self.item_sids >= 0).all(1)
+        has[0] = False
+        if candidates is None:
+            ids = torch.nonzero(has).squeeze(1).cpu()
+        else:
+            ids = torch.as_tensor(np.unique(np.asarray(candidates, dtype=np.int64)))
+            if ids.numel() == 0 or int(ids.min()) < 1 or int(ids.max()) > self.num_items:
+                raise DataError(f"gamer: candidate items must be a non-empty subset of 1..{self.num_items}")
+            if not bool(has.cpu()[ids].all()):
+                raise DataError("gamer: some candidate items have no SID")
+        key = (hashlib.sha1(ids.numpy().tobytes()).hexdigest(), str(dev))
+        if key not in self._tries:
+            if ids.numel() == 0:
+                raise DataError("gamer: no SID table installed (call set_sid_table first)")
+            sizes = (self.cfg.codebook_size,) * self.cfg.sid_length
+            self._tries[key] = SIDTrie.from_codes(self.item_sids.cpu()[ids], ids, sizes).to(dev)
+        return self._tries[key]
+
+    # ---- token layout -------------------------------------------------------------------------------
+    def interaction_tokens(self, items: torch.Tensor, behaviors: torch.Tensor) -> torch.Tensor:
+        """(B, L) item ids (0 = none) and behavior ids -> (B, L*P) tokens ``<b> c_1 .. c_m`` per interaction."""
+        b, length = items.shape
+        m, c = self.cfg.sid_length, self.cfg.codebook_size
+        codes = self.item_sids[items.clamp(0, self.num_items)]  # (B, L, m)
+        real = (items > 0) & (codes >= 0).all(-1)  # (B, L)
+        sid_tok = self.sid_offset + torch.arange(m, device=items.device) * c + codes.clamp(min=0)  # (B, L, m)
+        beh_tok = (self.beh_offset + behaviors.long())[..., None]  # (B, L, 1)
+        tok = torch.cat([beh_tok, sid_tok], dim=-1)  # (B, L, P)
+        tok = torch.where(real[..., None], tok, torch.full_like(tok, PAD))
+        return tok.reshape(b, length * (m + 1))
+
+    def prompt_tokens(self, items: torch.Tensor, behaviors: torch.Tensor, behavior: int | torch.Tensor
+                      ) -> torch.Tensor:
+        """Histories (B, L) (oldest first, 0 = none) + the evaluated behavior -> (B, T) left-padded prompts.
+
+        Every prompt ends with ``<behavior>``; the history keeps its last ``max_len`` interactions.
+        """
+        tok = self.interaction_tokens(items, behaviors)  # (B, L*P)
+        b = tok.shape[0]
+        beh = torch.as_tensor(behavior, device=tok.device).long().expand(b)
+        if int(beh.min()) < 0 or int(beh.max()) >= self.cfg.num_behaviors:
+            raise ConfigError(f"gamer: behavior ids must lie in 0..{self.cfg.num_behaviors - 1}")
+        tok = torch.cat([tok, (self.beh_offset + beh)[:, None]], dim=1)  # (B, L*P + 1)
+        order = torch.argsort((tok != PAD).long(), dim=1, stable=True)  # pads first, real tokens in order
+        tok = torch.gather(tok, 1, order)
+        keep = self.max_len * (self.cfg.sid_length + 1) + 1  # whole interactions + the behavior token
+        return tok[:, -keep:]
+
+    def route(self, tokens: torch.Tensor, segment: torch.Tensor | None = None) -> Route:
+        """Side information of every token of (B, T) token rows (layout ``<b> c_1..c_m`` repeated)."""
+        m, c = self.cfg.sid_length, self.cfg.codebook_size
+        real = tokens != PAD
+        is_beh = (tokens >= self.beh_offset) & (tokens < self.sid_offset)
+        pos = torch.where(is_beh, torch.ones_like(tokens),
+                          torch.where(tokens >= self.sid_offset, (tokens - self.sid_offset) // c + 2,
+                                      torch.zeros_like(tokens)))
+        t = tokens.shape[1]
+        idx = torch.arange(t, device=tokens.device).expand_as(tokens)
+        last_beh = torch.cummax(torch.where(is_beh, idx, torch.full_like(idx, -1)), dim=1).values  # (B, T)
+        beh = torch.gather(tokens, 1, last_beh.clamp(min=0)) - self.beh_offset
+        beh = torch.where(real & (last_beh >= 0), beh, torch.full_like(beh, -1))
+        level = torch.where(beh >= 0, self.behavior_levels[beh.clamp(min=0)], torch.full_like(beh, LEVEL_PAD))
+        seg = torch.zeros_like(tokens) if segment is None else segment.long()
+        positions = _positions(real, seg)
+        if bool((pos > m + 1).any()):
+            raise DataError("gamer: token ids beyond the SID vocabulary")
+        return Route(pos, beh, level, positions, real, seg)
+
+    # ---- network ------------------------------------------------------------------------------------
+    def _inputs(self, route: Route, self_allowed: torch.Tensor, cross_allowed: torch.Tensor) -> LayerInputs:
+        cos, sin = rope_cos_sin(route.positions, self.cfg.head_dim, self.cfg.rope_theta)
+        return LayerInputs(cos, sin, route.beh_att, route.beh_ffn, route.pos_in_item, self_allowed, cross_allowed)
+
+    def hidden(self, tokens: torch.Tensor, segment: torch.Tensor | None = None, need_weights: bool = False
+               ) -> tuple[torch.Tensor, Route, list[tuple[torch.Tensor, ...]]]:
+        """(B, T) tokens -> final states (B, T, d), the route and every layer's keys/values."""
+        route = self.route(tokens, segment)
+        li = self._inputs(route, self_mask(route), cross_level_mask(route))
+        x = self.tokens(tokens)  # (B, T, d)
+        caches, weights = [], []
+        for layer in self.layers:
+            x, cache, w = layer(x, li, None, need_weights)
+            caches.append(cache)
+            weights.append(w)
+        self.last_attention = weights if need_weights else None
+        return self.norm(x), route, caches
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(..., d) states -> (..., V) logits over the whole vocabulary (tied embeddings), not yet / τ."""
+        return h @ self.tokens.weight.T
+
+    def forward(self, tokens: torch.Tensor, segment: torch.Tensor | None = None,
+                need_weights: bool = False) -> torch.Tensor:
+        """(B, T) tokens -> (B, T, V) next-token logits (teacher forcing), divided by the temperature."""
+        h, _, _ = self.hidden(tokens, segment, need_weights)
+        return self.logits(h) / self.cfg.temperature
+
+    def loss(self, tokens: torch.Tensor, segment: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed next-token cross-entropy over every SID token (behavior tokens and padding are not targets).
+
+        Returns (sum, number of target tokens); the caller divides.
+        """
+        logits = self(tokens, segment)[:, :-1]  # (B, T-1, V)
+        target = tokens[:, 1:]  # (B, T-1)
+        use = target >= self.sid_offset
+        if segment is not None:  # a branch's first token is not predicted from the previous branch
+            use = use & ((segment[:, 1:] == segment[:, :-1]) | (segment[:, :-1] == 0))
+        ce = F.cross_entropy(logits[use].float(), target[use], reduction="sum")
+        return ce, use.sum()
+
+    # ---- incremental decoding -----------------------------------------------------------------------
+    def prefill(self, prompts: torch.Tensor) -> DecodeState:
+        """Run left-padded prompts (B, T) ending with a behavior token; cache every layer's keys/values."""
+        h, route, caches = self.hidden(prompts)
+        last = prompts[:, -1]
+        if bool(((last < self.beh_offset) | (last >= self.sid_offset)).any()):
+            raise DataError("gamer: every prompt must end with a behavior token (left-pad the prompts)")
+        logits = self.logits(h[:, -1]) / self.cfg.temperature  # (B, V)
+        return DecodeState(caches, route.real, route.level, route.positions[:, -1] + 1, route.behavior[:, -1],
+                           logits)
+
+    def _advance(self, codes: torch.Tensor, p: int, st: DecodeState) -> DecodeState:
+        """Feed the code chosen for SID position ``p`` (R,) and compute the logits of position ``p + 1``."""
+        c = self.cfg.codebook_size
+        tok = (self.sid_offset + p * c + codes.long())[:, None]  # (R, 1)
+        r = tok.shape[0]
+        level = self.behavior_levels[st.behavior][:, None]  # (R, 1)
+        key_real = torch.cat([st.key_real, torch.ones(r, 1, dtype=torch.bool, device=tok.device)], 1)  # (R, S)
+        key_level = torch.cat([st.key_level, level], 1)
+        self_allowed = key_real[:, None, :]  # (R, 1, S): every cached real key and itself
+        cross_allowed = (key_real & (key_level < level))[:, None, :]  # (R, 1, S)
+        beh = st.behavior[:, None] + 1  # (R, 1)
+        pos_in_item = torch.full_like(tok, p + 2)
+        cos, sin = rope_cos_sin(st.next_pos[:, None], self.cfg.head_dim, self.cfg.rope_theta)
+        li = LayerInputs(cos, sin, beh, beh, pos_in_item, self_allowed, cross_allowed)
+        x = self.tokens(tok)  # (R, 1, d)
+        caches = []
+        for layer, past in zip(self.layers, st.caches):
+            x, cache, _ = layer(x, li, past)
+            caches.append(cache)
+        logits = self.logits(self.norm(x)[:, 0]) / self.cfg.temperature  # (R, V)
+        return DecodeState(caches, key_real, key_level, st.next_pos + 1, st.behavior, logits)
+
+    def position_logits(self, logits: torch.Tensor, t: int) -> torch.Tensor:
+        """(R, V) full-vocabulary logits -> (R, C + 1): codes of SID position ``t`` + log-sum-exp of the rest."""
+        c = self.cfg.codebook_size
+        lo = self.sid_offset + t * c
+        rest = logits.float().clone()
+        rest[:, lo:lo + c] = float("-inf")
+        return torch.cat([logits[:, lo:lo + c].float(), torch.logsumexp(rest, dim=1, keepdim=True)], dim=1)
+
+    def step(self, codes: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
+        """``beam_search`` step: (R, t) codes so far -> (R, C + 1) scores of SID position t, new state."""
+        t = codes.shape[1]
+        if t >= self.cfg.sid_length:
+            raise ConfigError(f"gamer: asked for SID position {t} of {self.cfg.sid_length}")
+        if t > 0:
+            state = self._advance(codes[:, -1], t - 1, state)
+        return self.position_logits(state.logits, t), state
+
+    def step_fn(self, prompts: torch.Tensor):
+        """Prefill the prompts and return ``(step, initial_state)`` for :func:`genrec.sid.beam.beam_search`."""
+        return self.step, self.prefill(prompts)
+
+    # ---- recommendation -----------------------------------------------------------------------------
+    def history_tensors(self, items: Sequence[Sequence[int] | np.ndarray] | torch.Tensor,
+                        behaviors: Sequence[Sequence[int] | np.ndarray] | torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Histories as lists (oldest first) or right-padded (B, L) tensors -> (B, L) item and behavior tensors."""
+        dev = self.item_sids.device
+        if isinstance(items, torch.Tensor):
+            return items.long().to(dev), torch.as_tensor(behaviors).long().to(dev)
+        width = max([min(len(h), self.max_len) for h in items] + [1])
+        it = np.zeros((len(items), width), np.int64)
+        bh = np.zeros((len(items), width), np.int64)
+        for i, (hi, hb) in enumerate(zip(items, behaviors)):
+            hi, hb = np.asarray(hi, np.int64)[-self.max_len:], np.asarray(hb, np.int64)[-self.max_len:]
+            if hi.shape != hb.shape:
+                raise DataError(f"gamer: history {i} has {len(hi)} items but {len(hb)} behaviors")
+            it[i, :len(hi)], bh[i, :len(hb)] = hi, hb
+        return torch.from_numpy(it).to(dev), torch.from_numpy(bh).to(dev)
+
+    @torch.no_grad()
+    def generate(self, items: Sequence[Sequence[int] | np.ndarray] | torch.Tensor,
+                 behaviors: Sequence[Sequence[int] | np.ndarray] | torch.Tensor, behavior: int,
+                 beam_size: int = 20, k: int | None = None, candidates: np.ndarray | None = None,
+                 constrained: bool = True) -> BeamResult:
+        """Top-``k`` next items with ``behavior`` per history, by beam search over ``candidates``' SIDs."""
+        k = beam_size if k is None else k
+        if not 1 <= k <= beam_size:
+            raise ConfigError(f"gamer.generate: need 1 <= k <= beam_size, got k={k}, beam_size={beam_size}")
+        was_training = self.training
+        self.eval()
+        try:
+            it, bh = self.history_tensors(items, behaviors)
+            prompts = self.prompt_tokens(it, bh, behavior)
+            step, state = self.step_fn(prompts)
+            res = beam_search(step, self.trie(candidates), prompts.shape[0], beam_size, state, constrained)
+        finally:
+            self.train(was_training)
+        return BeamResult(res.sids[:, :k], res.scores[:, :k], res.items[:, :k], res.valid[:, :k])
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _positions(real: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+    """(B, T) RoPE positions: real tokens visible before each token (prefix + own branch), minus one.
+
+    Branches (segment > 0) are contiguous blocks after the prefix; each restarts right after the prefix.
+    """
+    r = real.long()
+    c_all = torch.cumsum(r, 1)
+    c0 = torch.cumsum(r * (segment == 0), 1)
+    new = torch.ones_like(segment, dtype=torch.bool)
+    new[:, 1:] = segment[:, 1:] != segment[:, :-1]
+    before = c_all - r
+    start = torch.cummax(torch.where(new, before, torch.full_like(before, -1)), 1).values
+    within = c_all - start
+    pos = torch.where(segment == 0, c0, c0 + within) - 1
+    return pos.clamp(min=0)
+
+
+def _init_weights(module: nn.Module) -> None:
+    """Qwen-style init: N(0, 0.02) for every linear and embedding weight."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)

@@ -1,0 +1,569 @@
+"""Training and evaluation of GAMER-style multi-behavior generators on a session split.
+
+What one run does (spec §3.5-3.7):
+
+1. Levels from the manifest (or ``multibehavior.behavior_order``), sessions by inactivity gap, split by the
+   last two sessions (:mod:`genrec.data.multibehavior`).
+2. Semantic ids: a saved table (``sid.table``), or RQ-KMeans (+ collision level) over item embeddings:
+   ``sid.embeddings=cf`` without ``source_run`` quantizes an item-session co-occurrence SVD computed from
+   **training events only** (see :func:`cooccurrence_embeddings`), ``file`` a ``.npy`` array, ``text`` the
+   item text. The table is written to the run folder.
+3. Training sequences: every user's training part plus ``augment`` thinned copies (built once, seeded), cut
+   to windows of ``max_len + 1`` interactions; next-token cross-entropy on SID tokens with temperature.
+   AdamW, linear warmup over ``warmup_ratio`` of the steps then cosine decay (the authors' HF Trainer).
+4. Early stopping on the validation loss (each validation-session event predicted from the history before
+   that session, computed in one pass per user with branch masks) or on a validation metric.
+5. Test: per-behavior beam search over that behavior's candidates, multi-target metrics, user-weighted merge.
+
+Resume is exact at step granularity: epoch order is a function of ``(seed, epoch)``, the learning rate of
+the step, and the RNG state is restored from the atomic checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import genrec
+from genrec.config import RunConfig
+from genrec.data.multibehavior import (
+    BehaviorLevels,
+    MultiBehaviorConfig,
+    SessionSplit,
+    TrainSequences,
+    session_split,
+    training_sequences,
+)
+from genrec.data.schema import Dataset
+from genrec.errors import CheckpointError, ConfigError, DataError
+from genrec.eval.multibehavior import evaluate_behaviors
+from genrec.models.base import GENERATOR
+from genrec.models.registry import build_model
+from genrec.sid.codebook import SIDTable, tensor_fingerprint
+from genrec.sid.embed import ItemEmbeddings
+from genrec.sid.rqkmeans import RQKMeans, RQKMeansConfig
+from genrec.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    save_weights,
+)
+from genrec.train.logging import MetricLogger
+from genrec.train.trainer import BEST_DIR, CONFIG_FILE, git_commit, resolve_device
+
+SID_FILE = "sids.json"
+
+
+def cosine_lr(step: int, total_steps: int, base_lr: float, warmup_ratio: float) -> float:
+    """Learning rate of optimiser step ``step`` (0-based): linear warmup, then cosine decay to 0 at ``total_steps``."""
+    warm = int(math.ceil(total_steps * warmup_ratio))
+    if step < warm:
+        return base_lr * (step + 1) / warm
+    progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ---- semantic ids ------------------------------------------------------------------------------------
+
+
+def cooccurrence_embeddings(split: SessionSplit, num_items: int, dim: int = 32,
+                            categories: np.ndarray | None = None, category_weight: float = 0.5,
+                            jitter: float = 0.15, jitter_dim: int = 8, seed: int = 0) -> ItemEmbeddings:
+    """Item vectors for items ``1..num_items`` from training events only: SVD of item x (session, category).
+
+    Columns are the training sessions (weight ``1/sqrt(session size)``) and, when ``categories`` (``(N+1,)``,
+    -1 = unknown) is given, the item's category with ``category_weight``; rows are L2-normalised before a
+    rank-``dim`` randomized SVD, and the item vector is its unit-norm projection. Items never seen in training
+    keep only their category signal (or nothing), so a small seeded random part (``jitter``, in ``jitter_dim``
+    extra dims) spreads items with identical vectors over the deeper codes instead of one huge collision group.
+    """
+    mask = split.part_mask("train")
+    items = split.seqs.items[mask]
+    sess = split.seqs.session_ids[mask] if split.seqs.session_ids is not None else None
+    if sess is None or items.size == 0:
+        raise DataError("co-occurrence embeddings: the split has no training events")
+    pairs = np.unique(np.stack([items, sess], 1), axis=0)  # (P, 2) distinct (item, session)
+    _, col, size = np.unique(pairs[:, 1], return_inverse=True, return_counts=True)
+    col = col.reshape(-1)
+    rows = [pairs[:, 0]]
+    cols = [col]
+    vals = [1.0 / np.sqrt(size[col])]
+    ncol = int(size.size)
+    if categories is not None:
+        cat = np.asarray(categories, dtype=np.int64)
+        has = np.flatnonzero(cat >= 0)
+        _, cinv = np.unique(cat[has], return_inverse=True)
+        rows.append(has)
+        cols.append(ncol + cinv.reshape(-1))
+        vals.append(np.full(has.size, category_weight))
+        ncol += int(cinv.max()) + 1 if has.size else 0
+    r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals).astype(np.float32)
+    norm = np.sqrt(np.bincount(r, weights=v * v, minlength=num_items + 1))
+    v = v / np.maximum(norm[r], 1e-12)
+    x = torch.sparse_coo_tensor(torch.from_numpy(np.stack([r, c])), torch.from_numpy(v.astype(np.float32)),
+                                (num_items + 1, ncol), check_invariants=True).coalesce()
+    g = torch.Generator().manual_seed(seed)
+    q = min(dim, min(x.shape) - 1)
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)  # svd_lowrank draws its random projection from the global generator
+    u, s, _ = torch.svd_lowrank(x, q=q, niter=6)
+    torch.set_rng_state(state)
+    vec = u * s  # (N+1, q) row projections
+    vec = vec / vec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    noise = jitter * torch.randn(num_items + 1, jitter_dim, generator=g)
+    out = torch.cat([vec, noise], 1)[1:].contiguous()  # (N, q + jitter_dim), items 1..N
+    fp = tensor_fingerprint(out, extra={"dim": dim, "category_weight": category_weight, "jitter": jitter})
+    return ItemEmbeddings(np.arange(1, num_items + 1, dtype=np.int64), out, "cooccurrence:train-sessions", fp)
+
+
+def item_categories(dataset: Dataset) -> np.ndarray | None:
+    """(N+1,) category id per item (-1 = unknown) from ``items.parquet``, or None without the column."""
+    if "category_id" not in dataset.items.column_names:
+        return None
+    cat = np.full(dataset.num_items + 1, -1, dtype=np.int64)
+    ids = dataset.items.column("item_id").to_numpy()
+    vals = dataset.items.column("category_id").to_numpy(zero_copy_only=False)
+    ok = ~np.isnan(vals.astype(np.float64)) if vals.dtype.kind == "f" else np.ones(len(vals), bool)
+    cat[ids[ok]] = vals[ok].astype(np.int64)
+    return cat
+
+
+def build_sid_table(cfg: RunConfig, dataset: Dataset, split: SessionSplit) -> SIDTable:
+    """SIDs per ``cfg.sid``: a saved table, or RQ-KMeans + collision level over the chosen item embeddings."""
+    sc = cfg.sid
+    if sc.table:
+        return _load_table(Path(sc.table))
+    if sc.quantizer != "rqkmeans":
+        raise ConfigError(f"sid.quantizer '{sc.quantizer}': the GAMER trainer builds RQ-KMeans SIDs "
+                          "(train an RQ-VAE table separately and pass sid.table)")
+    if sc.embeddings == "cf" and not sc.source_run:
+        emb = cooccurrence_embeddings(split, dataset.num_items, categories=item_categories(dataset), seed=sc.seed)
+    elif sc.embeddings == "cf":
+        from genrec.sid.embed import run_cf_embeddings
+
+        emb = run_cf_embeddings(sc.source_run)
+    elif sc.embeddings == "file":
+        arr = np.load(sc.embeddings_file)
+        if arr.ndim != 2 or arr.shape[0] != dataset.num_items:
+            raise DataError(f"{sc.embeddings_file}: expected ({dataset.num_items}, D) item vectors, got {arr.shape}")
+        vec = torch.from_numpy(arr.astype(np.float32))
+        emb = ItemEmbeddings(np.arange(1, dataset.num_items + 1), vec, "file", tensor_fingerprint(vec))
+    elif sc.embeddings == "text":
+        from genrec.sid.embed import text_embeddings
+
+        emb = text_embeddings(dataset.items, sc.cache_dir, sc.text_fields)
+    else:
+        raise ConfigError(f"sid.embeddings '{sc.embeddings}' is not one of text, cf, file")
+    quant = RQKMeans(RQKMeansConfig(num_levels=sc.levels, codebook_size=sc.codebook_size, seed=sc.seed))
+    quant.fit(emb.vectors)
+    table = SIDTable.from_quantizer(quant, emb.item_ids, emb.vectors)
+    table.quantizer_params = {**table.quantizer_params, "embeddings": emb.source}
+    return table
+
+
+def _load_table(path: Path) -> SIDTable:
+    if path.is_dir():
+        for cand in sorted(path.glob("*.json")) + sorted(path.glob("*.parquet")):
+            try:
+                return SIDTable.load(cand)
+            except DataError:
+                continue
+        raise DataError(f"{path}: no SID table (.json or .parquet) in this folder")
+    return SIDTable.load(path)
+
+
+# ---- batches -----------------------------------------------------------------------------------------
+
+
+def _pad_rows(pieces: list[np.ndarray], fill: int = -1) -> np.ndarray:
+    width = max([len(p) for p in pieces] + [1])
+    out = np.full((len(pieces), width), fill, dtype=np.int64)
+    for i, p in enumerate(pieces):
+        out[i, :len(p)] = p
+    return out
+
+
+class ValidRows:
+    """Validation-loss rows: a history prefix + up to ``max_len`` validation events as separate branches."""
+
+    def __init__(self, split: SessionSplit, max_len: int, min_history: int, max_users: int = 0, seed: int = 0
+                 ) -> None:
+        start, end = split.bounds("valid")
+        users = np.flatnonzero((end > start) & (start >= min_history))
+        if max_users and len(users) > max_users:
+            users = np.sort(np.random.default_rng([seed, 5]).choice(users, max_users, replace=False))
+        self.hist: list[np.ndarray] = []
+        self.branches: list[np.ndarray] = []
+        for u in users:
+            off = split.seqs.offsets[u]
+            h = off + np.arange(max(0, start[u] - max_len), start[u])
+            ev = off + np.arange(start[u], end[u])
+            for i in range(0, len(ev), max_len):
+                self.hist.append(h)
+                self.branches.append(ev[i:i + max_len])
+
+    def __len__(self) -> int:
+        return len(self.hist)
+
+
+class GamerTrainer:
+    """Train a multi-behavior generator (GAMER or an ablation) on a session split; run-folder layout as
+    :class:`genrec.train.generator.GeneratorTrainer`."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, dataset: Dataset, sids: SIDTable | None = None,
+                 options: MultiBehaviorConfig | None = None, resume: bool = True) -> None:
+        self.cfg = cfg
+        self.opts = options or getattr(cfg, "multibehavior", None) or MultiBehaviorConfig()
+        self.opts.check()
+        self.run_dir = Path(run_dir)
+        self.dataset = dataset
+        tc = cfg.train
+        if tc.num_threads > 0:
+            torch.set_num_threads(tc.num_threads)
+        self.device = resolve_device(tc.device)
+        torch.manual_seed(tc.seed)
+        self.levels = BehaviorLevels.from_manifest(dataset.manifest, self.opts.behavior_order or None)
+        self.split = session_split(dataset.interactions, self.levels, self.opts.session_gap)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if sids is None:
+            sid_path = self.run_dir / SID_FILE
+            sids = SIDTable.load(sid_path) if sid_path.exists() else build_sid_table(cfg, dataset, self.split)
+            sids.save(sid_path)
+        self.sids = sids
+        missing = np.setdiff1d(np.unique(self.split.seqs.items), sids.item_ids)
+        if missing.size:
+            raise DataError(f"SID table lacks {missing.size} item(s) of the dataset (e.g. {missing[:5].tolist()})")
+        model_params = dict(cfg.model)
+        model_params.setdefault("num_behaviors", self.levels.num_behaviors)
+        self.model = build_model(model_params, dataset.num_items, cfg.data.max_len)
+        if GENERATOR not in self.model.kinds or not hasattr(self.model, "set_behavior_levels"):
+            raise ConfigError(f"model '{cfg.model.get('name')}' is not a multi-behavior generator")
+        self.model.set_sid_table(sids)
+        self.model.set_behavior_levels(self.levels.array())
+        self.model.to(self.device)
+        self.train_seqs: TrainSequences = training_sequences(self.split, cfg.data.max_len, self.opts.augment,
+                                                             self.opts.train_windows, tc.seed)
+        if len(self.train_seqs) == 0:
+            raise ConfigError("no user has a training session before its validation session; "
+                              "lower multibehavior.session_gap or use a larger log")
+        self.valid_rows = ValidRows(self.split, cfg.data.max_len, self.opts.min_history, self.opts.valid_max_users,
+                                    tc.seed)
+        self.eval_behaviors = [self.levels.id_of(n) for n in self.opts.eval_behaviors] or list(
+            range(self.levels.num_behaviors))
+        self.ks = [k for k in cfg.eval.ks if k <= cfg.generator.beam_size] or [1, 5, 10]
+        self.stop = self._parse_stop(self.opts.early_stop)
+        self.steps_per_epoch = math.ceil(len(self.train_seqs) / tc.batch_size)
+        self.total_steps = self.steps_per_epoch * tc.epochs
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tuple(tc.betas),
+                                           weight_decay=tc.weight_decay)
+        self.state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_metric": None,
+                                      "best_epoch": None, "bad_evals": 0, "finished": False}
+        self._check_or_write_config()
+        self.ckpt_root = self.run_dir / "checkpoints"
+        self.resumed_from: Path | None = None
+        if resume:
+            path = latest_checkpoint(self.ckpt_root)
+            if path is not None:
+                self.state = load_checkpoint(path, self.model, self.optimizer)
+                self.resumed_from = path
+        self.logger = MetricLogger(self.run_dir, tensorboard=tc.tensorboard)
+
+    def _parse_stop(self, spec: str) -> tuple[str, int | None, str]:
+        """``valid_loss`` or ``<behavior>/<metric>`` -> (kind, behavior id, metric)."""
+        if spec == "valid_loss":
+            return "loss", None, "valid_loss"
+        if "/" not in spec:
+            raise ConfigError(f"multibehavior.early_stop '{spec}': use valid_loss or <behavior>/<metric>")
+        name, metric = spec.split("/", 1)
+        known = [f"{m}@{k}" for k in self.ks for m in ("hit", "recall", "ndcg")]
+        if metric not in known:
+            raise ConfigError(f"multibehavior.early_stop metric '{metric}' is not computed (choose from {known})")
+        return "metric", self.levels.id_of(name), metric
+
+    # -- run folder -------------------------------------------------------------------------------------
+    def run_record(self) -> dict[str, Any]:
+        return {
+            "genrec_version": genrec.__version__,
+            "model": self.cfg.model["name"],
+            "kinds": list(self.model.kinds),
+            "num_items": self.dataset.num_items,
+            "max_len": self.cfg.data.max_len,
+            "data_fingerprint": self.dataset.fingerprint,
+            "data_path": str(self.dataset.path) if self.dataset.path else "",
+            "sid_fingerprint": self.sids.fingerprint,
+            "sid_table": self.sids.meta(),
+            "behavior_levels": self.levels.as_dict(),
+            "multibehavior": asdict(self.opts),
+            "num_train_sequences": len(self.train_seqs),
+            "num_parameters": sum(p.numel() for p in self.model.parameters()),
+            "config": self.cfg.to_dict(),
+        }
+
+    def _check_or_write_config(self) -> None:
+        path = self.run_dir / CONFIG_FILE
+        rec = self.run_record()
+        if path.exists():
+            old = json.loads(path.read_text())
+            for key in ("model", "num_items", "max_len", "data_fingerprint", "sid_fingerprint", "behavior_levels",
+                        "multibehavior"):
+                if old.get(key) != rec.get(key):
+                    raise CheckpointError(f"{path}: this run folder holds a run with {key}={old.get(key)!r}, "
+                                          f"not {rec.get(key)!r}; use another --out folder")
+            if old["config"]["model"] != rec["config"]["model"]:
+                raise CheckpointError(f"{path}: the model settings differ from this run folder's; use another folder")
+        tmp = path.with_name(CONFIG_FILE + ".tmp")
+        tmp.write_text(json.dumps(rec, indent=2, default=str))
+        tmp.replace(path)
+
+    # -- batches ----------------------------------------------------------------------------------------
+    def _tokens(self, idx: np.ndarray) -> torch.Tensor:
+        """(B, L) flat event indices (-1 = none) -> (B, L*P) tokens on the device."""
+        seqs = self.split.seqs
+        real = idx >= 0
+        safe = np.where(real, idx, 0)
+        items = torch.from_numpy(np.where(real, seqs.items[safe], 0)).to(self.device)
+        behs = torch.from_numpy(np.where(real, self.split.behaviors[safe], 0).astype(np.int64)).to(self.device)
+        return self.model.interaction_tokens(items, behs)
+
+    def train_batch(self, seq_ids: np.ndarray) -> torch.Tensor:
+        """Training sequence ids -> right-padded (B, T) token rows."""
+        return self._tokens(_pad_rows([self.train_seqs.events(int(s)) for s in seq_ids]))
+
+    def valid_batch(self, rows: range) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validation rows -> tokens (B, T) and segments (B, T): history = 0, validation event j = j + 1."""
+        vr = self.valid_rows
+        pieces = [np.concatenate([vr.hist[i], vr.branches[i]]) for i in rows]
+        segs = [np.r_[np.zeros(len(vr.hist[i]), np.int64), np.arange(1, len(vr.branches[i]) + 1)] for i in rows]
+        tok = self._tokens(_pad_rows(pieces))
+        p = self.model.cfg.sid_length + 1
+        seg = torch.from_numpy(np.repeat(_pad_rows(segs, fill=0), p, axis=1)).to(self.device)
+        return tok, seg
+
+    # -- training ---------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.device.type == "cuda" and self.cfg.train.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _save(self, name: str) -> None:
+        save_checkpoint(self.ckpt_root, name, self.model, self.optimizer, self.state)
+
+    @torch.no_grad()
+    def valid_loss(self) -> float:
+        """Mean cross-entropy of every validation-session event's SID given the history before the session."""
+        was = self.model.training
+        self.model.eval()
+        total, count = 0.0, 0
+        bs = self.cfg.eval.batch_size
+        for i in range(0, len(self.valid_rows), bs):
+            tok, seg = self.valid_batch(range(i, min(i + bs, len(self.valid_rows))))
+            with self._autocast():
+                s, n = self.model.loss(tok, seg)
+            total += float(s)
+            count += int(n)
+        self.model.train(was)
+        return total / max(count, 1)
+
+    def fit(self) -> dict[str, Any]:
+        tc, st = self.cfg.train, self.state
+        if st.get("finished"):
+            return self.summary()
+        self.model.train()
+        stop = False
+        t_start = time.time()
+        bs = tc.batch_size
+        while st["epoch"] < tc.epochs and not stop:
+            epoch = st["epoch"]
+            order = np.random.default_rng([tc.seed, epoch]).permutation(len(self.train_seqs))
+            batches = [order[i:i + bs] for i in range(0, len(order), bs)]
+            loss_sum, loss_n, t_epoch = 0.0, 0, time.time()
+            for bi in range(st["step_in_epoch"], len(batches)):
+                tok = self.train_batch(batches[bi])
+                lr = cosine_lr(st["global_step"], self.total_steps, tc.lr, self.opts.warmup_ratio)
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr
+                with self._autocast():
+                    lsum, n = self.model.loss(tok)
+                loss = lsum / n.clamp(min=1)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if tc.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+                self.optimizer.step()
+                st["global_step"] += 1
+                st["step_in_epoch"] = bi + 1
+                step_loss = float(loss.detach())
+                if not math.isfinite(step_loss):
+                    raise FloatingPointError(f"training loss is {step_loss} at step {st['global_step']}; lower train.lr")
+                loss_sum += step_loss
+                loss_n += 1
+                self.logger.log(st["global_step"], train_loss=step_loss, lr=lr, epoch=epoch)
+                if tc.checkpoint_every and st["global_step"] % tc.checkpoint_every == 0:
+                    self._save(f"step-{st['global_step']:09d}")
+                if tc.max_steps and st["global_step"] >= tc.max_steps:
+                    stop = True
+                    break
+            if stop:
+                self._save(f"step-{st['global_step']:09d}")
+                break
+            st["epoch"] = epoch + 1
+            st["step_in_epoch"] = 0
+            rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss_epoch": loss_sum / max(loss_n, 1),
+                                   "epoch_seconds": round(time.time() - t_epoch, 3)}
+            if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
+                value, higher = self._validate(rec)
+                improved = st["best_metric"] is None or (value > st["best_metric"] if higher
+                                                         else value < st["best_metric"])
+                if improved:
+                    st["best_metric"], st["best_epoch"], st["bad_evals"] = value, epoch + 1, 0
+                    (self.run_dir / BEST_DIR).mkdir(exist_ok=True)
+                    save_weights(self.model, self.run_dir / BEST_DIR / "model.safetensors")
+                else:
+                    st["bad_evals"] += 1
+                stop = bool(tc.patience and st["bad_evals"] >= tc.patience)
+                rec["improved"] = improved
+            self.logger.log(st["global_step"], **rec)
+            if stop or st["epoch"] >= tc.epochs:
+                st["finished"] = True
+            self._save(f"epoch-{st['epoch']:05d}")
+        st["train_seconds"] = st.get("train_seconds", 0.0) + (time.time() - t_start)
+        self.logger.close()
+        return self.summary()
+
+    def _validate(self, rec: dict[str, Any]) -> tuple[float, bool]:
+        """Early-stopping value (and whether higher is better); adds what it measured to ``rec``."""
+        kind, beh, metric = self.stop
+        if kind == "loss":
+            if len(self.valid_rows) == 0:
+                raise ConfigError("no user has a validation session; early stopping on valid_loss is impossible")
+            value = self.valid_loss()
+            rec["valid/loss"] = value
+            return value, False
+        assert beh is not None
+        ev = self._evaluate("valid", [beh], max_users=self.opts.valid_max_users)
+        m = ev.per_behavior[self.levels.names[beh]]
+        rec.update({f"valid/{self.levels.names[beh]}/{k}": v for k, v in m.items()})
+        return float(m.get(metric, 0.0)), True
+
+    def summary(self) -> dict[str, Any]:
+        return {k: self.state.get(k) for k in ("epoch", "global_step", "best_metric", "best_epoch", "finished",
+                                                "train_seconds")}
+
+    # -- evaluation -------------------------------------------------------------------------------------
+    def _evaluate(self, which: str, behaviors: list[int], max_users: int = 0):
+        g = self.cfg.generator
+        return evaluate_behaviors(self.model, self.split, which, behaviors, self.ks, g.beam_size,
+                                  self.cfg.eval.batch_size, self.opts.candidates, self.opts.min_history,
+                                  g.constrained, max_users, self.cfg.train.seed)
+
+    def load_best(self) -> None:
+        best = self.run_dir / BEST_DIR / "model.safetensors"
+        if best.exists():
+            load_weights(self.model, best)
+
+    def evaluate(self, which: str = "test") -> dict[str, Any]:
+        """Results record for ``which`` (test | valid): per-behavior metrics, merged row, protocol."""
+        if which not in ("test", "valid"):
+            raise ConfigError(f"evaluate: unknown split '{which}' (test or valid)")
+        t0 = time.time()
+        ev = self._evaluate(which, self.eval_behaviors)
+        cfg, g = self.cfg, self.cfg.generator
+        top = self.levels.names[self.levels.top]
+        return {
+            "model": cfg.model["name"],
+            "dataset": self.dataset.manifest.get("name", ""),
+            "data_fingerprint": self.dataset.fingerprint,
+            "sid_fingerprint": self.sids.fingerprint,
+            "protocol": {
+                "task": "multi-behavior next-item generation",
+                "split": f"session (gap {self.opts.session_gap}s): last session test, previous validation",
+                "evaluated_on": which,
+                "behavior_levels": self.levels.as_dict(),
+                "headline_behavior": top,
+                "targets": "distinct items with the behavior in the evaluated session (multi-target)",
+                "candidates": f"{self.opts.candidates} (beam {g.beam_size}, "
+                              f"{'trie-constrained' if g.constrained else 'unconstrained'})",
+                "history_window": cfg.data.max_len,
+                "min_history": self.opts.min_history,
+                "ks": self.ks,
+                "early_stopping": self.opts.early_stop,
+                "best_epoch": self.state.get("best_epoch"),
+            },
+            "metrics": {"per_behavior": ev.per_behavior, "merged": ev.merged, "headline": ev.per_behavior.get(top, {}),
+                        "invalid_rate": ev.invalid_rate},
+            "eval_seconds": round(time.time() - t0, 2),
+            "train_seconds": self.state.get("train_seconds"),
+            "config": cfg.to_dict(),
+            "multibehavior": asdict(self.opts),
+            "genrec_version": genrec.__version__,
+            "commit": git_commit(),
+            "date": time.strftime("%Y-%m-%d"),
+        }
+
+
+# ---- command line (until the main CLI dispatches multi-behavior generators) ---------------------------
+
+
+def format_table(rec: dict[str, Any]) -> str:
+    """Per-behavior metrics of a results record as a plain-text table (merged row last)."""
+    per, ks = rec["metrics"]["per_behavior"], rec["protocol"]["ks"]
+    cols = [f"{m}@{k}" for m in ("hit", "recall", "ndcg") for k in ks]
+    lines = ["behavior  users  " + "  ".join(f"{c:>9}" for c in cols)]
+    for name, m in [*per.items(), ("merged", rec["metrics"]["merged"])]:
+        vals = "  ".join(f"{m.get(c, float('nan')):>9.4f}" for c in cols)
+        lines.append(f"{name:<8}  {int(m.get('num_users', 0)):>5}  {vals}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m genrec.train.gamer --config RECIPE --out RUN [--set section.key=value ...]``.
+
+    ``multibehavior.*`` overrides set :class:`MultiBehaviorConfig`; the test record goes to ``RUN/results.json``.
+    """
+    import argparse
+    import sys
+
+    from genrec.config import apply_overrides, config_from_dict, dataclass_from_dict, load_yaml
+    from genrec.data.schema import load_dataset
+    from genrec.errors import GenrecError
+
+    ap = argparse.ArgumentParser(prog="python -m genrec.train.gamer", description=main.__doc__)
+    ap.add_argument("--config", required=True, help="recipe YAML (e.g. configs/gamer-taobao.yaml)")
+    ap.add_argument("--out", required=True, help="run folder")
+    ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--no-resume", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        raw = apply_overrides(load_yaml(args.config), args.set)
+        mb = raw.pop("multibehavior", None) or {}
+        cfg = config_from_dict(raw, args.config)
+        opts = dataclass_from_dict(MultiBehaviorConfig, mb, "multibehavior")
+        trainer = GamerTrainer(cfg, args.out, load_dataset(cfg.data.path), None, opts, resume=not args.no_resume)
+        print(f"{len(trainer.train_seqs)} training sequences, {len(trainer.valid_rows)} validation rows, "
+              f"{sum(p.numel() for p in trainer.model.parameters()):,} parameters", flush=True)
+        summary = trainer.fit()
+        trainer.load_best()
+        rec = trainer.evaluate("test")
+    except GenrecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rec["summary"] = summary
+    out = Path(args.out) / "results.json"
+    out.write_text(json.dumps(rec, indent=2, default=str))
+    print(f"best epoch {summary['best_epoch']}, {summary.get('train_seconds') or 0:.0f}s training, "
+          f"{rec['eval_seconds']:.0f}s test evaluation -> {out}")
+    print(format_table(rec))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
