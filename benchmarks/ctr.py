@@ -8,6 +8,9 @@ Examples:
         --set train.num_threads=1
     python benchmarks/ctr.py --recipe configs/hstu_ranker-taobao.yaml --data data_cache/taobao --seeds 1 2 3 \
         --set train.num_threads=1
+    # an ablation: its own results name, the override recorded under "overrides"
+    python benchmarks/ctr.py --recipe configs/mtgr-taobao.yaml --data data_cache/taobao --seeds 1 2 3 \
+        --name ctr-taobao-mtgr-taobao-nocross --set train.num_threads=1 model.cross_features=false
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from common import write_result  # noqa: E402
 
 from genrec.config import load_config  # noqa: E402
 from genrec.data.loading import load_data  # noqa: E402
-from genrec.train.ranker import train_ranker_run  # noqa: E402
+from genrec.models.base import RANKER  # noqa: E402
+from genrec.train.run import model_kind, train_run  # noqa: E402
 
 METRICS = ("auc", "gauc", "logloss")
 
@@ -42,7 +46,8 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="prepared dataset folder")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--runs", default="runs/bench", help="where the run folders go")
-    ap.add_argument("--name", help="results file name (default: ctr-<data folder>-<recipe stem>)")
+    ap.add_argument("--name", help="results file and run folder name (default: ctr-<data folder>-<recipe stem>); "
+                    "give one for each --set variant of a recipe")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
     args = ap.parse_args()
     name = args.name or f"ctr-{Path(args.data).name}-{Path(args.recipe).stem}"
@@ -52,21 +57,27 @@ def main() -> None:
     for seed in args.seeds:
         cfg = load_config(args.recipe, [*args.set, f"data.path={args.data}", f"train.seed={seed}",
                                         "train.progress=false"])
+        if model_kind(cfg) != RANKER:
+            raise SystemExit(f"{args.recipe}: model '{cfg.model['name']}' is not a ranker; use benchmarks/accuracy.py")
         dataset = dataset if dataset is not None else load_data(cfg.data)
-        res = train_ranker_run(cfg, Path(args.runs) / f"{name}-seed{seed}", resume=True, dataset=dataset)
+        # rankers train with genrec.train.ranker; recipes with stages (HPGR) pre-train first, then fine-tune
+        res = train_run(cfg, Path(args.runs) / f"{name}-seed{seed}", resume=True, dataset=dataset)
         if "metrics" not in res:
             raise SystemExit(f"seed {seed}: training stopped before the end ({res.get('stopped_early_by')})")
         tr = res["train"]
         per_seed.append({"seed": seed, "metrics": res["metrics"], "best_epoch": res["protocol"]["best_epoch"],
                          "epochs_run": tr.get("epoch"), "finished": tr.get("finished"),
                          "train_seconds": tr.get("train_seconds")})
+        if "pretrain" in res:
+            per_seed[-1]["pretrain_seconds"] = res["pretrain"].get("seconds")
         m = res["metrics"]
         print(f"seed {seed}: " + " ".join(f"{k}={m[k]:.4f}" for k in METRICS), flush=True)
     keys = [k for k in per_seed[0]["metrics"] if k not in ("num_impressions", "gauc_users", "positive_rate")]
     stats = {k: mean_std([s["metrics"][k] for s in per_seed]) for k in keys}
     rec = {
         "dataset": res["dataset"], "data_fingerprint": res["data_fingerprint"], "model": res["model"],
-        "recipe": args.recipe, "task": "ranking (CTR)", "protocol": res["protocol"], "seeds": args.seeds,
+        "recipe": args.recipe, "overrides": list(args.set), "stages": res.get("stages", ["finetune"]),
+        "task": "ranking (CTR)", "protocol": res["protocol"], "seeds": args.seeds,
         "metrics": {k: v[0] for k, v in stats.items()}, "spread": {k: v[1] for k, v in stats.items()},
         "test_impressions": res["metrics"]["num_impressions"], "test_positive_rate": res["metrics"]["positive_rate"],
         "per_seed": per_seed, "train_seconds_per_seed": [s["train_seconds"] for s in per_seed],

@@ -134,11 +134,12 @@ def beam_table(recs: list[dict], trained: bool) -> str:
 
 def ctr_table(recs: list[dict]) -> str:
     rows = [r for r in recs if r["_file"].startswith("ctr-")]
-    lines = ["| dataset | model | recipe | seeds | AUC | GAUC | LogLoss | test impressions | record |",
-             "|" + " --- |" * 9]
-    for r in sorted(rows, key=lambda r: (r["dataset"], r["model"])):
+    lines = ["| dataset | model | recipe | overrides | seeds | AUC | GAUC | LogLoss | test impressions | record |",
+             "|" + " --- |" * 10]
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["model"], r["_file"])):
         m, sp = r["metrics"], r.get("spread", {})
-        lines.append(f"| {r['dataset']} | {r['model']} | `{Path(r['recipe']).name}` | {len(r['seeds'])} | "
+        ov = " ".join(o for o in (r.get("overrides") or []) if o.startswith("model.")) or "-"
+        lines.append(f"| {r['dataset']} | {r['model']} | `{Path(r['recipe']).name}` | {ov} | {len(r['seeds'])} | "
                      + " | ".join(fmt(m[c], sp.get(c)) for c in ("auc", "gauc", "logloss"))
                      + f" | {r.get('test_impressions', '')} | `{r['_file']}` |")
     return "\n".join(lines) if rows else "(no results yet)"
