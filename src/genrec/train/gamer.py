@@ -50,6 +50,7 @@ from genrec.models.registry import build_model
 from genrec.sid.codebook import SIDTable, tensor_fingerprint
 from genrec.sid.embed import ItemEmbeddings
 from genrec.sid.rqkmeans import RQKMeans, RQKMeansConfig
+from genrec.train.base import BEST_DIR, CONFIG_FILE, git_commit, resolve_device
 from genrec.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -58,7 +59,6 @@ from genrec.train.checkpoint import (
     save_weights,
 )
 from genrec.train.logging import MetricLogger
-from genrec.train.trainer import BEST_DIR, CONFIG_FILE, git_commit, resolve_device
 
 SID_FILE = "sids.json"
 

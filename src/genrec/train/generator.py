@@ -35,6 +35,7 @@ from genrec.eval.generation import GenerationEval, evaluate_generator, history_m
 from genrec.models.base import GENERATOR
 from genrec.models.registry import build_model
 from genrec.sid.codebook import SIDTable
+from genrec.train.base import BEST_DIR, CONFIG_FILE, git_commit, resolve_device
 from genrec.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -43,7 +44,6 @@ from genrec.train.checkpoint import (
     save_weights,
 )
 from genrec.train.logging import MetricLogger
-from genrec.train.trainer import BEST_DIR, CONFIG_FILE, git_commit, resolve_device
 
 GeneratorOptions = GeneratorConfig  # the generator: section of a recipe (kept under its old name)
 

@@ -30,6 +30,7 @@ from genrec.models.base import RETRIEVER, Retriever
 from genrec.models.registry import build_model
 from genrec.objectives import build_objective
 from genrec.train import distributed as dist_utils
+from genrec.train.base import BEST_DIR, CONFIG_FILE, git_commit, resolve_device  # noqa: F401 (re-exported)
 from genrec.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -38,17 +39,6 @@ from genrec.train.checkpoint import (
     save_weights,
 )
 from genrec.train.logging import MetricLogger
-
-CONFIG_FILE = "config.json"
-BEST_DIR = "best"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but CUDA is not available on this machine (use cpu or auto)")
-    return torch.device(name)
 
 
 class _LossModule(nn.Module):
@@ -63,17 +53,6 @@ class _LossModule(nn.Module):
         states = self.model.sequence_output(batch)  # (B, L, D)
         valid = batch.targets > 0  # (B, L)
         return self.objective(self.model, states[valid], batch.targets[valid], generator), valid.sum()
-
-
-def git_commit() -> str:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except Exception:
-        return "unknown"
 
 
 class Trainer:
