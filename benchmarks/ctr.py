@@ -11,6 +11,9 @@ Examples:
     # an ablation: its own results name, the override recorded under "overrides"
     python benchmarks/ctr.py --recipe configs/mtgr-taobao.yaml --data data_cache/taobao --seeds 1 2 3 \
         --name ctr-taobao-mtgr-taobao-nocross --set train.num_threads=1 model.cross_features=false
+    # an HPGR ablation that changes only stage 2 fine-tunes from the main recipe's stage-1 artifacts (same seeds)
+    python benchmarks/ctr.py --recipe configs/hpgr-ml100k-dense.yaml --data data_cache/ml-100k --seeds 1 2 3 \
+        --pretrained-from ctr-ml-100k-hpgr-ml100k --set train.num_threads=1
 """
 
 from __future__ import annotations
@@ -49,13 +52,22 @@ def main() -> None:
     ap.add_argument("--name", help="results file and run folder name (default: ctr-<data folder>-<recipe stem>); "
                     "give one for each --set variant of a recipe")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--pretrained-from", metavar="NAME",
+                    help="fine-tune only, from the stage-1 artifact of run NAME with the same seed "
+                    "(RUNS/NAME-seedS/pretrain): for ablations whose stage 1 equals the main recipe's")
     args = ap.parse_args()
     name = args.name or f"ctr-{Path(args.data).name}-{Path(args.recipe).stem}"
     dataset = None
     per_seed = []
     res: dict = {}
     for seed in args.seeds:
-        cfg = load_config(args.recipe, [*args.set, f"data.path={args.data}", f"train.seed={seed}",
+        shared = []
+        if args.pretrained_from:
+            art = Path(args.runs) / f"{args.pretrained_from}-seed{seed}" / "pretrain"
+            if not (art / "pretrain.json").exists():
+                raise SystemExit(f"--pretrained-from: no stage-1 artifact at {art}; run that recipe's seed {seed} first")
+            shared = ["stages=[finetune]", f"model.pretrained={art}"]
+        cfg = load_config(args.recipe, [*args.set, *shared, f"data.path={args.data}", f"train.seed={seed}",
                                         "train.progress=false"])
         if model_kind(cfg) != RANKER:
             raise SystemExit(f"{args.recipe}: model '{cfg.model['name']}' is not a ranker; use benchmarks/accuracy.py")
@@ -70,6 +82,8 @@ def main() -> None:
                          "train_seconds": tr.get("train_seconds")})
         if "pretrain" in res:
             per_seed[-1]["pretrain_seconds"] = res["pretrain"].get("seconds")
+        elif args.pretrained_from:
+            per_seed[-1]["pretrained_from"] = str(art)
         m = res["metrics"]
         print(f"seed {seed}: " + " ".join(f"{k}={m[k]:.4f}" for k in METRICS), flush=True)
     keys = [k for k in per_seed[0]["metrics"] if k not in ("num_impressions", "gauc_users", "positive_rate")]
@@ -77,6 +91,7 @@ def main() -> None:
     rec = {
         "dataset": res["dataset"], "data_fingerprint": res["data_fingerprint"], "model": res["model"],
         "recipe": args.recipe, "overrides": list(args.set), "stages": res.get("stages", ["finetune"]),
+        "pretrained_from": args.pretrained_from,
         "task": "ranking (CTR)", "protocol": res["protocol"], "seeds": args.seeds,
         "metrics": {k: v[0] for k, v in stats.items()}, "spread": {k: v[1] for k, v in stats.items()},
         "test_impressions": res["metrics"]["num_impressions"], "test_positive_rate": res["metrics"]["positive_rate"],

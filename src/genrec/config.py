@@ -94,6 +94,7 @@ class SIDConfig:
     quantizer: str = "rqvae"  # rqvae | rqkmeans
     levels: int = 3
     codebook_size: int = 256
+    first_codebook_size: int = 0  # level-1 codes when different (GLASS codebook resizing); 0 = codebook_size
     rqvae_epochs: int = 200
     seed: int = 0
     cache_dir: str = "data_cache/embeddings"  # text embeddings are cached here by text fingerprint
@@ -120,7 +121,7 @@ class MultiBehaviorConfig:
     min_history: int = 1  # evaluation queries need this many interactions before the evaluated session
     augment: int = 4  # x thinned copies per training sequence (ratios k/x, k = 1..x); 0 = no augmentation
     train_windows: str = "last"  # last: the last max_len+1 interactions per sequence (GAMER); all: every window
-    candidates: str = "behavior"  # beam candidates for behavior b: behavior | behavior_history | all
+    candidates: str = "behavior_history"  # beam candidates for b: behavior_history (leak-free) | behavior | all
     eval_behaviors: list[str] = field(default_factory=list)  # empty = every behavior
     warmup_ratio: float = 0.04  # linear warmup over this fraction of all steps, then cosine decay to 0
     early_stop: str = "valid_loss"  # valid_loss (GAMER) or "<behavior>/<metric>", e.g. buy/ndcg@10
@@ -252,7 +253,17 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
     return cfg
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def _deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` over ``base``: mappings merge key by key, anything else (lists included) is replaced."""
+    out = dict(base)
+    for k, v in child.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a recipe. ``extends: OTHER.yaml`` (relative to the recipe's folder) starts from OTHER and merges
+    this file's keys over it, section by section, so an ablation recipe states only what it changes."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"{p}: config file not found")
@@ -262,7 +273,20 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{p}: invalid YAML{at}") from None
-    return data or {}
+    data = data or {}
+    if not isinstance(data, dict) or "extends" not in data:
+        return data
+    data = dict(data)
+    parent = data.pop("extends")
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"{p}: 'extends' must be the path of another recipe")
+    ppath = (p.parent / parent).resolve()
+    if ppath in _seen or ppath == p.resolve():
+        raise ConfigError(f"{p}: 'extends' forms a cycle through {ppath.name}")
+    base = load_yaml(ppath, (*_seen, p.resolve()))
+    if not isinstance(base, dict):
+        raise ConfigError(f"{ppath}: top level must be a mapping")
+    return _deep_merge(base, data)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -36,3 +36,23 @@ def test_wrong_types_are_rejected():
         config_from_dict({"train": {"batch_size": 1.5}})
     with pytest.raises(ConfigError, match="eval.exclude_history"):
         config_from_dict({"eval": {"exclude_history": "yes"}})
+
+
+def test_extends_merges_sections_and_rejects_cycles(tmp_path):
+    from genrec.config import load_config
+    from genrec.errors import ConfigError
+
+    (tmp_path / "base.yaml").write_text(
+        "model: {name: hstu, d_model: 32, num_layers: 3}\ntrain: {epochs: 5, lr: 0.01}\nstages: [pretrain, finetune]\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nmodel: {num_layers: 1}\nstages: [finetune]\n")
+    cfg = load_config(tmp_path / "child.yaml", ["train.lr=0.5"])
+    assert cfg.model == {"name": "hstu", "d_model": 32, "num_layers": 1}
+    assert (cfg.train.epochs, cfg.train.lr) == (5, 0.5)
+    assert cfg.stages == ["finetune"]  # lists replace, they do not merge
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "c.yaml")

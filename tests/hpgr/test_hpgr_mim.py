@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from genrec.models.hpgr import MASK_ID
+from genrec.models.hpgr_sem import MASK_ID
 from genrec.objectives.mim import MIMConfig, MIMLoss, mask_items
 
 torch.set_num_threads(1)

@@ -13,7 +13,7 @@ import torch
 from genrec.data.sequences import UserSequences
 from genrec.data.splits import leave_one_out
 from genrec.errors import CheckpointError
-from genrec.models.hpgr import SessionEncoder, intra_session_mask, session_layout
+from genrec.models.hpgr_sem import SessionEncoder, intra_session_mask, session_layout
 from genrec.objectives.mim import MIMConfig
 from genrec.train.pretrain import (
     PretrainConfig,

@@ -141,6 +141,25 @@ def test_gathered_equals_dense_with_rab_and_gradients():
     assert torch.allclose(rab_bias_fn(rab, ts, qt)(ar, ar), rab(ts, qt))
 
 
+def test_row_blocks_change_nothing(monkeypatch):
+    """The gathered path computes rows in cache-sized blocks; many tiny blocks give the dense result and grads."""
+    import genrec.nn.sparse as sparse
+
+    torch.manual_seed(1)
+    B, N, h, d = 2, 150, 2, 8
+    rab = RelativeBucketedTimeAndPositionBias(N + 1)
+    ts = torch.cumsum(torch.randint(1, 5000, (B, N + 1)), 1)
+    lengths = torch.tensor([150, 97])
+    w = pgsa_weights(torch.randn(B, N), lengths, top_k=6, sigma=1.0)
+    x = torch.randn(B, h, N + 1, d, requires_grad=True)
+    monkeypatch.setattr(sparse, "_BLOCK_ELEMS", 1)  # 64-row blocks: 3 of them
+    res = []
+    for impl in ("dense", "gather"):
+        o = pgsa_attention(x, x * 0.5, x.tanh(), w, lengths, N + 1, rab_bias_fn(rab, ts, ts + 10), impl=impl)
+        res.append((o, torch.autograd.grad(o.square().sum(), x)[0]))
+    assert torch.allclose(res[0][0], res[1][0], atol=1e-5)
+    assert torch.allclose(res[0][1], res[1][1], atol=1e-5)
+
 def test_relevance_padding_and_kept_columns():
     table = torch.randn(10, 4)
     r = pgsa_relevance(table, torch.tensor([1]), torch.tensor([[2, 3, 0, 0]]), torch.tensor([2]))

@@ -224,19 +224,35 @@ def pgsa_attention(
         qr = q[:, :, N:]  # (B, h, 1, dqk)
         row_idx = torch.full((B, 1), N, dtype=torch.int64, device=dev)
         m = colw[:, None, :]  # (B, 1, K'): every kept column is <= N
+        o = _gathered_rows(qr, kg, vg, row_idx, idx, m, bias, norm_len)
     else:
-        qr = q
-        row_idx = torch.arange(L, device=dev).expand(B, L)
-        row_ok = (row_idx < lengths[:, None]) | (row_idx == N)  # (B, L)
-        m = (idx[:, None, :] <= row_idx[:, :, None]) & row_ok[:, :, None]  # (B, L, K') causal
-        m = m.to(q.dtype) * colw[:, None, :]
+        # Rows in blocks so each block's (B, h, R, K') scores and (B, R, K') bias temporaries stay
+        # cache-sized: time then grows like L * K' instead of jumping once they spill (N >= 4096).
+        # Every row is computed exactly as in one block; small inputs are a single block.
+        step = max(64, _BLOCK_ELEMS // max(1, B * h * idx.shape[1]))
+        outs = []
+        for r0 in range(0, L, step):
+            row_idx = torch.arange(r0, min(L, r0 + step), device=dev).expand(B, -1)  # (B, R)
+            row_ok = (row_idx < lengths[:, None]) | (row_idx == N)  # (B, R)
+            m = (idx[:, None, :] <= row_idx[:, :, None]) & row_ok[:, :, None]  # (B, R, K') causal
+            m = m.to(q.dtype) * colw[:, None, :]
+            outs.append(_gathered_rows(q[:, :, r0:r0 + step], kg, vg, row_idx, idx, m, bias, norm_len))
+        o = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+    return o.transpose(1, 2).reshape(B, o.shape[2], h * v.shape[-1])
+
+
+_BLOCK_ELEMS = 1 << 20  # score elements per row block of the gathered path (4 MB in float32)
+
+
+def _gathered_rows(qr: torch.Tensor, kg: torch.Tensor, vg: torch.Tensor, row_idx: torch.Tensor, idx: torch.Tensor,
+                   m: torch.Tensor, bias: torch.Tensor | BiasFn | None, norm_len: int) -> torch.Tensor:
+    """Attention of rows ``row_idx`` (B, R) over gathered columns ``idx`` (B, K'): (B, h, R, dv)."""
     s = torch.einsum("bhid,bhjd->bhij", qr, kg)  # (B, h, R, K')
     b = _bias_at(bias, row_idx, idx)
     if b is not None:
         s = s + b[:, None]
     a = F.silu(s) / norm_len * m[:, None]
-    o = torch.einsum("bhij,bhjd->bhid", a, vg)  # (B, h, R, dv)
-    return o.transpose(1, 2).reshape(B, o.shape[2], h * v.shape[-1])
+    return torch.einsum("bhij,bhjd->bhid", a, vg)  # (B, h, R, dv)
 
 
 def rab_bias_fn(

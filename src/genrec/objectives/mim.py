@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from genrec.errors import ConfigError
-from genrec.models.hpgr import MASK_ID
+from genrec.models.hpgr_sem import MASK_ID
 from genrec.objectives.next_item import MASKED_LOGIT
 
 

@@ -36,7 +36,7 @@ from genrec.data.sequences import SeqBatch, UserSequences, batch_order
 from genrec.data.sessions import sessionize
 from genrec.data.splits import Split
 from genrec.errors import CheckpointError, ConfigError, DataError
-from genrec.models.hpgr import SessionEncoder
+from genrec.models.hpgr_sem import SessionEncoder
 from genrec.objectives.mim import MIMConfig, MIMLoss, mask_items
 
 ITEM_TABLE_FILE = "item_table.safetensors"
