@@ -2,11 +2,15 @@
 
 Example (Amazon Beauty, P5 split, full-catalogue ranking):
     python benchmarks/accuracy.py --recipe configs/sasrec-beauty.yaml --data data_cache/beauty --seeds 1 2 3
+
+A recipe with ``stages: [pretrain, finetune]`` (e.g. configs/hpgr-hstu-beauty.yaml) runs HPGR's stage 1 into
+RUN/pretrain and the retriever into RUN/finetune; the record adds each seed's stage-1 seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -70,13 +74,17 @@ def main() -> None:
                                         "train.progress=false"])
         # a finished run folder is resumed (only re-evaluated), so time comes from the run's own record
         run_dir = Path(args.runs) / f"{name}-seed{seed}"
+        staged = "pretrain" in cfg.stages  # two stages: the retriever run lives in RUN/finetune
+        if staged:
+            cfg_ft = dataclasses.replace(cfg, model={**cfg.model, "pretrained": str(run_dir / "pretrain")}, stages=[])
+            run_dir, pre_dir = run_dir / "finetune", run_dir / "pretrain"
         done = run_dir / "results" / "test.json"  # written by train_run once the run finished: reuse it
         if args.evaluate_only:
-            res = evaluate_as_is(cfg, run_dir)
+            res = evaluate_as_is(cfg_ft if staged else cfg, run_dir)
         elif done.exists() and json.loads(done.read_text()).get("train", {}).get("finished"):
             res = json.loads(done.read_text())
         else:
-            res = train_run(cfg, run_dir, resume=True)
+            res = train_run(cfg, run_dir.parent if staged else run_dir, resume=True)
         secs = res["train"].get("train_seconds")
         if secs is None:  # runs written before train_seconds was checkpointed: sum the logged epoch times
             log = run_dir / "metrics.jsonl"
@@ -88,6 +96,8 @@ def main() -> None:
                          other_key: res.get(other_key),
                          "train_seconds": res["train"].get("train_seconds"),
                          "finished": res["train"].get("finished"), "epochs_run": res["train"].get("epoch")})
+        if staged:
+            per_seed[-1]["pretrain_seconds"] = json.loads((pre_dir / "pretrain.json").read_text()).get("seconds")
         m = res["metrics"]
         print(f"seed {seed}: " + " ".join(f"{k}={m[k]:.4f}" for k in ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "mrr")),
               flush=True)

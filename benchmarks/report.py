@@ -145,12 +145,69 @@ def ctr_table(recs: list[dict]) -> str:
     return "\n".join(lines) if rows else "(no results yet)"
 
 
+def gamer_table(recs: list[dict]) -> str:
+    """Multi-behavior track (benchmarks/gamer.py): one row per variant, the headline behavior (purchase) first."""
+    rows = [r for r in recs if r["_file"].startswith("gamer-")]
+    if not rows:
+        return "(no results yet)"
+    behaviors = rows[0].get("behaviors") or list(rows[0]["metrics"])
+    head, others = behaviors[0], [b for b in behaviors[1:] if b != "merged"]
+    cols = [(head, c) for c in ("hit@5", "hit@10", "recall@10", "ndcg@10")]
+    cols += [(b, "hit@10") for b in others] + [("merged", "ndcg@10")]
+    lines = ["| dataset | variant | model | candidates | seeds | " + " | ".join(f"{b} {c}" for b, c in cols)
+             + f" | {head} users | {head} targets in candidates | train s/seed | record |",
+             "|" + " --- |" * (len(cols) + 9)]
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["protocol"].get("candidate_mode", ""), r["_file"])):
+        m, sp = r["metrics"], r.get("spread", {})
+        secs = [s for s in r.get("train_seconds_per_seed") or [] if s is not None]
+        seeds = "1 (deterministic)" if r.get("deterministic") else str(len(r["seeds"]))
+        vals = [fmt(m[b][c], sp.get(b, {}).get(c)) if c in m.get(b, {}) else "-" for b, c in cols]
+        share = r.get("counts", {}).get(head, {}).get("targets_in_candidates", float("nan"))
+        lines.append(f"| {r['dataset']} | {r['variant']} | {r['model']} | {r['protocol'].get('candidate_mode', '')} | "
+                     f"{seeds} | " + " | ".join(vals)
+                     + f" | {r.get('num_users', {}).get(head, '')} | {share:.1%} | {sum(secs) / len(secs) if secs else 0:.0f} | "
+                     f"`{r['_file']}` |")
+    return "\n".join(lines)
+
+
+def rerank_table(recs: list[dict]) -> str:
+    """Retrieval track, two stages: HSTU's top-200 re-scored by HPGR; both stages on the same test users."""
+    rows = [r for r in recs if r["_file"].startswith("rerank-")]
+    cols = ["recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20", "ndcg@20"]
+    lines = ["| dataset | variant | stage | seeds | " + " | ".join(cols) + " | target in top-200 | record |",
+             "|" + " --- |" * (len(cols) + 6)]
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["_file"])):
+        for stage, key in (("HSTU alone", "retriever"), ("HSTU + HPGR re-rank", "rerank")):
+            m, sd = r[f"{key}_mean"], r[f"{key}_std"]
+            lines.append(f"| {r['dataset']} | {r['variant']} | {stage} | {len(r['seeds'])} | "
+                         + " | ".join(fmt(m[c], sd.get(c)) for c in cols)
+                         + f" | {r['target_in_top_k_mean']:.4f} | `{r['_file']}` |")
+    return "\n".join(lines) if rows else "(no results yet)"
+
+
+def glass_cost_table(recs: list[dict]) -> str:
+    """GLASS inference cost against TIGER per long-history length (benchmarks/glass_cost.py)."""
+    rows = [r for r in recs if r["_file"].startswith("glass_cost__")]
+    lines = ["| device | long history | TIGER ms/user | + SID-Tier ms (x) | + hard search ms (x) | GLASS ms (x) "
+             "| SID-Tier histogram ms | record |", "|" + " --- |" * 8]
+    for r in rows:
+        for n, m in sorted(r["metrics"]["by_long_history_length"].items(), key=lambda kv: int(kv[0])):
+            lines.append(
+                f"| {r['protocol'].get('device', 'cpu')} | {int(n)} | {m['tiger_cpu_ms_per_user']:.1f} | "
+                f"{m['glass_tier_cpu_ms_per_user']:.1f} ({m['glass_tier_over_tiger']:.2f}) | "
+                f"{m['glass_search_cpu_ms_per_user']:.1f} ({m['glass_search_over_tiger']:.2f}) | "
+                f"{m['glass_cpu_ms_per_user']:.1f} ({m['glass_over_tiger']:.2f}) | "
+                f"{m['sid_tier_histogram_cpu_ms_per_user']:.2f} | `{r['_file']}` |")
+    return "\n".join(lines) if rows else "(no results yet)"
+
+
 def tables() -> dict[str, str]:
     recs = load()
     beauty_cols = ["recall@5", "ndcg@5", "recall@10", "ndcg@10"]
     ml_cols = ["hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200", "mrr"]
     return {
         "beauty": accuracy_table(recs, "beauty", beauty_cols),
+        "glass-cost": glass_cost_table(recs),
         "beauty-other": other_exclusion_table(recs, "beauty", beauty_cols),
         "ml-100k": accuracy_table(recs, "ml-100k", ml_cols),
         "speed": speed_table(recs),
@@ -160,6 +217,8 @@ def tables() -> dict[str, str]:
         "beam-trained": beam_table(recs, trained=True),
         "sid-health": sid_health_table(recs),
         "ctr": ctr_table(recs),
+        "gamer": gamer_table(recs),
+        "rerank": rerank_table(recs),
     }
 
 

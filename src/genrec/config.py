@@ -121,7 +121,7 @@ class MultiBehaviorConfig:
     min_history: int = 1  # evaluation queries need this many interactions before the evaluated session
     augment: int = 4  # x thinned copies per training sequence (ratios k/x, k = 1..x); 0 = no augmentation
     train_windows: str = "last"  # last: the last max_len+1 interactions per sequence (GAMER); all: every window
-    candidates: str = "behavior_history"  # beam candidates for b: behavior_history (leak-free) | behavior | all
+    candidates: str = "behavior_history"  # behavior_history | history (both leak-free) | behavior | all
     eval_behaviors: list[str] = field(default_factory=list)  # empty = every behavior
     warmup_ratio: float = 0.04  # linear warmup over this fraction of all steps, then cosine decay to 0
     early_stop: str = "valid_loss"  # valid_loss (GAMER) or "<behavior>/<metric>", e.g. buy/ndcg@10

@@ -27,7 +27,7 @@ from genrec.data.sequences import UserSequences
 from genrec.data.sessions import sessionize
 from genrec.errors import ConfigError, DataError
 
-CANDIDATE_MODES = ("behavior", "behavior_history", "all")
+CANDIDATE_MODES = ("behavior_history", "history", "behavior", "all")
 WINDOW_MODES = ("last", "all")
 
 
@@ -190,21 +190,28 @@ def behavior_queries(split: SessionSplit, which: str, behavior: int, min_history
                            np.asarray(offs, np.int64), np.concatenate(tgs) if tgs else np.zeros(0, np.int64))
 
 
-def candidate_items(split: SessionSplit, behavior: int, mode: str = "behavior", which: str = "test") -> np.ndarray:
+def candidate_items(split: SessionSplit, behavior: int, mode: str = "behavior_history", which: str = "test"
+                    ) -> np.ndarray:
     """Sorted item ids the beam search may return for ``behavior``.
 
-    ``behavior``: items that occur with it anywhere in the log (as the issue specifies; this reads the
-    evaluated sessions, so it is stamped in every result). ``behavior_history``: only events before each
-    user's ``which`` session (leak-free). ``all``: every item of the log (GAMER's released trie).
+    ``behavior_history`` (default, leak-free): items with ``behavior`` in some user's events before that
+    user's ``which`` session (the training parts, plus the validation sessions when ``which`` is test).
+    ``history`` (leak-free): items with *any* behavior before the evaluated sessions, so a purchase of an item
+    that was only viewed or carted before stays reachable.
+    ``behavior``: items that occur with it anywhere in the log; this reads the evaluated sessions too, so
+    it tells a model which items are ever bought (kept for comparison, stamped in every result).
+    ``all``: every item of the log (GAMER's released trie only forces the behavior prefix).
     """
     seqs = split.seqs
     if mode == "all":
         return np.unique(seqs.items)
     if mode == "behavior":
         return np.unique(seqs.items[split.behaviors == behavior])
-    if mode == "behavior_history":
+    if mode in ("behavior_history", "history"):
         before = split.part_mask("train") | (split.part_mask("valid") if which == "test" else False)
-        return np.unique(seqs.items[before & (split.behaviors == behavior)])
+        if mode == "behavior_history":
+            before = before & (split.behaviors == behavior)
+        return np.unique(seqs.items[before])
     raise ConfigError(f"candidates '{mode}' is not one of {CANDIDATE_MODES}")
 
 

@@ -18,7 +18,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from genrec.data.multibehavior import BehaviorQueries, SessionSplit, behavior_queries, candidate_items
+from genrec.data.multibehavior import (
+    BehaviorLevels,
+    BehaviorQueries,
+    SessionSplit,
+    behavior_queries,
+    candidate_items,
+)
 from genrec.errors import ConfigError
 
 METRICS = ("hit", "recall", "ndcg")
@@ -93,7 +99,7 @@ def query_histories(split: SessionSplit, queries: BehaviorQueries, max_len: int)
 @torch.no_grad()
 def evaluate_behaviors(model: Any, split: SessionSplit, which: str = "test", behaviors: Sequence[int] | None = None,
                        ks: Sequence[int] = (1, 5, 10), beam_size: int = 20, batch_size: int = 128,
-                       candidates: str = "behavior", min_history: int = 1, constrained: bool = True,
+                       candidates: str = "behavior_history", min_history: int = 1, constrained: bool = True,
                        max_users: int = 0, seed: int = 0) -> MultiBehaviorEval:
     """Beam-search every (user, behavior) query of ``which`` and score it against its target set.
 
@@ -133,3 +139,44 @@ def evaluate_behaviors(model: Any, split: SessionSplit, which: str = "test", beh
                                                                            "targets_in_candidates")}
                               for k, v in per.items()})
     return MultiBehaviorEval(per, merged, invalid / max(total, 1))
+
+
+def protocol_record(levels: BehaviorLevels, opts: Any, which: str, ranked_by: str, history_window: int,
+                    ks: Sequence[int]) -> dict[str, Any]:
+    """The protocol block every multi-behavior results record carries (GAMER, ablations and baselines alike).
+
+    ``opts`` is the run's :class:`~genrec.config.MultiBehaviorConfig`; ``ranked_by`` says how the ranked list
+    was made (beam search, retriever scores, recency), the candidate mode is always stamped next to it.
+    """
+    return {
+        "task": "multi-behavior next-item generation",
+        "split": f"session (gap {opts.session_gap}s): last session test, previous validation",
+        "evaluated_on": which,
+        "behavior_levels": levels.as_dict(),
+        "headline_behavior": levels.names[levels.top],
+        "targets": "distinct items with the behavior in the evaluated session (multi-target)",
+        "candidates": f"{opts.candidates} ({ranked_by})",
+        "candidate_mode": opts.candidates,
+        "history_window": history_window,
+        "min_history": opts.min_history,
+        "ks": list(ks),
+        "early_stopping": opts.early_stop,
+    }
+
+
+def metrics_record(ev: MultiBehaviorEval, levels: BehaviorLevels) -> dict[str, Any]:
+    """Per-behavior means, the user-weighted merge, the headline (top-level behavior) and the invalid rate."""
+    top = levels.names[levels.top]
+    return {"per_behavior": ev.per_behavior, "merged": ev.merged, "headline": ev.per_behavior.get(top, {}),
+            "invalid_rate": ev.invalid_rate}
+
+
+def format_table(rec: dict[str, Any]) -> str:
+    """Per-behavior metrics of a results record as a plain-text table (merged row last)."""
+    per, ks = rec["metrics"]["per_behavior"], rec["protocol"]["ks"]
+    cols = [f"{m}@{k}" for m in METRICS for k in ks]
+    lines = ["behavior  users  " + "  ".join(f"{c:>9}" for c in cols)]
+    for name, m in [*per.items(), ("merged", rec["metrics"]["merged"])]:
+        vals = "  ".join(f"{m.get(c, float('nan')):>9.4f}" for c in cols)
+        lines.append(f"{name:<8}  {int(m.get('num_users', 0)):>5}  {vals}")
+    return "\n".join(lines)

@@ -16,6 +16,7 @@ from torch import nn
 
 from genrec.data.sequences import SeqBatch
 from genrec.models.base import Retriever, l2norm
+from genrec.models.hstu import copy_pretrained_table
 from genrec.models.registry import register
 
 
@@ -71,6 +72,7 @@ class SASRec(Retriever):
         num_heads: int = 1
         d_ff: int = 0  # 0 = d_model, as in the reference configs
         dropout: float = 0.2
+        pretrained: str = ""  # HPGR stage-1 artifact whose item table initialises item_emb; "" = random init
 
     def __init__(self, cfg: Config, num_items: int, max_len: int) -> None:
         super().__init__(num_items, max_len)
@@ -80,6 +82,8 @@ class SASRec(Retriever):
         nn.init.trunc_normal_(self.item_emb.weight, std=0.02)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
+        if cfg.pretrained:
+            copy_pretrained_table(self.item_emb, cfg.pretrained, num_items, "sasrec")
         self.pos_emb = nn.Embedding(max_len, d)
         nn.init.trunc_normal_(self.pos_emb.weight, std=math.sqrt(1.0 / d))
         self.input_dropout = nn.Dropout(cfg.dropout)

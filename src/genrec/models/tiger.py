@@ -22,7 +22,7 @@ next item's SID one position at a time (spec §2.2-2.3). Design points:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -34,7 +34,7 @@ from torch import nn
 from genrec.errors import ConfigError, DataError
 from genrec.models.base import GENERATOR
 from genrec.models.registry import register
-from genrec.sid.beam import BeamResult, beam_search
+from genrec.sid.beam import BeamResult, beam_search, reorder_tensors
 from genrec.sid.codebook import SIDTable
 from genrec.sid.trie import SIDTrie
 
@@ -42,6 +42,7 @@ PAD = 0
 BOS = 1
 NUM_SPECIAL = 2
 _HASH_MULT = 2654435761  # Knuth's multiplicative hash constant; spreads consecutive user ids over buckets
+Fuse = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (normed query, cross-attention output) -> output
 
 
 class RMSNorm(nn.Module):
@@ -154,10 +155,17 @@ class DecoderLayer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, self_kv: tuple[torch.Tensor, torch.Tensor], self_bias: torch.Tensor,
-                cross_kv: tuple[torch.Tensor, torch.Tensor], cross_bias: torch.Tensor) -> torch.Tensor:
-        """``self_kv`` must already contain this call's own positions (teacher forcing or the cache + new)."""
+                cross_kv: tuple[torch.Tensor, torch.Tensor], cross_bias: torch.Tensor,
+                fuse: Fuse | None = None) -> torch.Tensor:
+        """``self_kv`` must already contain this call's own positions (teacher forcing or the cache + new).
+
+        ``fuse(query, z)`` (optional) may replace the cross-attention output ``z`` (B, T, d) given the normed
+        query (B, T, d): GLASS mixes in a second cross-attention there; TIGER passes nothing.
+        """
         x = x + self.drop(self.self_attn.attend(self.norm1(x), *self_kv, self_bias))
-        x = x + self.drop(self.cross_attn.attend(self.norm2(x), *cross_kv, cross_bias))
+        h = self.norm2(x)
+        z = self.cross_attn.attend(h, *cross_kv, cross_bias)
+        x = x + self.drop(z if fuse is None else fuse(h, z))
         return x + self.drop(self.ffn(self.norm3(x)))
 
 
@@ -308,13 +316,19 @@ class TIGER(nn.Module):
         b = relative_buckets(rel, bidirectional, self.cfg.relative_buckets, self.cfg.relative_max_distance)
         return table(b).permute(2, 0, 1)[None]
 
-    def encode(self, enc_tokens: torch.Tensor, enc_mask: torch.Tensor) -> Encoded:
-        """(B, S) tokens and mask -> encoder states (B, S, d)."""
+    def encode(self, enc_tokens: torch.Tensor, enc_mask: torch.Tensor, extra: torch.Tensor | None = None
+               ) -> Encoded:
+        """(B, S) tokens and mask -> encoder states (B, S, d).
+
+        ``extra`` (B, S, d), optional, is added to the token embeddings: GLASS writes its continuous SID-Tier
+        token into a placeholder slot this way.
+        """
         s = enc_tokens.shape[1]
         pos = torch.arange(s, device=enc_tokens.device)
         bias = self._rel_bias(self.enc_rel, pos, pos, True)  # (1, h, S, S)
         bias = bias + _key_bias(enc_mask)  # (B, h, S, S)
-        x = self.drop(self.tokens(enc_tokens))  # (B, S, d)
+        emb = self.tokens(enc_tokens)  # (B, S, d)
+        x = self.drop(emb if extra is None else emb + extra.to(emb.dtype))  # (B, S, d)
         for layer in self.encoder:
             x = layer(x, bias)
         return Encoded(self.drop(self.enc_norm(x)), enc_mask)
@@ -330,8 +344,12 @@ class TIGER(nn.Module):
             logits = torch.einsum("btd,tcd->btc", h, w)
         return logits.masked_fill(~self.code_valid[positions][None], float("-inf"))
 
-    def decode(self, enc: Encoded, dec_input: torch.Tensor) -> torch.Tensor:
-        """Teacher forcing: (B, T) decoder tokens (T <= m) -> (B, T, C) logits of SID positions 0..T-1."""
+    def decode(self, enc: Encoded, dec_input: torch.Tensor, fuses: Sequence[Fuse | None] | None = None
+               ) -> torch.Tensor:
+        """Teacher forcing: (B, T) decoder tokens (T <= m) -> (B, T, C) logits of SID positions 0..T-1.
+
+        ``fuses`` (optional, one entry per decoder layer) is handed to each layer (see ``DecoderLayer``).
+        """
         t = dec_input.shape[1]
         if t > self.cfg.sid_length:
             raise ConfigError(f"tiger: decoder input of length {t} exceeds sid_length {self.cfg.sid_length}")
@@ -340,10 +358,10 @@ class TIGER(nn.Module):
         self_bias = self._rel_bias(self.dec_rel, pos, pos, False).masked_fill(~causal, float("-inf"))
         cross_bias = _key_bias(enc.mask)  # (B, 1, 1, S)
         x = self.drop(self.tokens(dec_input))  # (B, T, d)
-        for layer in self.decoder:
+        for i, layer in enumerate(self.decoder):
             h = layer.norm1(x)
             x = layer(x, layer.self_attn.keys_values(h), self_bias, layer.cross_attn.keys_values(enc.memory),
-                      cross_bias)
+                      cross_bias, None if fuses is None else fuses[i])
         return self._logits(self.drop(self.dec_norm(x)), pos)
 
     def forward(self, enc_tokens: torch.Tensor, enc_mask: torch.Tensor, dec_input: torch.Tensor) -> torch.Tensor:
@@ -365,7 +383,8 @@ class TIGER(nn.Module):
         cross = [layer.cross_attn.keys_values(enc.memory) for layer in self.decoder]
         return DecodeState(cross, _key_bias(enc.mask), [(empty, empty) for _ in self.decoder])
 
-    def step(self, codes: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
+    def step(self, codes: torch.Tensor, state: DecodeState, fuses: Sequence[Fuse | None] | None = None
+             ) -> tuple[torch.Tensor, DecodeState]:
         """``beam_search`` step: (R, t) codes decoded so far -> (R, C) logits of SID position t, new state.
 
         Only the newest decoder token is run; earlier positions come from the cache (which must hold t rows
@@ -383,17 +402,21 @@ class TIGER(nn.Module):
                                    False)  # (1, h, 1, t+1)
         x = self.drop(self.tokens(tok))  # (R, 1, d)
         cache = []
-        for layer, (k_old, v_old), cross in zip(self.decoder, state.cache, state.cross):
+        for i, (layer, (k_old, v_old), cross) in enumerate(zip(self.decoder, state.cache, state.cross)):
             k_new, v_new = layer.self_attn.keys_values(layer.norm1(x))  # (R, h, 1, dk)
             kv = (torch.cat([k_old, k_new], 2), torch.cat([v_old, v_new], 2))  # (R, h, t+1, dk)
             cache.append(kv)
-            x = layer(x, kv, self_bias, cross, state.cross_bias)
+            x = layer(x, kv, self_bias, cross, state.cross_bias, None if fuses is None else fuses[i])
         logits = self._logits(self.drop(self.dec_norm(x)), torch.tensor([t], device=dev))[:, 0]  # (R, C)
         return logits, DecodeState(state.cross, state.cross_bias, cache)
 
     def step_fn(self, enc_tokens: torch.Tensor, enc_mask: torch.Tensor):
         """Encode once and return ``(step, initial_state)`` for :func:`genrec.sid.beam.beam_search`."""
         return self.step, self.initial_state(self.encode(enc_tokens, enc_mask))
+
+    def reorder_state(self, state: Any, rows: torch.Tensor) -> Any:
+        """Keep the rows of the surviving beams (every cached tensor leads with the row dim)."""
+        return reorder_tensors(state, rows)
 
     # ---- recommendation ---------------------------------------------------------------------------------
     def history_tensor(self, histories: Sequence[Sequence[int] | np.ndarray] | torch.Tensor) -> torch.Tensor:
@@ -428,9 +451,9 @@ class TIGER(nn.Module):
         try:
             items = self.history_tensor(histories)  # (B, L)
             u = None if users is None else torch.as_tensor(np.asarray(users), dtype=torch.long)
-            enc_tokens, enc_mask = self.encoder_inputs(items, u)
-            step, state = self.step_fn(enc_tokens, enc_mask)
-            res = beam_search(step, self.trie(), items.shape[0], beam_size, state, constrained)
+            step, state = self.step_fn(*self.encoder_inputs(items, u))  # subclasses may return more inputs
+            res = beam_search(step, self.trie(), items.shape[0], beam_size, state, constrained,
+                              self.reorder_state)
         finally:
             self.train(was_training)
         return BeamResult(res.sids[:, :k], res.scores[:, :k], res.items[:, :k], res.valid[:, :k])

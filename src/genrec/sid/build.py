@@ -71,6 +71,8 @@ def fit_quantizer(cfg: SIDConfig, x: torch.Tensor) -> tuple[Any, dict[str, Any]]
     """Fit the configured residual quantizer on ``x`` (N, D); returns it and a short training log."""
     if cfg.levels < 1 or cfg.codebook_size < 2:
         raise ConfigError("sid.levels must be >= 1 and sid.codebook_size >= 2")
+    if cfg.first_codebook_size and cfg.quantizer != "rqkmeans":
+        raise ConfigError("sid.first_codebook_size (a smaller level-1 codebook) needs sid.quantizer: rqkmeans")
     if cfg.quantizer == "rqvae":
         from genrec.sid.rqvae import RQVAE, RQVAEConfig
 
@@ -83,7 +85,8 @@ def fit_quantizer(cfg: SIDConfig, x: torch.Tensor) -> tuple[Any, dict[str, Any]]
     if cfg.quantizer == "rqkmeans":
         from genrec.sid.rqkmeans import RQKMeans, RQKMeansConfig
 
-        q = RQKMeans(RQKMeansConfig(num_levels=cfg.levels, codebook_size=cfg.codebook_size, seed=cfg.seed))
+        q = RQKMeans(RQKMeansConfig(num_levels=cfg.levels, codebook_size=cfg.codebook_size, seed=cfg.seed,
+                                    first_codebook_size=cfg.first_codebook_size))
         fits = q.fit(x)
         return q, {"levels": [f._asdict() for f in fits]}
     raise ConfigError(f"sid.quantizer '{cfg.quantizer}' is not one of {list(QUANTIZERS)}")

@@ -96,6 +96,11 @@ class RQKMeansConfig:
     init: str = "kmeans++"  # or "random"
     seed: int = 0
     standardize: bool = False  # per-dimension z-score before quantizing
+    first_codebook_size: int = 0  # level-1 codes when different (GLASS codebook resizing); 0 = codebook_size
+
+    def level_size(self, level: int) -> int:
+        """Codes of level ``level`` (0-based)."""
+        return self.first_codebook_size if level == 0 and self.first_codebook_size > 0 else self.codebook_size
 
 
 class LevelFit(NamedTuple):
@@ -113,16 +118,21 @@ class RQKMeans:
         self.config = config or RQKMeansConfig()
         if self.config.num_levels < 1 or self.config.codebook_size < 2:
             raise ConfigError("rqkmeans: num_levels must be >= 1 and codebook_size >= 2")
+        if self.config.first_codebook_size == 1 or self.config.first_codebook_size < 0:
+            raise ConfigError("rqkmeans: first_codebook_size must be 0 (same as codebook_size) or >= 2")
         self.codebooks: torch.Tensor | None = None  # (L, K, D)
         self.mean: torch.Tensor | None = None  # (D,)
         self.std: torch.Tensor | None = None  # (D,)
 
     @property
     def codebook_sizes(self) -> tuple[int, ...]:
-        return (self.config.codebook_size,) * self.config.num_levels
+        return tuple(self.config.level_size(level) for level in range(self.config.num_levels))
 
     def params(self) -> dict[str, Any]:
-        return asdict(self.config)
+        out = asdict(self.config)
+        if not out["first_codebook_size"]:  # unset: keep the record (and fingerprints) of uniform codebooks
+            del out["first_codebook_size"]
+        return out
 
     def _prep(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().float().cpu()
@@ -140,12 +150,13 @@ class RQKMeans:
         r = self._prep(x)  # (N, D)
         books, report = [], []
         for level in range(cfg.num_levels):
-            res = kmeans(r, cfg.codebook_size, cfg.iters, cfg.init, seed + level)
+            size = cfg.level_size(level)
+            res = kmeans(r, size, cfg.iters, cfg.init, seed + level)
             books.append(res.centroids)
             r = r - res.centroids[res.assignments]
-            used = torch.unique(res.assignments).numel() / cfg.codebook_size
+            used = torch.unique(res.assignments).numel() / size
             report.append(LevelFit(level, float((r * r).sum(-1).mean()), used))
-        self.codebooks = torch.stack(books)  # (L, K, D)
+        self.codebooks = _pad_books(books)  # (L, K_max, D); rows beyond a level's size are never chosen
         return report
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,7 +165,8 @@ class RQKMeans:
             raise ConfigError("rqkmeans: call fit() before encode()")
         r = self._prep(x)
         codes = []
-        for book in self.codebooks:  # (K, D)
+        for level, book in enumerate(self.codebooks):  # (K_max, D)
+            book = book[: self.config.level_size(level)]  # (K, D)
             c = sq_distances(r, book).argmin(dim=1)  # (N,)
             codes.append(c)
             r = r - book[c]
@@ -170,3 +182,9 @@ class RQKMeans:
             raise ConfigError("rqkmeans: not fitted")
         extra_t = [self.mean, self.std] if self.mean is not None and self.std is not None else []
         return tensor_fingerprint(self.codebooks, *extra_t, extra={"name": self.name, **self.params()})
+
+
+def _pad_books(books: list[torch.Tensor]) -> torch.Tensor:
+    """Stack per-level codebooks of different sizes into (L, K_max, D), zero rows as padding."""
+    k = max(b.shape[0] for b in books)
+    return torch.stack([torch.cat([b, b.new_zeros(k - b.shape[0], b.shape[1])]) for b in books])

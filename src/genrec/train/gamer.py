@@ -44,12 +44,11 @@ from genrec.data.multibehavior import (
 )
 from genrec.data.schema import Dataset
 from genrec.errors import CheckpointError, ConfigError, DataError
-from genrec.eval.multibehavior import evaluate_behaviors
+from genrec.eval.multibehavior import evaluate_behaviors, format_table, metrics_record, protocol_record
 from genrec.models.base import GENERATOR
 from genrec.models.registry import build_model
-from genrec.sid.codebook import SIDTable, tensor_fingerprint
-from genrec.sid.embed import ItemEmbeddings
-from genrec.sid.rqkmeans import RQKMeans, RQKMeansConfig
+from genrec.sid.codebook import SIDTable
+from genrec.sid.cooccurrence import build_sid_table, cooccurrence_embeddings, item_categories  # noqa: F401
 from genrec.train.base import BEST_DIR, CONFIG_FILE, git_commit, resolve_device
 from genrec.train.checkpoint import (
     latest_checkpoint,
@@ -72,116 +71,18 @@ def cosine_lr(step: int, total_steps: int, base_lr: float, warmup_ratio: float) 
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-# ---- semantic ids ------------------------------------------------------------------------------------
-
-
-def cooccurrence_embeddings(split: SessionSplit, num_items: int, dim: int = 32,
-                            categories: np.ndarray | None = None, category_weight: float = 0.5,
-                            jitter: float = 0.15, jitter_dim: int = 8, seed: int = 0) -> ItemEmbeddings:
-    """Item vectors for items ``1..num_items`` from training events only: SVD of item x (session, category).
-
-    Columns are the training sessions (weight ``1/sqrt(session size)``) and, when ``categories`` (``(N+1,)``,
-    -1 = unknown) is given, the item's category with ``category_weight``; rows are L2-normalised before a
-    rank-``dim`` randomized SVD, and the item vector is its unit-norm projection. Items never seen in training
-    keep only their category signal (or nothing), so a small seeded random part (``jitter``, in ``jitter_dim``
-    extra dims) spreads items with identical vectors over the deeper codes instead of one huge collision group.
-    """
-    mask = split.part_mask("train")
-    items = split.seqs.items[mask]
-    sess = split.seqs.session_ids[mask] if split.seqs.session_ids is not None else None
-    if sess is None or items.size == 0:
-        raise DataError("co-occurrence embeddings: the split has no training events")
-    pairs = np.unique(np.stack([items, sess], 1), axis=0)  # (P, 2) distinct (item, session)
-    _, col, size = np.unique(pairs[:, 1], return_inverse=True, return_counts=True)
-    col = col.reshape(-1)
-    rows = [pairs[:, 0]]
-    cols = [col]
-    vals = [1.0 / np.sqrt(size[col])]
-    ncol = int(size.size)
-    if categories is not None:
-        cat = np.asarray(categories, dtype=np.int64)
-        has = np.flatnonzero(cat >= 0)
-        _, cinv = np.unique(cat[has], return_inverse=True)
-        rows.append(has)
-        cols.append(ncol + cinv.reshape(-1))
-        vals.append(np.full(has.size, category_weight))
-        ncol += int(cinv.max()) + 1 if has.size else 0
-    r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals).astype(np.float32)
-    norm = np.sqrt(np.bincount(r, weights=v * v, minlength=num_items + 1))
-    v = v / np.maximum(norm[r], 1e-12)
-    x = torch.sparse_coo_tensor(torch.from_numpy(np.stack([r, c])), torch.from_numpy(v.astype(np.float32)),
-                                (num_items + 1, ncol), check_invariants=True).coalesce()
-    g = torch.Generator().manual_seed(seed)
-    q = min(dim, min(x.shape) - 1)
-    state = torch.get_rng_state()
-    torch.manual_seed(seed)  # svd_lowrank draws its random projection from the global generator
-    u, s, _ = torch.svd_lowrank(x, q=q, niter=6)
-    torch.set_rng_state(state)
-    vec = u * s  # (N+1, q) row projections
-    vec = vec / vec.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    noise = jitter * torch.randn(num_items + 1, jitter_dim, generator=g)
-    out = torch.cat([vec, noise], 1)[1:].contiguous()  # (N, q + jitter_dim), items 1..N
-    fp = tensor_fingerprint(out, extra={"dim": dim, "category_weight": category_weight, "jitter": jitter})
-    return ItemEmbeddings(np.arange(1, num_items + 1, dtype=np.int64), out, "cooccurrence:train-sessions", fp)
-
-
-def item_categories(dataset: Dataset) -> np.ndarray | None:
-    """(N+1,) category id per item (-1 = unknown) from ``items.parquet``, or None without the column."""
-    if "category_id" not in dataset.items.column_names:
-        return None
-    cat = np.full(dataset.num_items + 1, -1, dtype=np.int64)
-    ids = dataset.items.column("item_id").to_numpy()
-    vals = dataset.items.column("category_id").to_numpy(zero_copy_only=False)
-    ok = ~np.isnan(vals.astype(np.float64)) if vals.dtype.kind == "f" else np.ones(len(vals), bool)
-    cat[ids[ok]] = vals[ok].astype(np.int64)
-    return cat
-
-
-def build_sid_table(cfg: RunConfig, dataset: Dataset, split: SessionSplit) -> SIDTable:
-    """SIDs per ``cfg.sid``: a saved table, or RQ-KMeans + collision level over the chosen item embeddings."""
-    sc = cfg.sid
-    if sc.table:
-        return _load_table(Path(sc.table))
-    if sc.quantizer != "rqkmeans":
-        raise ConfigError(f"sid.quantizer '{sc.quantizer}': the GAMER trainer builds RQ-KMeans SIDs "
-                          "(train an RQ-VAE table separately and pass sid.table)")
-    if sc.embeddings == "cf" and not sc.source_run:
-        emb = cooccurrence_embeddings(split, dataset.num_items, categories=item_categories(dataset), seed=sc.seed)
-    elif sc.embeddings == "cf":
-        from genrec.sid.embed import run_cf_embeddings
-
-        emb = run_cf_embeddings(sc.source_run)
-    elif sc.embeddings == "file":
-        arr = np.load(sc.embeddings_file)
-        if arr.ndim != 2 or arr.shape[0] != dataset.num_items:
-            raise DataError(f"{sc.embeddings_file}: expected ({dataset.num_items}, D) item vectors, got {arr.shape}")
-        vec = torch.from_numpy(arr.astype(np.float32))
-        emb = ItemEmbeddings(np.arange(1, dataset.num_items + 1), vec, "file", tensor_fingerprint(vec))
-    elif sc.embeddings == "text":
-        from genrec.sid.embed import text_embeddings
-
-        emb = text_embeddings(dataset.items, sc.cache_dir, sc.text_fields)
-    else:
-        raise ConfigError(f"sid.embeddings '{sc.embeddings}' is not one of text, cf, file")
-    quant = RQKMeans(RQKMeansConfig(num_levels=sc.levels, codebook_size=sc.codebook_size, seed=sc.seed))
-    quant.fit(emb.vectors)
-    table = SIDTable.from_quantizer(quant, emb.item_ids, emb.vectors)
-    table.quantizer_params = {**table.quantizer_params, "embeddings": emb.source}
-    return table
-
-
-def _load_table(path: Path) -> SIDTable:
-    if path.is_dir():
-        for cand in sorted(path.glob("*.json")) + sorted(path.glob("*.parquet")):
-            try:
-                return SIDTable.load(cand)
-            except DataError:
-                continue
-        raise DataError(f"{path}: no SID table (.json or .parquet) in this folder")
-    return SIDTable.load(path)
-
-
 # ---- batches -----------------------------------------------------------------------------------------
+
+
+def training_options(mb: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The ``multibehavior`` settings that shape the trained model (a run folder is bound to them).
+
+    With early stopping on the validation loss, the candidate mode and the evaluated behaviors only affect
+    the test, so a finished run may be evaluated again under another candidate mode.
+    """
+    if mb is None or mb.get("early_stop") != "valid_loss":
+        return mb
+    return {k: v for k, v in mb.items() if k not in ("candidates", "eval_behaviors")}
 
 
 def _pad_rows(pieces: list[np.ndarray], fill: int = -1) -> np.ndarray:
@@ -315,6 +216,8 @@ class GamerTrainer:
             old = json.loads(path.read_text())
             for key in ("model", "num_items", "max_len", "data_fingerprint", "sid_fingerprint", "behavior_levels",
                         "multibehavior"):
+                if key == "multibehavior" and training_options(old.get(key)) == training_options(rec.get(key)):
+                    continue  # only evaluation settings differ: the trained model can be re-tested
                 if old.get(key) != rec.get(key):
                     raise CheckpointError(f"{path}: this run folder holds a run with {key}={old.get(key)!r}, "
                                           f"not {rec.get(key)!r}; use another --out folder")
@@ -476,33 +379,20 @@ class GamerTrainer:
             raise ConfigError(f"evaluate: unknown split '{which}' (test or valid)")
         t0 = time.time()
         ev = self._evaluate(which, self.eval_behaviors)
-        cfg, g = self.cfg, self.cfg.generator
-        top = self.levels.names[self.levels.top]
+        g = self.cfg.generator
+        ranked_by = f"beam {g.beam_size}, {'trie-constrained' if g.constrained else 'unconstrained'}"
         return {
-            "model": cfg.model["name"],
+            "model": self.cfg.model["name"],
             "dataset": self.dataset.manifest.get("name", ""),
             "data_fingerprint": self.dataset.fingerprint,
             "sid_fingerprint": self.sids.fingerprint,
-            "protocol": {
-                "task": "multi-behavior next-item generation",
-                "split": f"session (gap {self.opts.session_gap}s): last session test, previous validation",
-                "evaluated_on": which,
-                "behavior_levels": self.levels.as_dict(),
-                "headline_behavior": top,
-                "targets": "distinct items with the behavior in the evaluated session (multi-target)",
-                "candidates": f"{self.opts.candidates} (beam {g.beam_size}, "
-                              f"{'trie-constrained' if g.constrained else 'unconstrained'})",
-                "history_window": cfg.data.max_len,
-                "min_history": self.opts.min_history,
-                "ks": self.ks,
-                "early_stopping": self.opts.early_stop,
-                "best_epoch": self.state.get("best_epoch"),
-            },
-            "metrics": {"per_behavior": ev.per_behavior, "merged": ev.merged, "headline": ev.per_behavior.get(top, {}),
-                        "invalid_rate": ev.invalid_rate},
+            "protocol": {**protocol_record(self.levels, self.opts, which, ranked_by, self.cfg.data.max_len, self.ks),
+                         "best_epoch": self.state.get("best_epoch")},
+            "metrics": metrics_record(ev, self.levels),
             "eval_seconds": round(time.time() - t0, 2),
             "train_seconds": self.state.get("train_seconds"),
-            "config": cfg.to_dict(),
+            "num_parameters": sum(p.numel() for p in self.model.parameters()),
+            "config": self.cfg.to_dict(),
             "multibehavior": asdict(self.opts),
             "genrec_version": genrec.__version__,
             "commit": git_commit(),
@@ -513,28 +403,20 @@ class GamerTrainer:
 # ---- command line (until the main CLI dispatches multi-behavior generators) ---------------------------
 
 
-def format_table(rec: dict[str, Any]) -> str:
-    """Per-behavior metrics of a results record as a plain-text table (merged row last)."""
-    per, ks = rec["metrics"]["per_behavior"], rec["protocol"]["ks"]
-    cols = [f"{m}@{k}" for m in ("hit", "recall", "ndcg") for k in ks]
-    lines = ["behavior  users  " + "  ".join(f"{c:>9}" for c in cols)]
-    for name, m in [*per.items(), ("merged", rec["metrics"]["merged"])]:
-        vals = "  ".join(f"{m.get(c, float('nan')):>9.4f}" for c in cols)
-        lines.append(f"{name:<8}  {int(m.get('num_users', 0)):>5}  {vals}")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m genrec.train.gamer --config RECIPE --out RUN [--set section.key=value ...]``.
 
-    ``multibehavior.*`` overrides set :class:`MultiBehaviorConfig`; the test record goes to ``RUN/results.json``.
+    Trains and tests GAMER, an ablation recipe, or a baseline recipe (``model.name`` sasrec | tiger | recency,
+    see :mod:`genrec.train.multibehavior_baselines`); the test record goes to ``RUN/results.json``. A run
+    folder that already holds ``results.json`` is not retrained unless ``--no-resume``.
     """
     import argparse
     import sys
 
-    from genrec.config import apply_overrides, config_from_dict, dataclass_from_dict, load_yaml
+    from genrec.config import apply_overrides, config_from_dict, load_yaml
     from genrec.data.schema import load_dataset
     from genrec.errors import GenrecError
+    from genrec.train.multibehavior_baselines import run_variant
 
     ap = argparse.ArgumentParser(prog="python -m genrec.train.gamer", description=main.__doc__)
     ap.add_argument("--config", required=True, help="recipe YAML (e.g. configs/gamer-taobao.yaml)")
@@ -543,24 +425,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-resume", action="store_true")
     args = ap.parse_args(argv)
     try:
-        raw = apply_overrides(load_yaml(args.config), args.set)
-        mb = raw.pop("multibehavior", None) or {}
-        cfg = config_from_dict(raw, args.config)
-        opts = dataclass_from_dict(MultiBehaviorConfig, mb, "multibehavior")
-        trainer = GamerTrainer(cfg, args.out, load_dataset(cfg.data.path), None, opts, resume=not args.no_resume)
-        print(f"{len(trainer.train_seqs)} training sequences, {len(trainer.valid_rows)} validation rows, "
-              f"{sum(p.numel() for p in trainer.model.parameters()):,} parameters", flush=True)
-        summary = trainer.fit()
-        trainer.load_best()
-        rec = trainer.evaluate("test")
+        cfg = config_from_dict(apply_overrides(load_yaml(args.config), args.set), args.config)
+        rec = run_variant(cfg, args.out, load_dataset(cfg.data.path), cfg.multibehavior, resume=not args.no_resume)
     except GenrecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    rec["summary"] = summary
-    out = Path(args.out) / "results.json"
-    out.write_text(json.dumps(rec, indent=2, default=str))
-    print(f"best epoch {summary['best_epoch']}, {summary.get('train_seconds') or 0:.0f}s training, "
-          f"{rec['eval_seconds']:.0f}s test evaluation -> {out}")
+    summary = rec.get("summary", {})
+    print(f"{rec.get('num_parameters', 0):,} parameters, best epoch {summary.get('best_epoch')}, "
+          f"{summary.get('train_seconds') or 0:.0f}s training, {rec['eval_seconds']:.0f}s test evaluation "
+          f"-> {Path(args.out) / 'results.json'}")
     print(format_table(rec))
     return 0
 

@@ -91,6 +91,11 @@ class GeneratorTrainer:
         if GENERATOR not in self.model.kinds:
             raise ConfigError(f"model '{cfg.model['name']}' is not a generator; this trainer trains generators")
         self.model.set_sid_table(sids)
+        if getattr(self.model, "needs_item_vectors", False):  # GLASS: SID-Tier prototypes from item content
+            from genrec.sid.build import item_embeddings
+
+            emb = item_embeddings(cfg.sid, dataset)
+            self.model.set_item_vectors(emb.item_ids, emb.vectors)
         missing = np.setdiff1d(np.unique(self.seqs.items), sids.item_ids)
         if missing.size:
             raise DataError(f"SID table lacks {missing.size} item(s) of the dataset (e.g. {missing[:5].tolist()})")
@@ -167,14 +172,14 @@ class GeneratorTrainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
-    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Example indices -> encoder tokens (B, S), mask (B, S), target SIDs (B, m), on the device."""
+    def batch(self, idx: np.ndarray) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """Example indices -> the model's encoder inputs (TIGER: tokens (B, S), mask (B, S)) and target SIDs
+        (B, m), on the device. The history read is the model's ``max_len`` (GLASS adds its long window)."""
         rows, ends = self.examples.rows[idx], self.examples.ends[idx]
-        hist = torch.from_numpy(history_matrix(self.seqs, rows, ends, self.cfg.data.max_len)).to(self.device)
+        hist = torch.from_numpy(history_matrix(self.seqs, rows, ends, self.model.max_len)).to(self.device)
         users = torch.from_numpy(self.seqs.user_ids[rows]).to(self.device)
         targets = torch.from_numpy(self.seqs.items[self.seqs.offsets[rows] + ends]).to(self.device)  # (B,)
-        enc_tokens, enc_mask = self.model.encoder_inputs(hist, users)
-        return enc_tokens, enc_mask, self.model.item_sids[targets]
+        return tuple(self.model.encoder_inputs(hist, users)), self.model.item_sids[targets]
 
     def _save(self, name: str) -> None:
         save_checkpoint(self.ckpt_root, name, self.model, self.optimizer, self.state)
@@ -195,12 +200,12 @@ class GeneratorTrainer:
             batches = batch_order(lengths, tc.batch_size, np.random.default_rng([tc.seed, epoch]), tc.length_bucketing)
             loss_sum, loss_n, t_epoch = 0.0, 0, time.time()
             for bi in range(st["step_in_epoch"], len(batches)):
-                enc_tokens, enc_mask, target = self.batch(batches[bi])
+                inputs, target = self.batch(batches[bi])
                 lr = lr_at(st["global_step"], tc.lr, self.opts.warmup_steps, self.opts.linear_warmup_steps)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
                 with self._autocast():
-                    lsum = self.model.loss(enc_tokens, enc_mask, target)
+                    lsum = self.model.loss(*inputs, target)
                 loss = lsum / (target.shape[0] * m)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

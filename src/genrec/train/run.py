@@ -51,6 +51,10 @@ def train_run(cfg: RunConfig, out: str | Path, resume: bool = True, dataset: Dat
     Returns the results record (also written to ``RUN_DIR/results/test.json``).
     """
     kind = model_kind(cfg)
+    if cfg.stages and kind == RETRIEVER:  # HPGR stage 1 -> a retriever initialised from its item table
+        from genrec.train.stages import run_stages
+
+        return run_stages(cfg, out, resume=resume, dataset=dataset)
     if cfg.stages and kind != RANKER:
         raise ConfigError(f"stages {cfg.stages}: the two-stage pipeline is for HPGR-style rankers, "
                           f"not the {kind} '{cfg.model['name']}'")
@@ -209,8 +213,8 @@ def _generate(run: LoadedRun, history: np.ndarray, k: int, exclude_history: bool
     """Beam-search a generator; history items are dropped from the beam list when asked, so the beam is
     widened by the history length to still fill k slots when it can."""
     g = run.cfg.generator
-    window = history[-run.cfg.data.max_len:]
-    extra = len(set(window.tolist())) if exclude_history else 0
+    window = history[-run.model.max_len:]  # GLASS reads a long window beyond data.max_len
+    extra = len(set(history[-run.cfg.data.max_len:].tolist())) if exclude_history else 0
     beam = min(max(g.beam_size, k + extra), run.dataset.num_items)
     users = None if user is None else np.array([user])
     res = run.model.generate([window], users, beam_size=beam, k=beam, constrained=True)

@@ -12,6 +12,12 @@
 Leakage (spec §5.3(b), §6.3): pre-training sees only events strictly before the ranking split's training
 cut-off, the start of the validation period ``t_valid`` of the impression temporal split. Validation and test
 impressions, and every event at or after ``t_valid``, never reach stage 1.
+
+Retrievers (``hstu``, ``sasrec`` with ``model.pretrained``, spec §6.1 track R) run the same two stages:
+stage 1's cut-off is the retrieval :class:`Split` itself, so each user keeps only its training events
+(leave-one-out: everything before the validation item; temporal: everything before ``t_valid``), and
+fine-tuning is the normal retriever ``train_run`` in ``OUT/finetune``. Stage 1 is seeded with
+``train.seed`` unless ``pretrain.seed`` is set, so a multi-seed benchmark gets one artifact per seed.
 """
 
 from __future__ import annotations
@@ -27,7 +33,10 @@ import torch
 from genrec.config import STAGES, RunConfig
 from genrec.data.loading import load_data
 from genrec.data.schema import Dataset
+from genrec.data.sequences import UserSequences
+from genrec.data.splits import Split, make_split
 from genrec.errors import ConfigError
+from genrec.models.base import RETRIEVER
 from genrec.models.registry import get_model_class
 from genrec.train.base import resolve_device, write_json_atomic
 from genrec.train.pretrain import FORMAT, META_FILE, PretrainConfig, parse_pretrain_config, pretrain_sessions
@@ -45,12 +54,37 @@ def training_cutoff(cfg: RunConfig, dataset: Dataset) -> int:
     return int(build_ranking_data(cfg, dataset).split.params["t_valid"])
 
 
+def retrieval_cutoff(cfg: RunConfig, dataset: Dataset) -> Split:
+    """The retrieval split of ``cfg.data`` on ``dataset``: stage 1 keeps each row's ``[0, train_end)``."""
+    seqs = UserSequences.from_interactions(dataset.interactions)
+    kw = {"valid_frac": cfg.data.valid_frac, "test_frac": cfg.data.test_frac} if cfg.data.split == "temporal" else {}
+    return make_split(seqs, cfg.data.split, **kw)
+
+
+def is_retriever(cfg: RunConfig) -> bool:
+    """Whether ``cfg.model`` is a retriever (stage 2 = ``train_run``) rather than a ranker."""
+    return RETRIEVER in get_model_class(cfg.model["name"]).kinds
+
+
 def pretrain_settings(cfg: RunConfig) -> PretrainConfig:
-    """The ``pretrain:`` section as a PretrainConfig; device and threads default to the ``train:`` ones."""
+    """The ``pretrain:`` section as a PretrainConfig; device and threads default to the ``train:`` ones.
+
+    For retrievers the seed defaults to ``train.seed`` (one stage-1 artifact per benchmark seed); rankers keep
+    the section's own seed so their existing artifacts stay reusable.
+    """
     pcfg = parse_pretrain_config(cfg.pretrain)
     if "device" not in cfg.pretrain:
         pcfg.device = str(resolve_device(cfg.train.device))
+    if "seed" not in cfg.pretrain and is_retriever(cfg):
+        pcfg.seed = cfg.train.seed
     return pcfg
+
+
+def _cut_record(cutoff: int | Split) -> dict[str, Any]:
+    """How ``pretrain.json`` records a cut-off (see ``pretrain_sessions``)."""
+    if isinstance(cutoff, Split):
+        return json.loads(json.dumps({"kind": "split", "split": cutoff.name, "params": cutoff.params}, default=str))
+    return {"kind": "time", "t": int(cutoff)}
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +92,8 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in plain.items() if k not in _NOT_COMPARED}
 
 
-def existing_pretrain(art: Path, pcfg: PretrainConfig, cutoff: int, dataset: Dataset) -> dict[str, Any] | None:
+def existing_pretrain(art: Path, pcfg: PretrainConfig, cutoff: int | Split, dataset: Dataset
+                      ) -> dict[str, Any] | None:
     """The metadata of a complete artifact at ``art`` written with these settings, or None when there is none.
 
     An artifact with other settings is an error rather than silently reused or overwritten.
@@ -67,7 +102,7 @@ def existing_pretrain(art: Path, pcfg: PretrainConfig, cutoff: int, dataset: Dat
     if not path.exists():  # artifacts are renamed into place, so a folder with its JSON is complete
         return None
     meta = json.loads(path.read_text())
-    want = {"format": FORMAT, "config": _comparable(asdict(pcfg)), "cutoff": {"kind": "time", "t": cutoff},
+    want = {"format": FORMAT, "config": _comparable(asdict(pcfg)), "cutoff": _cut_record(cutoff),
             "data_fingerprint": dataset.fingerprint}
     have = {**{k: meta.get(k) for k in want}, "config": _comparable(meta.get("config") or {})}
     diff = [k for k in want if have[k] != want[k]]
@@ -101,14 +136,14 @@ def run_stages(cfg: RunConfig, out: str | Path, resume: bool = True, dataset: Da
         fields = {f.name for f in dataclasses.fields(get_model_class(cfg.model["name"]).Config)}
         if "pretrained" not in fields:
             raise ConfigError(f"stages: model '{cfg.model['name']}' has no 'pretrained' setting to fine-tune from; "
-                              "use model.name=hpgr or stages: [pretrain]")
+                              "use model.name=hpgr, hstu or sasrec, or stages: [pretrain]")
     dataset = dataset if dataset is not None else load_data(cfg.data)
     record: dict[str, Any] = {"stages": stages}
     if "pretrain" in stages:
         pcfg = pretrain_settings(cfg)
         if cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
-        cut = training_cutoff(cfg, dataset)
+        cut = retrieval_cutoff(cfg, dataset) if is_retriever(cfg) else training_cutoff(cfg, dataset)
         meta = existing_pretrain(art, pcfg, cut, dataset) if resume else None
         skipped = meta is not None
         if meta is None:
@@ -116,14 +151,20 @@ def run_stages(cfg: RunConfig, out: str | Path, resume: bool = True, dataset: Da
             meta = json.loads((art / META_FILE).read_text())
         record["pretrain"] = _pretrain_summary(art, meta, skipped)
     if "finetune" in stages:
-        from genrec.train.ranker import train_ranker_run
-
         model = dict(cfg.model)
         if "pretrain" in stages:
             model["pretrained"] = str(art)
-        ft = dataclasses.replace(cfg, model=model, stages=["finetune"])
         ft_out = root / FINETUNE_DIR if "pretrain" in stages else root
-        res = train_ranker_run(ft, ft_out, resume=resume, dataset=dataset)
+        if is_retriever(cfg):
+            from genrec.train.run import train_run
+
+            # stages=[]: the fine-tuning run is a plain retriever run (train_run would route stages back here)
+            res = train_run(dataclasses.replace(cfg, model=model, stages=[]), ft_out, resume=resume, dataset=dataset)
+        else:
+            from genrec.train.ranker import train_ranker_run
+
+            ft = dataclasses.replace(cfg, model=model, stages=["finetune"])
+            res = train_ranker_run(ft, ft_out, resume=resume, dataset=dataset)
         record["finetune"] = {"dir": str(ft_out), "summary": res.get("train", res.get("summary")),
                               "metrics": res.get("metrics")}
         # the fine-tuning results record at the top level, so callers read a stage run like a plain one
@@ -132,4 +173,5 @@ def run_stages(cfg: RunConfig, out: str | Path, resume: bool = True, dataset: Da
     return record
 
 
-__all__ = ["run_stages", "training_cutoff", "pretrain_settings", "existing_pretrain"]
+__all__ = ["run_stages", "training_cutoff", "retrieval_cutoff", "pretrain_settings", "existing_pretrain",
+           "is_retriever"]

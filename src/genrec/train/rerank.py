@@ -1,0 +1,440 @@
+"""Two-stage retrieval (spec §6.1, track R): a trained retriever (HSTU) retrieves its top-K, HPGR re-scores them.
+
+PGSA needs a candidate, so on the full-catalogue retrieval track HPGR cannot rank 12k items itself; it
+re-scores the retriever's top ``top_k`` (200) candidates with the ``hpgr`` ranker of ``genrec.models.hpgr``
+(candidate-conditioned PGSA over the frozen stage-1 table, frozen SEM features), unchanged. The final list
+is the re-scored top-K followed by the rest of the catalogue in the retriever's own order, so Recall/NDCG
+stay full-catalogue metrics, comparable with the retriever's, on the very same queries.
+
+Training data (leave-one-out; temporal splits work the same way). For every user and every training
+position ``p`` in ``[1, train_end)`` one example: history = the events before ``p``, positive = item ``p``,
+negatives = ``num_negatives`` items drawn uniformly (fresh every epoch) from the retriever's top-K for that
+same prefix, the positive removed. Only training events are ever read, so neither the validation nor the
+test item of a user (the last two under leave-one-out) reaches the re-ranker's training batches; the
+validation queries (a seeded subset with ``valid_users``) drive early stopping on NDCG@10 of the final list.
+
+Loss: softmax cross-entropy of the positive against its negatives (listwise), not the ranker's pointwise
+BCE. Why: at test time the re-ranker only has to *order* one user's K candidates, which is exactly what the
+group softmax trains (it bounds the positive's rank among the group); BCE at 1:n would spend capacity on
+calibrating a probability that no metric here reads. Negatives come from the retriever's top-K rather than
+the catalogue because those are the items the re-ranker must beat at test time (uniform negatives are
+almost all trivially irrelevant and would teach it nothing the retriever does not already know).
+
+``fuse=True`` (default) scores ``hpgr_logit + beta * retriever_score`` with ``beta`` a learned scalar
+initialised to 1/temperature of the retriever's objective: at initialisation (hpgr_logit near 0) the list
+is the retriever's order, and training moves an item only where HPGR's evidence outweighs the retriever's.
+``fuse=False`` ranks by the HPGR logit alone. Caveat of the fused variant: the retriever was trained on the
+same training prefixes, so its scores there are more confident than on test queries; early stopping on
+validation queries (which it did not train on) is what guards against the re-ranker leaning on it too much.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import genrec
+from genrec.config import RunConfig, TrainConfig, dataclass_from_dict
+from genrec.data.sequences import UserSequences, batch_order, make_history_batch
+from genrec.data.splits import EvalSamples, Split, make_split
+from genrec.errors import ConfigError, DataError
+from genrec.eval.metrics import metrics_from_ranks
+from genrec.eval.retrieval import history_of
+from genrec.models.base import RETRIEVER, Retriever
+from genrec.models.hpgr import HPGRRanker
+from genrec.models.registry import build_model
+from genrec.train.base import TrainerBase, git_commit, write_json_atomic
+from genrec.train.run import LoadedRun, open_run
+
+TASK = "next-item retrieval, retriever top-K re-ranked"
+CANDIDATES_FILE = "candidates.npz"
+
+
+@dataclass
+class RerankConfig:
+    """Re-ranking settings (the ``hpgr`` model settings go in ``model``)."""
+
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "hpgr"})
+    top_k: int = 200  # retriever candidates re-scored per query
+    num_negatives: int = 15  # hard negatives per training prefix, from the retriever's top_k
+    fuse: bool = True  # logit = hpgr + beta * retriever score (beta learned); False = hpgr alone
+    prefixes_per_epoch: int = 0  # training prefixes drawn (seeded) per epoch; 0 = all of them
+    max_prefixes_per_user: int = 0  # keep only each user's most recent training prefixes; 0 = all
+    valid_users: int = 0  # validation queries (seeded subset) for early stopping; 0 = all
+    epochs: int = 20
+    batch_size: int = 128  # prefixes per step
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    patience: int = 3
+    seed: int = 1
+    device: str = "cpu"
+    num_threads: int = 0
+    eval_batch_size: int = 32  # queries per scoring call (each with top_k candidates)
+    retrieve_batch_size: int = 256
+
+    def check(self) -> None:
+        if self.model.get("name", "hpgr") != "hpgr":
+            raise ConfigError(f"rerank: the re-ranker is the hpgr ranker, got model.name={self.model.get('name')!r}")
+        if self.top_k < 2 or self.num_negatives < 1 or self.num_negatives >= self.top_k:
+            raise ConfigError(f"rerank: need top_k >= 2 and 1 <= num_negatives < top_k "
+                              f"(got {self.top_k}, {self.num_negatives})")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("rerank: epochs and batch_size must be >= 1")
+
+
+def parse_rerank_config(raw: dict[str, Any], where: str = "rerank") -> RerankConfig:
+    """A raw mapping -> RerankConfig; unknown keys are ConfigErrors like every other section."""
+    raw = dict(raw or {})
+    model = raw.pop("model", {"name": "hpgr"})
+    if not isinstance(model, dict):
+        raise ConfigError(f"{where}.model: expected a mapping of hpgr settings")
+    cfg = dataclass_from_dict(RerankConfig, raw, where)
+    cfg.model = {"name": "hpgr", **model}
+    cfg.check()
+    return cfg
+
+
+@dataclass
+class Candidates:
+    """The retriever's view of a set of queries: its top-K and where the true next item lies."""
+
+    samples: EvalSamples  # (S,) rows and history ends
+    targets: np.ndarray  # (S,) int64 true next item
+    query_time: np.ndarray  # (S,) int64 timestamp of the target (the request time)
+    top_items: np.ndarray  # (S, K) int64 retriever's top-K, best first
+    top_scores: np.ndarray  # (S, K) float32 retriever scores of top_items
+    target_rank: np.ndarray  # (S,) int64 0-based full-catalogue rank of the target under the retriever
+    target_score: np.ndarray  # (S,) float32 retriever score of the target (before any history exclusion)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def subset(self, idx: np.ndarray) -> Candidates:
+        return Candidates(EvalSamples(self.samples.rows[idx], self.samples.hist_end[idx]), self.targets[idx],
+                          self.query_time[idx], self.top_items[idx], self.top_scores[idx], self.target_rank[idx],
+                          self.target_score[idx])
+
+
+def training_prefixes(split: Split, max_per_user: int = 0) -> EvalSamples:
+    """Every (row, p) with ``1 <= p < train_end[row]``: predict event p of a row from its events before p.
+
+    Only positions below ``train_end`` are produced, so no validation or test target can be a training target
+    or appear in a training history. ``max_per_user`` keeps each row's most recent ones.
+    """
+    te = np.asarray(split.train_end, dtype=np.int64)
+    n = np.maximum(te - 1, 0)  # (U,) prefixes per row
+    if max_per_user > 0:
+        n = np.minimum(n, max_per_user)
+    rows = np.repeat(np.arange(len(te)), n)
+    start = np.repeat(te - n, n)  # first kept p of each row
+    within = np.arange(len(rows)) - np.repeat(np.cumsum(n) - n, n)
+    return EvalSamples(rows.astype(np.int64), (start + within).astype(np.int64))
+
+
+@torch.no_grad()
+def retrieve(model: Retriever, seqs: UserSequences, samples: EvalSamples, k: int, exclude_history: bool = True,
+             batch_size: int = 256) -> Candidates:
+    """The retriever's top-``k`` for each query, and the target's full-catalogue rank, as the evaluation ranks.
+
+    The rank counts items with a strictly higher score after the padding and history exclusion of
+    ``genrec.eval.retrieval.score_histories`` (as ``rank_targets`` does; one encoder pass serves both the
+    ranks and the raw target score). ``target_score`` is the raw score, before exclusion.
+    """
+    was = model.training
+    model.eval()
+    S = len(samples)
+    k = min(k, model.num_items)
+    top_items = np.zeros((S, k), dtype=np.int64)
+    top_scores = np.zeros((S, k), dtype=np.float32)
+    ranks = np.zeros(S, dtype=np.int64)
+    tscore = np.zeros(S, dtype=np.float32)
+    pos = seqs.offsets[samples.rows] + samples.hist_end
+    targets, qtime = seqs.items[pos].astype(np.int64), seqs.timestamps[pos].astype(np.int64)
+    table = model.item_table()  # (I+1, D)
+    for a in range(0, S, batch_size):
+        rows, ends = samples.rows[a : a + batch_size], samples.hist_end[a : a + batch_size]
+        hist, times = zip(*(history_of(seqs, int(r), int(e)) for r, e in zip(rows, ends)))
+        sl = slice(a, a + len(rows))
+        states = model.encode(make_history_batch(list(hist), list(times), qtime[sl], model.max_len).to(model.device))
+        scores = states.float() @ table.float().T  # (B, I+1)
+        t = torch.as_tensor(targets[sl], device=scores.device)
+        tscore[sl] = scores.gather(1, t[:, None])[:, 0].cpu().numpy()  # raw target score, never excluded
+        scores[:, 0] = -torch.inf  # padding, then the history exclusion of score_histories
+        if exclude_history:
+            r = np.repeat(np.arange(len(hist)), [len(h) for h in hist])
+            scores[torch.as_tensor(r, device=scores.device), torch.as_tensor(np.concatenate(hist),
+                                                                             device=scores.device)] = -torch.inf
+        ts = scores.gather(1, t[:, None])  # (B, 1)
+        ranks[sl] = (scores > ts).sum(1).cpu().numpy()
+        val, idx = torch.topk(scores, k, dim=1)  # (B, k) best first
+        top_items[sl], top_scores[sl] = idx.cpu().numpy(), val.cpu().numpy()
+    model.train(was)
+    return Candidates(samples, targets, qtime, top_items, top_scores, ranks, tscore)
+
+
+def rerank_order(top_items: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """(S, K) items re-ordered by re-ranker ``scores`` (S, K), best first; ties keep the retriever's order."""
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), axis=1, kind="stable")
+    return np.take_along_axis(top_items, order, axis=1)
+
+
+def full_ranking(retriever_order: np.ndarray, k: int, scores: np.ndarray) -> np.ndarray:
+    """(S, M) final list: the first ``k`` of ``retriever_order`` (S, M) re-ordered by ``scores`` (S, k), the rest
+    exactly as the retriever ordered it. Only the top-``k`` is ever permuted."""
+    return np.concatenate([rerank_order(retriever_order[:, :k], scores), retriever_order[:, k:]], axis=1)
+
+
+def reranked_ranks(cands: Candidates, scores: np.ndarray) -> np.ndarray:
+    """(S,) 0-based full-catalogue rank of each target in ``full_ranking``.
+
+    A target inside the top-K gets its position in the re-ordered top-K; one outside keeps the retriever's
+    rank (>= K), since everything below the top-K keeps the retriever's order.
+    """
+    k = cands.top_items.shape[1]
+    new = rerank_order(cands.top_items, scores)  # (S, K)
+    hit = new == cands.targets[:, None]
+    inside = hit.any(1) & (cands.target_rank < k)
+    return np.where(inside, hit.argmax(1), cands.target_rank)
+
+
+class Reranker(nn.Module):
+    """The ``hpgr`` ranker plus, when fused, one learned weight on the retriever's score."""
+
+    def __init__(self, ranker: HPGRRanker, fuse: bool, beta0: float) -> None:
+        super().__init__()
+        self.ranker = ranker
+        self.fuse = fuse
+        self.beta = nn.Parameter(torch.tensor(float(beta0))) if fuse else None
+
+    def forward(self, batch, candidates: torch.Tensor, retriever_scores: torch.Tensor,
+                micro_batch: int | None = None) -> torch.Tensor:
+        """(B, C) logits of candidates (B, C) after history ``batch``; retriever_scores (B, C)."""
+        logits = self.ranker.score(batch, candidates, micro_batch=micro_batch)  # (B, C)
+        if self.beta is not None:
+            logits = logits + self.beta * retriever_scores.to(logits.dtype)
+        return logits
+
+
+def _history_batch(seqs: UserSequences, samples: EvalSamples, query_time: np.ndarray, max_len: int):
+    hist, times = zip(*(history_of(seqs, int(r), int(e)) for r, e in zip(samples.rows, samples.hist_end)))
+    return make_history_batch(list(hist), list(times), query_time, max_len)
+
+
+class RerankTrainer(TrainerBase):
+    """Train the re-ranker on training prefixes; checkpoints, best weights and patience from TrainerBase."""
+
+    compat_keys = TrainerBase.compat_keys + ("retriever", "pretrained")
+
+    def __init__(self, retriever: LoadedRun, retriever_dir: str | Path, pretrained: str | Path,
+                 rcfg: RerankConfig, out: str | Path, resume: bool = True) -> None:
+        rcfg.check()
+        self.rcfg = rcfg
+        self.retriever_run, self.retriever_dir, self.pretrained = retriever, str(retriever_dir), str(pretrained)
+        base = retriever.cfg
+        model = {**rcfg.model, "name": "hpgr", "pretrained": str(pretrained)}
+        train = TrainConfig(epochs=rcfg.epochs, batch_size=rcfg.batch_size, lr=rcfg.lr, betas=rcfg.betas,
+                            weight_decay=rcfg.weight_decay, grad_clip=rcfg.grad_clip, seed=rcfg.seed,
+                            device=rcfg.device, patience=rcfg.patience, early_stop_metric="ndcg@10",
+                            num_threads=rcfg.num_threads, progress=False, tensorboard=False)
+        cfg = RunConfig(model=model, data=base.data, train=train, eval=base.eval, source="rerank")
+        super().__init__(cfg, out, retriever.dataset, default_metric="ndcg@10")
+        self.seqs = retriever.seqs
+        kw = {"valid_frac": base.data.valid_frac, "test_frac": base.data.test_frac} \
+            if base.data.split == "temporal" else {}
+        self.split = make_split(self.seqs, base.data.split, **kw)
+        self.exclude_history = base.eval.exclude_history
+        ranker = build_model(model, retriever.dataset.num_items, base.data.max_len)
+        if not isinstance(ranker, HPGRRanker):
+            raise ConfigError("rerank: the re-ranker must be the hpgr ranker")
+        beta0 = 1.0 / float(base.objective.temperature)  # the retriever's own logit scale
+        self.model = Reranker(ranker, rcfg.fuse, beta0).to(self.device)
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=rcfg.lr,
+                                           betas=tuple(rcfg.betas), weight_decay=rcfg.weight_decay)
+        self.open_run(resume)
+        self.retriever_model = retriever.model.to(self.device).eval()
+        self._cands: dict[str, Candidates] = {}
+
+    def run_record(self) -> dict[str, Any]:
+        return {**super().run_record(), "task": TASK, "retriever": self.retriever_dir,
+                "pretrained": self.pretrained, "rerank": json.loads(json.dumps(asdict(self.rcfg), default=str))}
+
+    # -- candidates -------------------------------------------------------------------------------
+    def candidates(self, which: str) -> Candidates:
+        """The retriever's top-K for ``train`` (training prefixes), ``valid`` or ``test`` queries (cached)."""
+        if which not in self._cands:
+            if which == "train":
+                samples = training_prefixes(self.split, self.rcfg.max_prefixes_per_user)
+            elif which == "valid":
+                samples = self.split.valid
+                n = self.rcfg.valid_users
+                if n and n < len(samples):
+                    pick = np.sort(np.random.default_rng(self.rcfg.seed).choice(len(samples), n, replace=False))
+                    samples = EvalSamples(samples.rows[pick], samples.hist_end[pick])
+            elif which == "test":
+                samples = self.split.test
+            else:
+                raise ConfigError(f"rerank: unknown query set '{which}' (train, valid or test)")
+            if len(samples) == 0:
+                raise DataError(f"rerank: no {which} queries")
+            self._cands[which] = retrieve(self.retriever_model, self.seqs, samples, self.rcfg.top_k,
+                                          self.exclude_history, self.rcfg.retrieve_batch_size)
+        return self._cands[which]
+
+    # -- training ---------------------------------------------------------------------------------
+    def train_batch(self, c: Candidates, idx: np.ndarray, rng: np.random.Generator
+                    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """History batch, candidates (B, 1+n) with the positive first, and their retriever scores (B, 1+n)."""
+        n = self.rcfg.num_negatives
+        top = c.top_items[idx]  # (B, K)
+        keys = rng.random(top.shape)
+        bad = (top == c.targets[idx][:, None]) | ~np.isfinite(c.top_scores[idx])
+        keys[bad] = np.inf  # the positive is never its own negative; excluded items are never drawn
+        slots = np.argsort(keys, axis=1)[:, :n]  # (B, n) uniform without replacement
+        ok = ~np.take_along_axis(bad, slots, 1)
+        neg = np.where(ok, np.take_along_axis(top, slots, 1), 0)  # 0 = padding, masked out of the softmax
+        neg_s = np.where(ok, np.take_along_axis(c.top_scores[idx], slots, 1), 0.0)
+        cands = np.concatenate([c.targets[idx][:, None], neg], 1)
+        rs = np.concatenate([c.target_score[idx][:, None], neg_s], 1)
+        sub = EvalSamples(c.samples.rows[idx], c.samples.hist_end[idx])
+        batch = _history_batch(self.seqs, sub, c.query_time[idx], self.cfg.data.max_len).to(self.device)
+        return batch, torch.from_numpy(cands).to(self.device), torch.from_numpy(rs.astype(np.float32)).to(self.device)
+
+    def fit(self) -> dict[str, Any]:
+        rc, st = self.rcfg, self.state
+        if st.get("finished"):
+            return self.summary()
+        c = self.candidates("train")
+        while st["epoch"] < rc.epochs:
+            epoch = st["epoch"]
+            rng = np.random.default_rng([rc.seed, epoch])
+            pool = np.arange(len(c))
+            if rc.prefixes_per_epoch and rc.prefixes_per_epoch < len(pool):
+                pool = np.sort(rng.choice(len(pool), rc.prefixes_per_epoch, replace=False))
+            lengths = np.minimum(c.samples.hist_end[pool], self.cfg.data.max_len)
+            batches = batch_order(lengths, rc.batch_size, rng)
+            self.model.train()
+            t0, loss_sum = time.time(), 0.0
+            for bi in batches:
+                batch, cands, rs = self.train_batch(c, pool[bi], rng)
+                logits = self.model(batch, cands, rs).float()  # (B, 1+n)
+                logits = logits.masked_fill(cands == 0, -torch.inf)
+                loss = F.cross_entropy(logits, torch.zeros(len(bi), dtype=torch.long, device=self.device))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if rc.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), rc.grad_clip)
+                self.optimizer.step()
+                st["global_step"] += 1
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"re-ranker loss is {value} at step {st['global_step']}; lower lr")
+                loss_sum += value
+            self.add_train_seconds(t0)
+            st["epoch"], st["step_in_epoch"] = epoch + 1, 0
+            m = self.metrics("valid")
+            improved = self.observe(m["ndcg@10"], epoch + 1)
+            self.log(epoch=epoch + 1, train_loss_epoch=loss_sum / max(len(batches), 1),
+                     epoch_seconds=round(time.time() - t0, 2), improved=improved,
+                     beta=None if self.model.beta is None else float(self.model.beta.detach()),
+                     **{f"valid/{k}": v for k, v in m.items() if k != "num_queries"})
+            if self.should_stop or st["epoch"] >= rc.epochs:
+                st["finished"] = True
+            self._save(f"epoch-{st['epoch']:05d}")
+            if st["finished"]:
+                break
+        self.close()
+        return self.summary()
+
+    # -- evaluation -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def rescore(self, c: Candidates) -> np.ndarray:
+        """(S, K) re-ranker logits of each query's retriever top-K."""
+        was = self.model.training
+        self.model.eval()
+        out = np.zeros(c.top_items.shape, dtype=np.float32)
+        bs = self.rcfg.eval_batch_size
+        order = np.argsort(c.samples.hist_end, kind="stable")  # similar lengths together: less padding
+        for a in range(0, len(order), bs):
+            idx = order[a : a + bs]
+            sub = EvalSamples(c.samples.rows[idx], c.samples.hist_end[idx])
+            batch = _history_batch(self.seqs, sub, c.query_time[idx], self.cfg.data.max_len).to(self.device)
+            cands = torch.from_numpy(c.top_items[idx]).to(self.device)
+            finite = np.isfinite(c.top_scores[idx])  # (B, K) False = padding / excluded history item
+            rs = torch.from_numpy(np.where(finite, c.top_scores[idx], 0.0).astype(np.float32)).to(self.device)
+            s = self.model(batch, cands, rs).float().cpu().numpy()
+            out[idx] = np.where(finite, s, -np.inf)  # never promote an item the retriever excluded
+        self.model.train(was)
+        return out
+
+    def metrics(self, which: str) -> dict[str, Any]:
+        """Metrics of the final (re-ranked) list on ``which`` queries."""
+        c = self.candidates(which)
+        return metrics_from_ranks(reranked_ranks(c, self.rescore(c)), self.cfg.eval.ks)
+
+    def evaluate(self, which: str = "test") -> dict[str, Any]:
+        """Both stages on the same queries: the retriever alone and the retriever + HPGR re-rank."""
+        c = self.candidates(which)
+        ks = self.cfg.eval.ks
+        k = c.top_items.shape[1]
+        return {
+            "model": "hpgr-rerank",
+            "dataset": self.dataset.manifest.get("name", ""),
+            "data_fingerprint": self.dataset.fingerprint,
+            "protocol": {
+                "task": TASK,
+                "split": self.split.name,
+                "evaluated_on": which,
+                "candidates": f"full catalogue; the retriever's top-{k} re-scored, the rest in the retriever's order",
+                "exclude_history": self.exclude_history,
+                "history_window": self.cfg.data.max_len,
+                "ks": ks,
+                "early_stopping": f"ndcg@10 of the re-ranked list on {len(self.candidates('valid'))} validation "
+                                  "queries",
+                "best_epoch": self.state.get("best_epoch"),
+                "retriever": self.retriever_dir,
+                "pretrained": self.pretrained,
+            },
+            "metrics_retriever": metrics_from_ranks(c.target_rank, ks),
+            "metrics": self.metrics(which),
+            "target_in_top_k": float((c.target_rank < k).mean()),
+            "rerank": json.loads(json.dumps(asdict(self.rcfg), default=str)),
+            "beta": None if self.model.beta is None else float(self.model.beta.detach()),
+            "genrec_version": genrec.__version__,
+            "commit": git_commit(),
+            "date": time.strftime("%Y-%m-%d"),
+        }
+
+
+def rerank_run(retriever_dir: str | Path, pretrained: str | Path, rcfg: RerankConfig, out: str | Path,
+               resume: bool = True) -> dict[str, Any]:
+    """Train (or resume) the HPGR re-ranker over a retriever run, then evaluate both stages on the test queries.
+
+    Returns the results record (also written to ``OUT/results/test.json``).
+    """
+    if rcfg.num_threads > 0:
+        torch.set_num_threads(rcfg.num_threads)
+    run = open_run(retriever_dir, device=rcfg.device)
+    if RETRIEVER not in getattr(run.model, "kinds", ()):
+        raise ConfigError(f"rerank: {retriever_dir} is not a retriever run")
+    trainer = RerankTrainer(run, retriever_dir, pretrained, rcfg, out, resume=resume)
+    summary = trainer.fit()
+    trainer.load_best()
+    res = trainer.evaluate("test")
+    res["train"] = summary
+    write_json_atomic(Path(out) / "results" / "test.json", res)
+    return res
+
+
+__all__ = ["Candidates", "RerankConfig", "RerankTrainer", "Reranker", "full_ranking", "parse_rerank_config",
+           "rerank_order", "rerank_run", "reranked_ranks", "retrieve", "training_prefixes"]

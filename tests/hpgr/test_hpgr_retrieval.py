@@ -1,0 +1,264 @@
+"""HPGR on the retrieval track: HSTU/SASRec initialised from the stage-1 table (two stages from one recipe),
+and HSTU's top-K re-ranked by the hpgr ranker, on the tiny sequential toy dataset."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from genrec.config import config_from_dict, load_config
+from genrec.data.schema import Dataset, Interactions, load_dataset
+from genrec.data.sequences import UserSequences
+from genrec.data.splits import EvalSamples, leave_one_out
+from genrec.errors import ConfigError
+from genrec.models.registry import build_model
+from genrec.train.pretrain import ITEM_KEY, ITEM_TABLE_FILE, parse_pretrain_config, pretrain_sessions
+from genrec.train.rerank import (
+    Candidates,
+    RerankTrainer,
+    full_ranking,
+    parse_rerank_config,
+    rerank_run,
+    reranked_ranks,
+    training_prefixes,
+)
+from genrec.train.run import train_run
+from genrec.train.stages import run_stages
+from tests.conftest import make_toy, tiny_cfg
+
+D = 16
+TINY_PRETRAIN = {"sem": {"d_model": D, "num_heads": 2, "intra_layers": 1, "inter_layers": 1},
+                 "session_gap": 3600, "max_len": 20, "epochs": 1, "max_steps": 3, "batch_size": 32,
+                 "probe_rows": 8, "device": "cpu"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _retriever_cfg(model: str = "hstu", stages: list[str] | None = None, **train):
+    raw = tiny_cfg(model, train={"device": "cpu", "epochs": 1, **train})
+    raw["model"]["d_model"] = D
+    raw["pretrain"] = TINY_PRETRAIN
+    if stages is not None:
+        raw["stages"] = stages
+    return config_from_dict(raw)
+
+
+def _artifact(ds: Dataset, out: Path) -> Path:
+    seqs = UserSequences.from_interactions(ds.interactions)
+    return pretrain_sessions(ds, leave_one_out(seqs), parse_pretrain_config(TINY_PRETRAIN), out)
+
+
+def _with_last_two_changed(ds: Dataset) -> Dataset:
+    """The same log with every user's validation and test item (its last two events) replaced."""
+    inter = ds.interactions
+    seqs = UserSequences.from_interactions(inter)
+    item = inter.item_id.copy()
+    last = np.concatenate([seqs.offsets[1:] - 1, seqs.offsets[1:] - 2])
+    item[last] = (item[last] + 7) % ds.num_items + 1
+    new = Interactions(inter.user_id, item, inter.timestamp)
+    man = {**ds.manifest, "fingerprint": ds.manifest["fingerprint"] + "-changed"}
+    return Dataset(interactions=new, items=ds.items, users=ds.users, manifest=man)
+
+
+# -- 1. the stage-1 table initialises the retriever ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["hstu", "sasrec"])
+def test_pretrained_table_lands_in_the_item_embedding(tmp_path, name):
+    ds = make_toy()
+    art = _artifact(ds, tmp_path / "pre")
+    table = load_file(str(art / ITEM_TABLE_FILE))[ITEM_KEY]  # (I+1, D)
+    model = build_model({"name": name, "d_model": D, "num_layers": 1, "num_heads": 1, "pretrained": str(art)},
+                        ds.num_items, 20)
+    assert torch.equal(model.item_emb.weight[1:], table[1:])
+    assert not model.item_emb.weight[0].any()
+    plain = build_model({"name": name, "d_model": D, "num_layers": 1, "num_heads": 1}, ds.num_items, 20)
+    assert not torch.allclose(plain.item_emb.weight[1:], table[1:])
+
+
+def test_pretrained_width_or_catalogue_mismatch_is_a_config_error(tmp_path):
+    ds = make_toy()
+    art = _artifact(ds, tmp_path / "pre")
+    with pytest.raises(ConfigError, match="width 16"):
+        build_model({"name": "hstu", "d_model": 32, "pretrained": str(art)}, ds.num_items, 20)
+    with pytest.raises(ConfigError, match="items"):
+        build_model({"name": "hstu", "d_model": D, "pretrained": str(art)}, ds.num_items + 5, 20)
+    with pytest.raises(ConfigError, match="not a stage-1 artifact"):
+        build_model({"name": "sasrec", "d_model": D, "pretrained": str(tmp_path / "nowhere")}, ds.num_items, 20)
+
+
+def test_stage_one_never_sees_validation_or_test_items(tmp_path):
+    """Leave-one-out cut-off: changing every user's last two items leaves the stage-1 artifact bit-identical."""
+    ds = make_toy()
+    cfg = _retriever_cfg(stages=["pretrain"])
+    a = run_stages(cfg, tmp_path / "a", dataset=ds)["pretrain"]
+    b = run_stages(cfg, tmp_path / "b", dataset=_with_last_two_changed(ds))["pretrain"]
+    seqs = UserSequences.from_interactions(ds.interactions)
+    assert a["num_events"] == int(leave_one_out(seqs).train_end.sum()) == len(ds.interactions.item_id) - 2 * len(seqs)
+    assert a["events_fingerprint"] == b["events_fingerprint"]
+    ta = load_file(str(tmp_path / "a" / "pretrain" / ITEM_TABLE_FILE))[ITEM_KEY]
+    tb = load_file(str(tmp_path / "b" / "pretrain" / ITEM_TABLE_FILE))[ITEM_KEY]
+    assert torch.equal(ta, tb)
+    meta = json.loads((tmp_path / "a" / "pretrain" / "pretrain.json").read_text())
+    assert meta["cutoff"]["kind"] == "split" and meta["cutoff"]["split"] == "leave_one_out"
+    assert meta["config"]["seed"] == cfg.train.seed  # one artifact per benchmark seed
+
+
+def test_two_stage_retriever_recipe_end_to_end(tmp_path):
+    ds = make_toy()
+    out = tmp_path / "run"
+    res = train_run(_retriever_cfg(stages=["pretrain", "finetune"]), out, dataset=ds)
+    assert res["stages"] == ["pretrain", "finetune"] and res["metrics"]["num_queries"] > 0
+    assert (out / "finetune" / "results" / "test.json").exists()
+    rec = json.loads((out / "finetune" / "config.json").read_text())
+    assert rec["config"]["model"]["pretrained"] == str(out / "pretrain") and rec["config"]["stages"] == []
+    # a re-run reuses stage 1 (same settings) and the finished fine-tuning run
+    again = run_stages(_retriever_cfg(stages=["pretrain", "finetune"]), out, dataset=ds)
+    assert again["pretrain"]["skipped"] and again["metrics"] == res["metrics"]
+    # other stage-1 settings in the same folder are refused, not silently reused
+    other = _retriever_cfg(stages=["pretrain", "finetune"])
+    other.pretrain = {**TINY_PRETRAIN, "session_gap": 60}
+    with pytest.raises(ConfigError, match="differs"):
+        run_stages(other, out, dataset=ds)
+
+
+# -- 2. re-ranking the retriever's top-K ---------------------------------------------------------------
+
+
+def test_full_ranking_only_permutes_the_top_k():
+    rng = np.random.default_rng(0)
+    S, M, K = 40, 30, 8
+    order = np.stack([rng.permutation(M) + 1 for _ in range(S)])  # (S, M) retriever's full order
+    scores = rng.normal(size=(S, K))
+    final = full_ranking(order, K, scores)
+    assert np.array_equal(final[:, K:], order[:, K:])
+    assert all(set(final[s, :K]) == set(order[s, :K]) for s in range(S))
+    assert (final[:, :K] != order[:, :K]).any()
+    # the rank the metrics use is the target's position in that full list
+    targets = order[np.arange(S), rng.integers(0, M, S)]
+    hstu_rank = np.argmax(order == targets[:, None], 1)
+    c = Candidates(EvalSamples(np.arange(S), np.ones(S, np.int64)), targets, np.zeros(S, np.int64), order[:, :K],
+                   np.zeros((S, K), np.float32), hstu_rank, np.zeros(S, np.float32))
+    assert np.array_equal(reranked_ranks(c, scores), np.argmax(final == targets[:, None], 1))
+
+
+def test_training_prefixes_stop_before_the_validation_item():
+    seqs = UserSequences.from_interactions(make_toy().interactions)
+    split = leave_one_out(seqs)
+    p = training_prefixes(split)
+    assert len(p) == int(np.maximum(split.train_end - 1, 0).sum())
+    assert (p.hist_end >= 1).all() and (p.hist_end < split.train_end[p.rows]).all()
+    last = training_prefixes(split, max_per_user=2)
+    assert np.array_equal(np.unique(last.rows), np.unique(p.rows))
+    assert (last.hist_end >= split.train_end[last.rows] - 2).all()
+
+
+TINY_RERANK = {"model": {"d_model": D, "num_layers": 1, "num_heads": 2, "top_k": 4, "sigma": 1.0},
+               "top_k": 10, "num_negatives": 4, "epochs": 2, "batch_size": 64, "patience": 0,
+               "valid_users": 50, "eval_batch_size": 16, "device": "cpu"}
+
+
+@pytest.fixture
+def retriever_and_artifact(tmp_path, toy_dir):
+    ds = load_dataset(toy_dir)  # a dataset folder, so the retriever run can be reopened from its record
+    ret = tmp_path / "hstu"
+    cfg = _retriever_cfg(epochs=2)
+    cfg.data.path = str(toy_dir)
+    train_run(cfg, ret, dataset=ds)
+    return ds, ret, _artifact(ds, tmp_path / "pre")
+
+
+def test_rerank_never_trains_on_a_validation_or_test_item(tmp_path, retriever_and_artifact, monkeypatch):
+    ds, ret, art = retriever_and_artifact
+    seen: list[tuple[np.ndarray, np.ndarray, torch.Tensor]] = []
+    orig = RerankTrainer.train_batch
+
+    def spy(self, c, idx, rng):
+        out = orig(self, c, idx, rng)
+        seen.append((c.samples.rows[idx], c.samples.hist_end[idx], out[0].items, out[1]))
+        return out
+
+    monkeypatch.setattr(RerankTrainer, "train_batch", spy)
+    rerank_run(ret, art, parse_rerank_config(TINY_RERANK), tmp_path / "rr")
+    seqs = UserSequences.from_interactions(ds.interactions)
+    train_end = leave_one_out(seqs).train_end
+    assert seen
+    for rows, ends, hist, cands in seen:
+        assert (ends < train_end[rows]).all()  # target index below the validation item
+        positives = seqs.items[seqs.offsets[rows] + ends]
+        assert np.array_equal(cands[:, 0].numpy(), positives)
+        for b, (r, e) in enumerate(zip(rows, ends)):
+            want = seqs.items[seqs.offsets[r] : seqs.offsets[r] + e][-20:]
+            assert np.array_equal(hist[b, : len(want)].numpy(), want)  # history = training events before it
+        assert (cands[:, 1:] != cands[:, :1]).all()  # the positive is never its own negative
+
+
+def test_rerank_end_to_end_reports_both_stages(tmp_path, retriever_and_artifact):
+    ds, ret, art = retriever_and_artifact
+    out = tmp_path / "rr"
+    res = rerank_run(ret, art, parse_rerank_config(TINY_RERANK), out)
+    hstu = json.loads((ret / "results" / "test.json").read_text())["metrics"]
+    # stage 1 on the same queries is exactly the retriever's own test evaluation
+    for k in ("recall@5", "ndcg@10", "mrr", "num_queries"):
+        assert res["metrics_retriever"][k] == pytest.approx(hstu[k])
+    assert res["metrics"]["num_queries"] == hstu["num_queries"]
+    # the top-K set is kept and the rest keeps its rank, so Recall@top_k cannot change
+    assert res["metrics"]["recall@10"] == pytest.approx(res["metrics_retriever"]["recall@10"])  # top_k = 10
+    assert (out / "results" / "test.json").exists() and (out / "best" / "model.safetensors").exists()
+    assert res["train"]["finished"] and res["beta"] is not None
+    # a finished run is reused, not retrained
+    again = rerank_run(ret, art, parse_rerank_config(TINY_RERANK), out)
+    assert again["metrics"] == res["metrics"]
+
+
+def test_rerank_settings_are_checked():
+    with pytest.raises(ConfigError):
+        parse_rerank_config({"top_k": 10, "num_negatives": 10})
+    with pytest.raises(ConfigError):
+        parse_rerank_config({"negatives": 3})
+    with pytest.raises(ConfigError):
+        parse_rerank_config({"model": {"name": "hstu"}})
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(path.parent))
+    return mod
+
+
+def test_beauty_recipe_and_benchmark_settings_fit_together():
+    """The recipe's stage-1 width matches HSTU's table, and every re-rank variant is a valid hpgr re-ranker."""
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "configs" / "hpgr-hstu-beauty.yaml")
+    base = load_config(root / "configs" / "hstu-beauty.yaml")
+    assert cfg.stages == ["pretrain", "finetune"] and cfg.model == base.model and cfg.train == base.train
+    assert cfg.pretrain["sem"]["d_model"] == cfg.model["d_model"] and cfg.pretrain["session_gap"] == 86400
+    bench = _load("bench_rerank", root / "benchmarks" / "rerank.py")
+    for variant in bench.VARIANTS.values():
+        rc = parse_rerank_config(variant)
+        assert rc.top_k == 200 and rc.model["d_model"] == cfg.pretrain["sem"]["d_model"]
+    report = _load("bench_report", root / "benchmarks" / "report.py")
+    m = {k: 0.1 for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20", "ndcg@20")}
+    rec = {"_file": "rerank-fused__toy.json", "dataset": "toy", "variant": "fused", "seeds": [1],
+           "retriever_mean": m, "retriever_std": {}, "rerank_mean": {**m, "ndcg@10": 0.2}, "rerank_std": {},
+           "target_in_top_k_mean": 0.3}
+    table = report.rerank_table([rec])
+    assert "| toy | fused | HSTU + HPGR re-rank | 1 | 0.1000 | 0.1000 | 0.1000 | 0.2000 |" in table
