@@ -7,7 +7,6 @@ so a table can be audited and reused by every generator trained on the same cata
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,6 +20,7 @@ from genrec.data.schema import Dataset
 from genrec.errors import ConfigError, DataError
 from genrec.sid.codebook import SIDTable
 from genrec.sid.embed import ItemEmbeddings, run_cf_embeddings, text_embeddings
+from genrec.train.base import write_json_atomic
 
 TABLE_FILE = "sid_table.parquet"
 HEALTH_FILE = "health.json"
@@ -103,8 +103,8 @@ def build_sid_table(cfg: SIDConfig, dataset: Dataset, out_dir: str | Path | None
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         health = table.health()
-        _write_json(out / HEALTH_FILE, health.as_dict())
-        _write_json(out / BUILD_FILE, {
+        write_json_atomic(out / HEALTH_FILE, health.as_dict())
+        write_json_atomic(out / BUILD_FILE, {
             "sid": asdict(cfg), "embeddings": {"source": emb.source, "fingerprint": emb.fingerprint,
                                                "dim": int(emb.vectors.shape[1]), "seconds": round(t_embed, 1)},
             "dataset": dataset.manifest.get("name", ""), "data_fingerprint": dataset.fingerprint,
@@ -136,7 +136,3 @@ def sid_table_for(cfg: SIDConfig, dataset: Dataset, run_sid_dir: str | Path) -> 
     return table
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)

@@ -20,6 +20,7 @@ import os
 import subprocess
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,28 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, default=str))
     tmp.replace(path)
+
+
+def fit_and_test(trainer: Any, out: str | Path,
+                 extras: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Train (or resume) ``trainer``, then evaluate its best weights on the test split.
+
+    The one ending every trainer shares: a non-main DDP rank returns its summary only; a run cut short by
+    ``train.max_steps`` says so instead of evaluating; otherwise ``extras(trainer, record)`` may add keys
+    (other decodings, SID health, ...) and the record goes to ``OUT/results/test.json``.
+    """
+    summary = trainer.fit()
+    if not getattr(trainer, "main", True):
+        return {"summary": summary}
+    if not summary.get("finished"):
+        return {"summary": summary, "stopped_early_by": "train.max_steps"}
+    trainer.load_best()
+    res = trainer.evaluate("test")
+    if extras is not None:
+        res.update(extras(trainer, res))
+    res["train"] = summary
+    write_json_atomic(Path(out) / "results" / "test.json", res)
+    return res
 
 
 def lower_is_better(metric: str) -> bool:

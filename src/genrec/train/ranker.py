@@ -45,7 +45,7 @@ from genrec.errors import CheckpointError, ConfigError, DataError
 from genrec.eval.ranking import ranking_metrics
 from genrec.models.base import RANKER
 from genrec.models.registry import build_model
-from genrec.train.base import CONFIG_FILE, TrainerBase, git_commit, write_json_atomic
+from genrec.train.base import CONFIG_FILE, TrainerBase, fit_and_test, git_commit
 from genrec.train.checkpoint import latest_checkpoint, load_weights
 from genrec.train.distributed import world_info
 
@@ -297,15 +297,7 @@ def train_ranker_run(cfg: RunConfig, out: str | Path, resume: bool = True, datas
     Returns the results record (also written to ``OUT/results/test.json``), like ``train_run``.
     """
     dataset = dataset if dataset is not None else load_data(cfg.data)
-    trainer = RankerTrainer(cfg, out, dataset, resume=resume)
-    summary = trainer.fit()
-    if not summary.get("finished"):
-        return {"summary": summary, "stopped_early_by": "train.max_steps"}
-    trainer.load_best()
-    res = trainer.evaluate("test")
-    res["train"] = summary
-    write_json_atomic(Path(out) / "results" / "test.json", res)
-    return res
+    return fit_and_test(RankerTrainer(cfg, out, dataset, resume=resume), out)
 
 
 def open_ranker_run(run_dir: str | Path, weights: str = "best") -> RankerTrainer:

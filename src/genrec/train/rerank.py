@@ -52,7 +52,7 @@ from genrec.eval.retrieval import history_of
 from genrec.models.base import RETRIEVER, Retriever
 from genrec.models.hpgr import HPGRRanker
 from genrec.models.registry import build_model
-from genrec.train.base import TrainerBase, git_commit, write_json_atomic
+from genrec.train.base import TrainerBase, fit_and_test, git_commit
 from genrec.train.run import LoadedRun, open_run
 
 TASK = "next-item retrieval, retriever top-K re-ranked"
@@ -427,13 +427,7 @@ def rerank_run(retriever_dir: str | Path, pretrained: str | Path, rcfg: RerankCo
     run = open_run(retriever_dir, device=rcfg.device)
     if RETRIEVER not in getattr(run.model, "kinds", ()):
         raise ConfigError(f"rerank: {retriever_dir} is not a retriever run")
-    trainer = RerankTrainer(run, retriever_dir, pretrained, rcfg, out, resume=resume)
-    summary = trainer.fit()
-    trainer.load_best()
-    res = trainer.evaluate("test")
-    res["train"] = summary
-    write_json_atomic(Path(out) / "results" / "test.json", res)
-    return res
+    return fit_and_test(RerankTrainer(run, retriever_dir, pretrained, rcfg, out, resume=resume), out)
 
 
 __all__ = ["Candidates", "RerankConfig", "RerankTrainer", "Reranker", "full_ranking", "parse_rerank_config",

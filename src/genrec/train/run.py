@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,17 +18,11 @@ from genrec.errors import CheckpointError, ConfigError, DataError, GenrecError
 from genrec.eval.retrieval import score_histories
 from genrec.models.base import GENERATOR, RANKER, RETRIEVER, Retriever
 from genrec.models.registry import build_model
+from genrec.train.base import fit_and_test
 from genrec.train.checkpoint import load_weights
 from genrec.train.trainer import BEST_DIR, CONFIG_FILE, Trainer
 
 SID_DIR = "sid"  # a generator run's copy of the SID table it was trained with
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
 
 
 def model_kind(cfg: RunConfig) -> str:
@@ -71,20 +64,14 @@ def train_run(cfg: RunConfig, out: str | Path, resume: bool = True, dataset: Dat
         return train_gamer_run(cfg, out, resume, dataset)
     if kind == GENERATOR:
         return train_generator_run(cfg, out, resume, dataset)
-    trainer = Trainer(cfg, out, dataset, resume=resume)
-    summary = trainer.fit()
-    if not trainer.main:
-        return {"summary": summary}
-    if not summary.get("finished"):
-        return {"summary": summary, "stopped_early_by": "train.max_steps"}
-    trainer.load_best()
-    res = trainer.evaluate("test")
+    return fit_and_test(Trainer(cfg, out, dataset, resume=resume), out, _other_exclusion)
+
+
+def _other_exclusion(trainer: Trainer, res: dict[str, Any]) -> dict[str, Any]:
+    """Retrievers also record the test metrics under the other history-exclusion setting."""
     other = trainer.evaluate("test", exclude_history=not res["protocol"]["exclude_history"])
-    res["metrics_other_exclusion"] = {"exclude_history": other["protocol"]["exclude_history"],
-                                      "metrics": other["metrics"]}
-    res["train"] = summary
-    _write_json(Path(out) / "results" / "test.json", res)
-    return res
+    return {"metrics_other_exclusion": {"exclude_history": other["protocol"]["exclude_history"],
+                                        "metrics": other["metrics"]}}
 
 
 def train_generator_run(cfg: RunConfig, out: str | Path, resume: bool, dataset: Dataset) -> dict[str, Any]:
@@ -95,34 +82,23 @@ def train_generator_run(cfg: RunConfig, out: str | Path, resume: bool, dataset: 
 
     sids = sid_table_for(cfg.sid, dataset, Path(out) / SID_DIR)
     cfg.model = fit_model_to_sids(cfg.model, sids.length, max(sids.codebook_sizes))
-    trainer = GeneratorTrainer(cfg, out, dataset, sids, resume=resume)
-    summary = trainer.fit()
-    if not summary.get("finished"):
-        return {"summary": summary, "stopped_early_by": "train.max_steps"}
-    trainer.load_best()
-    res = trainer.evaluate("test")
-    if trainer.opts.test_other_decoding:
-        free = trainer.evaluate("test", constrained=not trainer.opts.constrained)
-        res["metrics_other_decoding"] = {"constrained": not trainer.opts.constrained, "metrics": free["metrics"]}
-    res["sid_health"] = sids.health().as_dict()
-    res["train"] = summary
-    _write_json(Path(out) / "results" / "test.json", res)
-    return res
+
+    def extras(trainer: GeneratorTrainer, res: dict[str, Any]) -> dict[str, Any]:
+        add: dict[str, Any] = {}
+        if trainer.opts.test_other_decoding:
+            free = trainer.evaluate("test", constrained=not trainer.opts.constrained)
+            add["metrics_other_decoding"] = {"constrained": not trainer.opts.constrained, "metrics": free["metrics"]}
+        add["sid_health"] = sids.health().as_dict()
+        return add
+
+    return fit_and_test(GeneratorTrainer(cfg, out, dataset, sids, resume=resume), out, extras)
 
 
 def train_gamer_run(cfg: RunConfig, out: str | Path, resume: bool, dataset: Dataset) -> dict[str, Any]:
     """Multi-behavior generator runs (GAMER): session split, SIDs, training, per-behavior test evaluation."""
     from genrec.train.gamer import GamerTrainer
 
-    trainer = GamerTrainer(cfg, out, dataset, None, cfg.multibehavior, resume=resume)
-    summary = trainer.fit()
-    if not summary.get("finished"):
-        return {"summary": summary, "stopped_early_by": "train.max_steps"}
-    trainer.load_best()
-    res = trainer.evaluate("test")
-    res["train"] = summary
-    _write_json(Path(out) / "results" / "test.json", res)
-    return res
+    return fit_and_test(GamerTrainer(cfg, out, dataset, None, cfg.multibehavior, resume=resume), out)
 
 
 def fit_model_to_sids(model: dict[str, Any], sid_length: int, largest_level: int) -> dict[str, Any]:
