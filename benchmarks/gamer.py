@@ -29,15 +29,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-from genrec.config import apply_overrides, config_from_dict, load_yaml  # noqa: E402
+from genrec.config import apply_overrides, config_from_dict, load_yaml, with_ablation  # noqa: E402
 from genrec.data.schema import load_dataset  # noqa: E402
-from genrec.errors import ConfigError, GenrecError  # noqa: E402
+from genrec.errors import GenrecError  # noqa: E402
 from genrec.train.multibehavior_baselines import (  # noqa: E402
     DEFAULT_CANDIDATES,
     run_variant,
@@ -52,25 +50,6 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     if any(math.isnan(v) for v in values):
         return float("nan"), float("nan")
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
-    """``child`` over ``base``, mappings key by key (as recipes' ``extends``)."""
-    out = dict(base)
-    for k, v in child.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def ablation_delta(path: str) -> dict[str, Any]:
-    """The keys an ablation recipe states itself (its ``extends`` and ``source`` left out)."""
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{p}: ablation recipe not found")
-    raw = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: top level must be a mapping")
-    return {k: v for k, v in raw.items() if k not in ("extends", "source")}
 
 
 def variant_name(data: str, recipe: str, ablation: str | None) -> str:
@@ -114,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or variant_name(args.data, args.recipe, args.ablation)
     raw = load_yaml(args.recipe)
     if args.ablation:
-        raw = merge(raw, ablation_delta(args.ablation))
+        raw = with_ablation(raw, args.ablation)
     dataset = load_dataset(args.data)
     deterministic = (raw.get("model") or {}).get("name") == "recency"
     seeds = args.seeds[:1] if deterministic else args.seeds

@@ -201,6 +201,25 @@ def glass_cost_table(recs: list[dict]) -> str:
     return "\n".join(lines) if rows else "(no results yet)"
 
 
+def glass_table(recs: list[dict]) -> str:
+    """GLASS and its baselines / ablations (one generator class with switches), Hit and NDCG at 1, 5, 10, 20."""
+    cols = ["hr@1", "hr@5", "hr@10", "hr@20", "ndcg@1", "ndcg@5", "ndcg@10", "ndcg@20"]
+    rows = [r for r in recs if r.get("model") == "glass" and "metrics_mean" in r
+            and all(c in r["metrics_mean"] for c in cols)]
+    if not rows:
+        return "(no results yet)"
+    lines = ["| dataset | recipe | ablation | seeds | " + " | ".join(cols) + " | train s/seed | record |",
+             "|" + " --- |" * (len(cols) + 6)]
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["recipe"], r.get("ablation") or "")):
+        m, s = r["metrics_mean"], r["metrics_std"]
+        secs = r.get("train_seconds_per_seed") or [0.0]
+        abl = f"`{Path(r['ablation']).name}`" if r.get("ablation") else "-"
+        lines.append(f"| {r['dataset']} | `{Path(r['recipe']).name}` | {abl} | {len(r['seeds'])} | "
+                     + " | ".join(fmt(m[c], s[c]) for c in cols)
+                     + f" | {sum(secs) / len(secs):.0f} | `{r['_file']}` |")
+    return "\n".join(lines)
+
+
 def tables() -> dict[str, str]:
     recs = load()
     beauty_cols = ["recall@5", "ndcg@5", "recall@10", "ndcg@10"]
@@ -208,6 +227,7 @@ def tables() -> dict[str, str]:
     return {
         "beauty": accuracy_table(recs, "beauty", beauty_cols),
         "glass-cost": glass_cost_table(recs),
+        "glass": glass_table(recs),
         "beauty-other": other_exclusion_table(recs, "beauty", beauty_cols),
         "ml-100k": accuracy_table(recs, "ml-100k", ml_cols),
         "speed": speed_table(recs),

@@ -316,8 +316,26 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+def with_ablation(raw: dict[str, Any], ablation: str | Path) -> dict[str, Any]:
+    """``raw`` with the keys an ablation recipe states itself (not its ``extends`` or ``source``) merged over it:
+    the same change applied to another size of the model (e.g. a CPU-budget recipe)."""
+    p = Path(ablation)
+    if not p.exists():
+        raise ConfigError(f"{p}: ablation recipe not found")
+    try:
+        own = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError:
+        raise ConfigError(f"{p}: invalid YAML") from None
+    if not isinstance(own, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    return _deep_merge(raw, {k: v for k, v in own.items() if k not in ("extends", "source")})
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                ablation: str | Path | None = None) -> RunConfig:
     raw = load_yaml(path) if path else {}
+    if ablation:
+        raw = with_ablation(raw, ablation)
     raw = apply_overrides(raw, overrides or [])
     return config_from_dict(raw, str(path) if path else "config")
 

@@ -59,3 +59,17 @@ def test_extends_merges_sections_and_rejects_cycles(tmp_path):
     (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "c.yaml")
+
+
+def test_ablation_applies_only_its_own_keys_over_another_recipe(tmp_path):
+    """An ablation written against the full-size recipe keeps another recipe's sizes (e.g. a CPU budget)."""
+    (tmp_path / "full.yaml").write_text("model: {name: hstu, d_model: 256, num_layers: 8, dropout: 0.1}\n"
+                                        "train: {epochs: 100}\nsource: full\n")
+    (tmp_path / "small.yaml").write_text("extends: full.yaml\nmodel: {d_model: 32, num_layers: 2}\n"
+                                         "train: {epochs: 2}\nsource: small\n")
+    (tmp_path / "abl.yaml").write_text("extends: full.yaml\nmodel: {dropout: 0.0}\nsource: ablation\n")
+    cfg = load_config(tmp_path / "small.yaml", ["train.lr=0.5"], ablation=tmp_path / "abl.yaml")
+    assert cfg.model == {"name": "hstu", "d_model": 32, "num_layers": 2, "dropout": 0.0}
+    assert (cfg.train.epochs, cfg.train.lr, cfg.source) == (2, 0.5, "small")
+    with pytest.raises(ConfigError, match="ablation recipe not found"):
+        load_config(tmp_path / "small.yaml", ablation=tmp_path / "nope.yaml")
