@@ -131,6 +131,7 @@ class TrainerBase:
         self.state: dict[str, Any] = initial_state()
         self.ckpt_root = self.run_dir / CHECKPOINT_DIR
         self.resumed_from: Path | None = None
+        self._t_mark = time.time()  # start of the training time not yet banked in state["train_seconds"]
         self.logger: MetricLogger | None = None
 
     # -- run folder -------------------------------------------------------------------------------
@@ -147,6 +148,11 @@ class TrainerBase:
             "config": self.cfg.to_dict(),
         }
 
+    def compatible(self, key: str, old: Any, new: Any) -> bool:
+        """Whether a guarded ``config.json`` field may resume with this value (equality; subclasses relax it,
+        e.g. evaluation-only settings)."""
+        return old == new
+
     def check_or_write_config(self, write: bool = True) -> None:
         """Refuse a folder that holds another run; otherwise (re)write the record atomically."""
         path = self.run_dir / CONFIG_FILE
@@ -154,7 +160,7 @@ class TrainerBase:
         if path.exists():
             old = json.loads(path.read_text())
             for key in self.compat_keys:
-                if old.get(key) != rec.get(key):
+                if not self.compatible(key, old.get(key), rec.get(key)):
                     raise CheckpointError(f"{path}: this run folder holds a run with {key}={old.get(key)!r}, "
                                           f"not {rec.get(key)!r}; use another --out folder")
             if old.get("config", {}).get("model") != rec["config"]["model"]:
@@ -236,6 +242,70 @@ class TrainerBase:
 
     def summary(self) -> dict[str, Any]:
         return {k: self.state.get(k) for k in SUMMARY_KEYS}
+
+    # -- one optimiser update -------------------------------------------------------------------
+    def set_lr(self, lr: float) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+
+    def update(self, loss: torch.Tensor, value: float | None = None) -> float:
+        """One optimiser step on ``loss``: zero the gradients, backward, clip to ``train.grad_clip`` (0 = off),
+        step, count it in ``global_step``. Returns the step's loss (``value`` when the caller has a better
+        one, e.g. all-reduced over processes), refusing a non-finite one with a hint instead of training on."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.optimizer.step()
+        self.state["global_step"] += 1
+        v = float(loss.detach()) if value is None else float(value)
+        if not math.isfinite(v):
+            raise FloatingPointError(f"training loss is {v} at step {self.state['global_step']}; lower train.lr")
+        return v
+
+    def begin_epoch(self) -> float:
+        """Start timing an epoch (returned) and the stretch of training time since the last checkpoint."""
+        self._t_mark = time.time()
+        return self._t_mark
+
+    def step_done(self, bi: int, **log: Any) -> bool:
+        """Bookkeeping after :meth:`update` of batch ``bi`` of the epoch: resume position, the step's log
+        line, a checkpoint every ``train.checkpoint_every`` steps. True once ``train.max_steps`` is reached."""
+        tc, st = self.cfg.train, self.state
+        st["step_in_epoch"] = bi + 1
+        self.log(**log)
+        if tc.checkpoint_every and st["global_step"] % tc.checkpoint_every == 0:
+            self.add_train_seconds(self._t_mark)
+            self._t_mark = time.time()
+            self._save(f"step-{st['global_step']:09d}")
+        return bool(tc.max_steps and st["global_step"] >= tc.max_steps)
+
+    def end_steps(self, stopped: bool) -> None:
+        """After an epoch's steps: bank their training time; a ``max_steps`` stop leaves a step checkpoint."""
+        self.add_train_seconds(self._t_mark)
+        if stopped:
+            self._save(f"step-{self.state['global_step']:09d}")
+
+    def end_epoch(self, epoch: int, loss_sum: float, loss_n: int, t_epoch: float,
+                  validate: Callable[[], tuple[dict[str, Any], float | None]] | None) -> bool:
+        """Close epoch ``epoch`` (0-based): log its loss and time, validate when due (``train.eval_every`` and
+        the last epoch; ``validate()`` returns the metrics to log and the early-stopping value), keep the best
+        weights, mark the run finished, write the epoch checkpoint. Returns whether patience is spent."""
+        tc, st = self.cfg.train, self.state
+        st["epoch"], st["step_in_epoch"] = epoch + 1, 0
+        rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss_epoch": loss_sum / max(loss_n, 1),
+                               "epoch_seconds": round(time.time() - t_epoch, 3)}
+        stop = False
+        if validate is not None and ((epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs):
+            metrics, value = validate()
+            rec.update({f"valid/{k}": v for k, v in metrics.items()})
+            rec["improved"] = self.observe(value, epoch + 1)
+            stop = self.should_stop
+        self.log(**rec)
+        if stop or st["epoch"] >= tc.epochs:
+            st["finished"] = True
+        self._save(f"epoch-{st['epoch']:05d}")
+        return stop
 
     # -- device -----------------------------------------------------------------------------------
     def autocast(self) -> AbstractContextManager:

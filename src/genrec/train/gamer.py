@@ -21,10 +21,8 @@ the step, and the RNG state is restored from the atomic checkpoint.
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -43,21 +41,13 @@ from genrec.data.multibehavior import (
     training_sequences,
 )
 from genrec.data.schema import Dataset
-from genrec.errors import CheckpointError, ConfigError, DataError
+from genrec.errors import ConfigError, DataError
 from genrec.eval.multibehavior import evaluate_behaviors, format_table, metrics_record, protocol_record
 from genrec.models.base import GENERATOR
 from genrec.models.registry import build_model
 from genrec.sid.codebook import SIDTable
 from genrec.sid.cooccurrence import build_sid_table, cooccurrence_embeddings, item_categories  # noqa: F401
-from genrec.train.base import BEST_DIR, CONFIG_FILE, git_commit, resolve_device
-from genrec.train.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    load_weights,
-    save_checkpoint,
-    save_weights,
-)
-from genrec.train.logging import MetricLogger
+from genrec.train.base import TrainerBase, git_commit
 
 SID_FILE = "sids.json"
 
@@ -116,22 +106,18 @@ class ValidRows:
         return len(self.hist)
 
 
-class GamerTrainer:
-    """Train a multi-behavior generator (GAMER or an ablation) on a session split; run-folder layout as
-    :class:`genrec.train.generator.GeneratorTrainer`."""
+class GamerTrainer(TrainerBase):
+    """Train a multi-behavior generator (GAMER or an ablation) on a session split; run folder, checkpoints,
+    best weights and patience from :class:`~genrec.train.base.TrainerBase`."""
+
+    compat_keys = TrainerBase.compat_keys + ("sid_fingerprint", "behavior_levels", "multibehavior")
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, dataset: Dataset, sids: SIDTable | None = None,
                  options: MultiBehaviorConfig | None = None, resume: bool = True) -> None:
-        self.cfg = cfg
         self.opts = options or getattr(cfg, "multibehavior", None) or MultiBehaviorConfig()
         self.opts.check()
-        self.run_dir = Path(run_dir)
-        self.dataset = dataset
+        super().__init__(cfg, run_dir, dataset, default_metric="valid_loss")
         tc = cfg.train
-        if tc.num_threads > 0:
-            torch.set_num_threads(tc.num_threads)
-        self.device = resolve_device(tc.device)
-        torch.manual_seed(tc.seed)
         self.levels = BehaviorLevels.from_manifest(dataset.manifest, self.opts.behavior_order or None)
         self.split = session_split(dataset.interactions, self.levels, self.opts.session_gap)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -162,21 +148,12 @@ class GamerTrainer:
             range(self.levels.num_behaviors))
         self.ks = [k for k in cfg.eval.ks if k <= cfg.generator.beam_size] or [1, 5, 10]
         self.stop = self._parse_stop(self.opts.early_stop)
+        self.stop_metric, self.minimize = self.opts.early_stop, self.stop[0] == "loss"
         self.steps_per_epoch = math.ceil(len(self.train_seqs) / tc.batch_size)
         self.total_steps = self.steps_per_epoch * tc.epochs
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tuple(tc.betas),
                                            weight_decay=tc.weight_decay)
-        self.state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_metric": None,
-                                      "best_epoch": None, "bad_evals": 0, "finished": False}
-        self._check_or_write_config()
-        self.ckpt_root = self.run_dir / "checkpoints"
-        self.resumed_from: Path | None = None
-        if resume:
-            path = latest_checkpoint(self.ckpt_root)
-            if path is not None:
-                self.state = load_checkpoint(path, self.model, self.optimizer)
-                self.resumed_from = path
-        self.logger = MetricLogger(self.run_dir, tensorboard=tc.tensorboard)
+        self.open_run(resume)
 
     def _parse_stop(self, spec: str) -> tuple[str, int | None, str]:
         """``valid_loss`` or ``<behavior>/<metric>`` -> (kind, behavior id, metric)."""
@@ -192,40 +169,15 @@ class GamerTrainer:
 
     # -- run folder -------------------------------------------------------------------------------------
     def run_record(self) -> dict[str, Any]:
-        return {
-            "genrec_version": genrec.__version__,
-            "model": self.cfg.model["name"],
-            "kinds": list(self.model.kinds),
-            "num_items": self.dataset.num_items,
-            "max_len": self.cfg.data.max_len,
-            "data_fingerprint": self.dataset.fingerprint,
-            "data_path": str(self.dataset.path) if self.dataset.path else "",
-            "sid_fingerprint": self.sids.fingerprint,
-            "sid_table": self.sids.meta(),
-            "behavior_levels": self.levels.as_dict(),
-            "multibehavior": asdict(self.opts),
-            "num_train_sequences": len(self.train_seqs),
-            "num_parameters": sum(p.numel() for p in self.model.parameters()),
-            "config": self.cfg.to_dict(),
-        }
+        return {**super().run_record(), "sid_fingerprint": self.sids.fingerprint, "sid_table": self.sids.meta(),
+                "behavior_levels": self.levels.as_dict(), "multibehavior": asdict(self.opts),
+                "num_train_sequences": len(self.train_seqs),
+                "num_parameters": sum(p.numel() for p in self.model.parameters())}
 
-    def _check_or_write_config(self) -> None:
-        path = self.run_dir / CONFIG_FILE
-        rec = self.run_record()
-        if path.exists():
-            old = json.loads(path.read_text())
-            for key in ("model", "num_items", "max_len", "data_fingerprint", "sid_fingerprint", "behavior_levels",
-                        "multibehavior"):
-                if key == "multibehavior" and training_options(old.get(key)) == training_options(rec.get(key)):
-                    continue  # only evaluation settings differ: the trained model can be re-tested
-                if old.get(key) != rec.get(key):
-                    raise CheckpointError(f"{path}: this run folder holds a run with {key}={old.get(key)!r}, "
-                                          f"not {rec.get(key)!r}; use another --out folder")
-            if old["config"]["model"] != rec["config"]["model"]:
-                raise CheckpointError(f"{path}: the model settings differ from this run folder's; use another folder")
-        tmp = path.with_name(CONFIG_FILE + ".tmp")
-        tmp.write_text(json.dumps(rec, indent=2, default=str))
-        tmp.replace(path)
+    def compatible(self, key: str, old: Any, new: Any) -> bool:
+        if key == "multibehavior" and training_options(old) == training_options(new):
+            return True  # only evaluation settings differ: the trained model can be re-tested
+        return super().compatible(key, old, new)
 
     # -- batches ----------------------------------------------------------------------------------------
     def _tokens(self, idx: np.ndarray) -> torch.Tensor:
@@ -252,14 +204,6 @@ class GamerTrainer:
         return tok, seg
 
     # -- training ---------------------------------------------------------------------------------------
-    def _autocast(self):
-        if self.device.type == "cuda" and self.cfg.train.bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
-
-    def _save(self, name: str) -> None:
-        save_checkpoint(self.ckpt_root, name, self.model, self.optimizer, self.state)
-
     @torch.no_grad()
     def valid_loss(self) -> float:
         """Mean cross-entropy of every validation-session event's SID given the history before the session."""
@@ -269,7 +213,7 @@ class GamerTrainer:
         bs = self.cfg.eval.batch_size
         for i in range(0, len(self.valid_rows), bs):
             tok, seg = self.valid_batch(range(i, min(i + bs, len(self.valid_rows))))
-            with self._autocast():
+            with self.autocast():
                 s, n = self.model.loss(tok, seg)
             total += float(s)
             count += int(n)
@@ -282,84 +226,42 @@ class GamerTrainer:
             return self.summary()
         self.model.train()
         stop = False
-        t_start = time.time()
         bs = tc.batch_size
         while st["epoch"] < tc.epochs and not stop:
             epoch = st["epoch"]
             order = np.random.default_rng([tc.seed, epoch]).permutation(len(self.train_seqs))
             batches = [order[i:i + bs] for i in range(0, len(order), bs)]
-            loss_sum, loss_n, t_epoch = 0.0, 0, time.time()
+            loss_sum, loss_n, t_epoch = 0.0, 0, self.begin_epoch()
             for bi in range(st["step_in_epoch"], len(batches)):
                 tok = self.train_batch(batches[bi])
                 lr = cosine_lr(st["global_step"], self.total_steps, tc.lr, self.opts.warmup_ratio)
-                for g in self.optimizer.param_groups:
-                    g["lr"] = lr
-                with self._autocast():
+                self.set_lr(lr)
+                with self.autocast():
                     lsum, n = self.model.loss(tok)
-                loss = lsum / n.clamp(min=1)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if tc.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-                self.optimizer.step()
-                st["global_step"] += 1
-                st["step_in_epoch"] = bi + 1
-                step_loss = float(loss.detach())
-                if not math.isfinite(step_loss):
-                    raise FloatingPointError(f"training loss is {step_loss} at step {st['global_step']}; lower train.lr")
-                loss_sum += step_loss
-                loss_n += 1
-                self.logger.log(st["global_step"], train_loss=step_loss, lr=lr, epoch=epoch)
-                if tc.checkpoint_every and st["global_step"] % tc.checkpoint_every == 0:
-                    self._save(f"step-{st['global_step']:09d}")
-                if tc.max_steps and st["global_step"] >= tc.max_steps:
+                step_loss = self.update(lsum / n.clamp(min=1))
+                loss_sum, loss_n = loss_sum + step_loss, loss_n + 1
+                if self.step_done(bi, train_loss=step_loss, lr=lr, epoch=epoch):
                     stop = True
                     break
+            self.end_steps(stop)
             if stop:
-                self._save(f"step-{st['global_step']:09d}")
                 break
-            st["epoch"] = epoch + 1
-            st["step_in_epoch"] = 0
-            rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss_epoch": loss_sum / max(loss_n, 1),
-                                   "epoch_seconds": round(time.time() - t_epoch, 3)}
-            if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
-                value, higher = self._validate(rec)
-                improved = st["best_metric"] is None or (value > st["best_metric"] if higher
-                                                         else value < st["best_metric"])
-                if improved:
-                    st["best_metric"], st["best_epoch"], st["bad_evals"] = value, epoch + 1, 0
-                    (self.run_dir / BEST_DIR).mkdir(exist_ok=True)
-                    save_weights(self.model, self.run_dir / BEST_DIR / "model.safetensors")
-                else:
-                    st["bad_evals"] += 1
-                stop = bool(tc.patience and st["bad_evals"] >= tc.patience)
-                rec["improved"] = improved
-            self.logger.log(st["global_step"], **rec)
-            if stop or st["epoch"] >= tc.epochs:
-                st["finished"] = True
-            self._save(f"epoch-{st['epoch']:05d}")
-        st["train_seconds"] = st.get("train_seconds", 0.0) + (time.time() - t_start)
-        self.logger.close()
+            stop = self.end_epoch(epoch, loss_sum, loss_n, t_epoch, self._validate)
+        self.close()
         return self.summary()
 
-    def _validate(self, rec: dict[str, Any]) -> tuple[float, bool]:
-        """Early-stopping value (and whether higher is better); adds what it measured to ``rec``."""
+    def _validate(self) -> tuple[dict[str, Any], float]:
+        """What validation measured (to log) and the early-stopping value (``multibehavior.early_stop``)."""
         kind, beh, metric = self.stop
         if kind == "loss":
             if len(self.valid_rows) == 0:
                 raise ConfigError("no user has a validation session; early stopping on valid_loss is impossible")
             value = self.valid_loss()
-            rec["valid/loss"] = value
-            return value, False
+            return {"loss": value}, value
         assert beh is not None
         ev = self._evaluate("valid", [beh], max_users=self.opts.valid_max_users)
         m = ev.per_behavior[self.levels.names[beh]]
-        rec.update({f"valid/{self.levels.names[beh]}/{k}": v for k, v in m.items()})
-        return float(m.get(metric, 0.0)), True
-
-    def summary(self) -> dict[str, Any]:
-        return {k: self.state.get(k) for k in ("epoch", "global_step", "best_metric", "best_epoch", "finished",
-                                                "train_seconds")}
+        return {f"{self.levels.names[beh]}/{k}": v for k, v in m.items()}, float(m.get(metric, 0.0))
 
     # -- evaluation -------------------------------------------------------------------------------------
     def _evaluate(self, which: str, behaviors: list[int], max_users: int = 0):
@@ -367,11 +269,6 @@ class GamerTrainer:
         return evaluate_behaviors(self.model, self.split, which, behaviors, self.ks, g.beam_size,
                                   self.cfg.eval.batch_size, self.opts.candidates, self.opts.min_history,
                                   g.constrained, max_users, self.cfg.train.seed)
-
-    def load_best(self) -> None:
-        best = self.run_dir / BEST_DIR / "model.safetensors"
-        if best.exists():
-            load_weights(self.model, best)
 
     def evaluate(self, which: str = "test") -> dict[str, Any]:
         """Results record for ``which`` (test | valid): per-behavior metrics, merged row, protocol."""

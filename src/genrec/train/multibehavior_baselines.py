@@ -174,43 +174,23 @@ class BaselineTrainer(TrainerBase):
         if st.get("finished"):
             return self.summary()
         self.model.train()
-        t0 = time.time()
         stop = False
         while st["epoch"] < tc.epochs and not stop:
             epoch = st["epoch"]
             order = np.random.default_rng([tc.seed, epoch]).permutation(len(self.targets))
-            loss_sum, n = 0.0, 0
+            loss_sum, n, t_epoch = 0.0, 0, time.time()
             for i in range(0, len(order), tc.batch_size):
                 ids = order[i:i + tc.batch_size]
                 lr = cosine_lr(st["global_step"], self.total_steps, tc.lr, self.opts.warmup_ratio)
-                for g in self.optimizer.param_groups:
-                    g["lr"] = lr
+                self.set_lr(lr)
                 with self.autocast():
                     loss = (self._tiger_loss(ids) if self.sids is not None
                             else self._sasrec_loss(self.targets[ids], st["global_step"]))
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if tc.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-                self.optimizer.step()
-                st["global_step"] += 1
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"training loss is {value} at step {st['global_step']}; lower train.lr")
+                value = self.update(loss)
                 loss_sum, n = loss_sum + value, n + 1
                 self.log(train_loss=value, lr=lr, epoch=epoch)
-            st["epoch"] = epoch + 1
-            rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss_epoch": loss_sum / max(n, 1)}
-            if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
-                value = self.validate()
-                rec[f"valid/{'/'.join(self.stop)}"] = value
-                rec["improved"] = self.observe(value, epoch + 1)
-                stop = self.should_stop
-            self.log(**rec)
-            st["finished"] = stop or st["epoch"] >= tc.epochs
-            self.add_train_seconds(t0)
-            t0 = time.time()
-            self._save(f"epoch-{st['epoch']:05d}")
+            self.add_train_seconds(t_epoch)  # epochs are the unit of resume here (no mid-epoch checkpoints)
+            stop = self.end_epoch(epoch, loss_sum, n, t_epoch, self._validate)
         self.close()
         return self.summary()
 
@@ -219,6 +199,10 @@ class BaselineTrainer(TrainerBase):
         return evaluate_behaviors(self.adapter, self.split, which, behaviors, self.ks, g.beam_size,
                                   self.cfg.eval.batch_size, self.opts.candidates, self.opts.min_history,
                                   g.constrained, max_users, self.cfg.train.seed)
+
+    def _validate(self) -> tuple[dict[str, Any], float]:
+        value = self.validate()
+        return {"/".join(self.stop): value}, value
 
     def validate(self) -> float:
         """The early-stopping metric on the validation sessions (one behavior, or all of them merged)."""

@@ -19,7 +19,6 @@ Models opt into side features with ``needs_features = True``: the trainer then c
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,49 +190,26 @@ class RankerTrainer(TrainerBase):
             batches = batch_order(lengths, tc.batch_size, np.random.default_rng([tc.seed, epoch]),
                                   tc.length_bucketing)
             self.model.train()
-            loss_sum, loss_n, t_mark, t_epoch = 0.0, 0, time.time(), time.time()
+            loss_sum, loss_n, t_epoch = 0.0, 0, self.begin_epoch()
             for bi in range(st["step_in_epoch"], len(batches)):
                 batch, cands, labels, kw = self.batch(train_idx[batches[bi]])
                 with self.autocast():
                     loss = self.model.loss(batch, cands, labels, **kw)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if tc.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-                self.optimizer.step()
-                st["global_step"] += 1
-                st["step_in_epoch"] = bi + 1
-                step_loss = float(loss.detach())
-                if not math.isfinite(step_loss):
-                    raise FloatingPointError(f"training loss is {step_loss} at step {st['global_step']}; lower train.lr")
-                loss_sum += step_loss
-                loss_n += 1
-                self.log(train_loss=step_loss, epoch=epoch)
-                if tc.max_steps and st["global_step"] >= tc.max_steps:
+                step_loss = self.update(loss)
+                loss_sum, loss_n = loss_sum + step_loss, loss_n + 1
+                if self.step_done(bi, train_loss=step_loss, epoch=epoch):
                     stop = True
                     break
-                if tc.checkpoint_every and st["global_step"] % tc.checkpoint_every == 0:
-                    self.add_train_seconds(t_mark)
-                    t_mark = time.time()
-                    self._save(f"step-{st['global_step']:09d}")
-            self.add_train_seconds(t_mark)
+            self.end_steps(stop)
             if stop:
-                self._save(f"step-{st['global_step']:09d}")
                 break
-            st["epoch"], st["step_in_epoch"] = epoch + 1, 0
-            rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss_epoch": loss_sum / max(loss_n, 1),
-                                   "epoch_seconds": round(time.time() - t_epoch, 3)}
-            if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
-                m = self.metrics("valid")
-                rec.update({f"valid/{k}": v for k, v in m.items()})
-                rec["improved"] = self.observe(m[self.stop_metric], epoch + 1)
-                stop = self.should_stop
-            self.log(**rec)
-            if stop or st["epoch"] >= tc.epochs:
-                st["finished"] = True
-            self._save(f"epoch-{st['epoch']:05d}")
+            stop = self.end_epoch(epoch, loss_sum, loss_n, t_epoch, self._validate)
         self.close()
         return self.summary()
+
+    def _validate(self) -> tuple[dict[str, Any], float]:
+        m = self.metrics("valid")
+        return m, m[self.stop_metric]
 
     # -- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()
