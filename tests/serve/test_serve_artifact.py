@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import pickle
 import shutil
@@ -194,11 +193,6 @@ def test_score_dispatches_on_kinds(art):
     assert out.ignored_unknown == ["nope"]
     with pytest.raises(RequestError, match="not a retriever"):
         ranker.recommend(["i1"])
-    gen_model = copy.deepcopy(art.model)
-    gen_model.kinds = ("generator",)
-    gen = Artifact(art.root, art.manifest, art.config, gen_model, art.external_ids, art.titles)
-    with pytest.raises(RequestError, match="generator"):
-        gen.recommend(["i1"])
 
 
 # -- loading: no pickle, clear errors ----------------------------------------------------------------

@@ -101,3 +101,32 @@ def evaluate_generator(model: Any, seqs: UserSequences, samples: EvalSamples, ks
     metrics = metrics_from_ranks(r, ks)
     metrics.update(invalid_rate=rate, beam_size=beam_size)
     return GenerationEval(metrics, r, rate)
+
+
+def generate_top_k(model: Any, histories: list[np.ndarray], k: int, exclude_history: bool, beam_size: int,
+                   short_len: int, users: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
+    """Top-``k`` (internal item id, log-probability) lists for raw histories (oldest first), by constrained beam.
+
+    The one recommendation path for generators (``genrec recommend`` and the served artifact): each history is
+    cut to the model's window (``model.max_len``: GLASS reads a long window beyond the short one). With
+    ``exclude_history`` the items already in the history are dropped from the beam list afterwards, so the beam
+    is widened by the distinct items of the short window to still fill ``k`` slots when it can. Histories that
+    need the same beam width are searched in one batch; the width depends only on the history itself, so the
+    answer for a history does not depend on what it is batched with.
+    """
+    widths = [min(max(beam_size, k + (len(set(h[-short_len:].tolist())) if exclude_history else 0)),
+                  int(model.num_items)) for h in histories]
+    out: list[list[tuple[int, float]]] = [[] for _ in histories]
+    for beam in sorted(set(widths)):
+        idx = [b for b, w in enumerate(widths) if w == beam]
+        windows = [np.asarray(histories[b][-model.max_len:], dtype=np.int64) for b in idx]
+        res = model.generate(windows, None if users is None else users[idx], beam_size=beam, k=beam,
+                             constrained=True)
+        for row, b in enumerate(idx):
+            seen = set(histories[b].tolist()) if exclude_history else set()
+            for item, score, ok in zip(res.items[row].tolist(), res.scores[row].tolist(), res.valid[row].tolist()):
+                if ok and item not in seen:
+                    out[b].append((int(item), float(score)))
+                if len(out[b]) == k:
+                    break
+    return out

@@ -10,13 +10,13 @@ dataset folder. Everything in it is JSON or safetensors: loading never unpickles
 - ``config.json`` (slot ``config``): the resolved run config, from which the model is rebuilt.
 - ``items.json`` (slot ``items``): ``external_ids`` indexed by internal id (index 0 is padding)
   and ``titles`` (same indexing) or null.
-- slot ``sid_table`` (optional, null for today's models): a safetensors file with the item ->
-  semantic-id table that Generator models (TIGER-style, not implemented yet) will need. The
-  format already carries the slot and loading already dispatches on ``kinds``, so adding a
-  generator means writing its branch in :meth:`Artifact.run`, not a new format version.
+- slot ``sid_table`` (optional, null for today's models). Generators (TIGER, GLASS) need no separate
+  file: their item -> semantic-id table, SID-Tier bins and neighbour codes are buffers of the model,
+  so they travel inside ``model.safetensors`` and are checked with the other tensors.
 
 Rankings are computed with :func:`genrec.eval.retrieval.score_histories`, the function the
-evaluation code ranks with, so an answer from here equals the evaluation's ranking exactly.
+evaluation code ranks with, so an answer from here equals the evaluation's ranking exactly; generators
+answer through :func:`genrec.eval.generation.generate_top_k`, the path of ``genrec recommend``.
 """
 
 from __future__ import annotations
@@ -337,7 +337,7 @@ def load_artifact(path: str | Path, device: str = "cpu") -> Artifact:
 
 
 class Artifact:
-    """A loaded artifact: ``recommend`` / ``recommend_batch`` for retrievers, ``score`` for rankers.
+    """A loaded artifact: ``recommend`` / ``recommend_batch`` for retrievers and generators, ``score`` for rankers.
 
     Requests are validated in :meth:`prepare` (cheap, raises :class:`RequestError`) and computed in
     :meth:`run` (one forward pass for many requests), so the server can reject bad requests
@@ -372,6 +372,13 @@ class Artifact:
     @property
     def max_len(self) -> int:
         return int(self.manifest["max_len"])
+
+    @property
+    def window(self) -> int:
+        """History items a request can use: ``max_len``, or a generator's whole window (GLASS adds its long one)."""
+        from genrec.models.base import GENERATOR
+
+        return int(self.model.max_len) if GENERATOR in self.kinds else self.max_len
 
     @property
     def data_fingerprint(self) -> str:
@@ -460,8 +467,8 @@ class Artifact:
         else:
             times = np.asarray([int(timestamps[p]) for p in keep], dtype=np.int64)
         qt = int(times[-1]) if query_time is None else int(query_time)
-        n = len(items)
-        return Query(items, times, qt, int(k), exclude_history, unk, n > self.max_len, min(n, self.max_len))
+        n, window = len(items), self.window
+        return Query(items, times, qt, int(k), exclude_history, unk, n > window, min(n, window))
 
     # computation
     def run(self, queries: list[Query]) -> list[Recommendations]:
@@ -469,10 +476,9 @@ class Artifact:
         from genrec.eval.retrieval import score_histories
         from genrec.models.base import GENERATOR, RETRIEVER
 
+        if GENERATOR in self.kinds:
+            return self._run_generator(queries)
         if RETRIEVER not in self.kinds:
-            if GENERATOR in self.kinds:
-                raise RequestError(f"model '{self.model_name}' is a generator; serving generators "
-                                   "(semantic-id beam search) is not implemented yet")
             raise RequestError(f"model '{self.model_name}' is not a retriever (kinds: {', '.join(self.kinds)}); "
                                "use score() / POST /score")
         out: list[Recommendations | None] = [None] * len(queries)
@@ -489,6 +495,27 @@ class Artifact:
                 top = torch.topk(s, k)
                 recs = [(self.external_ids[int(j)], float(v)) for v, j in zip(top.values, top.indices)]
                 out[i] = Recommendations(recs, q.ignored_unknown, q.truncated, q.history_used)
+        return out  # type: ignore[return-value]
+
+    def _run_generator(self, queries: list[Query]) -> list[Recommendations]:
+        """Semantic-ID generators: trie-constrained beam search, score = the SID's summed log-probability.
+
+        The path of ``genrec recommend`` (:func:`genrec.eval.generation.generate_top_k`), one batched search per
+        (k, exclusion) group. Excluded history items are removed from the beam list, whose width grows by the
+        history's distinct items, so fewer than k items come back only when the catalogue runs out."""
+        from genrec.eval.generation import generate_top_k
+
+        beam = int((self.config.get("generator") or {}).get("beam_size", 20))
+        out: list[Recommendations | None] = [None] * len(queries)
+        for key in sorted({(q.k, q.exclude_history) for q in queries}):
+            idx = [i for i, q in enumerate(queries) if (q.k, q.exclude_history) == key]
+            with torch.no_grad():
+                lists = generate_top_k(self.model, [queries[i].items for i in idx], key[0], key[1], beam,
+                                       self.max_len)
+            for i, rows in zip(idx, lists):
+                q = queries[i]
+                out[i] = Recommendations([(self.external_ids[j], s) for j, s in rows], q.ignored_unknown,
+                                         q.truncated, q.history_used)
         return out  # type: ignore[return-value]
 
     def recommend(self, history: Sequence[Any], k: int = 10, timestamps: Sequence[int] | None = None,

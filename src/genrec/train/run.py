@@ -186,19 +186,8 @@ def recommend(run: LoadedRun, history_items: list[int], history_times: list[int]
 
 def _generate(run: LoadedRun, history: np.ndarray, k: int, exclude_history: bool, user: int | None
               ) -> list[tuple[int, float]]:
-    """Beam-search a generator; history items are dropped from the beam list when asked, so the beam is
-    widened by the history length to still fill k slots when it can."""
-    g = run.cfg.generator
-    window = history[-run.model.max_len:]  # GLASS reads a long window beyond data.max_len
-    extra = len(set(history[-run.cfg.data.max_len:].tolist())) if exclude_history else 0
-    beam = min(max(g.beam_size, k + extra), run.dataset.num_items)
-    users = None if user is None else np.array([user])
-    res = run.model.generate([window], users, beam_size=beam, k=beam, constrained=True)
-    seen = set(history.tolist()) if exclude_history else set()
-    out: list[tuple[int, float]] = []
-    for item, score, ok in zip(res.items[0].tolist(), res.scores[0].tolist(), res.valid[0].tolist()):
-        if ok and item not in seen:
-            out.append((int(item), float(score)))
-        if len(out) == k:
-            break
-    return out
+    """Beam-search a generator (the same path as a served artifact)."""
+    from genrec.eval.generation import generate_top_k
+
+    return generate_top_k(run.model, [history], k, exclude_history, run.cfg.generator.beam_size,
+                          run.cfg.data.max_len, None if user is None else np.array([user]))[0]
