@@ -35,7 +35,8 @@ def fmt(mean: float, std: float | None) -> str:
 
 def accuracy_table(recs: list[dict], dataset: str, cols: list[str]) -> str:
     rows = [r for r in recs if r.get("dataset") == dataset and "metrics_mean" in r
-            and all(c in r["metrics_mean"] for c in cols)]  # retrieval/generation records (not CTR ones)
+            and all(c in r["metrics_mean"] for c in cols)  # retrieval/generation records (not CTR ones)
+            and not (r.get("model") == "popularity" and r["protocol"].get("exclude_history") is False)]
     if not rows:
         return "(no results yet)"
     head = "| model | recipe | seeds | " + " | ".join(cols) + " | best epochs | train s/seed | record |"
@@ -46,7 +47,8 @@ def accuracy_table(recs: list[dict], dataset: str, cols: list[str]) -> str:
         eps = ",".join(str(x["best_epoch"]) + ("*" if x.get("finished") is False else "") for x in r["per_seed"])
         secs = r.get("train_seconds_per_seed") or r.get("wall_seconds_per_seed")
         wall = sum(secs) / len(secs)
-        lines.append(f"| {r['model']} | `{Path(r['recipe']).name}` | {len(r['seeds'])} | "
+        recipe = "(most popular, history removed)" if r["model"] == "popularity" else f"`{Path(r['recipe']).name}`"
+        lines.append(f"| {r['model']} | {recipe} | {len(r['seeds'])} | "
                      + " | ".join(fmt(m[c], s[c]) for c in cols)
                      + f" | {eps} | {wall:.0f} | `{r['_file']}` |")
     return "\n".join(lines)
@@ -208,13 +210,17 @@ def glass_table(recs: list[dict]) -> str:
             and all(c in r["metrics_mean"] for c in cols)]
     if not rows:
         return "(no results yet)"
+    datasets = {r["dataset"] for r in rows}  # + the popularity floor on the generators' protocol (history kept)
+    rows += [r for r in recs if r.get("model") == "popularity" and r["dataset"] in datasets
+             and r["protocol"].get("exclude_history") is False]
     lines = ["| dataset | recipe | ablation | seeds | " + " | ".join(cols) + " | train s/seed | record |",
              "|" + " --- |" * (len(cols) + 6)]
-    for r in sorted(rows, key=lambda r: (r["dataset"], r["recipe"], r.get("ablation") or "")):
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["model"] == "glass", r["recipe"], r.get("ablation") or "")):
         m, s = r["metrics_mean"], r["metrics_std"]
         secs = r.get("train_seconds_per_seed") or [0.0]
         abl = f"`{Path(r['ablation']).name}`" if r.get("ablation") else "-"
-        lines.append(f"| {r['dataset']} | `{Path(r['recipe']).name}` | {abl} | {len(r['seeds'])} | "
+        recipe = "most popular" if r["model"] == "popularity" else f"`{Path(r['recipe']).name}`"
+        lines.append(f"| {r['dataset']} | {recipe} | {abl} | {len(r['seeds'])} | "
                      + " | ".join(fmt(m[c], s[c]) for c in cols)
                      + f" | {sum(secs) / len(secs):.0f} | `{r['_file']}` |")
     return "\n".join(lines)
