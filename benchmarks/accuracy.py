@@ -6,9 +6,9 @@ Example (Amazon Beauty, P5 split, full-catalogue ranking):
 A recipe with ``stages: [pretrain, finetune]`` (e.g. configs/hpgr-hstu-beauty.yaml) runs HPGR's stage 1 into
 RUN/pretrain and the retriever into RUN/finetune; the record adds each seed's stage-1 seconds.
 
-``--ablation RECIPE`` applies that recipe's own keys (not its ``extends``) over ``--recipe``: an ablation at
-another model size, e.g. the CPU-budget GLASS recipe with the TIGER baseline's switches (results name
-glass-ml100k-cpu+tiger__ml-100k):
+``--ablation RECIPE [RECIPE ...]`` applies those recipes' own keys (not their ``extends``) over ``--recipe``, in
+order: an ablation at another model size or on another dataset, e.g. the CPU-budget GLASS recipe with the TIGER
+baseline's switches (results name glass-ml100k-cpu+tiger__ml-100k):
     python benchmarks/accuracy.py --recipe configs/glass-ml100k-cpu.yaml --ablation configs/glass-ml100k-tiger.yaml \
         --data data_cache/ml-100k --seeds 1 2 3
 """
@@ -65,7 +65,8 @@ def evaluate_as_is(cfg, run_dir: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", required=True)
-    ap.add_argument("--ablation", help="apply this ablation recipe's own keys over --recipe")
+    ap.add_argument("--ablation", nargs="+", default=[],
+                    help="apply these recipes' own keys over --recipe, in order (e.g. a CPU budget, then a baseline)")
     ap.add_argument("--data", required=True, help="prepared dataset folder")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--runs", default="runs/bench", help="where the run folders go")
@@ -76,9 +77,9 @@ def main() -> None:
                          "early stopping had not ended are marked finished=false")
     args = ap.parse_args()
     stem = Path(args.recipe).stem
-    if args.ablation:  # glass-ml100k-cpu + glass-ml100k-tiger -> glass-ml100k-cpu+tiger
-        common_prefix = os.path.commonprefix([stem + "-", Path(args.ablation).stem])
-        stem += "+" + Path(args.ablation).stem[len(common_prefix):]
+    for abl in args.ablation:  # glass-ml100k-cpu + glass-ml100k-tiger -> glass-ml100k-cpu+tiger
+        common_prefix = os.path.commonprefix([Path(args.recipe).stem + "-", Path(abl).stem])
+        stem += "+" + Path(abl).stem[len(common_prefix):]
     name = args.name or f"{stem}__{Path(args.data).name}"
     per_seed, train_secs = [], []
     for seed in args.seeds:
@@ -121,7 +122,8 @@ def main() -> None:
     other_mean = {k: statistics.fmean(s[other_key]["metrics"][k] for s in per_seed) for k in okeys} if has_other else {}
     setting = {k: v for k, v in per_seed[0][other_key].items() if k != "metrics"} if has_other else {}
     rec = {"dataset": res["dataset"], "data_fingerprint": res["data_fingerprint"], "model": res["model"],
-           "recipe": args.recipe, "ablation": args.ablation, "overrides": list(args.set), "protocol": res["protocol"], "seeds": args.seeds, "metrics": mean, "metrics_mean": mean,
+           "recipe": args.recipe, "ablation": " + ".join(args.ablation) or None, "overrides": list(args.set),
+           "protocol": res["protocol"], "seeds": args.seeds, "metrics": mean, "metrics_mean": mean,
            "metrics_std": std, f"{other_key}_mean": {**setting, "metrics": other_mean} if has_other else None,
            "per_seed": per_seed, "train_seconds_per_seed": train_secs, "config": res["config"]}
     if "sid_health" in res:

@@ -213,14 +213,15 @@ def glass_table(recs: list[dict]) -> str:
     datasets = {r["dataset"] for r in rows}  # + the popularity floor on the generators' protocol (history kept)
     rows += [r for r in recs if r.get("model") == "popularity" and r["dataset"] in datasets
              and r["protocol"].get("exclude_history") is False]
-    lines = ["| dataset | recipe | ablation | seeds | " + " | ".join(cols) + " | train s/seed | record |",
-             "|" + " --- |" * (len(cols) + 6)]
+    lines = ["| dataset | recipe | ablation | overrides | seeds | " + " | ".join(cols) + " | train s/seed | record |",
+             "|" + " --- |" * (len(cols) + 7)]
     for r in sorted(rows, key=lambda r: (r["dataset"], r["model"] == "glass", r["recipe"], r.get("ablation") or "")):
         m, s = r["metrics_mean"], r["metrics_std"]
         secs = r.get("train_seconds_per_seed") or [0.0]
-        abl = f"`{Path(r['ablation']).name}`" if r.get("ablation") else "-"
+        abl = " + ".join(f"`{Path(a).name}`" for a in r["ablation"].split(" + ")) if r.get("ablation") else "-"
         recipe = "most popular" if r["model"] == "popularity" else f"`{Path(r['recipe']).name}`"
-        lines.append(f"| {r['dataset']} | {recipe} | {abl} | {len(r['seeds'])} | "
+        sets = ", ".join(f"`{o}`" for o in r.get("overrides") or []) or "-"
+        lines.append(f"| {r['dataset']} | {recipe} | {abl} | {sets} | {len(r['seeds'])} | "
                      + " | ".join(fmt(m[c], s[c]) for c in cols)
                      + f" | {sum(secs) / len(secs):.0f} | `{r['_file']}` |")
     return "\n".join(lines)

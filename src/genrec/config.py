@@ -332,10 +332,11 @@ def with_ablation(raw: dict[str, Any], ablation: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                ablation: str | Path | None = None) -> RunConfig:
+                ablation: str | Path | list[str | Path] | None = None) -> RunConfig:
+    """A recipe, then the own keys of each ``ablation`` recipe in order, then ``section.key=value`` overrides."""
     raw = load_yaml(path) if path else {}
-    if ablation:
-        raw = with_ablation(raw, ablation)
+    for abl in ([ablation] if isinstance(ablation, (str, Path)) else ablation or []):
+        raw = with_ablation(raw, abl)
     raw = apply_overrides(raw, overrides or [])
     return config_from_dict(raw, str(path) if path else "config")
 
