@@ -1,4 +1,5 @@
-"""Serving: exported artifacts (``artifact``), a micro-batcher (``batcher``) and an HTTP app (``app``).
+"""Serving: the artifact format (``format``), ``genrec export`` (``export``), loaded artifacts and the Python API
+(``artifact``), a micro-batcher (``batcher``) and an HTTP app (``app``).
 
 This package stays import-light on purpose: ``genrec.cli`` imports ``genrec.serve.cli`` on every
 command, so torch-heavy modules and the optional FastAPI extras are only imported where used.

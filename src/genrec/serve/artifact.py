@@ -21,9 +21,6 @@ answer through :func:`genrec.eval.generation.generate_top_k`, the path of ``genr
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,21 +31,23 @@ import torch
 
 import genrec
 from genrec.errors import GenrecError
+from genrec.serve.export import export_run
+from genrec.serve.format import (  # noqa: F401  (re-exported: the names users and tests import from here)
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    MAX_TIMESTAMP,
+    UNKNOWN_MODES,
+    ArtifactError,
+    check_manifest,
+    is_int,
+    read_items,
+    read_json,
+    read_safetensors,
+)
 
-FORMAT = "genrec-artifact"
-FORMAT_VERSION = 1
-MANIFEST = "artifact.json"
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-ITEMS_FILE = "items.json"
-SID_TABLE_FILE = "sid_table.safetensors"
-REQUIRED_SLOTS = ("weights", "config", "items")
-MAX_TIMESTAMP = 2**62  # keeps every time difference inside int64
-UNKNOWN_MODES = ("ignore", "reject")
-
-
-class ArtifactError(GenrecError):
-    """An artifact folder that is missing, damaged, or written for another genrec or model."""
+__all__ = ["Artifact", "ArtifactError", "NotARankerError", "Query", "Recommendations", "RequestError",
+           "export_run", "load_artifact"]
 
 
 class RequestError(GenrecError):
@@ -102,188 +101,12 @@ class Query:
 # -- helpers ----------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    from genrec.data.schema import sha256_file
-
-    return sha256_file(path)
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
-
-
 def _short_list(xs: Sequence[str], n: int = 10) -> str:
     head = ", ".join(repr(x) for x in xs[:n])
     return head + (f" and {len(xs) - n} more" if len(xs) > n else "")
 
 
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: {what} file is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path}: {what} is not valid JSON ({exc})") from None
-
-
-# -- export -----------------------------------------------------------------------------------------
-
-
-def export_run(run_dir: str | Path, out: str | Path, weights: str = "best", overwrite: bool = False) -> Path:
-    """Write the artifact folder for a trained run; returns its path.
-
-    The folder is written under a temporary name and renamed into place, so a killed export never
-    leaves a half-written artifact that would later fail to load in a confusing way.
-    """
-    from genrec.train.checkpoint import save_weights
-    from genrec.train.run import open_run
-
-    run_dir, out = Path(run_dir), Path(out)
-    if out.exists() and not out.is_dir():
-        raise ArtifactError(f"{out}: exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ArtifactError(f"{out}: folder exists and is not empty (pass --force to replace an artifact)")
-        if not (out / MANIFEST).exists():
-            raise ArtifactError(f"{out}: refusing to replace a folder that is not a genrec artifact")
-    run = open_run(run_dir, weights=weights)
-    ds = run.dataset
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        save_weights(run.model, tmp / WEIGHTS_FILE)
-        os.chmod(tmp / WEIGHTS_FILE, 0o644)  # safetensors writes 0600; an artifact is meant to be shared
-        (tmp / CONFIG_FILE).write_text(json.dumps(run.cfg.to_dict(), indent=2))
-        titles = None
-        if "title" in ds.items.column_names:
-            by_id = dict(zip(ds.items.column("item_id").to_pylist(), ds.items.column("title").to_pylist()))
-            titles = [None] + [None if by_id.get(i) is None else str(by_id[i]) for i in range(1, ds.num_items + 1)]
-        (tmp / ITEMS_FILE).write_text(json.dumps({"external_ids": ds.item_external_ids(), "titles": titles}))
-        files: dict[str, str | None] = {"weights": WEIGHTS_FILE, "config": CONFIG_FILE, "items": ITEMS_FILE,
-                                        "sid_table": None}
-        if (run_dir / SID_TABLE_FILE).exists():  # written by generator runs (none exist yet)
-            shutil.copyfile(run_dir / SID_TABLE_FILE, tmp / SID_TABLE_FILE)
-            files["sid_table"] = SID_TABLE_FILE
-        test = {}
-        res_path = run_dir / "results" / "test.json"
-        if res_path.exists():
-            try:
-                res = json.loads(res_path.read_text())
-                test = {"test_metrics": res.get("metrics"), "test_protocol": res.get("protocol")}
-            except json.JSONDecodeError:
-                test = {}
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "genrec_version": genrec.__version__,
-            "model": run.cfg.model["name"],
-            "kinds": list(run.model.kinds),
-            "num_items": ds.num_items,
-            "max_len": run.cfg.data.max_len,
-            "data_fingerprint": ds.fingerprint,
-            "dataset": ds.manifest.get("name"),
-            "behaviors": ds.behavior_names,
-            "run": run_dir.resolve().name,
-            "weights_from": weights,
-            "files": files,
-            "tensors": {k: list(v.shape) for k, v in run.model.state_dict().items()},
-            "sha256": {name: _sha256(tmp / name) for name in files.values() if name},
-            **test,
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
 # -- load -------------------------------------------------------------------------------------------
-
-
-def _check_manifest(root: Path) -> dict[str, Any]:
-    mpath = root / MANIFEST
-    if not mpath.exists():
-        if (root / "config.json").exists() and ((root / "best").exists() or (root / "checkpoints").exists()):
-            raise ArtifactError(f"{root}: this is a training run folder, not an artifact; "
-                                f"run `genrec export {root} --out ARTIFACT_DIR` first")
-        raise ArtifactError(f"{mpath}: missing; is {root} a folder written by `genrec export`?")
-    man = _read_json(mpath, "artifact manifest")
-    if not isinstance(man, dict) or man.get("format") != FORMAT:
-        raise ArtifactError(f"{mpath}: not a genrec artifact manifest (format is not '{FORMAT}')")
-    ver = man.get("format_version")
-    if not _is_int(ver):
-        raise ArtifactError(f"{mpath}: format_version must be an integer, got {ver!r}")
-    if ver != FORMAT_VERSION:
-        by = man.get("genrec_version", "an unknown version")
-        hint = "upgrade genrec" if ver > FORMAT_VERSION else "re-export the run with this genrec"
-        raise ArtifactError(f"{mpath}: artifact format version {ver} (written by genrec {by}); this genrec "
-                            f"{genrec.__version__} reads version {FORMAT_VERSION}: {hint}")
-    for key, typ in (("genrec_version", str), ("model", str), ("kinds", list), ("num_items", int),
-                     ("max_len", int), ("data_fingerprint", str), ("files", dict), ("tensors", dict)):
-        if not isinstance(man.get(key), typ) or isinstance(man.get(key), bool):
-            raise ArtifactError(f"{mpath}: key '{key}' is missing or not a {typ.__name__}")
-    if man["num_items"] < 1 or man["max_len"] < 1:
-        raise ArtifactError(f"{mpath}: num_items and max_len must be positive")
-    for slot in REQUIRED_SLOTS:
-        if not isinstance(man["files"].get(slot), str):
-            raise ArtifactError(f"{mpath}: files.{slot} is missing")
-    for slot, name in man["files"].items():
-        if name is None:
-            continue
-        if not isinstance(name, str) or Path(name).name != name:
-            raise ArtifactError(f"{mpath}: files.{slot} must be a plain file name inside the artifact, got {name!r}")
-        path = root / name
-        if not path.is_file():
-            raise ArtifactError(f"{path}: file is missing (artifact.json lists it as the {slot} file)")
-        want = (man.get("sha256") or {}).get(name)
-        if want is not None and _sha256(path) != want:
-            raise ArtifactError(f"{path}: sha256 does not match artifact.json (the file changed after export)")
-    return man
-
-
-def _read_items(path: Path, num_items: int) -> tuple[list[str], list[str | None] | None]:
-    data = _read_json(path, "item map")
-    ext = data.get("external_ids") if isinstance(data, dict) else None
-    if not isinstance(ext, list) or len(ext) != num_items + 1 or not all(isinstance(e, str) for e in ext):
-        raise ArtifactError(f"{path}: external_ids must be a list of {num_items + 1} strings "
-                            "(index 0 is padding), as artifact.json's num_items says")
-    if len(set(ext[1:])) != num_items:
-        raise ArtifactError(f"{path}: external_ids contains duplicates")
-    titles = data.get("titles")
-    if titles is not None and (not isinstance(titles, list) or len(titles) != num_items + 1
-                               or not all(t is None or isinstance(t, str) for t in titles)):
-        raise ArtifactError(f"{path}: titles must be null or a list of {num_items + 1} strings or nulls")
-    return ext, titles
-
-
-def _read_safetensors(path: Path, expected: dict[str, list[int]] | None) -> dict[str, torch.Tensor]:
-    """Read a safetensors file, checking tensor names and shapes against ``expected`` first."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
-            if expected is not None:
-                missing = sorted(set(expected) - set(shapes))
-                extra = sorted(set(shapes) - set(expected))
-                if missing or extra:
-                    raise ArtifactError(f"{path}: tensors do not match artifact.json "
-                                        f"(missing {missing[:3]}, unexpected {extra[:3]})")
-                for k, shape in shapes.items():
-                    if shape != list(expected[k]):
-                        raise ArtifactError(f"{path}: tensor '{k}' has shape {tuple(shape)}, "
-                                            f"artifact.json says {tuple(expected[k])}")
-            return {k: f.get_tensor(k) for k in shapes}
-    except ArtifactError:
-        raise
-    except Exception as exc:  # safetensors raises several types for corrupt files
-        raise ArtifactError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]})") from None
 
 
 def load_artifact(path: str | Path, device: str = "cpu") -> Artifact:
@@ -294,10 +117,10 @@ def load_artifact(path: str | Path, device: str = "cpu") -> Artifact:
     root = Path(path)
     if not root.is_dir():
         raise ArtifactError(f"{root}: artifact folder not found")
-    man = _check_manifest(root)
+    man = check_manifest(root)
     files = man["files"]
     cpath = root / files["config"]
-    raw = _read_json(cpath, "config")
+    raw = read_json(cpath, "config")
     try:
         cfg = config_from_dict(raw, str(cpath))
         model = build_model(cfg.model, man["num_items"], man["max_len"])
@@ -309,7 +132,7 @@ def load_artifact(path: str | Path, device: str = "cpu") -> Artifact:
         raise ArtifactError(f"{root / MANIFEST}: kinds {man['kinds']} do not match model '{man['model']}' "
                             f"({list(model.kinds)})")
     wpath = root / files["weights"]
-    tensors = _read_safetensors(wpath, man["tensors"])
+    tensors = read_safetensors(wpath, man["tensors"])
     own = model.state_dict()
     for k, v in own.items():
         if k not in tensors:
@@ -321,10 +144,10 @@ def load_artifact(path: str | Path, device: str = "cpu") -> Artifact:
     if unexpected:
         raise ArtifactError(f"{wpath}: unexpected tensors for model '{man['model']}': {unexpected[:3]}")
     model.load_state_dict(tensors)
-    ext, titles = _read_items(root / files["items"], man["num_items"])
+    ext, titles = read_items(root / files["items"], man["num_items"])
     sid_table = None
     if files.get("sid_table"):
-        sid_table = _read_safetensors(root / files["sid_table"], None)
+        sid_table = read_safetensors(root / files["sid_table"], None)
     try:
         model = model.to(device)
     except (RuntimeError, AssertionError) as exc:
@@ -411,7 +234,7 @@ class Artifact:
         """(internal ids, positions kept, unknown ids in first-seen order) for external ids."""
         known, keep, unk, seen = [], [], [], set()
         for pos, x in enumerate(ids):
-            if not (isinstance(x, str) or _is_int(x)):
+            if not (isinstance(x, str) or is_int(x)):
                 raise RequestError(f"{what}[{pos}] must be an item id (string or integer), got {type(x).__name__}")
             key = str(x)
             i = self._index.get(key)
@@ -439,7 +262,7 @@ class Artifact:
             raise RequestError("empty history: give at least one item id")
         if unknown not in UNKNOWN_MODES:
             raise RequestError(f"unknown={unknown!r}: expected 'ignore' or 'reject'")
-        if not _is_int(k):
+        if not is_int(k):
             raise RequestError(f"k must be an integer, got {type(k).__name__}")
         if not 1 <= k <= self.num_items:
             raise RequestError(f"k={k} is out of range (1..{self.num_items})")
@@ -449,13 +272,13 @@ class Artifact:
             if len(timestamps) != len(history):
                 raise RequestError(f"timestamps has {len(timestamps)} entries but history has {len(history)}; "
                                    "give one unix time (seconds) per history item")
-            bad = [p for p, t in enumerate(timestamps) if not _is_int(t) or not 0 <= t <= MAX_TIMESTAMP]
+            bad = [p for p, t in enumerate(timestamps) if not is_int(t) or not 0 <= t <= MAX_TIMESTAMP]
             if bad:
                 raise RequestError(f"timestamps[{bad[0]}] must be an integer unix time in seconds "
                                    f"(0..{MAX_TIMESTAMP}), got {timestamps[bad[0]]!r}")
         if behaviors is not None and len(behaviors) != len(history):
             raise RequestError(f"behaviors has {len(behaviors)} entries but history has {len(history)}")
-        if query_time is not None and (not _is_int(query_time) or not 0 <= query_time <= MAX_TIMESTAMP):
+        if query_time is not None and (not is_int(query_time) or not 0 <= query_time <= MAX_TIMESTAMP):
             raise RequestError(f"query_time must be an integer unix time in seconds, got {query_time!r}")
         known, keep, unk = self._map(history, "history", unknown)
         if not known:
