@@ -87,7 +87,7 @@ class SIDConfig:
     """Where a generator's semantic ids come from: a saved table, or built from item embeddings."""
 
     table: str = ""  # a SID table folder written by `genrec sid build`; empty = build into the run folder
-    embeddings: str = "text"  # text | cf | file
+    embeddings: str = "text"  # text | cf | file | cooccurrence (leave-one-out training sessions + categories)
     source_run: str = ""  # cf: a trained genrec run folder whose item embedding table is quantized
     embeddings_file: str = ""  # file: a .npy array (num_items, D) for items 1..num_items
     text_fields: list[str] = field(default_factory=lambda: ["title", "brand", "categories", "genres", "price"])

@@ -25,7 +25,7 @@ from genrec.train.base import write_json_atomic
 TABLE_FILE = "sid_table.parquet"
 HEALTH_FILE = "health.json"
 BUILD_FILE = "build.json"
-EMBEDDINGS = ("text", "cf", "file")
+EMBEDDINGS = ("text", "cf", "file", "cooccurrence")
 QUANTIZERS = ("rqvae", "rqkmeans")
 
 
@@ -55,6 +55,8 @@ def item_embeddings(cfg: SIDConfig, dataset: Dataset) -> ItemEmbeddings:
         t = torch.from_numpy(np.ascontiguousarray(vec, dtype=np.float32))
         emb = ItemEmbeddings(np.arange(1, dataset.num_items + 1, dtype=np.int64), t, f"file:{path.name}",
                              tensor_fingerprint(t))
+    elif cfg.embeddings == "cooccurrence":
+        emb = loo_cooccurrence_embeddings(dataset, cfg.seed)
     else:
         raise ConfigError(f"sid.embeddings '{cfg.embeddings}' is not one of {list(EMBEDDINGS)}")
     keep = (emb.item_ids >= 1) & (emb.item_ids <= dataset.num_items)
@@ -65,6 +67,25 @@ def item_embeddings(cfg: SIDConfig, dataset: Dataset) -> ItemEmbeddings:
     if not torch.isfinite(vec).all():
         raise DataError("item embeddings contain NaN or infinite values")
     return ItemEmbeddings(ids, vec, emb.source, emb.fingerprint)
+
+
+def loo_cooccurrence_embeddings(dataset: Dataset, seed: int = 0) -> ItemEmbeddings:
+    """Co-occurrence + category vectors (:func:`genrec.sid.cooccurrence.cooccurrence_vectors`) from the training
+    part of the leave-one-out split only: every user's events except the last two (the validation and test
+    targets), grouped by the dataset's sessions. For logs without item text where most items are rare (the
+    Taobao sample), where a retriever's item table is close to random."""
+    from genrec.data.sequences import UserSequences
+    from genrec.data.splits import leave_one_out
+    from genrec.sid.cooccurrence import cooccurrence_vectors, item_categories
+
+    seqs = UserSequences.from_interactions(dataset.interactions)
+    if seqs.session_ids is None:
+        raise DataError("sid.embeddings=cooccurrence needs sessions: prepare the data with a --session-gap")
+    split = leave_one_out(seqs)
+    rel = np.arange(len(seqs.items)) - np.repeat(seqs.offsets[:-1], seqs.lengths)
+    train = rel < np.repeat(split.train_end, seqs.lengths)
+    return cooccurrence_vectors(seqs.items[train], seqs.session_ids[train], dataset.num_items,
+                                categories=item_categories(dataset), seed=seed)
 
 
 def fit_quantizer(cfg: SIDConfig, x: torch.Tensor) -> tuple[Any, dict[str, Any]]:

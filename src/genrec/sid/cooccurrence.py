@@ -26,7 +26,20 @@ from genrec.sid.rqkmeans import RQKMeans, RQKMeansConfig
 def cooccurrence_embeddings(split: SessionSplit, num_items: int, dim: int = 32,
                             categories: np.ndarray | None = None, category_weight: float = 0.5,
                             jitter: float = 0.15, jitter_dim: int = 8, seed: int = 0) -> ItemEmbeddings:
+    """:func:`cooccurrence_vectors` over the training sessions of a multi-behavior session split (GAMER)."""
+    mask = split.part_mask("train")
+    sess = split.seqs.session_ids[mask] if split.seqs.session_ids is not None else None
+    return cooccurrence_vectors(split.seqs.items[mask], sess, num_items, dim, categories, category_weight, jitter,
+                                jitter_dim, seed)
+
+
+def cooccurrence_vectors(items: np.ndarray, sess: np.ndarray | None, num_items: int, dim: int = 32,
+                         categories: np.ndarray | None = None, category_weight: float = 0.5,
+                         jitter: float = 0.15, jitter_dim: int = 8, seed: int = 0) -> ItemEmbeddings:
     """Item vectors for items ``1..num_items`` from training events only: SVD of item x (session, category).
+
+    ``items`` and ``sess`` (same length) are the training events' item and global session ids; the caller
+    decides what "training" means for its split, and nothing else enters.
 
     Columns are the training sessions (weight ``1/sqrt(session size)``) and, when ``categories`` (``(N+1,)``,
     -1 = unknown) is given, the item's category with ``category_weight``; rows are L2-normalised before a
@@ -34,9 +47,6 @@ def cooccurrence_embeddings(split: SessionSplit, num_items: int, dim: int = 32,
     keep only their category signal (or nothing), so a small seeded random part (``jitter``, in ``jitter_dim``
     extra dims) spreads items with identical vectors over the deeper codes instead of one huge collision group.
     """
-    mask = split.part_mask("train")
-    items = split.seqs.items[mask]
-    sess = split.seqs.session_ids[mask] if split.seqs.session_ids is not None else None
     if sess is None or items.size == 0:
         raise DataError("co-occurrence embeddings: the split has no training events")
     pairs = np.unique(np.stack([items, sess], 1), axis=0)  # (P, 2) distinct (item, session)
@@ -93,7 +103,7 @@ def build_sid_table(cfg: RunConfig, dataset: Dataset, split: SessionSplit) -> SI
     if sc.quantizer != "rqkmeans":
         raise ConfigError(f"sid.quantizer '{sc.quantizer}': the GAMER trainer builds RQ-KMeans SIDs "
                           "(train an RQ-VAE table separately and pass sid.table)")
-    if sc.embeddings == "cf" and not sc.source_run:
+    if (sc.embeddings == "cf" and not sc.source_run) or sc.embeddings == "cooccurrence":
         emb = cooccurrence_embeddings(split, dataset.num_items, categories=item_categories(dataset), seed=sc.seed)
     elif sc.embeddings == "cf":
         from genrec.sid.embed import run_cf_embeddings
@@ -110,7 +120,7 @@ def build_sid_table(cfg: RunConfig, dataset: Dataset, split: SessionSplit) -> SI
 
         emb = text_embeddings(dataset.items, sc.cache_dir, sc.text_fields)
     else:
-        raise ConfigError(f"sid.embeddings '{sc.embeddings}' is not one of text, cf, file")
+        raise ConfigError(f"sid.embeddings '{sc.embeddings}' is not one of text, cf, file, cooccurrence")
     quant = RQKMeans(RQKMeansConfig(num_levels=sc.levels, codebook_size=sc.codebook_size, seed=sc.seed))
     quant.fit(emb.vectors)
     table = SIDTable.from_quantizer(quant, emb.item_ids, emb.vectors)

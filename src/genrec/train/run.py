@@ -80,6 +80,9 @@ def train_generator_run(cfg: RunConfig, out: str | Path, resume: bool, dataset: 
     from genrec.sid.build import sid_table_for
     from genrec.train.generator import GeneratorTrainer
 
+    if cfg.sid.embeddings == "cooccurrence" and cfg.data.split not in ("leave_one_out", "loo") and not cfg.sid.table:
+        raise ConfigError("sid.embeddings=cooccurrence reads the leave-one-out training events; with "
+                          f"data.split={cfg.data.split} it would see evaluation events (use leave_one_out)")
     sids = sid_table_for(cfg.sid, dataset, Path(out) / SID_DIR)
     cfg.model = fit_model_to_sids(cfg.model, sids.length, max(sids.codebook_sizes))
 
