@@ -7,10 +7,20 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from genrec.data.schema import Dataset, Interactions, fingerprint_of, write_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The test machine is shared (CI has 2 cores): every test runs single-threaded, then restores the setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def make_toy(num_users: int = 120, num_items: int = 60, seed: int = 0) -> Dataset:

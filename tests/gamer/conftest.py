@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pytest
 import torch
 
 from genrec.data.schema import Dataset, Interactions, fingerprint_of
@@ -16,15 +15,6 @@ from genrec.sid import SIDTable
 BEHAVIORS = ["pv", "fav", "cart", "buy"]  # levels 0 < 1 < 2 < 3
 NUM_ITEMS = 12
 CYCLE = [3, 7, 1, 9, 4, 12, 10, 2, 6, 11, 8, 5]  # session k of a user is about CYCLE[start + k]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The test machine is shared: keep every test single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_dataset(events: list[tuple[int, int, int, int]], num_items: int = NUM_ITEMS,

@@ -21,15 +21,6 @@ SHORT = 3  # data.max_len: the encoder's window
 LONG = 6  # model.long_len
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The test machine is shared: keep every test single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def toy_table() -> SIDTable:
     """24 items: level 1 = (id-1) % 4, level 2 = (id-1) // 4, plus the (constant) collision level."""
     ids = np.arange(1, NUM_ITEMS + 1)

@@ -29,15 +29,6 @@ from genrec.models.registry import build_model
 U, S, R, C = GROUP_U, GROUP_S, GROUP_R, GROUP_C
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The test machine is shared: keep every test single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _model(**kw) -> MTGR:
     cfg = MTGR.Config(**{"d_model": 16, "num_layers": 2, "num_heads": 2, "feat_dim": 4, **kw})
     torch.manual_seed(0)

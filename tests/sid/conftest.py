@@ -15,15 +15,6 @@ SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 BEAUTY_TEXT = SHARED_DATA / "amazon2014-p5-beauty-sports-sequences" / "beauty_item_text.jsonl.gz"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The test machine is shared: keep every test single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def random_table(num_items: int, levels: int = 3, codebook: int = 4, seed: int = 0) -> SIDTable:
     """Random quantizer codes (collisions likely) made unique by the collision level; item ids are not 1..N."""
     rng = np.random.default_rng(seed)

@@ -18,15 +18,6 @@ NUM_ITEMS = 10
 CYCLE = [3, 7, 1, 9, 4, 10, 2, 6, 8, 5]  # item CYCLE[k] is always followed by CYCLE[k+1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The test machine is shared: keep every test single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def next_item(item: int) -> int:
     return CYCLE[(CYCLE.index(item) + 1) % len(CYCLE)]
 
