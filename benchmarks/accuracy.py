@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
 from genrec.config import load_config  # noqa: E402
+from genrec.errors import GenrecError  # noqa: E402
 from genrec.train.run import train_run  # noqa: E402
 
 
@@ -134,4 +135,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except GenrecError as exc:  # bad recipe, data folder or override: one line, not a traceback
+        sys.exit(f"error: {exc}")

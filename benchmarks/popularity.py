@@ -23,6 +23,7 @@ from common import write_result  # noqa: E402
 from genrec.data.schema import load_dataset  # noqa: E402
 from genrec.data.sequences import UserSequences  # noqa: E402
 from genrec.data.splits import make_split  # noqa: E402
+from genrec.errors import GenrecError  # noqa: E402
 from genrec.eval.popularity import evaluate_popularity  # noqa: E402
 
 
@@ -58,4 +59,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except GenrecError as exc:  # bad recipe, data folder or override: one line, not a traceback
+        sys.exit(f"error: {exc}")
