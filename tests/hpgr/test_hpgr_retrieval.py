@@ -18,17 +18,10 @@ from genrec.data.schema import Dataset, Interactions, load_dataset
 from genrec.data.sequences import UserSequences
 from genrec.data.splits import EvalSamples, leave_one_out
 from genrec.errors import ConfigError
+from genrec.eval.candidates import Candidates, full_ranking, reranked_ranks, training_prefixes
 from genrec.models.registry import build_model
 from genrec.train.pretrain import ITEM_KEY, ITEM_TABLE_FILE, parse_pretrain_config, pretrain_sessions
-from genrec.train.rerank import (
-    Candidates,
-    RerankTrainer,
-    full_ranking,
-    parse_rerank_config,
-    rerank_run,
-    reranked_ranks,
-    training_prefixes,
-)
+from genrec.train.rerank import RerankTrainer, parse_rerank_config, rerank_run
 from genrec.train.run import train_run
 from genrec.train.stages import run_stages
 from tests.conftest import make_toy, tiny_cfg
