@@ -14,20 +14,24 @@ from genrec.errors import ConfigError, DataError, GenrecError
 
 
 def test_stats_on_a_small_log(raw_log, tmp_path):
-    rows = [("a", "x", 0, "pv"), ("a", "y", 10, "buy"), ("a", "z", 99999, "pv"), ("b", "x", 5, "pv")]
-    ds = load_dataset(prepare(raw_log(rows, behavior=True, behavior_order=["pv", "buy"]), tmp_path / "d", name="s"))
+    rows = [("a", "x", 0, "pv"), ("a", "y", 10, "buy"), ("a", "z", 99999, "pv"), ("b", "x", 5, "pv"),
+            ("a", "x", 100000, "buy")]
+    raw = raw_log(rows, behavior=True, behavior_order=["pv", "buy"])
+    ds = load_dataset(prepare(raw, tmp_path / "d", name="s", dedup="none"))
     d = dataset_stats(ds)
-    assert (d["users"], d["items"], d["interactions"]) == (2, 3, 4)
-    assert d["density"] == pytest.approx(4 / 6)
-    assert d["sequence_length"]["min"] == 1 and d["sequence_length"]["max"] == 3
-    assert d["sequence_length"]["median"] == 2
+    assert (d["users"], d["items"], d["interactions"]) == (2, 3, 5)
+    assert d["density"] == pytest.approx(5 / 6)
+    assert d["item_frequency"]["max"] == 3 and d["items_seen_once_fraction"] == pytest.approx(2 / 3)
+    assert d["repeat_fraction"] == pytest.approx(1 / 5)  # a's second x; b's x is b's first
+    assert d["sequence_length"]["min"] == 1 and d["sequence_length"]["max"] == 4
+    assert d["sequence_length"]["median"] == 2.5
     assert d["sessions"]["count"] == 3
     assert d["sessions"]["per_user"]["max"] == 2
-    assert d["sessions"]["singleton_fraction"] == pytest.approx(2 / 3)
-    assert d["behaviors"] == {"pv": 3, "buy": 1}
-    assert d["time"]["min"] == 0 and d["time"]["max"] == 99999
+    assert d["sessions"]["singleton_fraction"] == pytest.approx(1 / 3)  # a: {x, y}, {z, x}; b: {x}
+    assert d["behaviors"] == {"pv": 3, "buy": 2}
+    assert d["time"]["min"] == 0 and d["time"]["max"] == 100000
     text = format_stats(d)
-    for word in ("users", "interactions", "density", "sessions", "pv 3", "1970-01-01"):
+    for word in ("users", "interactions", "density", "sessions", "pv 3", "1970-01-01", "seen once", "repeats"):
         assert word in text
     json.dumps(d)  # JSON-serialisable for `genrec data stats --json`
 

@@ -2,7 +2,10 @@
 
 The numbers that decide how a model should be configured (maximum sequence length, whether
 sessions carry signal, how sparse the matrix is) and that papers report, computed the same way
-for every dataset so they can be compared side by side.
+for every dataset so they can be compared side by side. Two of them say which kind of model can win
+before any is trained: the item frequency (a model that must learn each item's identity, such as a
+semantic-ID generator, has little to learn from items seen once) and the repeat share (how often a
+user's event is on an item that user already touched, which a recency heuristic answers for free).
 """
 
 from __future__ import annotations
@@ -32,6 +35,18 @@ def distribution(values: np.ndarray) -> dict[str, float]:
     }
 
 
+def repeat_fraction(user_id: np.ndarray, item_id: np.ndarray) -> float:
+    """Share of interactions whose (user, item) pair already occurred earlier in that user's sequence.
+
+    Interactions are sorted by (user, timestamp), so the first occurrence of a pair is its earliest one.
+    """
+    if len(user_id) == 0:
+        return 0.0
+    key = np.asarray(user_id, dtype=np.int64) * (int(np.max(item_id)) + 1) + np.asarray(item_id, dtype=np.int64)
+    _, first = np.unique(key, return_index=True)
+    return 1.0 - first.size / key.size
+
+
 def _iso(t: int) -> str:
     return datetime.fromtimestamp(int(t), tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -52,6 +67,11 @@ def dataset_stats(ds: Dataset) -> dict[str, Any]:
         "density": n / (users * items) if users and items else 0.0,
         "sequence_length": distribution(seq_len),
     }
+    item_freq = np.bincount(inter.item_id)[1:]
+    item_freq = item_freq[item_freq > 0]  # (items with at least one interaction,)
+    out["item_frequency"] = distribution(item_freq)
+    out["items_seen_once_fraction"] = float((item_freq == 1).mean()) if item_freq.size else 0.0
+    out["repeat_fraction"] = repeat_fraction(inter.user_id, inter.item_id)
     if inter.session_id is not None:
         sess = inter.session_id
         _, sess_len = np.unique(sess, return_counts=True)
@@ -94,6 +114,11 @@ def format_stats(d: dict[str, Any]) -> str:
         f"density        {d['density']:.6f}",
         f"sequence len   {_fmt_dist(d['sequence_length'])}",
     ]
+    if "item_frequency" in d:
+        lines += [
+            f"item freq      {_fmt_dist(d['item_frequency'])}  (seen once {d['items_seen_once_fraction']:.3f})",
+            f"repeats        {d['repeat_fraction']:.3f} of interactions are on an item the user already touched",
+        ]
     if "sessions" in d:
         s = d["sessions"]
         lines += [
