@@ -147,6 +147,19 @@ def ctr_table(recs: list[dict]) -> str:
     return "\n".join(lines) if rows else "(no results yet)"
 
 
+GAMER_MODES = ("behavior_history", "history", "all", "behavior")  # leak-free default first, the leaking mode last
+GAMER_MODELS = ("gamer", "tiger", "sasrec", "recency")  # GAMER and its ablations, then the baselines
+
+
+def _gamer_order(r: dict) -> tuple:
+    """Rows grouped by dataset and candidate mode; within a mode GAMER first (its plain recipe before the
+    ablations and overridden runs), then TIGER, SASRec, recency."""
+    mode, model = r["protocol"].get("candidate_mode", ""), r.get("model", "")
+    return (r["dataset"], GAMER_MODES.index(mode) if mode in GAMER_MODES else len(GAMER_MODES), mode,
+            GAMER_MODELS.index(model) if model in GAMER_MODELS else len(GAMER_MODELS),
+            bool(r.get("ablation") or r.get("overrides")), r["_file"])
+
+
 def gamer_table(recs: list[dict]) -> str:
     """Multi-behavior track (benchmarks/gamer.py): one row per variant, the headline behavior (purchase) first."""
     rows = [r for r in recs if r["_file"].startswith("gamer-")]
@@ -159,7 +172,7 @@ def gamer_table(recs: list[dict]) -> str:
     lines = ["| dataset | variant | model | candidates | seeds | " + " | ".join(f"{b} {c}" for b, c in cols)
              + f" | {head} users | {head} targets in candidates | train s/seed | record |",
              "|" + " --- |" * (len(cols) + 9)]
-    for r in sorted(rows, key=lambda r: (r["dataset"], r["protocol"].get("candidate_mode", ""), r["_file"])):
+    for r in sorted(rows, key=_gamer_order):
         m, sp = r["metrics"], r.get("spread", {})
         secs = [s for s in r.get("train_seconds_per_seed") or [] if s is not None]
         seeds = "1 (deterministic)" if r.get("deterministic") else str(len(r["seeds"]))
