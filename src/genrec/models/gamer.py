@@ -53,7 +53,7 @@ from genrec.models.gamer_layers import (  # noqa: F401  (re-exported: the layer 
     visible,
 )
 from genrec.models.registry import register
-from genrec.models.tiger import RMSNorm
+from genrec.models.tiger_layers import RMSNorm
 from genrec.nn.rope import rope_cos_sin
 from genrec.sid.beam import BeamResult, beam_search
 from genrec.sid.codebook import SIDTable

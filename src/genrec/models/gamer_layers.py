@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genrec.models.tiger import RMSNorm
+from genrec.models.tiger_layers import RMSNorm
 from genrec.nn.moe import RoutedFFN
 from genrec.nn.rope import apply_rope
 

@@ -34,16 +34,8 @@ from torch import nn
 from genrec.errors import ConfigError, DataError
 from genrec.models.base import GENERATOR
 from genrec.models.registry import register
-from genrec.models.tiger import (
-    PAD,
-    TIGER,
-    Attention,
-    DecodeState,
-    Encoded,
-    RMSNorm,
-    _key_bias,
-    relative_buckets,
-)
+from genrec.models.tiger import PAD, TIGER, DecodeState, Encoded, _key_bias
+from genrec.models.tiger_layers import Attention, RMSNorm, relative_buckets
 from genrec.sid.beam import reorder_tensors
 from genrec.sid.codebook import SIDTable
 from genrec.sid.hard_search import hard_search, split_history
