@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -63,6 +62,18 @@ def evaluate_as_is(cfg, run_dir: Path) -> dict:
     return res
 
 
+def ablation_suffix(recipe_stem: str, ablation_stem: str) -> str:
+    """The ablation's name without the dash-separated words it shares with the recipe's, from the left.
+
+    Whole words, so glass-ml100k-cpu + glass-ml100k-cr gives "cr" (a character-wise prefix would eat the "c").
+    """
+    base, abl = recipe_stem.split("-"), ablation_stem.split("-")
+    n = 0
+    while n < min(len(base), len(abl) - 1) and base[n] == abl[n]:
+        n += 1
+    return "-".join(abl[n:])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", required=True)
@@ -79,8 +90,7 @@ def main() -> None:
     args = ap.parse_args()
     stem = Path(args.recipe).stem
     for abl in args.ablation:  # glass-ml100k-cpu + glass-ml100k-tiger -> glass-ml100k-cpu+tiger
-        common_prefix = os.path.commonprefix([Path(args.recipe).stem + "-", Path(abl).stem])
-        stem += "+" + Path(abl).stem[len(common_prefix):]
+        stem += "+" + ablation_suffix(Path(args.recipe).stem, Path(abl).stem)
     name = args.name or f"{stem}__{Path(args.data).name}"
     per_seed, train_secs = [], []
     for seed in args.seeds:

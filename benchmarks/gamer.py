@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", required=True, help="prepared multi-behavior dataset folder")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--runs", default="runs/bench", help="where the run folders go")
-    ap.add_argument("--name", help="results file and run folder name (default: gamer-<data>-<recipe>[-<ablation>])")
+    ap.add_argument("--name", help="base name of the results file and run folders (default: "
+                    "gamer-<data>-<recipe>[-<ablation>]; another candidate mode appends -cand-<mode>)")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--results", help="write the record into this folder instead of benchmarks/results")
     args = ap.parse_args(argv)
@@ -101,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     first = config_from_dict(apply_overrides(raw, args.set), args.recipe)
     mode = first.multibehavior.candidates
     folder = name  # run folders are shared across candidate modes when the trained weights do not depend on them
-    if mode != DEFAULT_CANDIDATES:
-        name = args.name or f"{name}-cand-{mode}"
+    if mode != DEFAULT_CANDIDATES:  # --name is the base name: a record of another mode never overwrites it
+        name = f"{name}-cand-{mode}"
         folder = name if selection_uses_candidates(first) else folder
     for seed in seeds:
         over = [*args.set, f"data.path={args.data}", f"train.seed={seed}", "train.progress=false"]

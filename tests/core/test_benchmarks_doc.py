@@ -20,3 +20,23 @@ def test_every_result_records_its_provenance():
         for key in ("dataset", "model", "protocol", "metrics", "command", "date", "commit"):
             assert key in rec, f"{p.name} lacks '{key}'"
         assert rec["command"].startswith("python benchmarks/"), p.name
+
+
+def test_accuracy_ablation_names_drop_whole_shared_words():
+    """benchmarks/accuracy.py names a run recipe+ablation; the shared prefix is cut at dashes, never mid-word."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[2] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_accuracy", bench / "accuracy.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(bench))
+    assert mod.ablation_suffix("glass-ml100k-cpu", "glass-ml100k-cr") == "cr"
+    assert mod.ablation_suffix("glass-ml100k-cpu", "glass-ml100k-tiger-long") == "tiger-long"
+    assert mod.ablation_suffix("glass-taobao", "glass-ml100k-cpu") == "ml100k-cpu"
+    assert mod.ablation_suffix("glass-ml100k", "glass-ml100k") == "ml100k"  # never an empty suffix

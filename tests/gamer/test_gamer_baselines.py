@@ -227,6 +227,16 @@ def test_benchmark_script_runs_seeds_resumes_and_reports(tmp_path, capsys):
     assert (tmp_path / "runs" / "gamer-data-gamer-toy-seed1" / "results-all.json").exists()
     assert ckpt.stat().st_mtime_ns == before
     assert (tmp_path / "runs" / "gamer-data-gamer-toy-seed1" / "results.json").stat().st_mtime_ns == stamp
+    # --name is a base name: under another mode it gets the suffix and re-tests the named run's folders
+    named = ["--recipe", str(tmp_path / "gamer-toy.yaml"), "--seeds", "1", "--name", "toy-named", *common]
+    assert bench.main(named) == 0
+    assert bench.main([*named, "--set", "multibehavior.candidates=all"]) == 0
+    assert json.loads((tmp_path / "res" / "toy-named.json").read_text())["protocol"]["candidate_mode"] == (
+        "behavior_history")
+    assert (tmp_path / "res" / "toy-named-cand-all.json").exists()
+    assert sorted(p.name for p in (tmp_path / "runs").glob("toy-named*")) == ["toy-named-seed1"]
+    for f in (tmp_path / "res").glob("toy-named*"):
+        f.unlink()  # keep the report-table count below about the variants above
     # an ablation's own keys over the recipe, and the deterministic heuristic (one evaluation)
     assert bench.main(["--recipe", str(tmp_path / "gamer-toy.yaml"), "--ablation",
                        str(tmp_path / "gamer-taobao-nocross.yaml"), "--seeds", "3", *common]) == 0
