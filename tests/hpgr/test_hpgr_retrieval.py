@@ -32,14 +32,6 @@ TINY_PRETRAIN = {"sem": {"d_model": D, "num_heads": 2, "intra_layers": 1, "inter
                  "probe_rows": 8, "device": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _retriever_cfg(model: str = "hstu", stages: list[str] | None = None, **train):
     raw = tiny_cfg(model, train={"device": "cpu", "epochs": 1, **train})
     raw["model"]["d_model"] = D

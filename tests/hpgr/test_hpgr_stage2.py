@@ -20,14 +20,6 @@ from genrec.train.pretrain import PretrainConfig, load_pretrained, pretrain_sess
 V = 40  # catalogue size of every test here
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _batch(B=5, N=24, seed=0, full=False) -> SeqBatch:
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(0, N + 1, (B,), generator=g)

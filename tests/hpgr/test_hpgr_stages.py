@@ -24,14 +24,6 @@ TINY_PRETRAIN = {"sem": {"d_model": 16, "num_heads": 2, "intra_layers": 1, "inte
                  "max_len": 20, "epochs": 1, "max_steps": 2, "batch_size": 16, "probe_rows": 8, "device": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _dataset(seed: int = 0, relabel_from: int | None = None) -> Dataset:
     """A ratings log; with ``relabel_from``, every event at or after that time gets another item and rating."""
     rng = np.random.default_rng(seed)
