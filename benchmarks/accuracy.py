@@ -118,7 +118,7 @@ def main() -> None:
         other_key = "metrics_other_exclusion" if "metrics_other_exclusion" in res else "metrics_other_decoding"
         per_seed.append({"seed": seed, "metrics": res["metrics"], "best_epoch": res["protocol"]["best_epoch"],
                          other_key: res.get(other_key),
-                         "train_seconds": res["train"].get("train_seconds"),
+                         "train_seconds": res["train"].get("train_seconds"), "device": res.get("device"),
                          "finished": res["train"].get("finished"), "epochs_run": res["train"].get("epoch")})
         if staged:
             per_seed[-1]["pretrain_seconds"] = json.loads((pre_dir / "pretrain.json").read_text()).get("seconds")

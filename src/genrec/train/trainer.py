@@ -30,7 +30,13 @@ from genrec.models.base import RETRIEVER, Retriever
 from genrec.models.registry import build_model
 from genrec.objectives import build_objective
 from genrec.train import distributed as dist_utils
-from genrec.train.base import BEST_DIR, CONFIG_FILE, git_commit, resolve_device  # noqa: F401 (re-exported)
+from genrec.train.base import (  # noqa: F401 (re-exported)
+    BEST_DIR,
+    CONFIG_FILE,
+    git_commit,
+    non_finite_loss,
+    resolve_device,
+)
 from genrec.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -194,7 +200,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{step_loss:.4f}")
                 self.logger.log(st["global_step"], train_loss=step_loss, epoch=epoch)
                 if not math.isfinite(step_loss):
-                    raise FloatingPointError(f"training loss is {step_loss} at step {st['global_step']}; lower train.lr")
+                    raise non_finite_loss(step_loss, st["global_step"], self.device, tc.bf16)
                 if tc.checkpoint_every and st["global_step"] % tc.checkpoint_every == 0:
                     self._save(f"step-{st['global_step']:09d}")
                 if tc.max_steps and st["global_step"] >= tc.max_steps:
