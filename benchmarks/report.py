@@ -105,18 +105,25 @@ def pgsa_table(recs: list[dict]) -> str:
 
 
 def sid_health_table(recs: list[dict]) -> str:
-    rows = [r for r in recs if r.get("sid_health") and "metrics_mean" in r]
+    """One block per distinct SID table: GLASS's variants share one table per dataset, listed once."""
+    tables: dict[tuple, list[dict]] = {}
+    for r in recs:
+        if r.get("sid_health") and "metrics_mean" in r:
+            key = (r["dataset"], r["model"], json.dumps(r["sid_health"], sort_keys=True))
+            tables.setdefault(key, []).append(r)
     lines = ["| dataset | model | SID level | codebook | usage | entropy bits | prefixes | max items/prefix | record |",
              "|" + " --- |" * 9]
-    for r in rows:
-        h = r["sid_health"]
+    for (ds, model, _), group in tables.items():
+        h = group[0]["sid_health"]
+        more = f" (+{len(group) - 1} more with this table)" if len(group) > 1 else ""
+        ref = f"`{group[0]['_file']}`{more}"
         for lv in h["levels"]:
-            lines.append(f"| {r['dataset']} | {r['model']} | {lv['level'] + 1} | {lv['codebook_size']} | "
+            lines.append(f"| {ds} | {model} | {lv['level'] + 1} | {lv['codebook_size']} | "
                          f"{lv['usage']:.1%} | {lv['entropy_bits']:.2f} | {lv['num_prefixes']} | "
-                         f"{lv['max_items_per_prefix']} | `{r['_file']}` |")
-        lines.append(f"| {r['dataset']} | {r['model']} | collisions before the extra level | | "
-                     f"{h['collision_rate']:.1%} | | | | `{r['_file']}` |")
-    return "\n".join(lines) if rows else "(no results yet)"
+                         f"{lv['max_items_per_prefix']} | {ref} |")
+        lines.append(f"| {ds} | {model} | collisions before the extra level | | "
+                     f"{h['collision_rate']:.1%} | | | | {ref} |")
+    return "\n".join(lines) if tables else "(no results yet)"
 
 
 def beam_table(recs: list[dict], trained: bool) -> str:
@@ -226,8 +233,8 @@ def glass_table(recs: list[dict]) -> str:
     datasets = {r["dataset"] for r in rows}  # + the popularity floor on the generators' protocol (history kept)
     rows += [r for r in recs if r.get("model") == "popularity" and r["dataset"] in datasets
              and r["protocol"].get("exclude_history") is False]
-    lines = ["| dataset | recipe | ablation | overrides | seeds | " + " | ".join(cols) + " | train s/seed | record |",
-             "|" + " --- |" * (len(cols) + 7)]
+    lines = ["| dataset | recipe | ablation | overrides | seeds | " + " | ".join(cols)
+             + " | train s/seed | trained on | record |", "|" + " --- |" * (len(cols) + 8)]
     for r in sorted(rows, key=lambda r: (r["dataset"], r["model"] == "glass", r["recipe"], r.get("ablation") or "")):
         m, s = r["metrics_mean"], r["metrics_std"]
         secs = r.get("train_seconds_per_seed") or [0.0]
@@ -236,8 +243,19 @@ def glass_table(recs: list[dict]) -> str:
         sets = ", ".join(f"`{o}`" for o in r.get("overrides") or []) or "-"
         lines.append(f"| {r['dataset']} | {recipe} | {abl} | {sets} | {len(r['seeds'])} | "
                      + " | ".join(fmt(m[c], s[c]) for c in cols)
-                     + f" | {sum(secs) / len(secs):.0f} | `{r['_file']}` |")
+                     + f" | {sum(secs) / len(secs):.0f} | {trained_on(r)} | `{r['_file']}` |")
     return "\n".join(lines)
+
+
+def trained_on(rec: dict) -> str:
+    """Where a record's seeds trained: seconds from a GPU and from the CPU are not comparable.
+
+    Seeds without a ``device`` predate that field and ran on the machine that wrote the record.
+    """
+    here = rec.get("machine", {}).get("gpu") or "cpu"
+    devs = [s.get("device") or here for s in rec.get("per_seed") or [{}]]
+    short = [d.replace("NVIDIA ", "").split(" ")[0] if d != "cpu" else d for d in devs]
+    return ", ".join(f"{d} x{short.count(d)}" if len(set(short)) > 1 else d for d in dict.fromkeys(short))
 
 
 def tables() -> dict[str, str]:

@@ -40,3 +40,21 @@ def test_accuracy_ablation_names_drop_whole_shared_words():
     assert mod.ablation_suffix("glass-ml100k-cpu", "glass-ml100k-tiger-long") == "tiger-long"
     assert mod.ablation_suffix("glass-taobao", "glass-ml100k-cpu") == "ml100k-cpu"
     assert mod.ablation_suffix("glass-ml100k", "glass-ml100k") == "ml100k"  # never an empty suffix
+
+
+def test_report_says_where_each_records_seeds_trained():
+    """GPU and CPU train seconds sit in one table; the 'trained on' column keeps them from being compared."""
+    import importlib.util
+
+    bench = Path(__file__).resolve().parents[2] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_report", bench / "report.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(bench))
+    gpu = "NVIDIA H100 80GB HBM3"
+    assert mod.trained_on({"machine": {}, "per_seed": [{"device": gpu}] * 3}) == "H100"
+    assert mod.trained_on({"machine": {}, "per_seed": [{}, {"device": gpu}, {"device": gpu}]}) == "cpu x1, H100 x2"
+    assert mod.trained_on({"machine": {"gpu": gpu}, "per_seed": [{}]}) == "H100"  # older record written on a GPU
