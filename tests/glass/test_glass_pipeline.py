@@ -77,6 +77,24 @@ def test_train_evaluate_recommend_glass(recipe, capsys):
     assert main(["recommend", str(run), "--user", "1", "-k", "3", "--json", "--include-history"]) == 0
     recs = json.loads(capsys.readouterr().out)
     assert len(recs) == 3 and len({r["item"] for r in recs}) == 3
+    assert res["device"] == "cpu"  # where it trained, so GPU and CPU timings are never compared unawares
+
+
+def test_reopened_run_records_its_gate_values(recipe):
+    """benchmarks/glass_gate.py reads the gate through open_generator_run; it must decode as evaluation does."""
+    from genrec.train.generator import open_generator_run
+
+    root, path = recipe
+    run = root / "run"
+    if not (run / "results" / "test.json").exists():
+        assert main(["train", str(path), "--out", str(run)]) == 0
+    trainer = open_generator_run(run)
+    trainer.model.gate_log = []
+    res = trainer.evaluate("test")
+    want = json.loads((run / "results" / "test.json").read_text())
+    assert res["metrics"]["ndcg@5"] == pytest.approx(want["metrics"]["ndcg@5"])
+    g = torch.cat([x.flatten() for x in trainer.model.gate_log])
+    assert g.numel() > 0 and bool(((g > 0) & (g < 1)).all())
 
 
 def test_codebook_resizing_needs_rqkmeans_and_sizes_its_first_level():

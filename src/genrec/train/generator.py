@@ -206,8 +206,8 @@ class GeneratorTrainer(TrainerBase):
         }
 
 
-def evaluate_generator_run(run_dir: str | Path, which: str = "test", constrained: bool = True) -> dict[str, Any]:
-    """Re-evaluate a finished generator run folder (its best weights and its own SID table)."""
+def open_generator_run(run_dir: str | Path) -> GeneratorTrainer:
+    """A finished generator run folder as a trainer holding its best weights, its own SID table and dataset."""
     from genrec.config import config_from_dict
     from genrec.data.schema import load_dataset
     from genrec.sid.build import load_sid_table
@@ -221,7 +221,11 @@ def evaluate_generator_run(run_dir: str | Path, which: str = "test", constrained
         from genrec.data.loading import load_data
 
         dataset = load_data(cfg.data)
-    sids = load_sid_table(root / "sid")
-    trainer = GeneratorTrainer(cfg, root, dataset, sids, resume=True)
+    trainer = GeneratorTrainer(cfg, root, dataset, load_sid_table(root / "sid"), resume=True)
     trainer.load_best()
-    return trainer.evaluate(which, constrained=constrained)
+    return trainer
+
+
+def evaluate_generator_run(run_dir: str | Path, which: str = "test", constrained: bool = True) -> dict[str, Any]:
+    """Re-evaluate a finished generator run folder (its best weights and its own SID table)."""
+    return open_generator_run(run_dir).evaluate(which, constrained=constrained)
