@@ -69,3 +69,19 @@ def tiny_cfg(model: str = "sasrec", **sections) -> dict:
     for k, v in sections.items():
         raw.setdefault(k, {}).update(v)
     return raw
+
+
+def load_benchmark(stem: str):
+    """Import ``benchmarks/<stem>.py`` as a module (the scripts are not a package; they import ``common``)."""
+    import importlib.util
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{stem}", bench / f"{stem}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(bench))
+    return mod

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -24,18 +26,7 @@ def test_every_result_records_its_provenance():
 
 def test_accuracy_ablation_names_drop_whole_shared_words():
     """benchmarks/accuracy.py names a run recipe+ablation; the shared prefix is cut at dashes, never mid-word."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    bench = Path(__file__).resolve().parents[2] / "benchmarks"
-    sys.path.insert(0, str(bench))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_accuracy", bench / "accuracy.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(bench))
+    mod = load_benchmark("accuracy")
     assert mod.ablation_suffix("glass-ml100k-cpu", "glass-ml100k-cr") == "cr"
     assert mod.ablation_suffix("glass-ml100k-cpu", "glass-ml100k-tiger-long") == "tiger-long"
     assert mod.ablation_suffix("glass-taobao", "glass-ml100k-cpu") == "ml100k-cpu"
@@ -44,16 +35,7 @@ def test_accuracy_ablation_names_drop_whole_shared_words():
 
 def test_report_says_where_each_records_seeds_trained():
     """GPU and CPU train seconds sit in one table; the 'trained on' column keeps them from being compared."""
-    import importlib.util
-
-    bench = Path(__file__).resolve().parents[2] / "benchmarks"
-    sys.path.insert(0, str(bench))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_report", bench / "report.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(bench))
+    mod = load_benchmark("report")
     gpu = "NVIDIA H100 80GB HBM3"
     assert mod.trained_on({"machine": {}, "per_seed": [{"device": gpu}] * 3}) == "H100"
     assert mod.trained_on({"machine": {}, "per_seed": [{}, {"device": gpu}, {"device": gpu}]}) == "cpu x1, H100 x2"

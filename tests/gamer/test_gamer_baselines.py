@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from genrec.eval.multibehavior import evaluate_behaviors
 from genrec.eval.multibehavior_baselines import RecencyBaseline, RetrieverAdapter, TigerAdapter
 from genrec.models.registry import build_model
 from genrec.train.multibehavior_baselines import BaselineTrainer, evaluate_recency, run_variant
+from tests.conftest import load_benchmark
 from tests.gamer.conftest import NUM_ITEMS, TINY, cycle_events, make_dataset, toy_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,13 +26,6 @@ BASE = {"data": {"max_len": 10}, "eval": {"ks": [1, 5], "batch_size": 64}, "gene
         "multibehavior": {"session_gap": 1800, "early_stop": "merged/ndcg@5"}}
 TIGER_TINY = {"name": "tiger", "d_model": 32, "num_encoder_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
               "head_dim": 8, "d_ff": 64, "dropout": 0.0, "num_user_buckets": 0, "codebook_size": 4, "sid_length": 3}
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _train(**train):
@@ -187,8 +180,8 @@ def test_plain_decoder_switches_remove_every_gamer_addition():
 def test_benchmark_script_runs_seeds_resumes_and_reports(tmp_path, capsys):
     from genrec.data.schema import write_dataset
 
-    bench = _load("bench_gamer", ROOT / "benchmarks" / "gamer.py")
-    report = _load("bench_report", ROOT / "benchmarks" / "report.py")
+    bench = load_benchmark("gamer")
+    report = load_benchmark("report")
     ds = make_dataset(cycle_events(num_users=8, seed=5))
     write_dataset(tmp_path / "data", ds.interactions, ds.items, ds.manifest)
     toy_table().save(tmp_path / "sids.json")

@@ -1,30 +1,14 @@
 """benchmarks/glass_gate.py: the summary that tells a mixing gate from a saturated switch."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from genrec.errors import GenrecError
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _module():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_glass_gate", BENCH / "glass_gate.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(BENCH))
-    return mod
+from tests.conftest import load_benchmark
 
 
 def test_gate_summary_separates_switching_from_mixing():
-    mod = _module()
+    mod = load_benchmark("glass_gate")
     switch = mod.gate_summary(torch.tensor([0.001, 0.999] * 500))
     assert switch["saturated"] == 1.0 and switch["mean"] == pytest.approx(0.5)
     assert switch["p10"] < 0.01 and switch["p90"] > 0.99

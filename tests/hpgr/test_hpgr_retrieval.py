@@ -3,9 +3,7 @@ and HSTU's top-K re-ranked by the hpgr ranker, on the tiny sequential toy datase
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ from genrec.train.pretrain import ITEM_KEY, ITEM_TABLE_FILE, parse_pretrain_conf
 from genrec.train.rerank import RerankTrainer, parse_rerank_config, rerank_run
 from genrec.train.run import train_run
 from genrec.train.stages import run_stages
-from tests.conftest import make_toy, tiny_cfg
+from tests.conftest import load_benchmark, make_toy, tiny_cfg
 
 D = 16
 TINY_PRETRAIN = {"sem": {"d_model": D, "num_heads": 2, "intra_layers": 1, "inter_layers": 1},
@@ -218,17 +216,6 @@ def test_rerank_settings_are_checked():
         parse_rerank_config({"model": {"name": "hstu"}})
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(path.parent))
-    return mod
-
-
 def test_beauty_recipe_and_benchmark_settings_fit_together():
     """The recipe's stage-1 width matches HSTU's table, and every re-rank variant is a valid hpgr re-ranker."""
     root = Path(__file__).resolve().parents[2]
@@ -236,11 +223,11 @@ def test_beauty_recipe_and_benchmark_settings_fit_together():
     base = load_config(root / "configs" / "hstu-beauty.yaml")
     assert cfg.stages == ["pretrain", "finetune"] and cfg.model == base.model and cfg.train == base.train
     assert cfg.pretrain["sem"]["d_model"] == cfg.model["d_model"] and cfg.pretrain["session_gap"] == 86400
-    bench = _load("bench_rerank", root / "benchmarks" / "rerank.py")
+    bench = load_benchmark("rerank")
     for variant in bench.VARIANTS.values():
         rc = parse_rerank_config(variant)
         assert rc.top_k == 200 and rc.model["d_model"] == cfg.pretrain["sem"]["d_model"]
-    report = _load("bench_report", root / "benchmarks" / "report.py")
+    report = load_benchmark("report")
     m = {k: 0.1 for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20", "ndcg@20")}
     rec = {"_file": "rerank-fused__toy.json", "dataset": "toy", "variant": "fused", "seeds": [1],
            "retriever_mean": m, "retriever_std": {}, "rerank_mean": {**m, "ndcg@10": 0.2}, "rerank_std": {},
