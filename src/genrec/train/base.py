@@ -20,7 +20,7 @@ import os
 import subprocess
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -278,6 +278,37 @@ class TrainerBase:
         if not math.isfinite(v):
             raise non_finite_loss(v, self.state["global_step"], self.device, self.cfg.train.bf16)
         return v
+
+    def run_epochs(self, epoch_batches: Callable[[int], Sequence[Any]],
+                   train_step: Callable[[Any], tuple[float, dict[str, Any]]],
+                   validate: Callable[[], tuple[dict[str, Any], float | None]] | None) -> dict[str, Any]:
+        """The resumable epoch loop of the step-checkpointing trainers, so resume and ``max_steps`` work alike.
+
+        ``epoch_batches(epoch)`` is that epoch's batch list (seeded by epoch, so a resumed run rebuilds the same
+        one and skips the ``step_in_epoch`` already done); ``train_step(batch)`` runs one optimiser step through
+        :meth:`update` and returns its loss and extra log fields (e.g. ``{"lr": lr}``).
+        """
+        tc, st = self.cfg.train, self.state
+        if st.get("finished"):
+            return self.summary()
+        stop = False
+        while st["epoch"] < tc.epochs and not stop:
+            epoch = st["epoch"]
+            batches = epoch_batches(epoch)
+            self.model.train()
+            loss_sum, loss_n, t_epoch = 0.0, 0, self.begin_epoch()
+            for bi in range(st["step_in_epoch"], len(batches)):
+                step_loss, extra = train_step(batches[bi])
+                loss_sum, loss_n = loss_sum + step_loss, loss_n + 1
+                if self.step_done(bi, train_loss=step_loss, **extra, epoch=epoch):
+                    stop = True
+                    break
+            self.end_steps(stop)
+            if stop:
+                break
+            stop = self.end_epoch(epoch, loss_sum, loss_n, t_epoch, validate)
+        self.close()
+        return self.summary()
 
     def begin_epoch(self) -> float:
         """Start timing an epoch (returned) and the stretch of training time since the last checkpoint."""

@@ -221,34 +221,21 @@ class GamerTrainer(TrainerBase):
         return total / max(count, 1)
 
     def fit(self) -> dict[str, Any]:
-        tc, st = self.cfg.train, self.state
-        if st.get("finished"):
-            return self.summary()
-        self.model.train()
-        stop = False
-        bs = tc.batch_size
-        while st["epoch"] < tc.epochs and not stop:
-            epoch = st["epoch"]
+        tc = self.cfg.train
+
+        def epoch_batches(epoch: int) -> list[np.ndarray]:
             order = np.random.default_rng([tc.seed, epoch]).permutation(len(self.train_seqs))
-            batches = [order[i:i + bs] for i in range(0, len(order), bs)]
-            loss_sum, loss_n, t_epoch = 0.0, 0, self.begin_epoch()
-            for bi in range(st["step_in_epoch"], len(batches)):
-                tok = self.train_batch(batches[bi])
-                lr = cosine_lr(st["global_step"], self.total_steps, tc.lr, self.opts.warmup_ratio)
-                self.set_lr(lr)
-                with self.autocast():
-                    lsum, n = self.model.loss(tok)
-                step_loss = self.update(lsum / n.clamp(min=1))
-                loss_sum, loss_n = loss_sum + step_loss, loss_n + 1
-                if self.step_done(bi, train_loss=step_loss, lr=lr, epoch=epoch):
-                    stop = True
-                    break
-            self.end_steps(stop)
-            if stop:
-                break
-            stop = self.end_epoch(epoch, loss_sum, loss_n, t_epoch, self._validate)
-        self.close()
-        return self.summary()
+            return [order[i:i + tc.batch_size] for i in range(0, len(order), tc.batch_size)]
+
+        def train_step(rows: np.ndarray) -> tuple[float, dict[str, Any]]:
+            tok = self.train_batch(rows)
+            lr = cosine_lr(self.state["global_step"], self.total_steps, tc.lr, self.opts.warmup_ratio)
+            self.set_lr(lr)
+            with self.autocast():
+                lsum, n = self.model.loss(tok)
+            return self.update(lsum / n.clamp(min=1)), {"lr": lr}
+
+        return self.run_epochs(epoch_batches, train_step, self._validate)
 
     def _validate(self) -> tuple[dict[str, Any], float]:
         """What validation measured (to log) and the early-stopping value (``multibehavior.early_stop``)."""

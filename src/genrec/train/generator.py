@@ -134,37 +134,23 @@ class GeneratorTrainer(TrainerBase):
         return {k: v for k, v in m_valid.items() if k != "num_queries"}, metric
 
     def fit(self) -> dict[str, Any]:
-        tc, st = self.cfg.train, self.state
-        if st.get("finished"):
-            return self.summary()
-        self.model.train()
-        stop = False
-        m = self.model.cfg.sid_length
-        while st["epoch"] < tc.epochs and not stop:
-            epoch = st["epoch"]
+        tc, m = self.cfg.train, self.model.cfg.sid_length
+
+        def epoch_batches(epoch: int) -> list[np.ndarray]:
             # Length bucketing: the encoder reads 1 + m * min(j, max_len) tokens, so batching prefixes of similar
             # length removes most padding (same loss, several times fewer FLOPs on short-history datasets).
             lengths = np.minimum(self.examples.ends, self.cfg.data.max_len)
-            batches = batch_order(lengths, tc.batch_size, np.random.default_rng([tc.seed, epoch]), tc.length_bucketing)
-            loss_sum, loss_n, t_epoch = 0.0, 0, self.begin_epoch()
-            for bi in range(st["step_in_epoch"], len(batches)):
-                inputs, target = self.batch(batches[bi])
-                lr = lr_at(st["global_step"], tc.lr, self.opts.warmup_steps, self.opts.linear_warmup_steps)
-                self.set_lr(lr)
-                with self.autocast():
-                    lsum = self.model.loss(*inputs, target)
-                step_loss = self.update(lsum / (target.shape[0] * m))
-                loss_sum, loss_n = loss_sum + step_loss, loss_n + 1
-                if self.step_done(bi, train_loss=step_loss, lr=lr, epoch=epoch):
-                    stop = True
-                    break
-            self.end_steps(stop)
-            if stop:
-                break
-            stop = self.end_epoch(epoch, loss_sum, loss_n, t_epoch,
-                                  self._validate if len(self.valid_samples) else None)
-        self.close()
-        return self.summary()
+            return batch_order(lengths, tc.batch_size, np.random.default_rng([tc.seed, epoch]), tc.length_bucketing)
+
+        def train_step(rows: np.ndarray) -> tuple[float, dict[str, Any]]:
+            inputs, target = self.batch(rows)
+            lr = lr_at(self.state["global_step"], tc.lr, self.opts.warmup_steps, self.opts.linear_warmup_steps)
+            self.set_lr(lr)
+            with self.autocast():
+                lsum = self.model.loss(*inputs, target)
+            return self.update(lsum / (target.shape[0] * m)), {"lr": lr}
+
+        return self.run_epochs(epoch_batches, train_step, self._validate if len(self.valid_samples) else None)
 
     # -- evaluation -----------------------------------------------------------------------------------
     def _evaluate_samples(self, samples: EvalSamples, constrained: bool | None = None) -> GenerationEval:

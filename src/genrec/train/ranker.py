@@ -179,33 +179,20 @@ class RankerTrainer(TrainerBase):
 
     # -- training ---------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        tc, st = self.cfg.train, self.state
-        if st.get("finished"):
-            return self.summary()
+        tc = self.cfg.train
         train_idx = self.data.part("train")
         lengths = np.minimum(self.data.imps.history_lengths[train_idx], self.cfg.data.max_len)
-        stop = False
-        while st["epoch"] < tc.epochs and not stop:
-            epoch = st["epoch"]
-            batches = batch_order(lengths, tc.batch_size, np.random.default_rng([tc.seed, epoch]),
-                                  tc.length_bucketing)
-            self.model.train()
-            loss_sum, loss_n, t_epoch = 0.0, 0, self.begin_epoch()
-            for bi in range(st["step_in_epoch"], len(batches)):
-                batch, cands, labels, kw = self.batch(train_idx[batches[bi]])
-                with self.autocast():
-                    loss = self.model.loss(batch, cands, labels, **kw)
-                step_loss = self.update(loss)
-                loss_sum, loss_n = loss_sum + step_loss, loss_n + 1
-                if self.step_done(bi, train_loss=step_loss, epoch=epoch):
-                    stop = True
-                    break
-            self.end_steps(stop)
-            if stop:
-                break
-            stop = self.end_epoch(epoch, loss_sum, loss_n, t_epoch, self._validate)
-        self.close()
-        return self.summary()
+
+        def epoch_batches(epoch: int) -> list[np.ndarray]:
+            return batch_order(lengths, tc.batch_size, np.random.default_rng([tc.seed, epoch]), tc.length_bucketing)
+
+        def train_step(rows: np.ndarray) -> tuple[float, dict[str, Any]]:
+            batch, cands, labels, kw = self.batch(train_idx[rows])
+            with self.autocast():
+                loss = self.model.loss(batch, cands, labels, **kw)
+            return self.update(loss), {}
+
+        return self.run_epochs(epoch_batches, train_step, self._validate)
 
     def _validate(self) -> tuple[dict[str, Any], float]:
         m = self.metrics("valid")
