@@ -6,9 +6,10 @@ kept under ``best/``, early stopping with patience, a training summary and devic
 ``TrainerBase`` holds them so a trainer only writes its batches, its loss and its validation metric.
 
 Use: in ``__init__`` call ``super().__init__(cfg, run_dir, dataset, default_metric=...)`` first,
-build ``self.model`` and ``self.optimizer``, then ``self.open_run(resume)``. In the loop call
-``self._save(name)`` for checkpoints and ``self.observe(value, epoch)`` after each validation;
-``self.should_stop`` says when patience is spent. Subclasses extend ``run_record()`` and
+build ``self.model`` and ``self.optimizer``, then ``self.open_run(resume)``. ``fit()`` is then
+``self.run_epochs(epoch_batches, train_step, validate)``: the shared loop checkpoints, resumes mid-epoch,
+validates and stops early. A trainer with its own loop calls ``self._save(name)`` for checkpoints and
+``self.observe(value, epoch)`` after each validation; ``self.should_stop`` says when patience is spent. Subclasses extend ``run_record()`` and
 ``compat_keys`` (e.g. a SID-table fingerprint) to guard what else must not change across a resume.
 """
 
