@@ -13,6 +13,7 @@ from genrec.errors import CheckpointError, ConfigError
 from genrec.models.hpgr import HPGRRanker, SessionEncoder, fit_table, pgsa_layer, window_sessions
 from genrec.models.hstu_ranker import HSTURanker
 from genrec.models.registry import MODELS, build_model
+from genrec.nn.hstu_block import DenseAttention
 from genrec.nn.sparse import pgsa_mask
 from genrec.objectives.mim import MIMConfig
 from genrec.train.pretrain import PretrainConfig, load_pretrained, pretrain_sessions
@@ -124,7 +125,7 @@ def test_pgsa_layer_equals_the_ranker_layer_under_the_pgsa_mask():
     x = torch.randn(5, 25, 16)
     w = model.column_weights(batch, torch.randint(1, V + 1, (5,)))
     for rows in ("all", "candidate"):
-        want = layer(x, pgsa_mask(w, batch.lengths, rows), 24)
+        want = layer(x, DenseAttention(pgsa_mask(w, batch.lengths, rows), 24))
         for impl in ("gather", "dense"):
             got = pgsa_layer(layer, x, w, batch.lengths, 24, rows, impl)
             real = torch.cat([torch.arange(24)[None] < batch.lengths[:, None], torch.ones(5, 1, dtype=torch.bool)], 1)

@@ -21,10 +21,10 @@ from genrec.models.mtgr import (
     GROUP_S,
     GROUP_U,
     MTGR,
-    GroupLayerNorm,
     mtgr_mask,
 )
 from genrec.models.registry import build_model
+from genrec.nn.hstu_block import GroupLayerNorm
 
 U, S, R, C = GROUP_U, GROUP_S, GROUP_R, GROUP_C
 

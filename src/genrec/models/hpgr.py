@@ -9,7 +9,6 @@ names are re-exported here.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -29,10 +28,10 @@ from genrec.models.hpgr_sem import (  # noqa: F401  (re-exported)
     intra_session_mask,
     session_layout,
 )
-from genrec.models.hstu_ranker import ColumnMask, HSTURanker, HSTURankerLayer, target_aware_mask
+from genrec.models.hstu_ranker import ColumnMask, HSTURanker
 from genrec.models.registry import register
-from genrec.nn.attention import hstu_pointwise_attention
-from genrec.nn.sparse import IMPLS, ROWS, WINDOWS, kept_columns, pgsa_attention, pgsa_relevance, pgsa_weights
+from genrec.nn.hstu_block import DenseAttention, HSTUBlock
+from genrec.nn.sparse import IMPLS, ROWS, WINDOWS, PGSAAttention, kept_columns, pgsa_relevance, pgsa_weights
 
 
 def window_sessions(timestamps: torch.Tensor, lengths: torch.Tensor, gap: int | None,
@@ -73,32 +72,13 @@ def fit_table(table: torch.Tensor, d: int) -> torch.Tensor:
     return (table.double() @ vh[:d].T).to(table.dtype)
 
 
-def pgsa_layer(layer: HSTURankerLayer, x: torch.Tensor, weights: torch.Tensor, lengths: torch.Tensor,
+def pgsa_layer(layer: HSTUBlock, x: torch.Tensor, weights: torch.Tensor, lengths: torch.Tensor,
                norm_len: int, rows: str = "all", impl: str = "gather") -> torch.Tensor:
-    """One HSTU ranker layer (its own weights) with PGSA attention instead of the dense masked one.
+    """One ranker layer with PGSA instead of its dense masked attention: x (B, N+1, D) -> (B, N+1, D).
 
-    x: (B, N+1, D), history in slots 0..N-1 and one candidate in slot N; weights: (B, N) PGSA column
-    weights. The projections and the ``[u, o, u*Norm(o)]`` output are ``HSTURankerLayer.forward``'s;
-    only the attention changes, so with every column kept the two agree. Returns (B, N+1, D).
+    x: history in slots 0..N-1 and one candidate in slot N; weights: (B, N) PGSA column weights.
     """
-    B, L, _ = x.shape
-    N = L - 1
-    h, dqk, dv = layer.h, layer.dqk, layer.dv
-    u, v, q, k = torch.split(layer.uvqk(layer.in_norm(x)), [h * dv, h * dv, h * dqk, h * dqk], dim=-1)
-    u = F.silu(u)  # (B, L, h*dv)
-    q = q.view(B, L, h, dqk).transpose(1, 2) / math.sqrt(dqk)  # (B, h, L, dqk); the ranker's 1/sqrt(d_qk)
-    k = k.view(B, L, h, dqk).transpose(1, 2)
-    v = v.view(B, L, h, dv).transpose(1, 2)  # (B, h, L, dv)
-    if rows == "all":
-        o = pgsa_attention(q, k, v, weights, lengths, norm_len, rows="all", impl=impl)  # (B, L, h*dv)
-    else:  # plain causal history (cacheable), PGSA on the candidate row only
-        hist_mask = target_aware_mask(lengths, N, 1)[:, :N, :N]  # (B, N, N)
-        o_hist = hstu_pointwise_attention(q[:, :, :N], k[:, :, :N], v[:, :, :N], None, hist_mask, norm_len)
-        o_cand = pgsa_attention(q, k, v, weights, lengths, norm_len, rows="candidate", impl=impl)  # (B, 1, h*dv)
-        o = torch.cat([o_hist, o_cand], dim=1)  # (B, L, h*dv)
-    on = layer.o_norm(o.view(B, L, h, dv)) if layer.group_norm else layer.o_norm(o)
-    on = on.reshape(B, L, h * dv)
-    return x + layer.out(layer.dropout(torch.cat([u, o, u * on], dim=-1)))
+    return layer(x, PGSAAttention(weights, lengths, norm_len, rows, impl))
 
 
 def _per_candidate(batch: SeqBatch, candidates: torch.Tensor) -> tuple[SeqBatch, torch.Tensor]:
@@ -259,8 +239,9 @@ class HPGRRanker(HSTURanker):
             sem = sem.repeat_interleave(C, dim=0) if C > 1 else sem
         x, real = self.embed(flat, cand, sem)  # (B*C, N+1, D)
         if cfg.rows == "candidate":
+            attention = PGSAAttention(w, flat.lengths, self.max_len, "candidate", "gather")
             for layer in self.layers:
-                x = pgsa_layer(layer, x, w, flat.lengths, self.max_len, "candidate", "gather") * real[..., None]
+                x = layer(x, attention) * real[..., None]
             return x[:, N].reshape(B, C, -1)
         idx, colw = kept_columns(w)  # (B*C, K'+1), slot N (the candidate) last with weight 1
         xg = x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))  # (B*C, K'+1, D)
@@ -268,6 +249,7 @@ class HPGRRanker(HSTURanker):
         keep[:, -1] = real[:, N]
         causal = idx[:, None, :] <= idx[:, :, None]  # by original slot
         mask = (causal & keep[:, :, None] & keep[:, None, :]).to(x.dtype) * colw[:, None, :]  # (B*C, K'+1, K'+1)
+        attention = DenseAttention(mask, self.max_len)
         for layer in self.layers:
-            xg = layer(xg, mask, self.max_len) * keep[..., None]
+            xg = layer(xg, attention) * keep[..., None]
         return xg[:, -1].reshape(B, C, -1)

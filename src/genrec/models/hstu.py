@@ -12,15 +12,15 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from genrec.data.sequences import SeqBatch
 from genrec.errors import CheckpointError, ConfigError
 from genrec.models.base import Retriever, l2norm
 from genrec.models.registry import register
-from genrec.nn.attention import causal_valid_mask, hstu_pointwise_attention
-from genrec.nn.position import RelativeBucketedTimeAndPositionBias, log_time_bucket, next_event_times
+from genrec.nn.attention import causal_valid_mask
+from genrec.nn.hstu_block import DenseAttention, HSTUBlock
+from genrec.nn.position import next_event_times
 
 
 def copy_pretrained_table(emb: nn.Embedding, path: str, num_items: int, model: str) -> None:
@@ -49,59 +49,6 @@ def copy_pretrained_table(emb: nn.Embedding, path: str, num_items: int, model: s
     with torch.no_grad():
         emb.weight.copy_(table)
         emb.weight[0].zero_()  # padding row
-
-
-class HSTULayer(nn.Module):
-    """One Hierarchical Sequential Transduction Unit (research-code variant, no FFN)."""
-
-    def __init__(self, d: int, heads: int, dqk: int, dv: int, dropout: float, max_len: int,
-                 use_time_bias: bool = True, use_pos_bias: bool = True) -> None:
-        super().__init__()
-        self.h, self.dqk, self.dv = heads, dqk, dv
-        self.uvqk = nn.Parameter(torch.empty(d, 2 * heads * dv + 2 * heads * dqk).normal_(0, 0.02))
-        self.out = nn.Linear(heads * dv, d)
-        nn.init.xavier_uniform_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-        self.dropout = nn.Dropout(dropout)
-        self.rab = RelativeBucketedTimeAndPositionBias(max_len) if (use_time_bias or use_pos_bias) else None
-        self.use_time_bias, self.use_pos_bias = use_time_bias, use_pos_bias
-        self.eps = 1e-6
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, timestamps: torch.Tensor,
-                query_times: torch.Tensor, norm_len: int, attn_mask_override: torch.Tensor | None = None
-                ) -> torch.Tensor:
-        B, L, _ = x.shape
-        h, dqk, dv = self.h, self.dqk, self.dv
-        xn = F.layer_norm(x, (x.shape[-1],), eps=self.eps)
-        uvqk = F.silu(xn @ self.uvqk)
-        u, v, q, k = torch.split(uvqk, [h * dv, h * dv, h * dqk, h * dqk], dim=-1)
-        q = q.view(B, L, h, dqk).transpose(1, 2)
-        k = k.view(B, L, h, dqk).transpose(1, 2)
-        v = v.view(B, L, h, dv).transpose(1, 2)
-        bias = None
-        if self.rab is not None:
-            if self.use_time_bias and self.use_pos_bias:
-                bias = self.rab(timestamps, query_times)  # (B, L, L)
-            else:
-                bias = self._partial_bias(timestamps, query_times)
-        o = hstu_pointwise_attention(q, k, v, bias, mask if attn_mask_override is None else attn_mask_override,
-                                     norm_len)  # (B, L, h*dv)
-        o = F.layer_norm(o, (o.shape[-1],), eps=self.eps)
-        return self.out(self.dropout(u * o)) + x
-
-    def _partial_bias(self, timestamps: torch.Tensor, query_times: torch.Tensor) -> torch.Tensor:
-        """Only the position or only the time part of rab (ablations)."""
-        L = timestamps.shape[1]
-        rab = self.rab
-        assert rab is not None
-        out = torch.zeros(timestamps.shape[0], L, L, device=timestamps.device, dtype=rab.pos_w.dtype)
-        if self.use_pos_bias:
-            ar = torch.arange(L, device=timestamps.device)
-            out = out + rab.pos_w[(rab.max_len - 1) + ar[None, :] - ar[:, None]][None]
-        if self.use_time_bias:
-            delta = query_times[:, :, None] - timestamps[:, None, :]
-            out = out + rab.ts_w[log_time_bucket(delta, rab.num_time_buckets)]
-        return out
 
 
 @register("hstu")
@@ -136,8 +83,9 @@ class HSTU(Retriever):
         self.pos_emb = nn.Embedding(max_len, d)
         nn.init.xavier_normal_(self.pos_emb.weight)  # as the reference code's reset_params ends up
         self.input_dropout = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList(
-            HSTULayer(d, cfg.num_heads, dqk, dv, cfg.linear_dropout, max_len, cfg.time_bias, cfg.position_bias)
+        self.layers = nn.ModuleList(  # the block's defaults are the research variant (no FFN, plain norms)
+            HSTUBlock(d, cfg.num_heads, dqk, dv, dropout=cfg.linear_dropout, max_len=max_len,
+                      time_bias=cfg.time_bias, position_bias=cfg.position_bias)
             for _ in range(cfg.num_layers)
         )
 
@@ -153,9 +101,10 @@ class HSTU(Retriever):
         x, valid = self.embed(batch)  # (B, L, D)
         L = x.shape[1]
         mask = causal_valid_mask(batch.lengths, L) if attn_mask is None else attn_mask  # (B, L, L)
+        attention = DenseAttention(mask, self.max_len)
         qt = next_event_times(batch.timestamps, batch.lengths, batch.query_time)
         for layer in self.layers:
-            x = layer(x, mask, batch.timestamps, qt, self.max_len)
+            x = layer(x, attention, timestamps=batch.timestamps, query_times=qt)
             x = x * valid[..., None]
         return l2norm(x)
 

@@ -20,7 +20,6 @@ instead of summed multi-hot action bits; no contextual prefix tokens and no loca
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,6 +30,8 @@ from torch import nn
 from genrec.data.sequences import SeqBatch
 from genrec.models.base import RANKER
 from genrec.models.registry import register
+from genrec.nn.attention import with_column_mask
+from genrec.nn.hstu_block import DenseAttention, HSTUBlock
 
 ColumnMask = torch.Tensor | Sequence[torch.Tensor | None] | None
 
@@ -62,40 +63,6 @@ def time_bucket(delta: torch.Tensor, num_buckets: int, fn: str = "sqrt") -> torc
     else:
         raise ValueError(f"time_bucket: fn must be 'sqrt' or 'log', got {fn!r}")
     return b.floor().clamp(0, num_buckets).to(torch.int64)
-
-
-class HSTURankerLayer(nn.Module):
-    """One production STU layer (affine norms, biased f1, concat_ux output)."""
-
-    def __init__(self, d: int, heads: int, dqk: int, dv: int, linear_dropout: float, attn_dropout: float,
-                 group_norm: bool) -> None:
-        super().__init__()
-        self.h, self.dqk, self.dv = heads, dqk, dv
-        self.in_norm = nn.LayerNorm(d, eps=1e-6)
-        self.uvqk = nn.Linear(d, 2 * heads * dv + 2 * heads * dqk)
-        self.group_norm = group_norm
-        self.o_norm = nn.LayerNorm(dv if group_norm else heads * dv, eps=1e-6)
-        self.out = nn.Linear(3 * heads * dv, d)
-        nn.init.xavier_uniform_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-        self.dropout = nn.Dropout(linear_dropout)
-        self.attn_dropout = nn.Dropout(attn_dropout)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, norm_len: int) -> torch.Tensor:
-        """x: (B, L, D); mask: (B, L, L) bool or float weights (multiplicative). Returns (B, L, D)."""
-        B, L, _ = x.shape
-        h, dqk, dv = self.h, self.dqk, self.dv
-        u, v, q, k = torch.split(self.uvqk(self.in_norm(x)), [h * dv, h * dv, h * dqk, h * dqk], dim=-1)
-        u = F.silu(u)  # (B, L, h*dv)
-        q = q.view(B, L, h, dqk).transpose(1, 2)  # (B, h, L, dqk)
-        k = k.view(B, L, h, dqk).transpose(1, 2)
-        v = v.view(B, L, h, dv).transpose(1, 2)  # (B, h, L, dv)
-        s = torch.einsum("bhid,bhjd->bhij", q, k) / math.sqrt(dqk)  # (B, h, L, L)
-        a = self.attn_dropout(F.silu(s) / norm_len) * mask[:, None].to(s.dtype)
-        o = torch.einsum("bhij,bhjd->bhid", a, v).transpose(1, 2)  # (B, L, h, dv)
-        on = self.o_norm(o) if self.group_norm else self.o_norm(o.reshape(B, L, h * dv))
-        o, on = o.reshape(B, L, h * dv), on.reshape(B, L, h * dv)
-        return x + self.out(self.dropout(torch.cat([u, o, u * on], dim=-1)))
 
 
 @register("hstu_ranker")
@@ -139,8 +106,10 @@ class HSTURanker(nn.Module):
         for emb in (self.pos_emb, self.time_emb, self.action_emb):
             nn.init.normal_(emb.weight, std=0.02)
         self.input_dropout = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList(
-            HSTURankerLayer(d, cfg.num_heads, dqk, dv, cfg.linear_dropout, cfg.attn_dropout, cfg.group_norm)
+        self.layers = nn.ModuleList(  # production STU: affine norms, biased f1, SiLU(u), concat_ux output
+            HSTUBlock(d, cfg.num_heads, dqk, dv, dropout=cfg.linear_dropout, attn_dropout=cfg.attn_dropout,
+                      norm="layer", head_norm=cfg.group_norm, proj_bias=True, silu_qkv=False, scaled=True,
+                      output="concat_ux")
             for _ in range(cfg.num_layers)
         )
         hidden = cfg.head_hidden or max(1, d // 2)
@@ -169,17 +138,6 @@ class HSTURanker(nn.Module):
         real = torch.cat([valid, candidates > 0], dim=1)  # (B, N+C)
         return self.input_dropout(x) * real[..., None], real
 
-    def _layer_mask(self, base: torch.Tensor, column_mask: torch.Tensor | None, N: int) -> torch.Tensor:
-        """Apply an optional history-column mask: (B, N) to every row, (B, C, N) to candidate rows only."""
-        if column_mask is None:
-            return base
-        m = base.to(torch.float32)
-        if column_mask.dim() == 2:
-            m[:, :, :N] = m[:, :, :N] * column_mask[:, None, :].to(m.dtype)
-        else:
-            m[:, N:, :N] = m[:, N:, :N] * column_mask.to(m.dtype)
-        return m
-
     def candidate_outputs(self, batch: SeqBatch, candidates: torch.Tensor,
                           column_mask: ColumnMask = None) -> torch.Tensor:
         """(B, C, D) encoder outputs at the candidate tokens.
@@ -195,12 +153,12 @@ class HSTURanker(nn.Module):
                      else [column_mask] * len(self.layers))
         if len(per_layer) != len(self.layers):
             raise ValueError(f"column_mask: got {len(per_layer)} entries for {len(self.layers)} layers")
-        cache: dict[int, torch.Tensor] = {}
+        cache: dict[int, DenseAttention] = {}
         for layer, cm in zip(self.layers, per_layer):
             key = id(cm)
             if key not in cache:
-                cache[key] = self._layer_mask(base, cm, N)
-            x = layer(x, cache[key], self.max_len) * real[..., None]
+                cache[key] = DenseAttention(with_column_mask(base, cm, N), self.max_len)
+            x = layer(x, cache[key]) * real[..., None]
         return x[:, N:]
 
     def score(self, batch: SeqBatch, candidates: torch.Tensor, column_mask: ColumnMask = None,

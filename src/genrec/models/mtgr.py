@@ -32,7 +32,6 @@ does not describe positional information), normaliser without the other candidat
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +44,7 @@ from genrec.errors import ConfigError
 from genrec.models.base import RANKER
 from genrec.models.hstu_ranker import time_bucket
 from genrec.models.registry import register
-from genrec.nn.attention import hstu_pointwise_attention
+from genrec.nn.hstu_block import DenseAttention, HSTUBlock
 
 # token groups
 GROUP_U, GROUP_S, GROUP_R, GROUP_C = 0, 1, 2, 3
@@ -94,52 +93,6 @@ def mtgr_mask(groups: torch.Tensor, times: torch.Tensor, real: torch.Tensor, mod
     else:
         m = m | (seq_row & (gj != GROUP_C) & before[None])
     return m & real[:, :, None] & real[:, None, :]
-
-
-class GroupLayerNorm(nn.Module):
-    """LayerNorm whose affine (gamma, beta) is selected per token by its group; statistics are per token.
-
-    With ``enabled=False`` every group shares one (gamma, beta): a plain LayerNorm (ablation)."""
-
-    def __init__(self, groups: int, dim: int, enabled: bool = True, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.enabled, self.eps, self.dim = enabled, eps, dim
-        n = groups if enabled else 1
-        self.weight = nn.Parameter(torch.ones(n, dim))
-        self.bias = nn.Parameter(torch.zeros(n, dim))
-
-    def forward(self, x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-        """x (B, T, dim), groups (B, T) int64."""
-        xn = F.layer_norm(x, (self.dim,), eps=self.eps)
-        g = groups if self.enabled else torch.zeros_like(groups)
-        return xn * F.embedding(g, self.weight) + F.embedding(g, self.bias)
-
-
-class MTGRLayer(nn.Module):
-    """GLN -> (u, v, q, k) -> pointwise attention under the dynamic mask -> GLN(V~ * u) -> MLP -> residual."""
-
-    def __init__(self, d: int, heads: int, dqk: int, dv: int, ffn_hidden: int, linear_dropout: float,
-                 group_norm: bool) -> None:
-        super().__init__()
-        self.h, self.dqk, self.dv = heads, dqk, dv
-        self.in_norm = GroupLayerNorm(NUM_GROUPS, d, group_norm)
-        self.uvqk = nn.Linear(d, 2 * heads * dv + 2 * heads * dqk)
-        self.o_norm = GroupLayerNorm(NUM_GROUPS, heads * dv, group_norm)
-        self.ffn = nn.Sequential(nn.Linear(heads * dv, ffn_hidden), nn.SiLU(), nn.Dropout(linear_dropout),
-                                 nn.Linear(ffn_hidden, d))
-        nn.init.xavier_uniform_(self.ffn[-1].weight)
-        nn.init.zeros_(self.ffn[-1].bias)
-
-    def forward(self, x: torch.Tensor, groups: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """x (B, T, D); groups (B, T); weights (B, T, T) float = mask / normaliser. Returns (B, T, D)."""
-        B, T, _ = x.shape
-        h, dqk, dv = self.h, self.dqk, self.dv
-        u, v, q, k = torch.split(self.uvqk(self.in_norm(x, groups)), [h * dv, h * dv, h * dqk, h * dqk], dim=-1)
-        q = q.view(B, T, h, dqk).transpose(1, 2) / math.sqrt(dqk)  # (B, h, T, dqk)
-        k = k.view(B, T, h, dqk).transpose(1, 2)
-        v = v.view(B, T, h, dv).transpose(1, 2)
-        o = hstu_pointwise_attention(q, k, v, None, weights, 1)  # (B, T, h*dv); weights carry 1/T_b
-        return x + self.ffn(self.o_norm(o * F.silu(u), groups))
 
 
 def _mlp(d_in: int, d: int) -> nn.Sequential:
@@ -203,8 +156,10 @@ class MTGR(nn.Module):
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
         self.input_dropout = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList(
-            MTGRLayer(d, cfg.num_heads, dqk, dv, cfg.ffn_hidden or d, cfg.linear_dropout, cfg.group_norm)
+        self.layers = nn.ModuleList(  # GLN -> (u, v, q, k) -> attention -> GLN(O * u) -> MLP -> residual
+            HSTUBlock(d, cfg.num_heads, dqk, dv, dropout=cfg.linear_dropout, norm="group",
+                      num_groups=NUM_GROUPS if cfg.group_norm else 1, proj_bias=True, silu_qkv=False, scaled=True,
+                      output="norm_after_gate", ffn_hidden=cfg.ffn_hidden or d)
             for _ in range(cfg.num_layers)
         )
         hidden = cfg.head_hidden or max(1, d // 2)
@@ -331,8 +286,9 @@ class MTGR(nn.Module):
         mask = mtgr_mask(groups, times, real, self.cfg.mask, self.cfg.history_mask)
         norm = (Fn + batch.lengths + 1).to(x.dtype)  # (B,) tokens of one candidate's sample
         weights = mask.to(x.dtype) / norm[:, None, None]
+        attention = DenseAttention(weights, 1, scale_at="query")  # the weights carry 1/T_b
         for layer in self.layers:
-            x = layer(x, groups, weights) * real[..., None]
+            x = layer(x, attention, groups=groups) * real[..., None]
         return x[:, x.shape[1] - candidates.shape[1]:]
 
     def score(self, batch: SeqBatch, candidates: torch.Tensor, features: Features = None,

@@ -20,17 +20,25 @@ def log_time_bucket(delta: torch.Tensor, num_buckets: int = 128, base: float = 0
 
 
 class RelativeBucketedTimeAndPositionBias(nn.Module):
-    """rab[b, i, j] = w_pos[(N-1) + j - i] + w_ts[bucket(qt[b, i] - t[b, j])]."""
+    """rab[b, i, j] = w_pos[(N-1) + j - i] + w_ts[bucket(qt[b, i] - t[b, j])].
 
-    def __init__(self, max_len: int, num_time_buckets: int = 128) -> None:
+    ``use_pos`` / ``use_time`` = False drops that term (the ablations); both tables exist either way, so
+    the parameters and their initialisation do not depend on the ablation.
+    """
+
+    def __init__(self, max_len: int, num_time_buckets: int = 128, use_time: bool = True,
+                 use_pos: bool = True) -> None:
         super().__init__()
         self.max_len = max_len
         self.num_time_buckets = num_time_buckets
         self.pos_w = nn.Parameter(torch.empty(2 * max_len - 1).normal_(0, 0.02))
         self.ts_w = nn.Parameter(torch.empty(num_time_buckets + 1).normal_(0, 0.02))
+        self.use_time, self.use_pos = use_time, use_pos
 
     def forward(self, timestamps: torch.Tensor, query_times: torch.Tensor) -> torch.Tensor:
         """timestamps, query_times: (B, L) -> (B, L, L) bias (query i, key j)."""
+        if not (self.use_time and self.use_pos):
+            return self._partial(timestamps, query_times)
         L = timestamps.shape[1]
         if L > self.max_len:
             raise ValueError(f"sequence length {L} exceeds the bias table's max_len {self.max_len}")
@@ -40,6 +48,18 @@ class RelativeBucketedTimeAndPositionBias(nn.Module):
         delta = query_times[:, :, None] - timestamps[:, None, :]  # (B, L, L)
         ts = self.ts_w[log_time_bucket(delta, self.num_time_buckets)]  # (B, L, L)
         return ts + pos[None]
+
+    def _partial(self, timestamps: torch.Tensor, query_times: torch.Tensor) -> torch.Tensor:
+        """Only the position or only the time part (or neither): the research layer's ablation sum."""
+        L = timestamps.shape[1]
+        out = torch.zeros(timestamps.shape[0], L, L, device=timestamps.device, dtype=self.pos_w.dtype)
+        if self.use_pos:
+            ar = torch.arange(L, device=timestamps.device)
+            out = out + self.pos_w[(self.max_len - 1) + ar[None, :] - ar[:, None]][None]
+        if self.use_time:
+            delta = query_times[:, :, None] - timestamps[:, None, :]
+            out = out + self.ts_w[log_time_bucket(delta, self.num_time_buckets)]
+        return out
 
 
 def next_event_times(timestamps: torch.Tensor, lengths: torch.Tensor, query_time: torch.Tensor) -> torch.Tensor:

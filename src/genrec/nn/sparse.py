@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from genrec.nn.attention import hstu_pointwise_attention
+from genrec.nn.attention import causal_valid_mask, hstu_pointwise_attention
 from genrec.nn.position import RelativeBucketedTimeAndPositionBias, log_time_bucket
 
 #: ``bias_fn(rows (B, R), cols (B, C)) -> (B, R, C)`` additive score bias for arbitrary index pairs,
@@ -269,6 +269,47 @@ def rab_bias_fn(
         return pos + rab.ts_w[log_time_bucket(delta, rab.num_time_buckets)]
 
     return fn
+
+
+@dataclass(frozen=True)
+class PGSAAttention:
+    """PGSA as an HSTU block's attention function (``genrec.nn.hstu_block.AttentionFn``), HPGR's layers.
+
+    Layout of this module: history in slots 0..N-1, the candidate in slot N. weights (B, N) from
+    :func:`pgsa_weights`; lengths (B,); rows / impl as in :func:`pgsa_attention`. The temperature divides
+    the queries. rows="candidate": the history rows are the plain causal pass over the real history
+    (padding rows read nothing) and only the candidate row is sparse. There is no score dropout (HPGR
+    refuses ``attn_dropout > 0`` with PGSA), so ``dropout`` is not used.
+    """
+
+    weights: torch.Tensor
+    lengths: torch.Tensor
+    norm_len: int
+    rows: str = "all"
+    impl: str = "gather"
+
+    def __post_init__(self) -> None:
+        if self.rows not in ROWS or self.impl not in IMPLS:
+            raise ValueError(f"pgsa: rows must be one of {ROWS} and impl one of {IMPLS}, got {self.rows!r}, "
+                             f"{self.impl!r}")
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, temperature: float | None = None,
+                 bias: torch.Tensor | None = None, dropout: Callable[[torch.Tensor], torch.Tensor] | None = None
+                 ) -> torch.Tensor:
+        """q, k: (B, N+1, h, dqk); v: (B, N+1, h, dv). Returns (B, N+1, h*dv)."""
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, h, N+1, d)
+        if temperature is not None:
+            q = q / temperature
+        w, lengths, norm_len = self.weights, self.lengths, self.norm_len
+        if self.rows == "all":
+            return pgsa_attention(q, k, v, w, lengths, norm_len, bias, rows="all", impl=self.impl)
+        N = q.shape[2] - 1
+        real = torch.arange(N, device=q.device)[None, :] < lengths[:, None]  # (B, N)
+        hist_mask = causal_valid_mask(lengths, N) & real[:, :, None]  # (B, N, N) real rows only
+        hist_bias = None if bias is None else bias[:, :N, :N]
+        o_hist = hstu_pointwise_attention(q[:, :, :N], k[:, :, :N], v[:, :, :N], hist_bias, hist_mask, norm_len)
+        o_cand = pgsa_attention(q, k, v, w, lengths, norm_len, bias, rows="candidate", impl=self.impl)  # (B, 1, .)
+        return torch.cat([o_hist, o_cand], dim=1)
 
 
 def pgsa(
