@@ -32,7 +32,7 @@ NORMS = ("plain", "layer", "group")
 OUTPUTS = ("gate", "concat_ux", "norm_after_gate")
 SCALE_AT = ("scores", "query")
 
-Dropout = Callable[[torch.Tensor], torch.Tensor]
+ScoreDropout = Callable[[torch.Tensor], torch.Tensor]
 
 
 class AttentionFn(Protocol):
@@ -47,10 +47,10 @@ class AttentionFn(Protocol):
     """
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, temperature: float | None,
-                 bias: torch.Tensor | None, dropout: Dropout | None) -> torch.Tensor: ...
+                 bias: torch.Tensor | None, dropout: ScoreDropout | None) -> torch.Tensor: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DenseAttention:
     """Pointwise attention over all (L, L) pairs under a multiplicative mask: an :class:`AttentionFn`.
 
@@ -74,7 +74,7 @@ class DenseAttention:
         return cls(causal_valid_mask(lengths, L), norm_len)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, temperature: float | None = None,
-                 bias: torch.Tensor | None = None, dropout: Dropout | None = None) -> torch.Tensor:
+                 bias: torch.Tensor | None = None, dropout: ScoreDropout | None = None) -> torch.Tensor:
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, h, L, d)
         if temperature is not None and self.scale_at == "query":
             q, temperature = q / temperature, None

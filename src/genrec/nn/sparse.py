@@ -10,6 +10,8 @@ two backends behind one signature, as the HSTU attention op does:
 - ``impl="gather"``: gathers the ``K'`` kept columns (``K' <= K * (6 sigma + 1) + 1``) and attends to
   those only, so time and memory grow with ``L * K'`` instead of ``L * L``.
 
+:class:`PGSAAttention` wraps the op as an attention function of ``genrec.nn.hstu_block.HSTUBlock``.
+
 Layout shared by every function here: the history is left-aligned in slots ``0..N-1`` (``n_b`` real
 events, then padding) and the candidate sits in slot ``N`` (so ``L = N + 1``). The mask is
 
@@ -271,7 +273,7 @@ def rab_bias_fn(
     return fn
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PGSAAttention:
     """PGSA as an HSTU block's attention function (``genrec.nn.hstu_block.AttentionFn``), HPGR's layers.
 
