@@ -32,7 +32,8 @@ def _recipes() -> dict[str, str]:
     out: dict[str, str] = {}
     for name in recipe_names():
         try:
-            out[name] = (yaml.safe_load((RECIPES_DIR / f"{name}.yaml").read_text()) or {}).get("model", {}).get("name", "?")
+            raw = yaml.safe_load((RECIPES_DIR / f"{name}.yaml").read_text()) or {}
+            out[name] = raw.get("model", {}).get("name", "?")
         except Exception:
             out[name] = "?"
     return out
