@@ -129,7 +129,8 @@ def pad_windows(rows: Sequence[Sequence[int] | np.ndarray], max_len: int | None,
                 align: Literal["left", "right"] = "left", dtype: Any = np.int64) -> tuple[np.ndarray, np.ndarray]:
     """Variable-length histories (oldest first) -> ((S, L) the last ``<= max_len`` values of each, padded with
     ``fill``; (S,) their lengths). ``max_len=None`` keeps every value (plain padding)."""
-    arrays = [np.asarray(r, dtype=dtype) for r in rows]
+    cut = [r if max_len is None else r[max(len(r) - max_len, 0):] for r in rows]  # histories outgrow windows
+    arrays = [np.asarray(r, dtype=dtype) for r in cut]
     lengths = np.array([len(a) for a in arrays], dtype=np.int64)
     ends = np.cumsum(lengths)
     flat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
