@@ -74,10 +74,12 @@ def make_bodies(art: Path, data: Path | None, n: int, k: int, history_len: int, 
         if ds.fingerprint != man["data_fingerprint"]:
             sys.exit(f"serve_load: {data} has fingerprint {ds.fingerprint}, the artifact {man['data_fingerprint']}")
         seqs = UserSequences.from_interactions(ds.interactions)
-        for row in rng.choice(len(seqs), size=min(n, len(seqs)), replace=False):
-            sl = seqs.row(int(row))
-            items, times = seqs.items[sl][-max_len:], seqs.timestamps[sl][-max_len:]
-            bodies.append({"history": [ext[int(i)] for i in items], "timestamps": [int(t) for t in times], "k": k})
+        rows = rng.choice(len(seqs), size=min(n, len(seqs)), replace=False)
+        w = seqs.windows(rows, seqs.lengths[rows], max_len)  # each sampled user's last max_len events
+        items, times = w.take(seqs.items), w.take(seqs.timestamps)  # (n, L)
+        for b, m in enumerate(w.lengths):
+            bodies.append({"history": [ext[int(i)] for i in items[b, :m]], "timestamps": [int(t) for t in times[b, :m]],
+                           "k": k})
         return bodies
     for _ in range(n):
         length = history_len or int(rng.integers(1, max_len + 1))

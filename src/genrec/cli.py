@@ -27,27 +27,16 @@ def _recipes() -> dict[str, str]:
     """Recipe name -> model name, from the configs/ folder of the source tree (when present)."""
     import yaml
 
-    root = Path(__file__).resolve().parents[2] / "configs"
+    from genrec.config import RECIPES_DIR, recipe_names
+
     out: dict[str, str] = {}
-    if root.is_dir():
-        for p in sorted(root.glob("*.yaml")):
-            try:
-                out[p.stem] = (yaml.safe_load(p.read_text()) or {}).get("model", {}).get("name", "?")
-            except Exception:
-                out[p.stem] = "?"
+    for name in recipe_names():
+        try:
+            raw = yaml.safe_load((RECIPES_DIR / f"{name}.yaml").read_text()) or {}
+            out[name] = raw.get("model", {}).get("name", "?")
+        except Exception:
+            out[name] = "?"
     return out
-
-
-def _resolve_recipe(name: str | None) -> str | None:
-    if name is None:
-        return None
-    p = Path(name)
-    if p.exists():
-        return str(p)
-    cand = Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml"
-    if cand.exists():
-        return str(cand)
-    raise GenrecError(f"config '{name}' not found (a YAML path, or one of: {', '.join(sorted(_recipes()))})")
 
 
 def _print_metrics(title: str, metrics: dict, ks: list[int]) -> None:
@@ -62,13 +51,13 @@ def _print_metrics(title: str, metrics: dict, ks: list[int]) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from genrec.config import load_config
+    from genrec.config import load_config, resolve_recipe
     from genrec.train.run import train_run
 
     overrides = list(args.set or [])
     if args.data:
         overrides.append(f"data.path={args.data}")
-    cfg = load_config(_resolve_recipe(args.config), overrides)
+    cfg = load_config(resolve_recipe(args.config), overrides)
     out = args.out or f"runs/{cfg.model['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
     t0 = time.time()
     res = train_run(cfg, out, resume=not args.no_resume)
@@ -89,7 +78,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from genrec.data.splits import make_split
+    from genrec.data.splits import split_from_config
     from genrec.eval.retrieval import evaluate_retrieval
     from genrec.train.run import open_run
 
@@ -106,8 +95,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     run = open_run(args.run_dir)
     cfg = run.cfg
-    kw = {"valid_frac": cfg.data.valid_frac, "test_frac": cfg.data.test_frac} if cfg.data.split == "temporal" else {}
-    split = make_split(run.seqs, cfg.data.split, **kw)
+    split = split_from_config(run.seqs, cfg.data)
     excl = cfg.eval.exclude_history if args.exclude_history is None else args.exclude_history
     samples = split.test if args.split == "test" else split.valid
     m = evaluate_retrieval(run.model, run.seqs, samples, cfg.eval.ks, excl, cfg.eval.batch_size)
@@ -183,12 +171,12 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     """Synthetic data -> SASRec and HSTU -> a metrics table, in a couple of minutes on a laptop CPU."""
-    from genrec.config import load_config
+    from genrec.config import load_config, resolve_recipe
     from genrec.train.run import train_run
 
     rows = []
     for model in ("sasrec", "hstu"):
-        cfg = load_config(_resolve_recipe(f"quickstart-{model}"), args.set or [])
+        cfg = load_config(resolve_recipe(f"quickstart-{model}"), args.set or [])
         t0 = time.time()
         res = train_run(cfg, Path(args.out) / model, resume=True)
         rows.append((model, res["metrics"], time.time() - t0, res["protocol"]["best_epoch"]))

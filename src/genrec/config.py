@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from genrec.data.multibehavior_config import MultiBehaviorConfig  # a recipe section kept beside its data
 from genrec.errors import ConfigError
 
 
@@ -110,38 +111,6 @@ class GeneratorConfig:
     constrained: bool = True  # trie-constrained decoding for validation and test
     valid_max_queries: int = 0  # 0 = every validation query; else a fixed seeded subset (for slow machines)
     test_other_decoding: bool = True  # also decode the test split the other way (free vs constrained) and record it
-
-
-@dataclass
-class MultiBehaviorConfig:
-    """Multi-behavior protocol and GAMER training-data knobs (a ``multibehavior:`` recipe section)."""
-
-    session_gap: int = 3600  # seconds of inactivity that end a session
-    behavior_order: list[str] = field(default_factory=list)  # levels lowest first; empty = the manifest's order
-    min_history: int = 1  # evaluation queries need this many interactions before the evaluated session
-    augment: int = 4  # x thinned copies per training sequence (ratios k/x, k = 1..x); 0 = no augmentation
-    train_windows: str = "last"  # last: the last max_len+1 interactions per sequence (GAMER); all: every window
-    candidates: str = "behavior_history"  # behavior_history | history (both leak-free) | behavior | all
-    eval_behaviors: list[str] = field(default_factory=list)  # empty = every behavior
-    warmup_ratio: float = 0.04  # linear warmup over this fraction of all steps, then cosine decay to 0
-    early_stop: str = "valid_loss"  # valid_loss (GAMER) or "<behavior>/<metric>", e.g. buy/ndcg@10
-    valid_max_users: int = 0  # 0 = every validation user; else a fixed seeded subset
-
-    def check(self) -> None:
-        if self.session_gap < 0:
-            raise ConfigError(f"multibehavior.session_gap must be >= 0 seconds, got {self.session_gap}")
-        if self.augment < 0:
-            raise ConfigError(f"multibehavior.augment must be >= 0, got {self.augment}")
-        from genrec.data.multibehavior import CANDIDATE_MODES, WINDOW_MODES
-
-        if self.train_windows not in WINDOW_MODES:
-            raise ConfigError(f"multibehavior.train_windows '{self.train_windows}' is not one of {WINDOW_MODES}")
-        if self.candidates not in CANDIDATE_MODES:
-            raise ConfigError(f"multibehavior.candidates '{self.candidates}' is not one of {CANDIDATE_MODES}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ConfigError(f"multibehavior.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
-        if self.min_history < 0:
-            raise ConfigError(f"multibehavior.min_history must be >= 0, got {self.min_history}")
 
 
 @dataclass
@@ -339,6 +308,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raw = with_ablation(raw, abl)
     raw = apply_overrides(raw, overrides or [])
     return config_from_dict(raw, str(path) if path else "config")
+
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "configs"  # the recipes of the source tree (may be absent)
+
+
+def recipe_names() -> list[str]:
+    """Names of the recipes in :data:`RECIPES_DIR` (``genrec train NAME``), sorted; empty without the folder."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
+
+
+def resolve_recipe(name: str | None) -> str | None:
+    """A recipe argument -> a YAML path: an existing path as given, else ``configs/NAME.yaml``; None stays None."""
+    if name is None:
+        return None
+    p = Path(name)
+    if p.exists():
+        return str(p)
+    cand = RECIPES_DIR / f"{name}.yaml"
+    if cand.exists():
+        return str(cand)
+    raise ConfigError(f"config '{name}' not found (a YAML path, or one of: {', '.join(recipe_names())})")
 
 
 def replace(cfg: Any, **kw: Any) -> Any:

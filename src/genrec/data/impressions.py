@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from genrec.data.schema import Interactions
-from genrec.data.sequences import SeqBatch
+from genrec.data.sequences import SeqBatch, event_windows
 from genrec.data.sessions import sessionize
 from genrec.errors import ConfigError, DataError
 
@@ -235,21 +235,14 @@ def make_impression_batch(
     """Padded batch of the last ``max_len`` history events of samples ``idx``, with the impression time as
     the request time. Returns (batch, candidates (B, 1), labels (B,) float)."""
     idx = np.asarray(idx, dtype=np.int64)
-    start, end = imps.hist_start[idx], imps.hist_end[idx]
-    n = np.minimum(end - start, max_len)  # (B,)
-    L = max(1, int(n.max()) if len(n) else 1)
-    ar = np.arange(L)
-    valid = ar[None, :] < n[:, None]  # (B, L)
-    rows = np.where(valid, (end - n)[:, None] + ar[None, :], 0)  # (B, L)
-    items = np.where(valid, inter.item_id[rows], 0)
-    times = np.where(valid, inter.timestamp[rows], 0)
+    w = event_windows(imps.hist_start[idx], imps.hist_end[idx], max_len)  # (B, L) windows into the log
     beh = None
-    if inter.behavior is not None:
-        beh = torch.from_numpy(np.where(valid, inter.behavior[rows].astype(np.int64) + 1, 0))  # 0 = padding
+    if inter.behavior is not None:  # behavior b -> b + 1, 0 = padding
+        beh = torch.from_numpy(w.take(inter.behavior, fill=-1).astype(np.int64) + 1)
     batch = SeqBatch(
-        items=torch.from_numpy(items.astype(np.int64)),
-        timestamps=torch.from_numpy(times.astype(np.int64)),
-        lengths=torch.from_numpy(n.astype(np.int64)),
+        items=torch.from_numpy(w.take(inter.item_id).astype(np.int64)),
+        timestamps=torch.from_numpy(w.take(inter.timestamp).astype(np.int64)),
+        lengths=torch.from_numpy(w.lengths.astype(np.int64)),
         query_time=torch.from_numpy(imps.timestamp[idx].astype(np.int64)),
         behaviors=beh,
     )

@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Protocol
 
-from genrec.config import DataConfig
 from genrec.data.schema import MANIFEST_FILE, Dataset, load_dataset
 
 
-def synthetic_cache_dir(cfg: DataConfig) -> Path:
+class DataSource(Protocol):
+    """What loading reads of a run's ``data:`` section (:class:`genrec.config.DataConfig` has it all).
+
+    Typed by shape, not by the class, because ``config`` sits above ``data`` and ``data`` imports nothing above it.
+    """
+
+    path: str
+    synthetic_users: int
+    synthetic_items: int
+    synthetic_seed: int
+
+
+def synthetic_cache_dir(cfg: DataSource) -> Path:
     root = Path(os.environ.get("GENREC_CACHE", "data_cache"))
     return root / f"synthetic-u{cfg.synthetic_users}-i{cfg.synthetic_items}-s{cfg.synthetic_seed}"
 
 
-def load_data(cfg: DataConfig) -> Dataset:
+def load_data(cfg: DataSource) -> Dataset:
     """Load ``cfg.path``; when it is empty, generate (once, cached) the bundled synthetic dataset."""
     if cfg.path:
         return load_dataset(cfg.path)

@@ -21,14 +21,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from genrec.config import MultiBehaviorConfig  # noqa: F401  (defined with the other recipe sections)
+from genrec.data.multibehavior_config import (  # noqa: F401  (re-exported: part of this module's API)
+    CANDIDATE_MODES,
+    WINDOW_MODES,
+    MultiBehaviorConfig,
+)
 from genrec.data.schema import Interactions
 from genrec.data.sequences import UserSequences
 from genrec.data.sessions import sessionize
 from genrec.errors import ConfigError, DataError
-
-CANDIDATE_MODES = ("behavior_history", "history", "behavior", "all")
-WINDOW_MODES = ("last", "all")
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,17 @@ Sequences are stored jagged (one flat array per column plus ``offsets``) because
 vary from a handful of events to thousands; a batch is padded only to its own longest row, and
 rows of similar length are grouped together (``length_bucketing``) so little compute goes to
 padding.
+
+Every "last ``max_len`` events of a history" in genrec comes from :func:`event_windows` (flat spans of an
+event log), through :meth:`UserSequences.windows` (a row prefix), :func:`pad_windows` (a list of histories)
+or :func:`make_history_batch` (a model's inference batch), so the truncation and padding rules live once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -65,6 +71,72 @@ class UserSequences:
     def row(self, u: int) -> slice:
         return slice(int(self.offsets[u]), int(self.offsets[u + 1]))
 
+    def windows(self, rows: np.ndarray, ends: np.ndarray, max_len: int | None,
+                align: Literal["left", "right"] = "left") -> EventWindows:
+        """The last ``<= max_len`` events before position ``ends[i]`` of row ``rows[i]`` (``ends`` counted from
+        the row's start, i.e. a split's ``hist_end``); ``take`` a column (items, timestamps, ...) to read them."""
+        starts = self.offsets[np.asarray(rows, dtype=np.int64)]  # (S,)
+        return event_windows(starts, starts + np.asarray(ends, dtype=np.int64), max_len, align)
+
+
+@dataclass(frozen=True)
+class EventWindows:
+    """Where each query's history window lies in a flat event log: an (S, L) gather, padded.
+
+    ``index`` is 0 on padding so that :meth:`take` never reads out of range; ``real`` says which slots hold
+    events. L is the longest window of the batch (at least 1).
+    """
+
+    index: np.ndarray  # (S, L) int64 flat event index, 0 on padding
+    real: np.ndarray  # (S, L) bool, True on events
+    lengths: np.ndarray  # (S,) int64 events in each window
+
+    def take(self, values: np.ndarray, fill: Any = 0) -> np.ndarray:
+        """(E,) event column -> (S, L) its values inside the windows, ``fill`` on padding (dtype kept)."""
+        if len(values) == 0:  # no events at all: every slot is padding
+            return np.full(self.real.shape, fill, dtype=np.asarray(values).dtype)
+        return np.where(self.real, values[self.index], fill)
+
+
+def event_windows(starts: np.ndarray, ends: np.ndarray, max_len: int | None,
+                  align: Literal["left", "right"] = "left") -> EventWindows:
+    """(S,) flat spans ``[starts, ends)`` of an event log -> the last ``min(ends - starts, max_len)`` events of
+    each (every event with ``max_len=None``), oldest first.
+
+    ``align="left"`` puts the oldest kept event in column 0 and pads on the right (every genrec batch);
+    ``"right"`` ends every window in column L-1 and pads on the left (prompts that must end together).
+    """
+    if max_len is not None and max_len < 1:
+        raise ValueError(f"history window max_len must be >= 1, got {max_len}")
+    starts = np.asarray(starts, dtype=np.int64)
+    ends = np.asarray(ends, dtype=np.int64)
+    n = ends - starts  # (S,)
+    lengths = n if max_len is None else np.minimum(n, max_len)  # (S,)
+    width = max(int(lengths.max()) if lengths.size else 0, 1)
+    col = np.arange(width)[None, :]  # (1, L)
+    if align == "left":
+        real = col < lengths[:, None]
+        first = ends - lengths  # (S,) flat index of column 0
+    elif align == "right":
+        real = col >= width - lengths[:, None]
+        first = ends - width
+    else:
+        raise ValueError(f"align must be 'left' or 'right', got {align!r}")
+    return EventWindows(np.where(real, first[:, None] + col, 0), real, lengths)
+
+
+def pad_windows(rows: Sequence[Sequence[int] | np.ndarray], max_len: int | None, fill: Any = 0,
+                align: Literal["left", "right"] = "left", dtype: Any = np.int64) -> tuple[np.ndarray, np.ndarray]:
+    """Variable-length histories (oldest first) -> ((S, L) the last ``<= max_len`` values of each, padded with
+    ``fill``; (S,) their lengths). ``max_len=None`` keeps every value (plain padding)."""
+    cut = [r if max_len is None else r[max(len(r) - max_len, 0):] for r in rows]  # histories outgrow windows
+    arrays = [np.asarray(r, dtype=dtype) for r in cut]
+    lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    flat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
+    w = event_windows(ends - lengths, ends, max_len, align)
+    return w.take(flat, fill), w.lengths
+
 
 @dataclass
 class SeqBatch:
@@ -104,45 +176,34 @@ class SeqBatch:
         return self.items[self.mask], offsets
 
 
-def _pad(rows: list[np.ndarray], L: int, dtype=np.int64) -> np.ndarray:
-    out = np.zeros((len(rows), L), dtype=dtype)
-    for b, r in enumerate(rows):
-        out[b, : len(r)] = r
-    return out
-
-
 def make_train_batch(seqs: UserSequences, rows: np.ndarray, ends: np.ndarray, max_len: int) -> SeqBatch:
     """Next-item training batch: for each row, the last ``max_len + 1`` events before ``ends[row]``.
 
     Inputs are events ``[s, e-1)`` and targets ``[s+1, e)``: every position supervises the next item.
     """
-    items, times, tgts, tgt_t, behs, sess = [], [], [], [], [], []
-    for u in rows:
-        start = int(seqs.offsets[u])
-        e = start + int(ends[u])
-        s = max(start, e - max_len - 1)
-        seg = seqs.items[s:e]
-        ts = seqs.timestamps[s:e]
-        items.append(seg[:-1])
-        times.append(ts[:-1])
-        tgts.append(seg[1:])
-        tgt_t.append(ts[1:])
-        if seqs.behaviors is not None:
-            behs.append(seqs.behaviors[s : e - 1])
-        if seqs.session_ids is not None:
-            sess.append(seqs.session_ids[s : e - 1])
-    lengths = np.array([len(r) for r in items], dtype=np.int64)
-    L = max(1, int(lengths.max()))
+    rows = np.asarray(rows, dtype=np.int64)
+    start = seqs.offsets[rows]  # (B,)
+    e = start + np.asarray(ends)[rows]  # (B,) one past each row's last usable event
+    s = np.maximum(start, e - max_len - 1)  # (B,) first event of the window
+    stop = np.maximum(e - 1, s)
+    inp, tgt = event_windows(s, stop, None), event_windows(s + 1, stop + 1, None)  # (B, L) each
+
+    def col(w: EventWindows, values: np.ndarray | None) -> torch.Tensor | None:
+        return None if values is None else torch.from_numpy(w.take(values).astype(np.int64, copy=False))
+
+    has = stop > s  # (B,) rows with at least one target
+    last = np.where(has, stop, 0)  # (B,) flat index of the last target (0 where none: masked below)
+    qt = np.where(has, seqs.timestamps[last], 0) if len(seqs.timestamps) else np.zeros(len(rows), np.int64)
     return SeqBatch(
-        items=torch.from_numpy(_pad(items, L)),
-        timestamps=torch.from_numpy(_pad(times, L)),
-        lengths=torch.from_numpy(lengths),
-        query_time=torch.from_numpy(np.array([t[-1] if len(t) else 0 for t in tgt_t], dtype=np.int64)),
-        targets=torch.from_numpy(_pad(tgts, L)),
-        target_times=torch.from_numpy(_pad(tgt_t, L)),
-        behaviors=torch.from_numpy(_pad(behs, L)) if behs else None,
-        session_ids=torch.from_numpy(_pad(sess, L)) if sess else None,
-        user_rows=torch.from_numpy(np.asarray(rows, dtype=np.int64)),
+        items=col(inp, seqs.items),
+        timestamps=col(inp, seqs.timestamps),
+        lengths=torch.from_numpy(inp.lengths),
+        query_time=torch.from_numpy(qt.astype(np.int64, copy=False)),
+        targets=col(tgt, seqs.items),
+        target_times=col(tgt, seqs.timestamps),
+        behaviors=col(inp, seqs.behaviors),
+        session_ids=col(inp, seqs.session_ids),
+        user_rows=torch.from_numpy(rows),
     )
 
 
@@ -154,13 +215,13 @@ def make_history_batch(
     user_rows: np.ndarray | None = None,
 ) -> SeqBatch:
     """Inference batch: the last ``max_len`` events of each history, and the request time."""
-    items = [h[-max_len:] for h in histories]
-    ts = [t[-max_len:] for t in times]
-    lengths = np.array([len(r) for r in items], dtype=np.int64)
-    L = max(1, int(lengths.max()))
+    items, lengths = pad_windows(histories, max_len)  # (B, L), (B,)
+    ts, _ = pad_windows(times, max_len)  # (B, L)
+    if ts.shape != items.shape:
+        raise ValueError("make_history_batch: every history needs one timestamp per item")
     return SeqBatch(
-        items=torch.from_numpy(_pad(items, L)),
-        timestamps=torch.from_numpy(_pad(ts, L)),
+        items=torch.from_numpy(items),
+        timestamps=torch.from_numpy(ts),
         lengths=torch.from_numpy(lengths),
         query_time=torch.from_numpy(np.asarray(query_time, dtype=np.int64)),
         user_rows=None if user_rows is None else torch.from_numpy(np.asarray(user_rows, dtype=np.int64)),

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -94,3 +95,18 @@ def make_split(seqs: UserSequences, name: str, **kw) -> Split:
     if name == "temporal":
         return temporal(seqs, **kw)
     raise ConfigError(f"split: unknown split '{name}' (choose leave_one_out or temporal)")
+
+
+class SplitSettings(Protocol):
+    """The split keys of a run's ``data:`` section (:class:`genrec.config.DataConfig`), typed by shape so that
+    ``data`` needs nothing from ``config``."""
+
+    split: str
+    valid_frac: float
+    test_frac: float
+
+
+def split_from_config(seqs: UserSequences, data_cfg: SplitSettings) -> Split:
+    """The split a recipe's ``data:`` section asks for; the fractions are read only by the temporal split."""
+    kw = {"valid_frac": data_cfg.valid_frac, "test_frac": data_cfg.test_frac} if data_cfg.split == "temporal" else {}
+    return make_split(seqs, data_cfg.split, **kw)

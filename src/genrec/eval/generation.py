@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from genrec.data.sequences import UserSequences
+from genrec.data.sequences import UserSequences, pad_windows
 from genrec.data.splits import EvalSamples
 from genrec.errors import ConfigError
 from genrec.eval.metrics import metrics_from_ranks
@@ -62,14 +62,7 @@ def history_matrix(seqs: UserSequences, rows: np.ndarray, ends: np.ndarray, max_
 
     Left-aligned (oldest first), zero-padded on the right; L = the longest window in the batch.
     """
-    rows = np.asarray(rows, dtype=np.int64)
-    ends = np.asarray(ends, dtype=np.int64)
-    lens = np.minimum(ends, max_len)  # (S,)
-    width = max(int(lens.max()) if lens.size else 0, 1)
-    start = seqs.offsets[rows] + ends - lens  # (S,) flat index of each window's first event
-    idx = start[:, None] + np.arange(width)[None, :]  # (S, L)
-    real = np.arange(width)[None, :] < lens[:, None]
-    return np.where(real, seqs.items[np.minimum(idx, len(seqs.items) - 1)], 0)
+    return seqs.windows(rows, ends, max_len).take(seqs.items)
 
 
 @torch.no_grad()
@@ -119,7 +112,7 @@ def generate_top_k(model: Any, histories: list[np.ndarray], k: int, exclude_hist
     out: list[list[tuple[int, float]]] = [[] for _ in histories]
     for beam in sorted(set(widths)):
         idx = [b for b, w in enumerate(widths) if w == beam]
-        windows = [np.asarray(histories[b][-model.max_len:], dtype=np.int64) for b in idx]
+        windows = torch.from_numpy(pad_windows([histories[b] for b in idx], int(model.max_len))[0])  # (b, L)
         res = model.generate(windows, None if users is None else users[idx], beam_size=beam, k=beam,
                              constrained=True)
         for row, b in enumerate(idx):

@@ -87,13 +87,8 @@ class MultiBehaviorEval(NamedTuple):
 
 def query_histories(split: SessionSplit, queries: BehaviorQueries, max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """(Q, L) right-padded item and behavior histories: the last ``<= max_len`` events before each session."""
-    lens = np.minimum(queries.hist_end, max_len)  # (Q,)
-    width = max(int(lens.max()) if lens.size else 0, 1)
-    start = split.seqs.offsets[queries.rows] + queries.hist_end - lens  # (Q,)
-    idx = start[:, None] + np.arange(width)[None, :]  # (Q, L)
-    real = np.arange(width)[None, :] < lens[:, None]
-    idx = np.minimum(idx, len(split.seqs.items) - 1)
-    return np.where(real, split.seqs.items[idx], 0), np.where(real, split.behaviors[idx], 0)
+    w = split.seqs.windows(queries.rows, queries.hist_end, max_len)  # (Q, L)
+    return w.take(split.seqs.items), w.take(split.behaviors)
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from genrec.data.sequences import SeqBatch
+from genrec.data.sequences import SeqBatch, pad_windows
 from genrec.errors import ConfigError, DataError
 from genrec.models.base import Retriever
 from genrec.sid.beam import BeamResult, beam_search
@@ -49,11 +49,7 @@ def _as_rows(items: Any) -> np.ndarray:
     """(B, L) right-padded item histories (0 = none), as a tensor or list of lists -> int64 array."""
     if isinstance(items, torch.Tensor):
         return items.detach().cpu().numpy().astype(np.int64)
-    width = max([len(h) for h in items] + [1])
-    out = np.zeros((len(items), width), np.int64)
-    for i, h in enumerate(items):
-        out[i, :len(h)] = np.asarray(h, np.int64)
-    return out
+    return pad_windows(items, None)[0]
 
 
 class RecencyBaseline:
@@ -74,9 +70,10 @@ class RecencyBaseline:
         """(B, L) right-padded histories (oldest first) -> (B, k) most recent distinct items, -1 padded."""
         hist = _as_rows(items)
         cand = None if candidates is None or not self.restrict else np.asarray(candidates, np.int64)
+        win, lens = pad_windows([r[r > 0] for r in hist], self.max_len)  # (B, L) the last max_len items
         out = np.full((hist.shape[0], k), -1, np.int64)
-        for i, row in enumerate(hist):
-            row = row[row > 0][-self.max_len:][::-1]  # newest first
+        for i in range(hist.shape[0]):
+            row = win[i, :lens[i]][::-1]  # newest first
             _, first = np.unique(row, return_index=True)  # index of each item's most recent occurrence
             seen = row[np.sort(first)]
             if cand is not None:
@@ -100,16 +97,9 @@ class RetrieverAdapter:
 
     def batch(self, items: Any) -> SeqBatch:
         """(B, L) right-padded histories -> a SeqBatch of their last ``max_len`` items (no timestamps)."""
-        rows = _as_rows(items)
-        hist = [r[r > 0][-self.max_len:] for r in rows]
-        lengths = np.array([len(h) for h in hist], np.int64)
-        width = max(int(lengths.max()) if len(lengths) else 0, 1)
-        mat = np.zeros((len(hist), width), np.int64)
-        for i, h in enumerate(hist):
-            mat[i, :len(h)] = h
-        zeros = torch.zeros(len(hist), width, dtype=torch.long)
-        return SeqBatch(torch.from_numpy(mat), zeros, torch.from_numpy(lengths),
-                        torch.zeros(len(hist), dtype=torch.long))
+        mat, lengths = pad_windows([r[r > 0] for r in _as_rows(items)], self.max_len)  # (B, L), (B,)
+        zeros = torch.zeros(mat.shape, dtype=torch.long)
+        return SeqBatch(torch.from_numpy(mat), zeros, torch.from_numpy(lengths), torch.zeros(len(mat), dtype=torch.long))
 
     @torch.no_grad()
     def generate(self, items: Any, behaviors: Any, behavior: int, beam_size: int = 20, k: int | None = None,

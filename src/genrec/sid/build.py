@@ -3,6 +3,10 @@
 A SID folder holds ``sid_table.parquet`` (the versioned table), ``health.json`` (per-level usage, entropy,
 collisions, largest prefix group) and ``build.json`` (the settings, the embedding source and fingerprints),
 so a table can be audited and reused by every generator trained on the same catalogue.
+
+:func:`item_embeddings` is the one dispatch on ``sid.embeddings``; :func:`build_sid_table` (``genrec sid build``,
+TIGER / GLASS runs) and :func:`build_session_sid_table` (multi-behavior runs) quantize what it returns, and
+:func:`load_sid_table` reads any table they wrote.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ import numpy as np
 import torch
 
 from genrec.config import SIDConfig
+from genrec.data.multibehavior import SessionSplit
 from genrec.data.schema import Dataset
 from genrec.errors import ConfigError, DataError
-from genrec.sid.codebook import SIDTable
-from genrec.sid.embed import ItemEmbeddings, run_cf_embeddings, text_embeddings
-from genrec.train.base import write_json_atomic
+from genrec.io import write_json_atomic
+from genrec.sid.codebook import SIDTable, tensor_fingerprint
+from genrec.sid.cooccurrence import cooccurrence_embeddings, cooccurrence_vectors, item_categories
+from genrec.sid.embed import CFLoader, ItemEmbeddings, run_cf_embeddings, text_embeddings
 
 TABLE_FILE = "sid_table.parquet"
 HEALTH_FILE = "health.json"
@@ -29,34 +35,35 @@ EMBEDDINGS = ("text", "cf", "file", "cooccurrence")
 QUANTIZERS = ("rqvae", "rqkmeans")
 
 
-def item_embeddings(cfg: SIDConfig, dataset: Dataset) -> ItemEmbeddings:
-    """Content or collaborative vectors for every item ``1..num_items`` of ``dataset``."""
-    if cfg.embeddings == "text":
+def item_embeddings(cfg: SIDConfig, dataset: Dataset, sessions: SessionSplit | None = None,
+                    cf_loader: CFLoader | None = None) -> ItemEmbeddings:
+    """Content or collaborative vectors for every item ``1..num_items`` of ``dataset``: the one place that reads
+    ``sid.embeddings``.
+
+    ``cooccurrence`` uses the training part of ``sessions`` (a multi-behavior session split) when given, else
+    of the leave-one-out split; with ``sessions``, ``cf`` without ``source_run`` means the same (the GAMER
+    recipes' spelling). ``cf_loader`` reads a retriever run's item table (``sid`` cannot open runs itself).
+    """
+    kind = cfg.embeddings
+    if kind == "cf" and not cfg.source_run and sessions is not None:
+        kind = "cooccurrence"
+    if kind == "text":
         names = set(dataset.items.column_names)
         fields = [f for f in cfg.text_fields if f in names]
         if not fields:
             raise DataError(f"sid.embeddings=text: the items table has none of the text fields {cfg.text_fields} "
                             "(use sid.embeddings=cf with sid.source_run=RUN_DIR, or sid.embeddings=file)")
         emb = text_embeddings(dataset.items, cfg.cache_dir or None, fields)
-    elif cfg.embeddings == "cf":
+    elif kind == "cf":
         if not cfg.source_run:
             raise ConfigError("sid.embeddings=cf needs sid.source_run=RUN_DIR (a trained retriever on this dataset)")
-        emb = run_cf_embeddings(cfg.source_run)
-    elif cfg.embeddings == "file":
-        path = Path(cfg.embeddings_file)
-        if not path.is_file():
-            raise DataError(f"sid.embeddings_file '{path}' not found (a .npy array of shape (num_items, D))")
-        vec = np.load(path, allow_pickle=False)
-        if vec.ndim != 2 or vec.shape[0] != dataset.num_items:
-            raise DataError(f"{path}: expected shape ({dataset.num_items}, D) for items 1..{dataset.num_items}, "
-                            f"got {vec.shape}")
-        from genrec.sid.codebook import tensor_fingerprint
-
-        t = torch.from_numpy(np.ascontiguousarray(vec, dtype=np.float32))
-        emb = ItemEmbeddings(np.arange(1, dataset.num_items + 1, dtype=np.int64), t, f"file:{path.name}",
-                             tensor_fingerprint(t))
-    elif cfg.embeddings == "cooccurrence":
-        emb = loo_cooccurrence_embeddings(dataset, cfg.seed)
+        emb = (cf_loader or run_cf_embeddings)(cfg.source_run)
+    elif kind == "file":
+        emb = file_embeddings(Path(cfg.embeddings_file), dataset.num_items)
+    elif kind == "cooccurrence":
+        emb = (loo_cooccurrence_embeddings(dataset, cfg.seed) if sessions is None else
+               cooccurrence_embeddings(sessions, dataset.num_items, categories=item_categories(dataset),
+                                       seed=cfg.seed))
     else:
         raise ConfigError(f"sid.embeddings '{cfg.embeddings}' is not one of {list(EMBEDDINGS)}")
     keep = (emb.item_ids >= 1) & (emb.item_ids <= dataset.num_items)
@@ -69,6 +76,17 @@ def item_embeddings(cfg: SIDConfig, dataset: Dataset) -> ItemEmbeddings:
     return ItemEmbeddings(ids, vec, emb.source, emb.fingerprint)
 
 
+def file_embeddings(path: Path, num_items: int) -> ItemEmbeddings:
+    """A ``.npy`` array of shape (num_items, D): row ``i`` is item ``i + 1``."""
+    if not path.is_file():
+        raise DataError(f"sid.embeddings_file '{path}' not found (a .npy array of shape (num_items, D))")
+    vec = np.load(path, allow_pickle=False)
+    if vec.ndim != 2 or vec.shape[0] != num_items:
+        raise DataError(f"{path}: expected shape ({num_items}, D) for items 1..{num_items}, got {vec.shape}")
+    t = torch.from_numpy(np.ascontiguousarray(vec, dtype=np.float32))
+    return ItemEmbeddings(np.arange(1, num_items + 1, dtype=np.int64), t, f"file:{path.name}", tensor_fingerprint(t))
+
+
 def loo_cooccurrence_embeddings(dataset: Dataset, seed: int = 0) -> ItemEmbeddings:
     """Co-occurrence + category vectors (:func:`genrec.sid.cooccurrence.cooccurrence_vectors`) from the training
     part of the leave-one-out split only: every user's events except the last two (the validation and test
@@ -76,7 +94,6 @@ def loo_cooccurrence_embeddings(dataset: Dataset, seed: int = 0) -> ItemEmbeddin
     Taobao sample), where a retriever's item table is close to random."""
     from genrec.data.sequences import UserSequences
     from genrec.data.splits import leave_one_out
-    from genrec.sid.cooccurrence import cooccurrence_vectors, item_categories
 
     seqs = UserSequences.from_interactions(dataset.interactions)
     if seqs.session_ids is None:
@@ -113,10 +130,11 @@ def fit_quantizer(cfg: SIDConfig, x: torch.Tensor) -> tuple[Any, dict[str, Any]]
     raise ConfigError(f"sid.quantizer '{cfg.quantizer}' is not one of {list(QUANTIZERS)}")
 
 
-def build_sid_table(cfg: SIDConfig, dataset: Dataset, out_dir: str | Path | None = None) -> SIDTable:
+def build_sid_table(cfg: SIDConfig, dataset: Dataset, out_dir: str | Path | None = None,
+                    cf_loader: CFLoader | None = None) -> SIDTable:
     """Embed, quantize and make unique; writes the SID folder when ``out_dir`` is given."""
     t0 = time.time()
-    emb = item_embeddings(cfg, dataset)
+    emb = item_embeddings(cfg, dataset, cf_loader=cf_loader)
     t_embed = time.time() - t0
     q, fit_log = fit_quantizer(cfg, emb.vectors)
     table = SIDTable.from_quantizer(q, emb.item_ids, emb.vectors)
@@ -134,26 +152,51 @@ def build_sid_table(cfg: SIDConfig, dataset: Dataset, out_dir: str | Path | None
     return table
 
 
+def build_session_sid_table(cfg: SIDConfig, dataset: Dataset, split: SessionSplit,
+                            cf_loader: CFLoader | None = None) -> SIDTable:
+    """The table of a multi-behavior run (GAMER and its baselines): ``sid.table`` when set, else RQ-KMeans over
+    :func:`item_embeddings` with ``sessions=split`` (co-occurrence from the split's training sessions).
+
+    Deterministic given ``sid.seed`` and the split, so every variant and seed of a benchmark gets the same table;
+    the embedding source is stamped into the table's ``quantizer_params``.
+    """
+    if cfg.table:
+        return load_sid_table(cfg.table)
+    if cfg.quantizer != "rqkmeans":
+        raise ConfigError(f"sid.quantizer '{cfg.quantizer}': the GAMER trainer builds RQ-KMeans SIDs "
+                          "(train an RQ-VAE table separately and pass sid.table)")
+    emb = item_embeddings(cfg, dataset, sessions=split, cf_loader=cf_loader)
+    quant, _ = fit_quantizer(cfg, emb.vectors)
+    table = SIDTable.from_quantizer(quant, emb.item_ids, emb.vectors)
+    table.quantizer_params = {**table.quantizer_params, "embeddings": emb.source}
+    return table
+
+
 def load_sid_table(path: str | Path) -> SIDTable:
-    """A SID folder (``sid_table.parquet`` inside) or a table file (.parquet / .json)."""
+    """A SID folder (its ``sid_table.parquet``, else the first readable ``.json`` / ``.parquet`` table in it) or
+    a table file (.parquet / .json)."""
     p = Path(path)
-    if p.is_dir():
-        p = p / TABLE_FILE
-        if not p.exists():
-            raise DataError(f"{path}: no {TABLE_FILE} here (build one with: genrec sid build)")
-    return SIDTable.load(p)
+    if not p.is_dir():
+        return SIDTable.load(p)
+    if (p / TABLE_FILE).exists():
+        return SIDTable.load(p / TABLE_FILE)
+    for cand in sorted(p.glob("*.json")) + sorted(p.glob("*.parquet")):
+        try:
+            return SIDTable.load(cand)
+        except DataError:
+            continue
+    raise DataError(f"{path}: no {TABLE_FILE} (or other SID table) here (build one with: genrec sid build)")
 
 
-def sid_table_for(cfg: SIDConfig, dataset: Dataset, run_sid_dir: str | Path) -> SIDTable:
+def sid_table_for(cfg: SIDConfig, dataset: Dataset, run_sid_dir: str | Path,
+                  cf_loader: CFLoader | None = None) -> SIDTable:
     """The table a generator run uses: ``sid.table`` when set, else the run's own folder (built once)."""
     if cfg.table:
         table = load_sid_table(cfg.table)
     elif (Path(run_sid_dir) / TABLE_FILE).exists():
         return load_sid_table(run_sid_dir)
     else:
-        return build_sid_table(cfg, dataset, run_sid_dir)
+        return build_sid_table(cfg, dataset, run_sid_dir, cf_loader)
     Path(run_sid_dir).mkdir(parents=True, exist_ok=True)
     table.save(Path(run_sid_dir) / TABLE_FILE)  # the run folder keeps the exact table it was trained on
     return table
-
-

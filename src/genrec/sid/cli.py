@@ -9,15 +9,14 @@ from typing import Any
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from genrec.cli import _resolve_recipe
-    from genrec.config import load_config
+    from genrec.config import load_config, resolve_recipe
     from genrec.data.loading import load_data
     from genrec.sid.build import HEALTH_FILE, build_sid_table
 
     overrides = list(args.set or [])
     if args.data:
         overrides.append(f"data.path={args.data}")
-    cfg = load_config(_resolve_recipe(args.config), overrides)
+    cfg = load_config(resolve_recipe(args.config), overrides)
     dataset = load_data(cfg.data)
     table = build_sid_table(cfg.sid, dataset, args.out)
     print(f"SID table for {dataset.num_items:,} items -> {args.out} "

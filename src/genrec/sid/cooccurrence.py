@@ -1,15 +1,12 @@
-"""Semantic ids for multi-behavior logs without item text: a co-occurrence SVD of the training sessions.
+"""Item vectors for logs without item text: a co-occurrence SVD of the training sessions.
 
 The Taobao sample has no item text, so GAMER's SIDs (and the TIGER baseline's, which must be the same table)
-quantize item vectors built from **training events only** (spec §5.3): see :func:`cooccurrence_embeddings`.
-:func:`build_sid_table` picks the recipe's source (a saved table, this SVD, a CF run, a ``.npy`` file or text)
-and runs RQ-KMeans + the collision level; it is deterministic given ``sid.seed`` and the split, so every
-variant and seed of a benchmark gets the same table (its fingerprint is stamped in each record).
+quantize item vectors built from **training events only** (spec §5.3): see :func:`cooccurrence_embeddings`
+(a multi-behavior session split) and :func:`genrec.sid.build.loo_cooccurrence_embeddings` (leave-one-out).
+The tables themselves are built by :mod:`genrec.sid.build` (:func:`~genrec.sid.build.build_session_sid_table`).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,10 +14,9 @@ import torch
 from genrec.config import RunConfig
 from genrec.data.multibehavior import SessionSplit
 from genrec.data.schema import Dataset
-from genrec.errors import ConfigError, DataError
+from genrec.errors import DataError
 from genrec.sid.codebook import SIDTable, tensor_fingerprint
 from genrec.sid.embed import ItemEmbeddings
-from genrec.sid.rqkmeans import RQKMeans, RQKMeansConfig
 
 
 def cooccurrence_embeddings(split: SessionSplit, num_items: int, dim: int = 32,
@@ -96,45 +92,8 @@ def item_categories(dataset: Dataset) -> np.ndarray | None:
 
 
 def build_sid_table(cfg: RunConfig, dataset: Dataset, split: SessionSplit) -> SIDTable:
-    """SIDs per ``cfg.sid``: a saved table, or RQ-KMeans + collision level over the chosen item embeddings."""
-    sc = cfg.sid
-    if sc.table:
-        return load_sid_table(Path(sc.table))
-    if sc.quantizer != "rqkmeans":
-        raise ConfigError(f"sid.quantizer '{sc.quantizer}': the GAMER trainer builds RQ-KMeans SIDs "
-                          "(train an RQ-VAE table separately and pass sid.table)")
-    if (sc.embeddings == "cf" and not sc.source_run) or sc.embeddings == "cooccurrence":
-        emb = cooccurrence_embeddings(split, dataset.num_items, categories=item_categories(dataset), seed=sc.seed)
-    elif sc.embeddings == "cf":
-        from genrec.sid.embed import run_cf_embeddings
+    """Compatibility name for :func:`genrec.sid.build.build_session_sid_table` (``cfg.sid``), kept while
+    ``train/gamer.py`` and ``train/multibehavior_baselines.py`` import it from here."""
+    from genrec.sid.build import build_session_sid_table
 
-        emb = run_cf_embeddings(sc.source_run)
-    elif sc.embeddings == "file":
-        arr = np.load(sc.embeddings_file)
-        if arr.ndim != 2 or arr.shape[0] != dataset.num_items:
-            raise DataError(f"{sc.embeddings_file}: expected ({dataset.num_items}, D) item vectors, got {arr.shape}")
-        vec = torch.from_numpy(arr.astype(np.float32))
-        emb = ItemEmbeddings(np.arange(1, dataset.num_items + 1), vec, "file", tensor_fingerprint(vec))
-    elif sc.embeddings == "text":
-        from genrec.sid.embed import text_embeddings
-
-        emb = text_embeddings(dataset.items, sc.cache_dir, sc.text_fields)
-    else:
-        raise ConfigError(f"sid.embeddings '{sc.embeddings}' is not one of text, cf, file, cooccurrence")
-    quant = RQKMeans(RQKMeansConfig(num_levels=sc.levels, codebook_size=sc.codebook_size, seed=sc.seed))
-    quant.fit(emb.vectors)
-    table = SIDTable.from_quantizer(quant, emb.item_ids, emb.vectors)
-    table.quantizer_params = {**table.quantizer_params, "embeddings": emb.source}
-    return table
-
-
-def load_sid_table(path: Path) -> SIDTable:
-    """A SID table file, or the first readable ``.json``/``.parquet`` table in a folder."""
-    if path.is_dir():
-        for cand in sorted(path.glob("*.json")) + sorted(path.glob("*.parquet")):
-            try:
-                return SIDTable.load(cand)
-            except DataError:
-                continue
-        raise DataError(f"{path}: no SID table (.json or .parquet) in this folder")
-    return SIDTable.load(path)
+    return build_session_sid_table(cfg.sid, dataset, split)

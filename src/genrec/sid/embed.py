@@ -156,8 +156,16 @@ def cf_embeddings(model: Any, num_items: int | None = None) -> ItemEmbeddings:
     return ItemEmbeddings(np.arange(1, n + 1, dtype=np.int64), vec, f"cf:{name}", tensor_fingerprint(vec))
 
 
+CFLoader = Callable[[str], ItemEmbeddings]  # a retriever run folder -> its item table as ItemEmbeddings
+
+
 def run_cf_embeddings(run_dir: str | Path) -> ItemEmbeddings:
-    """Collaborative embeddings of a genrec run folder (its best weights)."""
+    """Collaborative embeddings of a genrec run folder (its best weights).
+
+    Opening a run builds a model, which ``sid`` (below ``models``) must not do: callers above may pass a
+    :data:`CFLoader` to :func:`genrec.sid.build.item_embeddings`. This default (the one upward import left in
+    ``sid``) goes once ``train/`` holds the loader and its callers pass it.
+    """
     from genrec.train.run import open_run
 
     run = open_run(run_dir)

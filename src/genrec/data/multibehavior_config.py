@@ -1,0 +1,45 @@
+"""The ``multibehavior:`` recipe section: protocol and GAMER training-data knobs.
+
+It lives beside the data it shapes (:mod:`genrec.data.multibehavior`) and imports nothing heavy, so
+:mod:`genrec.config` can list it with the other sections while staying light, and ``data/`` never imports
+``config``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from genrec.errors import ConfigError
+
+CANDIDATE_MODES = ("behavior_history", "history", "behavior", "all")
+WINDOW_MODES = ("last", "all")
+
+
+@dataclass
+class MultiBehaviorConfig:
+    """Multi-behavior protocol and GAMER training-data knobs (a ``multibehavior:`` recipe section)."""
+
+    session_gap: int = 3600  # seconds of inactivity that end a session
+    behavior_order: list[str] = field(default_factory=list)  # levels lowest first; empty = the manifest's order
+    min_history: int = 1  # evaluation queries need this many interactions before the evaluated session
+    augment: int = 4  # x thinned copies per training sequence (ratios k/x, k = 1..x); 0 = no augmentation
+    train_windows: str = "last"  # last: the last max_len+1 interactions per sequence (GAMER); all: every window
+    candidates: str = "behavior_history"  # behavior_history | history (both leak-free) | behavior | all
+    eval_behaviors: list[str] = field(default_factory=list)  # empty = every behavior
+    warmup_ratio: float = 0.04  # linear warmup over this fraction of all steps, then cosine decay to 0
+    early_stop: str = "valid_loss"  # valid_loss (GAMER) or "<behavior>/<metric>", e.g. buy/ndcg@10
+    valid_max_users: int = 0  # 0 = every validation user; else a fixed seeded subset
+
+    def check(self) -> None:
+        if self.session_gap < 0:
+            raise ConfigError(f"multibehavior.session_gap must be >= 0 seconds, got {self.session_gap}")
+        if self.augment < 0:
+            raise ConfigError(f"multibehavior.augment must be >= 0, got {self.augment}")
+        if self.train_windows not in WINDOW_MODES:
+            raise ConfigError(f"multibehavior.train_windows '{self.train_windows}' is not one of {WINDOW_MODES}")
+        if self.candidates not in CANDIDATE_MODES:
+            raise ConfigError(f"multibehavior.candidates '{self.candidates}' is not one of {CANDIDATE_MODES}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"multibehavior.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
+        if self.min_history < 0:
+            raise ConfigError(f"multibehavior.min_history must be >= 0, got {self.min_history}")
