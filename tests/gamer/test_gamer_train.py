@@ -13,7 +13,8 @@ from genrec.config import config_from_dict
 from genrec.data.multibehavior import MultiBehaviorConfig
 from genrec.errors import CheckpointError
 from genrec.eval.multibehavior import merge_behaviors, multi_target_metrics
-from genrec.train.gamer import GamerTrainer, cosine_lr
+from genrec.nn.optim import cosine_lr
+from genrec.train.gamer import GamerTrainer
 from tests.gamer.conftest import TINY, cycle_events, make_dataset, toy_table
 
 

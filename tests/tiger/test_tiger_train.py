@@ -12,8 +12,9 @@ from genrec.data.sequences import UserSequences
 from genrec.data.splits import leave_one_out
 from genrec.errors import CheckpointError
 from genrec.eval.generation import history_matrix
+from genrec.nn.optim import inverse_sqrt_lr as lr_at
 from genrec.sid import SIDTable
-from genrec.train.generator import GeneratorOptions, GeneratorTrainer, TrainExamples, lr_at
+from genrec.train.generator import GeneratorOptions, GeneratorTrainer, TrainExamples
 from tests.tiger.conftest import next_item, tiny_cfg
 
 OPTS = GeneratorOptions(warmup_steps=100_000, beam_size=5)

@@ -8,6 +8,8 @@ of ``world``) equals the single-process gradient of the same global batch.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -49,6 +51,17 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Run the block on the main process first, then on the others: build-or-load steps (a SID table written
+    into the run folder) so that only one process ever writes the file and the others read it complete."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
 
 
 def cleanup() -> None:
