@@ -218,17 +218,15 @@ class PretrainTrainer(TrainerBase):
                 "data_fingerprint": self.data_fp, "events_fingerprint": _events_fingerprint(self.ev)}
 
     def epoch_batches(self, epoch: int) -> list[np.ndarray]:
-        # one generator draws every epoch's order in turn (as stage 1 always has): replay it up to ``epoch``
+        # one generator draws every epoch's order in turn (as stage 1 always has): replay the draws before ``epoch``
         if self._orders is None or self._orders[1] > epoch:
             self._orders = (np.random.default_rng(self.pcfg.seed), 0)
-        rng, at = self._orders
+        rng, drawn = self._orders
         lengths = self.ev.lengths[self.rows]
-        while True:
-            order = batch_order(lengths, self.pcfg.batch_size, rng)
-            self._orders = (rng, at + 1)
-            if at == epoch:
-                return order
-            at += 1
+        for _ in range(drawn, epoch):
+            batch_order(lengths, self.pcfg.batch_size, rng)
+        self._orders = (rng, epoch + 1)
+        return batch_order(lengths, self.pcfg.batch_size, rng)
 
     def step_loss(self, idx: np.ndarray) -> tuple[torch.Tensor, int]:
         cfg = self.pcfg
