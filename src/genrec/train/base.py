@@ -44,17 +44,13 @@ from torch import nn
 
 from genrec.nn.optim import LRSchedule
 from genrec.train import distributed as dist_utils
-from genrec.train.run_folder import (  # noqa: F401 (re-exported: the names every trainer imports from here)
+from genrec.train.run_folder import (  # noqa: F401 (re-exported: the names trainers import from here)
     BEST_DIR,
-    BEST_WEIGHTS,
     CHECKPOINT_DIR,
     CONFIG_FILE,
-    SUMMARY_KEYS,
     RunFolder,
     fit_and_test,
     git_commit,
-    initial_state,
-    lower_is_better,
     non_finite_loss,
     resolve_device,
     write_json_atomic,
@@ -82,6 +78,7 @@ class TrainerBase(RunFolder):
     log_steps = True
     ddp_find_unused = False
     schedule: LRSchedule | None = None  # None: constant train.lr
+    _ddp: nn.Module | None = None  # the DDP-wrapped step, built by fit() under torchrun
 
     # -- hooks ------------------------------------------------------------------------------------
     def epoch_batches(self, epoch: int) -> Sequence[Any]:
@@ -111,7 +108,7 @@ class TrainerBase(RunFolder):
         st = self.state
         if st.get("finished"):
             return self.summary()
-        if self.distributed and getattr(self, "_ddp", None) is None:
+        if self.distributed and self._ddp is None:
             dev = [self.device.index] if self.device.type == "cuda" else None
             self._ddp = nn.parallel.DistributedDataParallel(_StepForward(self.model, self.step_loss), device_ids=dev,
                                                             find_unused_parameters=self.ddp_find_unused)

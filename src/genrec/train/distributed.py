@@ -67,3 +67,11 @@ def main_first() -> Iterator[None]:
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def finish() -> None:
+    """The end of a ``torchrun`` job: wait for every process (the main one may still be testing), then close the
+    group, so that no process exits while the group's threads still run (gloo then aborts it)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

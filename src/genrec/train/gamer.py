@@ -306,9 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_dict(apply_overrides(load_yaml(args.config), args.set), args.config)
         rec = run_variant(cfg, args.out, load_dataset(cfg.data.path), cfg.multibehavior, resume=not args.no_resume)
+        dist_utils.finish()
     except GenrecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if "metrics" not in rec:  # a torchrun process other than the main one: it trained, the main one reports
+        return 0
     summary = rec.get("summary", {})
     print(f"{rec.get('num_parameters', 0):,} parameters, best epoch {summary.get('best_epoch')}, "
           f"{summary.get('train_seconds') or 0:.0f}s training, {rec['eval_seconds']:.0f}s test evaluation "

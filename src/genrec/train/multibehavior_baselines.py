@@ -272,6 +272,8 @@ def run_variant(cfg: RunConfig, run_dir: str | Path, dataset: Dataset, options: 
         else:
             trainer = BaselineTrainer(cfg, run_dir, dataset, None, opts, resume=resume)
         summary = trainer.fit()
+        if not trainer.main:  # under torchrun only the main process tests and writes
+            return {"summary": summary}
         trainer.load_best()
         rec = trainer.evaluate("test")
         rec["summary"] = summary

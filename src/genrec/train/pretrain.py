@@ -184,7 +184,11 @@ def _loop_config(cfg: PretrainConfig, loop: TrainConfig | None) -> TrainConfig:
 
 
 class PretrainTrainer(TrainerBase):
-    """Session MIM on the pre-cut-off events, in the shared loop; the run folder is the artifact's folder."""
+    """Session MIM on the pre-cut-off events, in the shared loop; the run folder is the artifact's folder.
+
+    Under ``torchrun`` each process masks its slice of a batch with its own stream, so a multi-process stage 1
+    learns the same way but not with the single-process run's very masks.
+    """
 
     compat_keys = ("format", "config", "cutoff", "num_items", "data_fingerprint", "events_fingerprint")
     skip_empty_steps = True  # a batch without a masked slot makes no update (as stage 1 always did)

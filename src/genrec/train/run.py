@@ -43,8 +43,15 @@ def train_run(cfg: RunConfig, out: str | Path, resume: bool = True, dataset: Dat
               ) -> dict[str, Any]:
     """Train (or resume) a run of any model kind, then evaluate its best weights on the test split.
 
-    Returns the results record (also written to ``RUN_DIR/results/test.json``).
+    Returns the results record (also written to ``RUN_DIR/results/test.json``). Under ``torchrun`` every
+    process returns once the main one has written it (the process group is then closed).
     """
+    res = _train_any(cfg, out, resume, dataset)
+    dist_utils.finish()
+    return res
+
+
+def _train_any(cfg: RunConfig, out: str | Path, resume: bool, dataset: Dataset | None) -> dict[str, Any]:
     kind = model_kind(cfg)
     if cfg.stages and kind in (RETRIEVER, RANKER):  # HPGR stage 1, then the model initialised from it
         return run_stages(cfg, out, resume=resume, dataset=dataset)

@@ -27,15 +27,7 @@ from genrec.models.base import RETRIEVER, Retriever
 from genrec.models.registry import build_model
 from genrec.nn.optim import build_optimizer
 from genrec.objectives import build_objective
-from genrec.train.base import (  # noqa: F401 (re-exported)
-    BEST_DIR,
-    CONFIG_FILE,
-    TrainerBase,
-    fit_and_test,
-    git_commit,
-    non_finite_loss,
-    resolve_device,
-)
+from genrec.train.base import TrainerBase, fit_and_test, git_commit
 
 
 class _LossModule(nn.Module):
