@@ -85,3 +85,26 @@ def load_benchmark(stem: str):
     finally:
         sys.path.remove(str(bench))
     return mod
+
+
+def latest_state(run_dir: Path) -> dict:
+    """The loop state (``state.json``) of a run folder's latest checkpoint."""
+    import json
+
+    ckpt = Path(run_dir) / "checkpoints"
+    return json.loads((ckpt / (ckpt / "latest").read_text().strip() / "state.json").read_text())
+
+
+def latest_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The weights of a run folder's latest checkpoint."""
+    from safetensors.torch import load_file
+
+    ckpt = Path(run_dir) / "checkpoints"
+    return load_file(str(ckpt / (ckpt / "latest").read_text().strip() / "model.safetensors"))
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """Bit-identical tensors under the same names."""
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

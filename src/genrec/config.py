@@ -40,13 +40,25 @@ class ObjectiveConfig:
 
 
 @dataclass
-class TrainConfig:
-    epochs: int = 100
-    batch_size: int = 128
+class OptimConfig:
+    """The optimiser knobs (AdamW, ``genrec.nn.optim``) shared by every section that trains: ``train:``,
+    ``pretrain:`` (HPGR stage 1) and ``rerank:``, so ``lr`` and its kin mean the same thing everywhere."""
+
     lr: float = 1e-3
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.98)
-    grad_clip: float = 0.0  # 0 = off
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+
+
+def optim_knobs(section: Any) -> dict[str, Any]:
+    """The :class:`OptimConfig` knobs of any training section, to hand them on (e.g. into a TrainConfig)."""
+    return {f.name: getattr(section, f.name) for f in fields(OptimConfig)}
+
+
+@dataclass
+class TrainConfig(OptimConfig):
+    epochs: int = 100
+    batch_size: int = 128
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     bf16: bool = True  # autocast to bf16 on CUDA only

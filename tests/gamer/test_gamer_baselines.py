@@ -17,7 +17,7 @@ from genrec.eval.multibehavior import evaluate_behaviors
 from genrec.eval.multibehavior_baselines import RecencyBaseline, RetrieverAdapter, TigerAdapter
 from genrec.models.registry import build_model
 from genrec.train.multibehavior_baselines import BaselineTrainer, evaluate_recency, run_variant
-from tests.conftest import load_benchmark
+from tests.conftest import assert_same_weights, latest_state, latest_weights, load_benchmark
 from tests.gamer.conftest import NUM_ITEMS, TINY, cycle_events, make_dataset, toy_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,6 +122,32 @@ def test_baselines_see_the_same_queries_and_tiger_learns_the_toy_rule(tmp_path):
     stored = tmp_path / "sasrec" / "results.json"
     stored.write_text(json.dumps({**rec2, "marker": 1}))
     assert run_variant(sas, tmp_path / "sasrec", ds)["marker"] == 1
+
+
+@pytest.mark.parametrize("model", ["tiger", "sasrec"])
+def test_baseline_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path, model):
+    ds = make_dataset(cycle_events(num_users=12, seed=0))
+    params = ({**TIGER_TINY, "dropout": 0.1} if model == "tiger" else
+              {"name": "sasrec", "d_model": 16, "num_layers": 1, "num_heads": 1, "dropout": 0.2})
+    extra = {"objective": {"name": "sampled_softmax", "num_negatives": 8}}  # negatives drawn per step (sasrec)
+
+    def cfg(**train):
+        return config_from_dict({**BASE, **extra, "model": params,
+                                 "multibehavior": {**BASE["multibehavior"], "warmup_ratio": 0.3},
+                                 "train": _train(epochs=2, batch_size=8, lr=0.01, checkpoint_every=3, **train)})
+
+    sids = toy_table() if model == "tiger" else None
+    full = BaselineTrainer(cfg(), tmp_path / "full", ds, sids)
+    full.fit()
+    steps = full.state["global_step"]
+    part = BaselineTrainer(cfg(max_steps=steps // 2 + 1), tmp_path / "part", ds, sids)
+    assert not part.fit()["finished"]
+    assert latest_state(tmp_path / "part")["step_in_epoch"] > 0  # stopped mid-epoch
+    again = BaselineTrainer(cfg(), tmp_path / "part", ds, sids)
+    assert again.resumed_from is not None and again.fit()["finished"]
+    assert latest_state(tmp_path / "part") == {**latest_state(tmp_path / "full"),
+                                               "train_seconds": latest_state(tmp_path / "part")["train_seconds"]}
+    assert_same_weights(latest_weights(tmp_path / "full"), latest_weights(tmp_path / "part"))
 
 
 def test_baseline_settings_are_checked(tmp_path):

@@ -13,7 +13,9 @@ from genrec.config import config_from_dict
 from genrec.data.multibehavior import MultiBehaviorConfig
 from genrec.errors import CheckpointError
 from genrec.eval.multibehavior import merge_behaviors, multi_target_metrics
-from genrec.train.gamer import GamerTrainer, cosine_lr
+from genrec.nn.optim import cosine_lr
+from genrec.train.gamer import GamerTrainer
+from tests.conftest import latest_state
 from tests.gamer.conftest import TINY, cycle_events, make_dataset, toy_table
 
 
@@ -80,6 +82,7 @@ def test_resume_is_exact_and_a_run_folder_keeps_its_settings(tmp_path):
     steps = ref.state["global_step"]
     first = GamerTrainer(_cfg(epochs=2, eval_every=1, max_steps=steps // 2 + 1), tmp_path / "b", ds, toy_table(), opts)
     assert not first.fit()["finished"]
+    assert latest_state(tmp_path / "b")["step_in_epoch"] > 0  # stopped mid-epoch
     again = GamerTrainer(_cfg(epochs=2, eval_every=1), tmp_path / "b", ds, toy_table(), opts)
     assert again.resumed_from is not None
     again.fit()

@@ -1,10 +1,14 @@
-"""Fixtures for the HPGR tests: the staged public datasets (skipped with a reason when absent)."""
+"""Fixtures for the HPGR tests: the staged public datasets (skipped with a reason when absent) and a toy CTR log."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pytest
+
+from genrec.data.schema import Dataset, Interactions, fingerprint_of
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -20,3 +24,47 @@ def shared_file():
         return path
 
     return get
+
+
+BEH = ["pv", "fav", "cart", "buy"]
+
+
+def make_ctr_toy(num_users: int = 150, num_items: int = 40, seed: int = 0, behaviors: bool = False,
+                 noise: float = 0.1) -> Dataset:
+    """Users view random items; every third item is liked (rating 5, else 1), with ``noise`` flipped labels.
+
+    Times interleave users so every part of the temporal split holds many users. With ``behaviors``:
+    each rating becomes a pv, followed ten minutes later by a cart when the label is positive.
+    """
+    rng = np.random.default_rng(seed)
+    u, i, t, y = [], [], [], []
+    for user in range(1, num_users + 1):
+        n = int(rng.integers(10, 20))
+        items = rng.integers(1, num_items + 1, n)
+        liked = (items % 3 == 0) ^ (rng.random(n) < noise)
+        times = 1_000_000 + np.sort(rng.integers(0, 2_000_000, n)) * 60
+        u += [user] * n
+        i += items.tolist()
+        t += times.tolist()
+        y += liked.tolist()
+    u, i, t, y = (np.asarray(a) for a in (u, i, t, y))
+    order = np.lexsort((t, u))
+    u, i, t, y = u[order], i[order], t[order], y[order]
+    if behaviors:
+        cu, ci, ct = u[y], i[y], t[y] + 600
+        u2, i2, t2 = np.concatenate([u, cu]), np.concatenate([i, ci]), np.concatenate([t, ct])
+        b2 = np.concatenate([np.zeros(len(u)), np.full(len(cu), BEH.index("cart"))]).astype(np.int8)
+        o = np.lexsort((b2, t2, u2))
+        inter = Interactions(u2[o].astype(np.int64), i2[o].astype(np.int64), t2[o].astype(np.int64),
+                             behavior=b2[o])
+    else:
+        inter = Interactions(u.astype(np.int64), i.astype(np.int64), t.astype(np.int64),
+                             rating=np.where(y, 5.0, 1.0).astype(np.float32))
+    params = {"ctr_toy": seed, "behaviors": behaviors}
+    items = pa.table({"item_id": np.arange(1, num_items + 1, dtype=np.int64),
+                      "external_id": [f"i{x}" for x in range(1, num_items + 1)]})
+    manifest = {"name": "ctr-toy", "counts": {"users": num_users, "items": num_items, "interactions": len(inter)},
+                "params": params, "fingerprint": fingerprint_of(inter, params)}
+    if behaviors:
+        manifest["behaviors"] = BEH
+    return Dataset(interactions=inter, items=items, users=None, manifest=manifest)

@@ -22,7 +22,14 @@ from genrec.train.pretrain import ITEM_KEY, ITEM_TABLE_FILE, parse_pretrain_conf
 from genrec.train.rerank import RerankTrainer, parse_rerank_config, rerank_run
 from genrec.train.run import train_run
 from genrec.train.stages import run_stages
-from tests.conftest import load_benchmark, make_toy, tiny_cfg
+from tests.conftest import (
+    assert_same_weights,
+    latest_state,
+    latest_weights,
+    load_benchmark,
+    make_toy,
+    tiny_cfg,
+)
 
 D = 16
 TINY_PRETRAIN = {"sem": {"d_model": D, "num_heads": 2, "intra_layers": 1, "inter_layers": 1},
@@ -98,6 +105,33 @@ def test_stage_one_never_sees_validation_or_test_items(tmp_path):
     meta = json.loads((tmp_path / "a" / "pretrain" / "pretrain.json").read_text())
     assert meta["cutoff"]["kind"] == "split" and meta["cutoff"]["split"] == "leave_one_out"
     assert meta["config"]["seed"] == cfg.train.seed  # one artifact per benchmark seed
+
+
+def test_stage_one_stopped_mid_epoch_resumes_to_the_same_artifact(tmp_path):
+    """``train.max_steps`` stops stage 1 with a checkpoint and no artifact; the next run resumes it exactly."""
+    ds = make_toy()
+    pre = {**TINY_PRETRAIN, "epochs": 2, "max_steps": 0, "sem": {**TINY_PRETRAIN["sem"], "dropout": 0.2}}
+
+    def cfg(**train):
+        c = _retriever_cfg(stages=["pretrain"], checkpoint_every=2, **train)
+        c.pretrain = pre
+        return c
+
+    run_stages(cfg(), tmp_path / "full", dataset=ds)
+    stopped = run_stages(cfg(max_steps=5), tmp_path / "part", dataset=ds)
+    art = tmp_path / "part" / "pretrain"
+    assert stopped["stopped_early_by"] == "train.max_steps" and stopped["summary"]["global_step"] == 5
+    assert not (art / "pretrain.json").exists() and latest_state(art)["step_in_epoch"] > 0  # mid-epoch
+    resumed = run_stages(cfg(), tmp_path / "part", dataset=ds)
+    assert not resumed["pretrain"]["skipped"]
+    assert sorted(p.name for p in art.iterdir()) == ["item_table.safetensors", "pretrain.json", "sem.safetensors"]
+    for name in ("item_table.safetensors", "sem.safetensors"):
+        assert_same_weights(load_file(str(tmp_path / "full" / "pretrain" / name)), load_file(str(art / name)))
+    meta_a, meta_b = (json.loads((r / "pretrain" / "pretrain.json").read_text()) for r in (tmp_path / "full",
+                                                                                           tmp_path / "part"))
+    assert meta_a.pop("seconds") >= 0 and meta_b.pop("seconds") >= 0
+    assert meta_a == meta_b and len(meta_a["epoch_losses"]) == 2 and meta_a["steps"] == 8
+    assert run_stages(cfg(), tmp_path / "part", dataset=ds)["pretrain"]["skipped"]  # and stage skipping holds
 
 
 def test_two_stage_retriever_recipe_end_to_end(tmp_path):
@@ -205,6 +239,21 @@ def test_rerank_end_to_end_reports_both_stages(tmp_path, retriever_and_artifact)
     # a finished run is reused, not retrained
     again = rerank_run(ret, art, parse_rerank_config(TINY_RERANK), out)
     assert again["metrics"] == res["metrics"]
+
+
+def test_rerank_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path, retriever_and_artifact):
+    ds, ret, art = retriever_and_artifact
+    rr = {**TINY_RERANK, "model": {**TINY_RERANK["model"], "dropout": 0.2}, "prefixes_per_epoch": 256,
+          "checkpoint_every": 3}
+    rerank_run(ret, art, parse_rerank_config(rr), tmp_path / "full")
+    stopped = rerank_run(ret, art, parse_rerank_config({**rr, "max_steps": 6}), tmp_path / "part")
+    assert stopped["stopped_early_by"] == "train.max_steps"
+    assert latest_state(tmp_path / "part")["step_in_epoch"] > 0  # mid-epoch: the negatives' draws replay
+    res = rerank_run(ret, art, parse_rerank_config(rr), tmp_path / "part")
+    assert res["train"]["global_step"] == latest_state(tmp_path / "full")["global_step"] == 8
+    assert_same_weights(latest_weights(tmp_path / "full"), latest_weights(tmp_path / "part"))
+    full = json.loads((tmp_path / "full" / "results" / "test.json").read_text())
+    assert res["metrics"] == full["metrics"] and res["beta"] == full["beta"]
 
 
 def test_rerank_settings_are_checked():

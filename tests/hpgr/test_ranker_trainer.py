@@ -9,7 +9,6 @@ import types
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,55 +16,14 @@ from safetensors.torch import load_file
 from torch import nn
 
 from genrec.config import config_from_dict
-from genrec.data.schema import Dataset, Interactions, fingerprint_of, load_dataset, write_dataset
+from genrec.data.schema import Dataset, load_dataset, write_dataset
 from genrec.errors import CheckpointError, ConfigError
 from genrec.eval.ranking import ranking_metrics
 from genrec.models.base import RANKER
 from genrec.models.registry import MODELS, register
 from genrec.train.ranker import RankerTrainer, build_ranking_data, evaluate_ranker_run, train_ranker_run
-
-BEH = ["pv", "fav", "cart", "buy"]
-
-
-def make_ctr_toy(num_users: int = 150, num_items: int = 40, seed: int = 0, behaviors: bool = False,
-                 noise: float = 0.1) -> Dataset:
-    """Users view random items; every third item is liked (rating 5, else 1), with ``noise`` flipped labels.
-
-    Times interleave users so every part of the temporal split holds many users. With ``behaviors``:
-    each rating becomes a pv, followed ten minutes later by a cart when the label is positive.
-    """
-    rng = np.random.default_rng(seed)
-    u, i, t, y = [], [], [], []
-    for user in range(1, num_users + 1):
-        n = int(rng.integers(10, 20))
-        items = rng.integers(1, num_items + 1, n)
-        liked = (items % 3 == 0) ^ (rng.random(n) < noise)
-        times = 1_000_000 + np.sort(rng.integers(0, 2_000_000, n)) * 60
-        u += [user] * n
-        i += items.tolist()
-        t += times.tolist()
-        y += liked.tolist()
-    u, i, t, y = (np.asarray(a) for a in (u, i, t, y))
-    order = np.lexsort((t, u))
-    u, i, t, y = u[order], i[order], t[order], y[order]
-    if behaviors:
-        cu, ci, ct = u[y], i[y], t[y] + 600
-        u2, i2, t2 = np.concatenate([u, cu]), np.concatenate([i, ci]), np.concatenate([t, ct])
-        b2 = np.concatenate([np.zeros(len(u)), np.full(len(cu), BEH.index("cart"))]).astype(np.int8)
-        o = np.lexsort((b2, t2, u2))
-        inter = Interactions(u2[o].astype(np.int64), i2[o].astype(np.int64), t2[o].astype(np.int64),
-                             behavior=b2[o])
-    else:
-        inter = Interactions(u.astype(np.int64), i.astype(np.int64), t.astype(np.int64),
-                             rating=np.where(y, 5.0, 1.0).astype(np.float32))
-    params = {"ctr_toy": seed, "behaviors": behaviors}
-    items = pa.table({"item_id": np.arange(1, num_items + 1, dtype=np.int64),
-                      "external_id": [f"i{x}" for x in range(1, num_items + 1)]})
-    manifest = {"name": "ctr-toy", "counts": {"users": num_users, "items": num_items, "interactions": len(inter)},
-                "params": params, "fingerprint": fingerprint_of(inter, params)}
-    if behaviors:
-        manifest["behaviors"] = BEH
-    return Dataset(interactions=inter, items=items, users=None, manifest=manifest)
+from tests.conftest import latest_state
+from tests.hpgr.conftest import make_ctr_toy
 
 
 def raw_cfg(**sections) -> dict:
@@ -179,6 +137,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(toy, tmp_path):
     stop = raw_cfg(model={"dropout": 0.2}, train={"epochs": 2, "checkpoint_every": 4, "max_steps": 7})
     part = RankerTrainer(config_from_dict(stop), tmp_path / "part", toy)
     assert not part.fit()["finished"] and part.state["global_step"] == 7
+    assert latest_state(tmp_path / "part")["step_in_epoch"] > 0  # stopped mid-epoch
     RankerTrainer(config_from_dict(raw), tmp_path / "part", toy).fit()
 
     def last(run):

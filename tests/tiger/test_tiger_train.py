@@ -12,8 +12,10 @@ from genrec.data.sequences import UserSequences
 from genrec.data.splits import leave_one_out
 from genrec.errors import CheckpointError
 from genrec.eval.generation import history_matrix
+from genrec.nn.optim import inverse_sqrt_lr
 from genrec.sid import SIDTable
-from genrec.train.generator import GeneratorOptions, GeneratorTrainer, TrainExamples, lr_at
+from genrec.train.generator import GeneratorOptions, GeneratorTrainer, TrainExamples
+from tests.conftest import latest_state
 from tests.tiger.conftest import next_item, tiny_cfg
 
 OPTS = GeneratorOptions(warmup_steps=100_000, beam_size=5)
@@ -28,9 +30,9 @@ def test_examples_are_every_training_prefix(toy_data):
 
 
 def test_lr_schedule_constant_then_inverse_sqrt():
-    assert lr_at(0, 0.01, 10_000) == 0.01 and lr_at(9_999, 0.01, 10_000) == 0.01
-    assert lr_at(39_999, 0.01, 10_000) == pytest.approx(0.005)
-    assert lr_at(0, 1.0, 10, linear_warmup_steps=4) == pytest.approx(0.25)
+    assert inverse_sqrt_lr(0, 0.01, 10_000) == 0.01 and inverse_sqrt_lr(9_999, 0.01, 10_000) == 0.01
+    assert inverse_sqrt_lr(39_999, 0.01, 10_000) == pytest.approx(0.005)
+    assert inverse_sqrt_lr(0, 1.0, 10, linear_warmup_steps=4) == pytest.approx(0.25)
 
 
 def test_tiny_tiger_learns_the_next_item_rule(tmp_path, toy_data, table):
@@ -62,6 +64,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, toy_data, table):
     cut = tiny_cfg(model={"dropout": 0.2}, epochs=2, batch_size=32, eval_every=1, max_steps=steps // 2 + 1)
     first = GeneratorTrainer(cut, tmp_path / "b", toy_data, table, OPTS)
     assert not first.fit()["finished"]
+    assert latest_state(tmp_path / "b")["step_in_epoch"] > 0  # stopped mid-epoch
     again = GeneratorTrainer(cfg, tmp_path / "b", toy_data, table, OPTS)
     assert again.resumed_from is not None
     again.fit()

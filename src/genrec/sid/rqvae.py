@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrec.errors import ConfigError
+from genrec.nn.optim import adamw
 from genrec.sid.codebook import tensor_fingerprint
 from genrec.sid.rqkmeans import kmeans, sq_distances
 
@@ -168,7 +169,7 @@ class RQVAE(nn.Module):
             self.mean.copy_(x.mean(0))
             self.std.copy_(x.std(0).clamp_min(1e-6))
         xs = self._standardize(x)  # (N, D)
-        opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
+        opt = adamw(self.parameters(), lr, weight_decay=weight_decay)
         history: list[EpochLog] = []
         n = xs.shape[0]
         for epoch in range(epochs):

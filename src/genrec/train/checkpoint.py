@@ -67,7 +67,10 @@ def load_weights(model: torch.nn.Module, path: Path, strict: bool = True) -> Non
 
 
 def save_checkpoint(ckpt_root: Path, name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict[str, Any], keep: int = 1) -> Path:
+                    state: dict[str, Any], keep: int = 1, generators: dict[str, torch.Generator] | None = None
+                    ) -> Path:
+    """Write checkpoint ``name``; ``generators`` are a trainer's own random streams (their states are saved,
+    so a stream that runs on across steps resumes exactly)."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / name
     tmp = ckpt_root / f".tmp-{name}-{os.getpid()}"
@@ -78,6 +81,8 @@ def save_checkpoint(ckpt_root: Path, name: str, model: torch.nn.Module, optimize
     extra = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
     if torch.cuda.is_available():
         extra["cuda_rng"] = torch.cuda.get_rng_state_all()
+    for key, gen in (generators or {}).items():
+        extra[f"generator/{key}"] = gen.get_state()
     torch.save(extra, tmp / OPTIM)
     (tmp / STATE).write_text(json.dumps(state, indent=1))
     for f in tmp.iterdir():
@@ -111,8 +116,8 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
     return path
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None
-                    ) -> dict[str, Any]:
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                    generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
     load_weights(model, path / WEIGHTS)
     state = json.loads((path / STATE).read_text())
     extra = torch.load(path / OPTIM, map_location="cpu", weights_only=True)
@@ -121,4 +126,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     torch.set_rng_state(extra["torch_rng"])
     if "cuda_rng" in extra and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(extra["cuda_rng"])
+    for key, gen in (generators or {}).items():
+        if f"generator/{key}" not in extra:
+            raise CheckpointError(f"{path}: no state of the random stream '{key}' (written by another trainer?)")
+        gen.set_state(extra[f"generator/{key}"])
     return state

@@ -8,6 +8,8 @@ of ``world``) equals the single-process gradient of the same global batch.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -51,6 +53,25 @@ def barrier() -> None:
         dist.barrier()
 
 
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Run the block on the main process first, then on the others: build-or-load steps (a SID table written
+    into the run folder) so that only one process ever writes the file and the others read it complete."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
+
+
 def cleanup() -> None:
     if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def finish() -> None:
+    """The end of a ``torchrun`` job: wait for every process (the main one may still be testing), then close the
+    group, so that no process exits while the group's threads still run (gloo then aborts it)."""
+    if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

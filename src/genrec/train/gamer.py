@@ -45,20 +45,24 @@ from genrec.errors import ConfigError, DataError
 from genrec.eval.multibehavior import evaluate_behaviors, format_table, metrics_record, protocol_record
 from genrec.models.base import GENERATOR
 from genrec.models.registry import build_model
+from genrec.nn.optim import build_optimizer, lr_schedule
 from genrec.sid.codebook import SIDTable
 from genrec.sid.cooccurrence import build_sid_table, cooccurrence_embeddings, item_categories  # noqa: F401
+from genrec.train import distributed as dist_utils
 from genrec.train.base import TrainerBase, git_commit
 
 SID_FILE = "sids.json"
 
 
-def cosine_lr(step: int, total_steps: int, base_lr: float, warmup_ratio: float) -> float:
-    """Learning rate of optimiser step ``step`` (0-based): linear warmup, then cosine decay to 0 at ``total_steps``."""
-    warm = int(math.ceil(total_steps * warmup_ratio))
-    if step < warm:
-        return base_lr * (step + 1) / warm
-    progress = min(1.0, (step - warm) / max(1, total_steps - warm))
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+def run_sid_table(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: SessionSplit) -> SIDTable:
+    """The run folder's ``sids.json``, built from the training events the first time (by one process)."""
+    path = run_dir / SID_FILE
+    with dist_utils.main_first():
+        if path.exists():
+            return SIDTable.load(path)
+        sids = build_sid_table(cfg, dataset, split)
+        sids.save(path)
+    return sids
 
 
 # ---- batches -----------------------------------------------------------------------------------------
@@ -111,6 +115,7 @@ class GamerTrainer(TrainerBase):
     best weights and patience from :class:`~genrec.train.base.TrainerBase`."""
 
     compat_keys = TrainerBase.compat_keys + ("sid_fingerprint", "behavior_levels", "multibehavior")
+    ddp_find_unused = True  # routed experts: a batch need not reach every expert
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, dataset: Dataset, sids: SIDTable | None = None,
                  options: MultiBehaviorConfig | None = None, resume: bool = True) -> None:
@@ -121,11 +126,7 @@ class GamerTrainer(TrainerBase):
         self.levels = BehaviorLevels.from_manifest(dataset.manifest, self.opts.behavior_order or None)
         self.split = session_split(dataset.interactions, self.levels, self.opts.session_gap)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if sids is None:
-            sid_path = self.run_dir / SID_FILE
-            sids = SIDTable.load(sid_path) if sid_path.exists() else build_sid_table(cfg, dataset, self.split)
-            sids.save(sid_path)
-        self.sids = sids
+        self.sids = sids = sids if sids is not None else run_sid_table(self.run_dir, cfg, dataset, self.split)
         missing = np.setdiff1d(np.unique(self.split.seqs.items), sids.item_ids)
         if missing.size:
             raise DataError(f"SID table lacks {missing.size} item(s) of the dataset (e.g. {missing[:5].tolist()})")
@@ -151,8 +152,8 @@ class GamerTrainer(TrainerBase):
         self.stop_metric, self.minimize = self.opts.early_stop, self.stop[0] == "loss"
         self.steps_per_epoch = math.ceil(len(self.train_seqs) / tc.batch_size)
         self.total_steps = self.steps_per_epoch * tc.epochs
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tuple(tc.betas),
-                                           weight_decay=tc.weight_decay)
+        self.optimizer = build_optimizer(self.model.parameters(), tc)
+        self.schedule = lr_schedule("cosine", tc.lr, total_steps=self.total_steps, warmup_ratio=self.opts.warmup_ratio)
         self.open_run(resume)
 
     def _parse_stop(self, spec: str) -> tuple[str, int | None, str]:
@@ -220,24 +221,18 @@ class GamerTrainer(TrainerBase):
         self.model.train(was)
         return total / max(count, 1)
 
-    def fit(self) -> dict[str, Any]:
-        tc = self.cfg.train
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        bs = self.cfg.train.batch_size
+        order = np.random.default_rng([self.cfg.train.seed, epoch]).permutation(len(self.train_seqs))
+        return [order[i:i + bs] for i in range(0, len(order), bs)]
 
-        def epoch_batches(epoch: int) -> list[np.ndarray]:
-            order = np.random.default_rng([tc.seed, epoch]).permutation(len(self.train_seqs))
-            return [order[i:i + tc.batch_size] for i in range(0, len(order), tc.batch_size)]
+    def step_loss(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        tok = self.train_batch(rows)
+        with self.autocast():
+            lsum, n = self.model.loss(tok)
+        return lsum / n.clamp(min=1), n
 
-        def train_step(rows: np.ndarray) -> tuple[float, dict[str, Any]]:
-            tok = self.train_batch(rows)
-            lr = cosine_lr(self.state["global_step"], self.total_steps, tc.lr, self.opts.warmup_ratio)
-            self.set_lr(lr)
-            with self.autocast():
-                lsum, n = self.model.loss(tok)
-            return self.update(lsum / n.clamp(min=1)), {"lr": lr}
-
-        return self.run_epochs(epoch_batches, train_step, self._validate)
-
-    def _validate(self) -> tuple[dict[str, Any], float]:
+    def validate(self) -> tuple[dict[str, Any], float]:
         """What validation measured (to log) and the early-stopping value (``multibehavior.early_stop``)."""
         kind, beh, metric = self.stop
         if kind == "loss":
@@ -311,9 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_dict(apply_overrides(load_yaml(args.config), args.set), args.config)
         rec = run_variant(cfg, args.out, load_dataset(cfg.data.path), cfg.multibehavior, resume=not args.no_resume)
+        dist_utils.finish()
     except GenrecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if "metrics" not in rec:  # a torchrun process other than the main one: it trained, the main one reports
+        return 0
     summary = rec.get("summary", {})
     print(f"{rec.get('num_parameters', 0):,} parameters, best epoch {summary.get('best_epoch')}, "
           f"{summary.get('train_seconds') or 0:.0f}s training, {rec['eval_seconds']:.0f}s test evaluation "

@@ -1,21 +1,21 @@
-"""The training loop for generators (TIGER): next-SID cross-entropy over every training prefix.
+"""The generator trainer (TIGER, GLASS): next-SID cross-entropy over every training prefix.
 
 Examples follow TIGER (spec §2.4, A-T2): for every user and every position ``j >= 1`` of the training part
 of the split, the encoder reads the last ``<= max_len`` items before ``j`` and the decoder is taught the SID
 of item ``j``. The optimiser is AdamW; the learning rate is held at ``train.lr`` for ``warmup_steps`` (the
-paper's 10k steps at 0.01) and then decays as ``1/sqrt(step)``, optionally after a linear ramp. Validation
-runs the (trie-constrained) beam search and early-stops on ``train.early_stop_metric``.
+paper's 10k steps at 0.01) and then decays as ``1/sqrt(step)``, optionally after a linear ramp (the
+``inverse_sqrt`` schedule of :mod:`genrec.nn.optim`). Validation runs the (trie-constrained) beam search and
+early-stops on ``train.early_stop_metric``.
 
 Exact resume, as in the retriever trainer: the example order of an epoch is a pure function of
 ``(seed, epoch)``, the learning rate a pure function of the step, and the torch RNG (dropout) is restored
 from the atomic checkpoint, so an interrupted run that resumes ends with the same weights as one that never
-stopped. Single process (CPU or one GPU); data parallelism is left to the retriever trainer for now.
+stopped. The loop (and data parallelism under ``torchrun``) is :class:`~genrec.train.base.TrainerBase`'s.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -33,6 +33,7 @@ from genrec.errors import ConfigError, DataError
 from genrec.eval.generation import GenerationEval, evaluate_generator, history_matrix
 from genrec.models.base import GENERATOR
 from genrec.models.registry import build_model
+from genrec.nn.optim import build_optimizer, lr_schedule
 from genrec.sid.codebook import SIDTable
 from genrec.train.base import CONFIG_FILE, TrainerBase, git_commit
 
@@ -50,14 +51,6 @@ class TrainExamples:
 
     def __len__(self) -> int:
         return len(self.rows)
-
-
-def lr_at(step: int, base_lr: float, warmup_steps: int, linear_warmup_steps: int = 0) -> float:
-    """Learning rate of optimiser step ``step`` (0-based): optional linear ramp, constant, then 1/sqrt decay."""
-    s = step + 1
-    ramp = min(1.0, s / linear_warmup_steps) if linear_warmup_steps > 0 else 1.0
-    w = max(warmup_steps, 1)
-    return base_lr * ramp * math.sqrt(w / max(s, w))
 
 
 class GeneratorTrainer(TrainerBase):
@@ -98,9 +91,9 @@ class GeneratorTrainer(TrainerBase):
         if len(self.examples) == 0:
             raise ConfigError("no user has two or more training events; the dataset is too small for this split")
         self.valid_samples = self._valid_subset()
-        tc = cfg.train
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tuple(tc.betas),
-                                           weight_decay=tc.weight_decay)
+        self.optimizer = build_optimizer(self.model.parameters(), cfg.train)
+        self.schedule = lr_schedule("inverse_sqrt", cfg.train.lr, warmup_steps=self.opts.warmup_steps,
+                                    linear_warmup_steps=self.opts.linear_warmup_steps)
         self.open_run(resume)
 
     # -- run folder -----------------------------------------------------------------------------------
@@ -126,31 +119,28 @@ class GeneratorTrainer(TrainerBase):
         targets = torch.from_numpy(self.seqs.items[self.seqs.offsets[rows] + ends]).to(self.device)  # (B,)
         return tuple(self.model.encoder_inputs(hist, users)), self.model.item_sids[targets]
 
-    def _validate(self) -> tuple[dict[str, Any], float | None]:
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        # Length bucketing: the encoder reads 1 + m * min(j, max_len) tokens, so batching prefixes of similar
+        # length removes most padding (same loss, several times fewer FLOPs on short-history datasets).
+        tc = self.cfg.train
+        lengths = np.minimum(self.examples.ends, self.cfg.data.max_len)
+        return batch_order(lengths, tc.batch_size, np.random.default_rng([tc.seed, epoch]), tc.length_bucketing)
+
+    def step_loss(self, rows: np.ndarray) -> tuple[torch.Tensor, int]:
+        inputs, target = self.batch(rows)
+        with self.autocast():
+            lsum = self.model.loss(*inputs, target)
+        n = target.shape[0] * self.model.cfg.sid_length  # every SID token of the batch
+        return lsum / n, n
+
+    def validate(self) -> tuple[dict[str, Any], float | None] | None:
+        if not len(self.valid_samples):
+            return None
         m_valid = self._evaluate_samples(self.valid_samples).metrics
         metric = m_valid.get(self.stop_metric)
         if metric is None:
             raise ConfigError(f"train.early_stop_metric '{self.stop_metric}' is not among {sorted(m_valid)}")
         return {k: v for k, v in m_valid.items() if k != "num_queries"}, metric
-
-    def fit(self) -> dict[str, Any]:
-        tc, m = self.cfg.train, self.model.cfg.sid_length
-
-        def epoch_batches(epoch: int) -> list[np.ndarray]:
-            # Length bucketing: the encoder reads 1 + m * min(j, max_len) tokens, so batching prefixes of similar
-            # length removes most padding (same loss, several times fewer FLOPs on short-history datasets).
-            lengths = np.minimum(self.examples.ends, self.cfg.data.max_len)
-            return batch_order(lengths, tc.batch_size, np.random.default_rng([tc.seed, epoch]), tc.length_bucketing)
-
-        def train_step(rows: np.ndarray) -> tuple[float, dict[str, Any]]:
-            inputs, target = self.batch(rows)
-            lr = lr_at(self.state["global_step"], tc.lr, self.opts.warmup_steps, self.opts.linear_warmup_steps)
-            self.set_lr(lr)
-            with self.autocast():
-                lsum = self.model.loss(*inputs, target)
-            return self.update(lsum / (target.shape[0] * m)), {"lr": lr}
-
-        return self.run_epochs(epoch_batches, train_step, self._validate if len(self.valid_samples) else None)
 
     # -- evaluation -----------------------------------------------------------------------------------
     def _evaluate_samples(self, samples: EvalSamples, constrained: bool | None = None) -> GenerationEval:

@@ -11,7 +11,8 @@
 The trained baselines use GAMER's optimiser and schedule (AdamW, linear warmup over
 ``multibehavior.warmup_ratio`` then cosine decay) and early-stop on a validation ranking metric
 (``multibehavior.early_stop``, e.g. ``merged/ndcg@10`` or ``buy/ndcg@10``) computed with the same
-per-behavior evaluation; they resume at epoch granularity (the epoch order is a function of ``(seed, epoch)``).
+per-behavior evaluation; they resume exactly, mid-epoch too (the epoch order is a function of ``(seed, epoch)``,
+the schedule and the SASRec negatives of the step).
 """
 
 from __future__ import annotations
@@ -36,11 +37,11 @@ from genrec.eval.multibehavior import evaluate_behaviors, metrics_record, protoc
 from genrec.eval.multibehavior_baselines import RecencyBaseline, RetrieverAdapter, TigerAdapter
 from genrec.models.base import RETRIEVER
 from genrec.models.registry import build_model
+from genrec.nn.optim import build_optimizer, lr_schedule
 from genrec.objectives import build_objective
 from genrec.sid.codebook import SIDTable
-from genrec.sid.cooccurrence import build_sid_table
 from genrec.train.base import TrainerBase, git_commit, write_json_atomic
-from genrec.train.gamer import SID_FILE, GamerTrainer, cosine_lr
+from genrec.train.gamer import GamerTrainer, run_sid_table
 
 BASELINES = ("sasrec", "tiger", "recency")
 RESULTS_FILE = "results.json"
@@ -100,10 +101,7 @@ class BaselineTrainer(TrainerBase):
         self.adapter: RetrieverAdapter | TigerAdapter
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if name == "tiger":
-            if sids is None:
-                path = self.run_dir / SID_FILE
-                sids = SIDTable.load(path) if path.exists() else build_sid_table(cfg, dataset, self.split)
-                sids.save(path)
+            sids = sids if sids is not None else run_sid_table(self.run_dir, cfg, dataset, self.split)
             missing = np.setdiff1d(np.unique(self.split.seqs.items), sids.item_ids)
             if missing.size:
                 raise DataError(f"SID table lacks {missing.size} item(s) of the dataset (e.g. {missing[:5].tolist()})")
@@ -128,8 +126,8 @@ class BaselineTrainer(TrainerBase):
         tc = cfg.train
         self.steps_per_epoch = math.ceil(len(self.targets) / tc.batch_size)
         self.total_steps = self.steps_per_epoch * tc.epochs
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tuple(tc.betas),
-                                           weight_decay=tc.weight_decay)
+        self.optimizer = build_optimizer(self.model.parameters(), tc)
+        self.schedule = lr_schedule("cosine", tc.lr, total_steps=self.total_steps, warmup_ratio=self.opts.warmup_ratio)
         self.open_run(resume)
 
     def run_record(self) -> dict[str, Any]:
@@ -138,8 +136,8 @@ class BaselineTrainer(TrainerBase):
                 "num_train_examples": int(len(self.targets))}
 
     # -- batches ----------------------------------------------------------------------------------------
-    def _sasrec_loss(self, ids: np.ndarray, step: int) -> torch.Tensor:
-        """Windows ``ids`` -> mean next-item loss over every position (inputs w[:-1], targets w[1:])."""
+    def _sasrec_loss(self, ids: np.ndarray, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Windows ``ids`` -> mean next-item loss over every position (inputs w[:-1], targets w[1:]), positions."""
         seqs = self.split.seqs
         wins = [self.windows.events(int(s)) for s in ids]
         width = max(len(w) for w in wins) - 1
@@ -155,9 +153,10 @@ class BaselineTrainer(TrainerBase):
         states = self.model.sequence_output(batch)  # (B, L, D)
         valid = batch.targets > 0  # (B, L)
         gen = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + step)
-        return self.objective(self.model, states[valid], batch.targets[valid], gen) / valid.sum().clamp(min=1)
+        n = valid.sum()
+        return self.objective(self.model, states[valid], batch.targets[valid], gen) / n.clamp(min=1), n
 
-    def _tiger_loss(self, ids: np.ndarray) -> torch.Tensor:
+    def _tiger_loss(self, ids: np.ndarray) -> tuple[torch.Tensor, int]:
         """Target events ``ids`` -> mean cross-entropy of their SID given the ``max_len`` events before them."""
         seqs = self.split.seqs
         ev = self.targets[ids]  # (B,) flat event index of each target
@@ -166,33 +165,19 @@ class BaselineTrainer(TrainerBase):
         hist = self.model.history_tensor([seqs.items[a:b] for a, b in zip(start, ev)])  # (B, L)
         enc_tokens, enc_mask = self.model.encoder_inputs(hist, None)
         target = self.model.item_sids[torch.from_numpy(seqs.items[ev]).to(self.device)]  # (B, m)
-        return self.model.loss(enc_tokens, enc_mask, target) / target.numel()
+        return self.model.loss(enc_tokens, enc_mask, target) / target.numel(), target.numel()
 
     # -- training ---------------------------------------------------------------------------------------
-    def fit(self) -> dict[str, Any]:
-        tc, st = self.cfg.train, self.state
-        if st.get("finished"):
-            return self.summary()
-        self.model.train()
-        stop = False
-        while st["epoch"] < tc.epochs and not stop:
-            epoch = st["epoch"]
-            order = np.random.default_rng([tc.seed, epoch]).permutation(len(self.targets))
-            loss_sum, n, t_epoch = 0.0, 0, time.time()
-            for i in range(0, len(order), tc.batch_size):
-                ids = order[i:i + tc.batch_size]
-                lr = cosine_lr(st["global_step"], self.total_steps, tc.lr, self.opts.warmup_ratio)
-                self.set_lr(lr)
-                with self.autocast():
-                    loss = (self._tiger_loss(ids) if self.sids is not None
-                            else self._sasrec_loss(self.targets[ids], st["global_step"]))
-                value = self.update(loss)
-                loss_sum, n = loss_sum + value, n + 1
-                self.log(train_loss=value, lr=lr, epoch=epoch)
-            self.add_train_seconds(t_epoch)  # epochs are the unit of resume here (no mid-epoch checkpoints)
-            stop = self.end_epoch(epoch, loss_sum, n, t_epoch, self._validate)
-        self.close()
-        return self.summary()
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        bs = self.cfg.train.batch_size
+        order = np.random.default_rng([self.cfg.train.seed, epoch]).permutation(len(self.targets))
+        return [order[i:i + bs] for i in range(0, len(order), bs)]
+
+    def step_loss(self, ids: np.ndarray) -> tuple[torch.Tensor, Any]:
+        with self.autocast():
+            if self.sids is not None:
+                return self._tiger_loss(ids)
+            return self._sasrec_loss(self.targets[ids], self.state["global_step"])
 
     def _evaluate(self, which: str, behaviors: list[int] | None = None, max_users: int = 0):
         g = self.cfg.generator
@@ -200,17 +185,14 @@ class BaselineTrainer(TrainerBase):
                                   self.cfg.eval.batch_size, self.opts.candidates, self.opts.min_history,
                                   g.constrained, max_users, self.cfg.train.seed)
 
-    def _validate(self) -> tuple[dict[str, Any], float]:
-        value = self.validate()
-        return {"/".join(self.stop): value}, value
-
-    def validate(self) -> float:
+    def validate(self) -> tuple[dict[str, Any], float]:
         """The early-stopping metric on the validation sessions (one behavior, or all of them merged)."""
         name, metric = self.stop
         behaviors = None if name == "merged" else [self.levels.id_of(name)]
         ev = self._evaluate("valid", behaviors, self.opts.valid_max_users)
         row = ev.merged if name == "merged" else ev.per_behavior[name]
-        return float(row.get(metric, 0.0))
+        value = float(row.get(metric, 0.0))
+        return {"/".join(self.stop): value}, value
 
     def evaluate(self, which: str = "test") -> dict[str, Any]:
         """Results record for ``which`` in the layout of :meth:`GamerTrainer.evaluate`."""
@@ -290,6 +272,8 @@ def run_variant(cfg: RunConfig, run_dir: str | Path, dataset: Dataset, options: 
         else:
             trainer = BaselineTrainer(cfg, run_dir, dataset, None, opts, resume=resume)
         summary = trainer.fit()
+        if not trainer.main:  # under torchrun only the main process tests and writes
+            return {"summary": summary}
         trainer.load_best()
         rec = trainer.evaluate("test")
         rec["summary"] = summary

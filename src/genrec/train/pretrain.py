@@ -9,69 +9,64 @@ or after the cut (not even a session boundary) can reach the tensors fed to the 
 - ``cutoff`` a :class:`Split`: each row keeps its training events ``[0, train_end)`` (leave-one-out
   keeps everything before the validation item; temporal keeps everything before ``t_valid``).
 
-The artifact is a folder written under a temporary name and renamed into place: ``item_table.safetensors``
-(``item_emb`` (I+1, D)), ``sem.safetensors`` (the SEM without its item table) and ``pretrain.json``
-(configs, cut-off, data fingerprint, events used, losses). ``load_pretrained`` rebuilds the SEM from the
-JSON, checks every tensor's shape and never unpickles.
+The artifact (``genrec.train.pretrain_artifact``) is a folder renamed into place; until it is complete the
+same folder is stage 1's run folder (``config.json``, atomic checkpoints), so pre-training is a run of the
+shared loop (:class:`~genrec.train.base.TrainerBase`): ``train.max_steps`` stops it with a checkpoint and the
+next call resumes it exactly; ``pretrain.max_steps`` caps it (the artifact is then written).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from genrec.config import dataclass_from_dict
+from genrec.config import OptimConfig, RunConfig, TrainConfig, dataclass_from_dict, optim_knobs
 from genrec.data.schema import Dataset
 from genrec.data.sequences import SeqBatch, UserSequences, batch_order
 from genrec.data.sessions import sessionize
 from genrec.data.splits import Split
-from genrec.errors import CheckpointError, ConfigError, DataError
+from genrec.errors import ConfigError, DataError
 from genrec.models.hpgr_sem import SessionEncoder
+from genrec.nn.optim import build_optimizer
 from genrec.objectives.mim import MIMConfig, MIMLoss, mask_items
-
-ITEM_TABLE_FILE = "item_table.safetensors"
-SEM_FILE = "sem.safetensors"
-META_FILE = "pretrain.json"
-ITEM_KEY = "item_emb"
-FORMAT = "hpgr-pretrain/1"
+from genrec.train import distributed as dist_utils
+from genrec.train.base import CHECKPOINT_DIR, CONFIG_FILE, TrainerBase
+from genrec.train.pretrain_artifact import (  # noqa: F401 (re-exported: stage 2 and the models import them here)
+    FORMAT,
+    ITEM_KEY,
+    ITEM_TABLE_FILE,
+    META_FILE,
+    SEM_FILE,
+    Pretrained,
+    load_pretrained,
+    write_artifact,
+)
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(OptimConfig):
+    """The ``pretrain:`` section; ``lr``, ``betas``, ``weight_decay``, ``grad_clip`` are the optimiser knobs every
+    training section shares (:class:`~genrec.config.OptimConfig`)."""
+
     sem: SessionEncoder.Config = field(default_factory=SessionEncoder.Config)
     mim: MIMConfig = field(default_factory=MIMConfig)
     session_gap: int | None = 3600  # tau in seconds (spec §6.2: 1 h ML, 30 min Taobao/KuaiRand, 1 day Amazon)
     max_session_len: int | None = 50  # S_max
     max_len: int = 200  # most recent events per row fed to the SEM
     epochs: int = 50
-    max_steps: int = 0  # 0 = no cap (tests and smoke runs set it)
+    max_steps: int = 0  # 0 = no cap (tests and smoke runs set it); the artifact is written at the cap
     batch_size: int = 128
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.98)
-    weight_decay: float = 0.0
     grad_clip: float = 1.0  # 0 = off
     seed: int = 0
     probe_rows: int = 256  # rows of the fixed-mask probe loss logged before/after training
     device: str = "cpu"
-
-
-@dataclass
-class Pretrained:
-    """A loaded stage-1 artifact."""
-
-    item_table: torch.Tensor  # (I+1, D), row 0 = padding
-    sem: SessionEncoder  # carries the same item table in ``sem.item_emb``
-    meta: dict[str, Any]
 
 
 def pretraining_events(
@@ -171,34 +166,131 @@ def probe_loss(sem: SessionEncoder, seqs: UserSequences, cfg: PretrainConfig, ro
     return total / max(count, 1)
 
 
-def _write_artifact(out_dir: Path, sem: SessionEncoder, meta: dict[str, Any]) -> None:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".tmp-{out_dir.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    state = {k: v.detach().cpu().contiguous() for k, v in sem.state_dict().items()}
-    save_file({ITEM_KEY: state.pop("item_emb.weight")}, str(tmp / ITEM_TABLE_FILE))
-    save_file(state, str(tmp / SEM_FILE))
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    old = None
-    if out_dir.exists():  # move the old artifact aside first: a crash leaves one complete folder
-        old = out_dir.parent / f".old-{out_dir.name}-{os.getpid()}"
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def cutoff_record(cutoff: int | Split) -> dict[str, Any]:
+    """How ``pretrain.json`` records a cut-off."""
+    if isinstance(cutoff, Split):
+        return {"kind": "split", "split": cutoff.name, "params": cutoff.params}
+    return {"kind": "time", "t": int(cutoff)}
 
 
-def pretrain_sessions(data: Dataset | UserSequences, cutoff_time: int | Split, cfg: PretrainConfig,
-                      out_dir: str | Path, num_items: int | None = None) -> Path:
+def _loop_config(cfg: PretrainConfig, loop: TrainConfig | None) -> TrainConfig:
+    """Stage 1's TrainConfig: the section's own optimiser, epochs, batch and seed; the loop knobs
+    (``max_steps``, ``checkpoint_every``, progress, threads) of the caller's ``train:`` section."""
+    lp = loop or TrainConfig(tensorboard=False)
+    return TrainConfig(**optim_knobs(cfg), epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+                       device=cfg.device, patience=0, bf16=False, max_steps=lp.max_steps,
+                       checkpoint_every=lp.checkpoint_every, progress=lp.progress, tensorboard=lp.tensorboard,
+                       num_threads=lp.num_threads)
+
+
+class PretrainTrainer(TrainerBase):
+    """Session MIM on the pre-cut-off events, in the shared loop; the run folder is the artifact's folder.
+
+    Under ``torchrun`` each process masks its slice of a batch with its own stream, so a multi-process stage 1
+    learns the same way but not with the single-process run's very masks.
+    """
+
+    compat_keys = ("format", "config", "cutoff", "num_items", "data_fingerprint", "events_fingerprint")
+    skip_empty_steps = True  # a batch without a masked slot makes no update (as stage 1 always did)
+    ddp_find_unused = True
+
+    def __init__(self, ev: UserSequences, rows: np.ndarray, cfg: PretrainConfig, num_items: int,
+                 cut: dict[str, Any], data_fp: str | None, out_dir: str | Path, resume: bool = True,
+                 loop: TrainConfig | None = None) -> None:
+        run = RunConfig(model={"name": "hpgr_sem"}, train=_loop_config(cfg, loop), source="pretrain")
+        super().__init__(run, out_dir, None, default_metric="mim_loss")
+        self.pcfg, self.ev, self.rows, self.num_items, self.cut, self.data_fp = cfg, ev, rows, num_items, cut, data_fp
+        self.model = SessionEncoder(cfg.sem, num_items=num_items, max_len=cfg.max_len).to(self.device)
+        self.optimizer = build_optimizer(self.model.parameters(), cfg)
+        self.loss_fn = MIMLoss(cfg.mim, num_items)
+        self.generators["mim"] = torch.Generator().manual_seed(cfg.seed)  # masks and negatives, run-long
+        self.step_budget = cfg.max_steps
+        self._orders: tuple[np.random.Generator, int] | None = None
+        if not resume and self.main:  # start over: drop a stopped run's record and checkpoints (not an artifact)
+            shutil.rmtree(self.run_dir / CHECKPOINT_DIR, ignore_errors=True)
+            (self.run_dir / CONFIG_FILE).unlink(missing_ok=True)
+        dist_utils.barrier()
+        self.open_run(resume)
+        for key, value in (("epoch_losses", []), ("mim_sum", 0.0), ("mim_count", 0)):
+            self.state.setdefault(key, value)
+        if "probe_initial" not in self.state:
+            self.state["probe_initial"] = probe_loss(self.model, ev, cfg, rows[: cfg.probe_rows])
+
+    def run_record(self) -> dict[str, Any]:
+        config = {k: v for k, v in asdict(self.pcfg).items() if k != "device"}
+        return {"format": FORMAT, "config": config, "cutoff": self.cut, "num_items": self.num_items,
+                "data_fingerprint": self.data_fp, "events_fingerprint": _events_fingerprint(self.ev)}
+
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        # one generator draws every epoch's order in turn (as stage 1 always has): replay the draws before ``epoch``
+        if self._orders is None or self._orders[1] > epoch:
+            self._orders = (np.random.default_rng(self.pcfg.seed), 0)
+        rng, drawn = self._orders
+        lengths = self.ev.lengths[self.rows]
+        for _ in range(drawn, epoch):
+            batch_order(lengths, self.pcfg.batch_size, rng)
+        self._orders = (rng, epoch + 1)
+        return batch_order(lengths, self.pcfg.batch_size, rng)
+
+    def step_loss(self, idx: np.ndarray) -> tuple[torch.Tensor, int]:
+        cfg = self.pcfg
+        batch = pretrain_batch(self.ev, self.rows[idx], cfg.max_len, cfg.sem.max_sessions)
+        loss, count = _mim_step_loss(self.model, self.loss_fn, batch, cfg, self.generators["mim"], self.device)
+        if count == 0:
+            return loss, 0
+        self.state["mim_sum"] += float(loss.detach())
+        self.state["mim_count"] += count
+        return loss / count, count
+
+    def after_update(self) -> None:
+        with torch.no_grad():
+            self.model.item_emb.weight[0].zero_()  # the padding row stays zero
+
+    def on_epoch_end(self, epoch: int) -> dict[str, Any]:
+        """The epoch's MIM loss per masked slot, kept for ``pretrain.json``."""
+        st = self.state
+        total, count = st["mim_sum"], st["mim_count"]
+        if self.world > 1:
+            both = dist_utils.all_reduce_sum(torch.tensor([total, count], dtype=torch.float64, device=self.device))
+            total, count = float(both[0]), int(both[1])
+        st["epoch_losses"].append(total / max(count, 1))
+        st["mim_sum"], st["mim_count"] = 0.0, 0
+        return {"mim_loss": st["epoch_losses"][-1]}
+
+    def write(self) -> None:
+        """The artifact, from the finished run (main process; the others wait for it)."""
+        st, ev = self.state, self.ev
+        if self.main:
+            final = probe_loss(self.model, ev, self.pcfg, self.rows[: self.pcfg.probe_rows])
+            meta = {
+                "format": FORMAT,
+                "config": asdict(self.pcfg),
+                "num_items": self.num_items,
+                "d_model": self.pcfg.sem.d_model,
+                "cutoff": self.cut,
+                "data_fingerprint": self.data_fp,
+                "events_fingerprint": _events_fingerprint(ev),
+                "num_events": int(ev.lengths.sum()),
+                "num_users": int((ev.lengths > 0).sum()),
+                "num_sessions": int(len(np.unique(ev.session_ids))),
+                "steps": st["global_step"],
+                "epoch_losses": st["epoch_losses"],
+                "probe_loss": {"initial": st["probe_initial"], "final": final},
+                "seconds": round(float(st.get("train_seconds") or 0.0), 2),
+            }
+            write_artifact(self.run_dir, self.model, meta)
+        dist_utils.barrier()
+
+
+def pretrain_run(data: Dataset | UserSequences, cutoff_time: int | Split, cfg: PretrainConfig,
+                 out_dir: str | Path, num_items: int | None = None, resume: bool = True,
+                 loop: TrainConfig | None = None) -> dict[str, Any]:
     """Train SEM + item table with session MIM on pre-cut-off events; write the artifact to ``out_dir``.
 
-    ``num_items`` sizes the item table for bare sequences (default: the largest id seen), so stage 2's
-    catalogue can include items that only appear after the cut-off.
+    Returns the loop summary: when it is not ``finished`` (``loop.max_steps`` stopped it) ``out_dir`` holds
+    the run's checkpoints and no artifact yet, and the next call resumes exactly. ``num_items`` sizes the item
+    table for bare sequences (default: the largest id seen), so stage 2's catalogue can include items that only
+    appear after the cut-off.
     """
     cfg.mim.check()
     if isinstance(data, Dataset):
@@ -209,110 +301,30 @@ def pretrain_sessions(data: Dataset | UserSequences, cutoff_time: int | Split, c
         if num_items < n_items:
             raise ConfigError(f"pretrain: num_items={num_items} is below the largest item id {n_items}")
         n_items = num_items
-    num_items = n_items
-    if num_items < 1:
+    if n_items < 1:
         raise DataError("pretrain: no items")
     ev = pretraining_events(seqs, cutoff_time, cfg.session_gap, cfg.max_session_len)
     rows = np.flatnonzero(ev.lengths >= 2)
     if len(rows) == 0:
         raise DataError("pretrain: no user has two events before the cut-off")
-    torch.manual_seed(cfg.seed)
-    device = torch.device(cfg.device)
-    sem = SessionEncoder(cfg.sem, num_items=num_items, max_len=cfg.max_len).to(device)
-    opt = torch.optim.AdamW(sem.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    loss_fn = MIMLoss(cfg.mim, num_items)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    probe = rows[: cfg.probe_rows]
-    initial = probe_loss(sem, ev, cfg, probe)
-    epoch_losses, step, t0 = [], 0, time.time()
-    for _ in range(cfg.epochs):
-        sem.train()
-        tot, cnt = 0.0, 0
-        for idx in batch_order(ev.lengths[rows], cfg.batch_size, rng):
-            batch = pretrain_batch(ev, rows[idx], cfg.max_len, cfg.sem.max_sessions)
-            loss, count = _mim_step_loss(sem, loss_fn, batch, cfg, gen, device)
-            if count == 0:
-                continue
-            opt.zero_grad(set_to_none=True)
-            (loss / count).backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(sem.parameters(), cfg.grad_clip)
-            opt.step()
-            with torch.no_grad():
-                sem.item_emb.weight[0].zero_()
-            tot, cnt, step = tot + float(loss.detach()), cnt + count, step + 1
-            if cfg.max_steps and step >= cfg.max_steps:
-                break
-        epoch_losses.append(tot / max(cnt, 1))
-        if cfg.max_steps and step >= cfg.max_steps:
-            break
-    final = probe_loss(sem, ev, cfg, probe)
-    cut = ({"kind": "split", "split": cutoff_time.name, "params": cutoff_time.params}
-           if isinstance(cutoff_time, Split) else {"kind": "time", "t": int(cutoff_time)})
-    meta = {
-        "format": FORMAT,
-        "config": asdict(cfg),
-        "num_items": num_items,
-        "d_model": cfg.sem.d_model,
-        "cutoff": cut,
-        "data_fingerprint": data_fp,
-        "events_fingerprint": _events_fingerprint(ev),
-        "num_events": int(ev.lengths.sum()),
-        "num_users": int((ev.lengths > 0).sum()),
-        "num_sessions": int(len(np.unique(ev.session_ids))),
-        "steps": step,
-        "epoch_losses": epoch_losses,
-        "probe_loss": {"initial": initial, "final": final},
-        "seconds": round(time.time() - t0, 2),
-    }
-    out = Path(out_dir)
-    _write_artifact(out, sem, meta)
-    return out
+    cut = json.loads(json.dumps(cutoff_record(cutoff_time), default=str))
+    trainer = PretrainTrainer(ev, rows, cfg, n_items, cut, data_fp, out_dir, resume=resume, loop=loop)
+    summary = trainer.fit()
+    if summary["finished"]:
+        trainer.write()
+    return summary
 
 
-def load_pretrained(path: str | Path, num_items: int | None = None, device: str = "cpu") -> Pretrained:
-    """Load a stage-1 artifact; shapes are checked against the config it was written with (and ``num_items``)."""
-    root = Path(path)
-    try:
-        meta = json.loads((root / META_FILE).read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{root / META_FILE}: not found; is {root} a pretrain artifact?") from None
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{root / META_FILE}: not valid JSON ({exc.msg})") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{root}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    n_items = int(meta["num_items"])
-    if num_items is not None and num_items != n_items:
-        raise CheckpointError(f"{root}: pre-trained on {n_items} items, the dataset has {num_items}")
-    try:
-        raw = meta["config"]
-        sem_cfg = dataclass_from_dict(SessionEncoder.Config, raw["sem"], "pretrain.sem")
-        max_len = int(raw["max_len"])
-    except (KeyError, ConfigError, TypeError) as exc:
-        raise CheckpointError(f"{root / META_FILE}: bad config ({exc})") from None
-    sem = SessionEncoder(sem_cfg, num_items=n_items, max_len=max_len)
-    try:
-        table = load_file(str(root / ITEM_TABLE_FILE))[ITEM_KEY]
-        state = load_file(str(root / SEM_FILE))
-    except (FileNotFoundError, KeyError) as exc:
-        raise CheckpointError(f"{root}: missing weights ({exc})") from None
-    except Exception as exc:  # safetensors raises several types on corrupt files
-        raise CheckpointError(f"{root}: unreadable safetensors ({exc})") from None
-    state["item_emb.weight"] = table
-    own = sem.state_dict()
-    if set(own) != set(state):
-        raise CheckpointError(f"{root}: weights do not match the SEM config (missing "
-                              f"{sorted(set(own) - set(state))[:3]}, unexpected {sorted(set(state) - set(own))[:3]})")
-    for k, v in state.items():
-        if own[k].shape != v.shape:
-            raise CheckpointError(f"{root}: '{k}' has shape {tuple(v.shape)}, config expects {tuple(own[k].shape)}")
-    sem.load_state_dict(state)
-    sem.to(device).eval()
-    return Pretrained(sem.item_emb.weight.detach().clone(), sem, meta)
+def pretrain_sessions(data: Dataset | UserSequences, cutoff_time: int | Split, cfg: PretrainConfig,
+                      out_dir: str | Path, num_items: int | None = None, resume: bool = True,
+                      loop: TrainConfig | None = None) -> Path:
+    """:func:`pretrain_run`, returning the artifact folder (complete once its ``pretrain.json`` exists)."""
+    pretrain_run(data, cutoff_time, cfg, out_dir, num_items, resume, loop)
+    return Path(out_dir)
 
 
-__all__ = ["PretrainConfig", "Pretrained", "load_pretrained", "pretrain_batch", "pretrain_sessions",
+__all__ = ["PretrainConfig", "PretrainTrainer", "Pretrained", "load_pretrained", "pretrain_batch", "pretrain_run",
+           "pretrain_sessions",
            "pretraining_events", "probe_loss"]
 
 

@@ -44,9 +44,9 @@ from genrec.errors import CheckpointError, ConfigError, DataError
 from genrec.eval.ranking import ranking_metrics
 from genrec.models.base import RANKER
 from genrec.models.registry import build_model
+from genrec.nn.optim import build_optimizer
 from genrec.train.base import CONFIG_FILE, TrainerBase, fit_and_test, git_commit
 from genrec.train.checkpoint import latest_checkpoint, load_weights
-from genrec.train.distributed import world_info
 
 LABEL_MODES = ("auto", "ratings", "behaviors")
 STOP_METRICS = ("auc", "gauc", "logloss")
@@ -147,12 +147,9 @@ class RankerTrainer(TrainerBase):
     def __init__(self, cfg: RunConfig, run_dir: str | Path, dataset: Dataset, resume: bool = True,
                  readonly: bool = False) -> None:
         super().__init__(cfg, run_dir, dataset, default_metric="auc")
-        if world_info()[1] > 1:
-            raise ConfigError("the ranker trainer runs in a single process; launch it without torchrun")
         if self.stop_metric not in STOP_METRICS:
             raise ConfigError(f"train.early_stop_metric '{self.stop_metric}' is not a ranking metric "
                               f"(choose auto, {', '.join(STOP_METRICS)})")
-        tc = cfg.train
         self.data = build_ranking_data(cfg, dataset)
         self.model = build_model(cfg.model, dataset.num_items, cfg.data.max_len).to(self.device)
         if RANKER not in getattr(self.model, "kinds", ()):
@@ -160,8 +157,8 @@ class RankerTrainer(TrainerBase):
         self.needs_features = bool(getattr(self.model, "needs_features", False))
         self.features: dict[str, np.ndarray] | None = (
             _impression_features(dataset, self.data.imps, self.data.t_test) if self.needs_features else None)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tuple(tc.betas),
-                                           weight_decay=tc.weight_decay)
+        self.optimizer = build_optimizer(self.model.parameters(), cfg.train)
+        self.train_idx = self.data.part("train")
         self.open_run(resume, write=not readonly)
 
     def run_record(self) -> dict[str, Any]:
@@ -178,23 +175,18 @@ class RankerTrainer(TrainerBase):
         return b.to(self.device), cands.to(self.device), labels.to(self.device), kw
 
     # -- training ---------------------------------------------------------------------------------
-    def fit(self) -> dict[str, Any]:
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
         tc = self.cfg.train
-        train_idx = self.data.part("train")
-        lengths = np.minimum(self.data.imps.history_lengths[train_idx], self.cfg.data.max_len)
+        lengths = np.minimum(self.data.imps.history_lengths[self.train_idx], self.cfg.data.max_len)
+        return batch_order(lengths, tc.batch_size, np.random.default_rng([tc.seed, epoch]), tc.length_bucketing)
 
-        def epoch_batches(epoch: int) -> list[np.ndarray]:
-            return batch_order(lengths, tc.batch_size, np.random.default_rng([tc.seed, epoch]), tc.length_bucketing)
+    def step_loss(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, cands, labels, kw = self.batch(self.train_idx[rows])
+        with self.autocast():
+            loss = self.model.loss(batch, cands, labels, **kw)  # the mean over the real candidates
+        return loss, (cands > 0).sum()
 
-        def train_step(rows: np.ndarray) -> tuple[float, dict[str, Any]]:
-            batch, cands, labels, kw = self.batch(train_idx[rows])
-            with self.autocast():
-                loss = self.model.loss(batch, cands, labels, **kw)
-            return self.update(loss), {}
-
-        return self.run_epochs(epoch_batches, train_step, self._validate)
-
-    def _validate(self) -> tuple[dict[str, Any], float]:
+    def validate(self) -> tuple[dict[str, Any], float]:
         m = self.metrics("valid")
         return m, m[self.stop_metric]
 

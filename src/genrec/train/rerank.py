@@ -31,7 +31,6 @@ validation queries (which it did not train on) is what guards against the re-ran
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import genrec
-from genrec.config import RunConfig, TrainConfig, dataclass_from_dict
+from genrec.config import OptimConfig, RunConfig, TrainConfig, dataclass_from_dict, optim_knobs
 from genrec.data.sequences import UserSequences, batch_order, make_history_batch
 from genrec.data.splits import EvalSamples, make_split
 from genrec.errors import ConfigError, DataError
@@ -53,6 +52,7 @@ from genrec.eval.retrieval import history_of
 from genrec.models.base import RETRIEVER
 from genrec.models.hpgr import HPGRRanker
 from genrec.models.registry import build_model
+from genrec.nn.optim import build_optimizer
 from genrec.train.base import TrainerBase, fit_and_test, git_commit
 from genrec.train.run import LoadedRun, open_run
 
@@ -61,8 +61,9 @@ CANDIDATES_FILE = "candidates.npz"
 
 
 @dataclass
-class RerankConfig:
-    """Re-ranking settings (the ``hpgr`` model settings go in ``model``)."""
+class RerankConfig(OptimConfig):
+    """Re-ranking settings (the ``hpgr`` model settings go in ``model``); ``lr``, ``betas``, ``weight_decay`` and
+    ``grad_clip`` are the optimiser knobs every training section shares (:class:`~genrec.config.OptimConfig`)."""
 
     model: dict[str, Any] = field(default_factory=lambda: {"name": "hpgr"})
     top_k: int = 200  # retriever candidates re-scored per query
@@ -73,11 +74,10 @@ class RerankConfig:
     valid_users: int = 0  # validation queries (seeded subset) for early stopping; 0 = all
     epochs: int = 20
     batch_size: int = 128  # prefixes per step
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.98)
-    weight_decay: float = 0.0
     grad_clip: float = 1.0
     patience: int = 3
+    max_steps: int = 0  # stop after this many optimiser steps (0 = no limit); a later run resumes exactly
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = at epoch ends only
     seed: int = 1
     device: str = "cpu"
     num_threads: int = 0
@@ -130,9 +130,10 @@ def _history_batch(seqs: UserSequences, samples: EvalSamples, query_time: np.nda
 
 
 class RerankTrainer(TrainerBase):
-    """Train the re-ranker on training prefixes; checkpoints, best weights and patience from TrainerBase."""
+    """Train the re-ranker on training prefixes; the loop, checkpoints and best weights are TrainerBase's."""
 
     compat_keys = TrainerBase.compat_keys + ("retriever", "pretrained")
+    log_steps = False  # one metrics.jsonl record per epoch
 
     def __init__(self, retriever: LoadedRun, retriever_dir: str | Path, pretrained: str | Path,
                  rcfg: RerankConfig, out: str | Path, resume: bool = True) -> None:
@@ -141,10 +142,10 @@ class RerankTrainer(TrainerBase):
         self.retriever_run, self.retriever_dir, self.pretrained = retriever, str(retriever_dir), str(pretrained)
         base = retriever.cfg
         model = {**rcfg.model, "name": "hpgr", "pretrained": str(pretrained)}
-        train = TrainConfig(epochs=rcfg.epochs, batch_size=rcfg.batch_size, lr=rcfg.lr, betas=rcfg.betas,
-                            weight_decay=rcfg.weight_decay, grad_clip=rcfg.grad_clip, seed=rcfg.seed,
+        train = TrainConfig(**optim_knobs(rcfg), epochs=rcfg.epochs, batch_size=rcfg.batch_size, seed=rcfg.seed,
                             device=rcfg.device, patience=rcfg.patience, early_stop_metric="ndcg@10",
-                            num_threads=rcfg.num_threads, progress=False, tensorboard=False)
+                            num_threads=rcfg.num_threads, max_steps=rcfg.max_steps,
+                            checkpoint_every=rcfg.checkpoint_every, tensorboard=False)
         cfg = RunConfig(model=model, data=base.data, train=train, eval=base.eval, source="rerank")
         super().__init__(cfg, out, retriever.dataset, default_metric="ndcg@10")
         self.seqs = retriever.seqs
@@ -157,8 +158,7 @@ class RerankTrainer(TrainerBase):
             raise ConfigError("rerank: the re-ranker must be the hpgr ranker")
         beta0 = 1.0 / float(base.objective.temperature)  # the retriever's own logit scale
         self.model = Reranker(ranker, rcfg.fuse, beta0).to(self.device)
-        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=rcfg.lr,
-                                           betas=tuple(rcfg.betas), weight_decay=rcfg.weight_decay)
+        self.optimizer = build_optimizer([p for p in self.model.parameters() if p.requires_grad], rcfg)
         self.open_run(resume)
         self.retriever_model = retriever.model.to(self.device).eval()
         self._cands: dict[str, Candidates] = {}
@@ -190,12 +190,11 @@ class RerankTrainer(TrainerBase):
         return self._cands[which]
 
     # -- training ---------------------------------------------------------------------------------
-    def train_batch(self, c: Candidates, idx: np.ndarray, rng: np.random.Generator
-                    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        """History batch, candidates (B, 1+n) with the positive first, and their retriever scores (B, 1+n)."""
+    def train_batch(self, c: Candidates, idx: np.ndarray, keys: np.ndarray) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """History batch, candidates (B, 1+n) with the positive first, and their retriever scores (B, 1+n);
+        ``keys`` (B, K) are uniform draws that pick the negatives."""
         n = self.rcfg.num_negatives
         top = c.top_items[idx]  # (B, K)
-        keys = rng.random(top.shape)
         bad = (top == c.targets[idx][:, None]) | ~np.isfinite(c.top_scores[idx])
         keys[bad] = np.inf  # the positive is never its own negative; excluded items are never drawn
         slots = np.argsort(keys, axis=1)[:, :n]  # (B, n) uniform without replacement
@@ -208,51 +207,34 @@ class RerankTrainer(TrainerBase):
         batch = _history_batch(self.seqs, sub, c.query_time[idx], self.cfg.data.max_len).to(self.device)
         return batch, torch.from_numpy(cands).to(self.device), torch.from_numpy(rs.astype(np.float32)).to(self.device)
 
-    def fit(self) -> dict[str, Any]:
-        rc, st = self.rcfg, self.state
-        if st.get("finished"):
-            return self.summary()
-        c = self.candidates("train")
-        while st["epoch"] < rc.epochs:
-            epoch = st["epoch"]
-            rng = np.random.default_rng([rc.seed, epoch])
-            pool = np.arange(len(c))
-            if rc.prefixes_per_epoch and rc.prefixes_per_epoch < len(pool):
-                pool = np.sort(rng.choice(len(pool), rc.prefixes_per_epoch, replace=False))
-            lengths = np.minimum(c.samples.hist_end[pool], self.cfg.data.max_len)
-            batches = batch_order(lengths, rc.batch_size, rng)
-            self.model.train()
-            t0, loss_sum = time.time(), 0.0
-            for bi in batches:
-                batch, cands, rs = self.train_batch(c, pool[bi], rng)
-                logits = self.model(batch, cands, rs).float()  # (B, 1+n)
-                logits = logits.masked_fill(cands == 0, -torch.inf)
-                loss = F.cross_entropy(logits, torch.zeros(len(bi), dtype=torch.long, device=self.device))
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if rc.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), rc.grad_clip)
-                self.optimizer.step()
-                st["global_step"] += 1
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"re-ranker loss is {value} at step {st['global_step']}; lower lr")
-                loss_sum += value
-            self.add_train_seconds(t0)
-            st["epoch"], st["step_in_epoch"] = epoch + 1, 0
-            m = self.metrics("valid")
-            improved = self.observe(m["ndcg@10"], epoch + 1)
-            self.log(epoch=epoch + 1, train_loss_epoch=loss_sum / max(len(batches), 1),
-                     epoch_seconds=round(time.time() - t0, 2), improved=improved,
-                     beta=None if self.model.beta is None else float(self.model.beta.detach()),
-                     **{f"valid/{k}": v for k, v in m.items() if k != "num_queries"})
-            if self.should_stop or st["epoch"] >= rc.epochs:
-                st["finished"] = True
-            self._save(f"epoch-{st['epoch']:05d}")
-            if st["finished"]:
-                break
-        self.close()
-        return self.summary()
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """Batches of positions into this epoch's pool of training prefixes (a seeded subset with
+        ``prefixes_per_epoch``); the epoch's generator then draws every batch's negatives, in order."""
+        rc, c = self.rcfg, self.candidates("train")
+        self._rng = np.random.default_rng([rc.seed, epoch])
+        self._pool = np.arange(len(c))
+        if rc.prefixes_per_epoch and rc.prefixes_per_epoch < len(self._pool):
+            self._pool = np.sort(self._rng.choice(len(self._pool), rc.prefixes_per_epoch, replace=False))
+        lengths = np.minimum(c.samples.hist_end[self._pool], self.cfg.data.max_len)
+        return batch_order(lengths, rc.batch_size, self._rng)
+
+    def shard(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        keys = self._rng.random((len(batch), self.candidates("train").top_items.shape[1]))  # whole batch: (B, K)
+        return super().shard(self._pool[batch]), super().shard(keys)
+
+    def step_loss(self, part: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, int]:
+        idx, keys = part
+        batch, cands, rs = self.train_batch(self.candidates("train"), idx, keys)
+        logits = self.model(batch, cands, rs).float()  # (B, 1+n)
+        logits = logits.masked_fill(cands == 0, -torch.inf)
+        return F.cross_entropy(logits, torch.zeros(len(idx), dtype=torch.long, device=self.device)), len(idx)
+
+    def validate(self) -> tuple[dict[str, Any], float]:
+        m = self.metrics("valid")
+        return {k: v for k, v in m.items() if k != "num_queries"}, m["ndcg@10"]
+
+    def on_epoch_end(self, epoch: int) -> dict[str, Any]:
+        return {"beta": None if self.model.beta is None else float(self.model.beta.detach())}
 
     # -- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()

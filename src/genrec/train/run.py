@@ -18,9 +18,11 @@ from genrec.errors import CheckpointError, ConfigError, DataError, GenrecError
 from genrec.eval.retrieval import score_histories
 from genrec.models.base import GENERATOR, RANKER, RETRIEVER, Retriever
 from genrec.models.registry import build_model
-from genrec.train.base import fit_and_test
+from genrec.train import distributed as dist_utils
+from genrec.train.base import BEST_DIR, CONFIG_FILE, fit_and_test, resolve_device
 from genrec.train.checkpoint import load_weights
-from genrec.train.trainer import BEST_DIR, CONFIG_FILE, Trainer
+from genrec.train.stages import run_stages
+from genrec.train.trainer import train_retriever_run
 
 SID_DIR = "sid"  # a generator run's copy of the SID table it was trained with
 
@@ -41,21 +43,22 @@ def train_run(cfg: RunConfig, out: str | Path, resume: bool = True, dataset: Dat
               ) -> dict[str, Any]:
     """Train (or resume) a run of any model kind, then evaluate its best weights on the test split.
 
-    Returns the results record (also written to ``RUN_DIR/results/test.json``).
+    Returns the results record (also written to ``RUN_DIR/results/test.json``). Under ``torchrun`` every
+    process returns once the main one has written it (the process group is then closed).
     """
-    kind = model_kind(cfg)
-    if cfg.stages and kind == RETRIEVER:  # HPGR stage 1 -> a retriever initialised from its item table
-        from genrec.train.stages import run_stages
+    res = _train_any(cfg, out, resume, dataset)
+    dist_utils.finish()
+    return res
 
+
+def _train_any(cfg: RunConfig, out: str | Path, resume: bool, dataset: Dataset | None) -> dict[str, Any]:
+    kind = model_kind(cfg)
+    if cfg.stages and kind in (RETRIEVER, RANKER):  # HPGR stage 1, then the model initialised from it
         return run_stages(cfg, out, resume=resume, dataset=dataset)
-    if cfg.stages and kind != RANKER:
+    if cfg.stages:
         raise ConfigError(f"stages {cfg.stages}: the two-stage pipeline is for HPGR-style rankers, "
                           f"not the {kind} '{cfg.model['name']}'")
     if kind == RANKER:
-        if cfg.stages:
-            from genrec.train.stages import run_stages
-
-            return run_stages(cfg, out, resume=resume, dataset=dataset)
         from genrec.train.ranker import train_ranker_run
 
         return train_ranker_run(cfg, out, resume=resume, dataset=dataset)
@@ -64,14 +67,7 @@ def train_run(cfg: RunConfig, out: str | Path, resume: bool = True, dataset: Dat
         return train_gamer_run(cfg, out, resume, dataset)
     if kind == GENERATOR:
         return train_generator_run(cfg, out, resume, dataset)
-    return fit_and_test(Trainer(cfg, out, dataset, resume=resume), out, _other_exclusion)
-
-
-def _other_exclusion(trainer: Trainer, res: dict[str, Any]) -> dict[str, Any]:
-    """Retrievers also record the test metrics under the other history-exclusion setting."""
-    other = trainer.evaluate("test", exclude_history=not res["protocol"]["exclude_history"])
-    return {"metrics_other_exclusion": {"exclude_history": other["protocol"]["exclude_history"],
-                                        "metrics": other["metrics"]}}
+    return train_retriever_run(cfg, out, resume, dataset)
 
 
 def train_generator_run(cfg: RunConfig, out: str | Path, resume: bool, dataset: Dataset) -> dict[str, Any]:
@@ -83,7 +79,9 @@ def train_generator_run(cfg: RunConfig, out: str | Path, resume: bool, dataset: 
     if cfg.sid.embeddings == "cooccurrence" and cfg.data.split not in ("leave_one_out", "loo") and not cfg.sid.table:
         raise ConfigError("sid.embeddings=cooccurrence reads the leave-one-out training events; with "
                           f"data.split={cfg.data.split} it would see evaluation events (use leave_one_out)")
-    sids = sid_table_for(cfg.sid, dataset, Path(out) / SID_DIR)
+    dist_utils.init_distributed(resolve_device(cfg.train.device))  # torchrun: one process builds the table
+    with dist_utils.main_first():
+        sids = sid_table_for(cfg.sid, dataset, Path(out) / SID_DIR)
     cfg.model = fit_model_to_sids(cfg.model, sids.length, max(sids.codebook_sizes))
 
     def extras(trainer: GeneratorTrainer, res: dict[str, Any]) -> dict[str, Any]:

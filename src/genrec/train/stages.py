@@ -16,7 +16,11 @@ impressions, and every event at or after ``t_valid``, never reach stage 1.
 Retrievers (``hstu``, ``sasrec`` with ``model.pretrained``, spec §6.1 track R) run the same two stages:
 stage 1's cut-off is the retrieval :class:`Split` itself, so each user keeps only its training events
 (leave-one-out: everything before the validation item; temporal: everything before ``t_valid``), and
-fine-tuning is the normal retriever ``train_run`` in ``OUT/finetune``. Stage 1 is seeded with
+fine-tuning is the normal retriever run in ``OUT/finetune``.
+
+Stage 1 runs in the shared training loop with the ``train:`` section's loop knobs: ``train.max_steps`` stops it
+(no artifact yet; the next run resumes it exactly from ``OUT/pretrain``'s checkpoints, then fine-tunes), and
+``train.checkpoint_every`` checkpoints it mid-epoch. Stage 1 is seeded with
 ``train.seed`` unless ``pretrain.seed`` is set, so a multi-seed benchmark gets one artifact per seed.
 """
 
@@ -28,8 +32,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from genrec.config import STAGES, RunConfig
 from genrec.data.loading import load_data
 from genrec.data.schema import Dataset
@@ -39,7 +41,15 @@ from genrec.errors import ConfigError
 from genrec.models.base import RETRIEVER
 from genrec.models.registry import get_model_class
 from genrec.train.base import resolve_device, write_json_atomic
-from genrec.train.pretrain import FORMAT, META_FILE, PretrainConfig, parse_pretrain_config, pretrain_sessions
+from genrec.train.pretrain import (
+    FORMAT,
+    META_FILE,
+    PretrainConfig,
+    cutoff_record,
+    parse_pretrain_config,
+    pretrain_run,
+)
+from genrec.train.trainer import train_retriever_run
 
 PRETRAIN_DIR = "pretrain"
 FINETUNE_DIR = "finetune"
@@ -80,13 +90,6 @@ def pretrain_settings(cfg: RunConfig) -> PretrainConfig:
     return pcfg
 
 
-def _cut_record(cutoff: int | Split) -> dict[str, Any]:
-    """How ``pretrain.json`` records a cut-off (see ``pretrain_sessions``)."""
-    if isinstance(cutoff, Split):
-        return json.loads(json.dumps({"kind": "split", "split": cutoff.name, "params": cutoff.params}, default=str))
-    return {"kind": "time", "t": int(cutoff)}
-
-
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     plain = json.loads(json.dumps(config, default=str))  # tuples -> lists, as pretrain.json stores them
     return {k: v for k, v in plain.items() if k not in _NOT_COMPARED}
@@ -102,7 +105,7 @@ def existing_pretrain(art: Path, pcfg: PretrainConfig, cutoff: int | Split, data
     if not path.exists():  # artifacts are renamed into place, so a folder with its JSON is complete
         return None
     meta = json.loads(path.read_text())
-    want = {"format": FORMAT, "config": _comparable(asdict(pcfg)), "cutoff": _cut_record(cutoff),
+    want = {"format": FORMAT, "config": _comparable(asdict(pcfg)), "cutoff": json.loads(json.dumps(cutoff_record(cutoff), default=str)),
             "data_fingerprint": dataset.fingerprint}
     have = {**{k: meta.get(k) for k in want}, "config": _comparable(meta.get("config") or {})}
     diff = [k for k in want if have[k] != want[k]]
@@ -141,13 +144,14 @@ def run_stages(cfg: RunConfig, out: str | Path, resume: bool = True, dataset: Da
     record: dict[str, Any] = {"stages": stages}
     if "pretrain" in stages:
         pcfg = pretrain_settings(cfg)
-        if cfg.train.num_threads > 0:
-            torch.set_num_threads(cfg.train.num_threads)
         cut = retrieval_cutoff(cfg, dataset) if is_retriever(cfg) else training_cutoff(cfg, dataset)
         meta = existing_pretrain(art, pcfg, cut, dataset) if resume else None
         skipped = meta is not None
-        if meta is None:
-            pretrain_sessions(dataset, cut, pcfg, art)
+        if meta is None:  # train (or resume) stage 1 with the loop knobs of train: (max_steps, checkpoints, ...)
+            summary = pretrain_run(dataset, cut, pcfg, art, resume=resume, loop=cfg.train)
+            if not summary["finished"]:  # stopped by train.max_steps: the next run resumes stage 1
+                return {"stages": stages, "pretrain": {"path": str(art), "summary": summary}, "summary": summary,
+                        "stopped_early_by": "train.max_steps"}
             meta = json.loads((art / META_FILE).read_text())
         record["pretrain"] = _pretrain_summary(art, meta, skipped)
     if "finetune" in stages:
@@ -155,11 +159,8 @@ def run_stages(cfg: RunConfig, out: str | Path, resume: bool = True, dataset: Da
         if "pretrain" in stages:
             model["pretrained"] = str(art)
         ft_out = root / FINETUNE_DIR if "pretrain" in stages else root
-        if is_retriever(cfg):
-            from genrec.train.run import train_run
-
-            # stages=[]: the fine-tuning run is a plain retriever run (train_run would route stages back here)
-            res = train_run(dataclasses.replace(cfg, model=model, stages=[]), ft_out, resume=resume, dataset=dataset)
+        if is_retriever(cfg):  # a plain retriever run (stages=[] in its record)
+            res = train_retriever_run(dataclasses.replace(cfg, model=model, stages=[]), ft_out, resume, dataset)
         else:
             from genrec.train.ranker import train_ranker_run
 

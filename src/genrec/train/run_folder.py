@@ -1,0 +1,276 @@
+"""Run-folder bookkeeping shared by every trainer: the process it runs in, ``config.json``, checkpoints, best
+weights, early stopping, logs.
+
+A trainer's run folder holds a ``config.json`` record that refuses to resume a folder holding another model or
+dataset, atomic checkpoints with exact resume, the best validation weights under ``best/``, ``metrics.jsonl``
+(and TensorBoard) logs. :class:`RunFolder` keeps them; :class:`genrec.train.base.TrainerBase` adds the one
+training loop on top. Under ``torchrun`` every process holds the same state, and only the main one writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import genrec
+from genrec.config import RunConfig, early_stop_metric
+from genrec.data.schema import Dataset
+from genrec.errors import CheckpointError, ConfigError
+from genrec.train import distributed as dist_utils
+from genrec.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    save_weights,
+)
+from genrec.train.logging import MetricLogger
+
+CONFIG_FILE = "config.json"
+BEST_DIR = "best"
+BEST_WEIGHTS = "model.safetensors"
+CHECKPOINT_DIR = "checkpoints"
+SUMMARY_KEYS = ("epoch", "global_step", "best_metric", "best_epoch", "finished", "train_seconds")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when present else cpu; an explicit cuda device on a CPU-only machine is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but CUDA is not available on this machine (use cpu or auto)")
+    return torch.device(name)
+
+
+def git_commit() -> str:
+    """Short commit of the installed source tree, or ``unknown`` outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON under a temporary name and rename it, so a reader never sees a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
+
+
+def fit_and_test(trainer: Any, out: str | Path,
+                 extras: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Train (or resume) ``trainer``, then evaluate its best weights on the test split.
+
+    The one ending every trainer shares: a non-main DDP rank returns its summary only; a run cut short by
+    ``train.max_steps`` says so instead of evaluating; otherwise ``extras(trainer, record)`` may add keys
+    (other decodings, SID health, ...) and the record goes to ``OUT/results/test.json``.
+    """
+    summary = trainer.fit()
+    if not getattr(trainer, "main", True):
+        return {"summary": summary}
+    if not summary.get("finished"):
+        return {"summary": summary, "stopped_early_by": "train.max_steps"}
+    trainer.load_best()
+    res = trainer.evaluate("test")
+    if extras is not None:
+        res.update(extras(trainer, res))
+    res["train"] = summary
+    dev = getattr(trainer, "device", None)  # where it trained: timings are only comparable on the same device
+    if isinstance(dev, torch.device):
+        res["device"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    write_json_atomic(Path(out) / "results" / "test.json", res)
+    return res
+
+
+def non_finite_loss(value: float, step: int, device: torch.device, bf16: bool) -> FloatingPointError:
+    """The error for a NaN/inf training loss, with the knobs that usually cure it.
+
+    bf16 autocast on CUDA is named because it is a cause fp32 CPU runs never see: GLASS with hard search on the
+    Taobao sample diverged under it at lr 0.01 and trained cleanly in fp32.
+    """
+    hint = "lower train.lr"
+    if device.type == "cuda" and bf16:
+        hint += " or set train.bf16=false (bf16 autocast is on)"
+    return FloatingPointError(f"training loss is {value} at step {step}; {hint}; checkpoints already "
+                              "written are intact, and a resumed run starts from the last one")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Losses are minimised, everything else (AUC, GAUC, NDCG, HR, MRR) is maximised."""
+    return "loss" in metric.lower()
+
+
+def initial_state() -> dict[str, Any]:
+    return {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_metric": None, "best_epoch": None,
+            "bad_evals": 0, "finished": False, "train_seconds": 0.0}
+
+
+class RunFolder:
+    """Process and device, config record, checkpoints, best weights and early stopping for one training run."""
+
+    compat_keys: tuple[str, ...] = ("model", "num_items", "max_len", "data_fingerprint")
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, dataset: Dataset | None, *,
+                 default_metric: str) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.dataset = dataset
+        self.stop_metric = early_stop_metric(cfg, default_metric)
+        self.minimize = lower_is_better(self.stop_metric)
+        tc = cfg.train
+        if tc.num_threads > 0:
+            torch.set_num_threads(tc.num_threads)
+        self.device = resolve_device(tc.device)
+        self.distributed = dist_utils.init_distributed(self.device)  # under torchrun: one process per rank
+        self.rank, self.world, local_rank = dist_utils.world_info()
+        if self.device.type == "cuda" and self.distributed:
+            self.device = torch.device(f"cuda:{local_rank}")
+            torch.cuda.set_device(self.device)
+        if tc.batch_size % self.world:
+            raise ConfigError(f"train.batch_size={tc.batch_size} is not divisible by the {self.world} processes")
+        self.main = dist_utils.is_main()  # only the main process writes files
+        torch.manual_seed(tc.seed)
+        self.state: dict[str, Any] = initial_state()
+        self.ckpt_root = self.run_dir / CHECKPOINT_DIR
+        self.resumed_from: Path | None = None
+        self.generators: dict[str, torch.Generator] = {}  # random streams that run across steps (checkpointed)
+        self._t_mark = time.time()  # start of the training time not yet banked in state["train_seconds"]
+        self.logger: MetricLogger | None = None
+
+    # -- run folder -------------------------------------------------------------------------------
+    def run_record(self) -> dict[str, Any]:
+        """What ``config.json`` holds; subclasses add their own fields (and list guarded ones in compat_keys)."""
+        assert self.dataset is not None, "a trainer without a Dataset writes its own run_record"
+        return {
+            "genrec_version": genrec.__version__,
+            "model": self.cfg.model["name"],
+            "kinds": list(getattr(self.model, "kinds", ())),
+            "num_items": self.dataset.num_items,
+            "max_len": self.cfg.data.max_len,
+            "data_fingerprint": self.dataset.fingerprint,
+            "data_path": str(self.dataset.path) if self.dataset.path else "",
+            "config": self.cfg.to_dict(),
+        }
+
+    def compatible(self, key: str, old: Any, new: Any) -> bool:
+        """Whether a guarded ``config.json`` field may resume with this value (equality; subclasses relax it,
+        e.g. evaluation-only settings)."""
+        return old == new
+
+    def check_or_write_config(self, write: bool = True) -> None:
+        """Refuse a folder that holds another run; otherwise (re)write the record atomically."""
+        path = self.run_dir / CONFIG_FILE
+        rec = json.loads(json.dumps(self.run_record(), default=str))  # compare in JSON form (tuples -> lists)
+        if path.exists():
+            old = json.loads(path.read_text())
+            for key in self.compat_keys:
+                if not self.compatible(key, old.get(key), rec.get(key)):
+                    raise CheckpointError(f"{path}: this run folder holds a run with {key}={old.get(key)!r}, "
+                                          f"not {rec.get(key)!r}; use another --out folder")
+            if old.get("config", {}).get("model") != rec.get("config", {}).get("model"):
+                raise CheckpointError(f"{path}: the model settings differ from this run folder's; "
+                                      "use another --out folder")
+        if write and self.main:
+            write_json_atomic(path, rec)
+
+    def open_run(self, resume: bool = True, write: bool = True) -> None:
+        """Create the folder, check/write config.json, resume from the latest checkpoint, open the logger.
+
+        ``write=False`` opens an existing run read-only (evaluation): nothing is written or logged.
+        """
+        if write and self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.check_or_write_config(write=write)
+        if resume:
+            path = latest_checkpoint(self.ckpt_root)
+            if path is not None:
+                loaded = load_checkpoint(path, self.model, self.optimizer, self.generators)
+                self.state = {**initial_state(), **loaded}
+                self.resumed_from = path
+        self.logger = MetricLogger(self.run_dir, tensorboard=self.cfg.train.tensorboard,
+                                   enabled=self.main and write)
+
+    def log(self, **values: Any) -> None:
+        if self.logger is not None:
+            self.logger.log(self.state["global_step"], **values)
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
+
+    # -- checkpoints and best weights -------------------------------------------------------------
+    def _save(self, name: str) -> None:
+        """Atomic checkpoint of weights, optimizer, RNG and loop state (main process only)."""
+        if self.main:
+            save_checkpoint(self.ckpt_root, name, self.model, self.optimizer, self.state, generators=self.generators)
+        dist_utils.barrier()
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / BEST_DIR / BEST_WEIGHTS
+
+    def load_best(self) -> bool:
+        """Load the best validation weights when there are any; returns whether it did."""
+        if self.best_path.exists():
+            load_weights(self.model, self.best_path)
+            return True
+        return False
+
+    def observe(self, metric_value: float | None, epoch: int) -> bool:
+        """Early-stopping update after a validation run: keep the best weights, count patience.
+
+        ``epoch`` is 1-based (epochs completed). A missing or NaN value counts as no improvement.
+        Returns whether the value improved on the best so far.
+        """
+        st = self.state
+        value = None if metric_value is None else float(metric_value)
+        if value is not None and math.isnan(value):
+            warnings.warn(f"validation {self.stop_metric} is NaN at epoch {epoch}; counted as no improvement",
+                          stacklevel=2)
+            value = None
+        best = st["best_metric"]
+        improved = value is not None and (best is None or (value < best if self.minimize else value > best))
+        if improved:
+            st["best_metric"], st["best_epoch"], st["bad_evals"] = value, epoch, 0
+            if self.main:
+                self.best_path.parent.mkdir(parents=True, exist_ok=True)
+                save_weights(self.model, self.best_path)
+        else:
+            st["bad_evals"] += 1
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        """Patience spent: ``train.patience`` validation runs in a row without improvement (0 = never)."""
+        p = self.cfg.train.patience
+        return bool(p and self.state["bad_evals"] >= p)
+
+    def summary(self) -> dict[str, Any]:
+        return {k: self.state.get(k) for k in SUMMARY_KEYS}
+
+    # -- device and time --------------------------------------------------------------------------
+    def autocast(self) -> AbstractContextManager:
+        """bf16 autocast on CUDA when ``train.bf16``; a no-op on CPU."""
+        if self.device.type == "cuda" and self.cfg.train.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def add_train_seconds(self, t0: float) -> None:
+        """Accumulate wall time since ``t0`` into the checkpointed state (survives resumes)."""
+        self.state["train_seconds"] = float(self.state.get("train_seconds") or 0.0) + (time.time() - t0)
