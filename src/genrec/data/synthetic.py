@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import random
+from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
 
@@ -53,6 +54,21 @@ ADJECTIVES = [
 _START = 1672531200  # 2023-01-01 UTC
 
 
+@dataclass
+class _Catalogue:
+    """The item side of the world, drawn once per log: topics, popularity, successors, samplers."""
+
+    topic: np.ndarray  # (I,) topic index of each item
+    subtopic: np.ndarray  # (I,) 0..2, the category leaf inside the topic
+    succ1: list[int]  # (I,) first fixed successor of each item, inside its topic
+    succ2: list[int]  # (I,) second fixed successor
+    topic_cum: list[list[float]]  # per topic: running sums of its members' popularity
+    topic_items: list[list[int]]  # per topic: its members (0-based item ids)
+    global_cum: list[float]  # (I,) running sums of every item's popularity
+    all_items: list[int]  # (I,) 0..I-1
+    topic_weight: np.ndarray  # (T,) how likely each topic is to become a user's interest
+
+
 def generate(
     num_users: int = 1000,
     num_items: int = 500,
@@ -77,97 +93,26 @@ def generate(
     if num_users < 1 or num_items < 2:
         raise ValueError("need num_users >= 1 and num_items >= 2")
     num_topics = max(1, min(num_topics, len(TOPICS), num_items))
+    # every step below draws from the two generators in a fixed order, so the log is a function of the seed
     rng = np.random.default_rng(seed)
     prng = random.Random(int(rng.integers(2**63)))
-
-    # items: topic, popularity (Zipf over a random rank), successor cycle inside each topic
-    topic = rng.permutation(np.arange(num_items) % num_topics)
-    subtopic = rng.integers(0, 3, size=num_items)
-    rank = rng.permutation(num_items)
-    pop = 1.0 / (rank + 1.0) ** zipf_alpha
-    members = [np.flatnonzero(topic == t) for t in range(num_topics)]
-    succ1 = np.zeros(num_items, dtype=np.int64)
-    succ2 = np.zeros(num_items, dtype=np.int64)
-    for m in members:
-        # each item gets two fixed successors in its topic, drawn by popularity so that the
-        # transitions keep (rather than flatten) the long tail
-        for a in m:
-            others = m[m != a]
-            if others.size == 0:
-                succ1[a] = succ2[a] = a
-                continue
-            w = pop[others] / pop[others].sum()
-            pick2 = rng.choice(others, size=min(2, others.size), replace=False, p=w)
-            succ1[a], succ2[a] = pick2[0], pick2[-1]
-    topic_cum = [list(accumulate(pop[m].tolist())) for m in members]
-    topic_items = [m.tolist() for m in members]
-    global_cum = list(accumulate(pop.tolist()))
-    topic_weight = np.array([pop[m].sum() for m in members]) ** 0.5
-    topic_weight /= topic_weight.sum()
-    s1, s2 = succ1.tolist(), succ2.tolist()
-
-    def pick(cum: list[float], items: list[int]) -> int:
-        return items[min(bisect.bisect_left(cum, prng.random() * cum[-1]), len(items) - 1)]
-
-    all_items = list(range(num_items))
+    cat = _catalogue(rng, num_items, num_topics, zipf_alpha)
     lengths = np.clip(
         np.round(rng.lognormal(np.log(median_events), 0.6, size=num_users)), min_events, max_events
-    ).astype(np.int64)
+    ).astype(np.int64)  # (U,) events per user
+    p_end = 1.0 / max(mean_session_len, 1.0)
     users: list[int] = []
     items: list[int] = []
     times: list[int] = []
-    p_end = 1.0 / max(mean_session_len, 1.0)
     for u in range(num_users):
-        k = int(rng.integers(2, 5))
-        interests = rng.choice(num_topics, size=min(k, num_topics), replace=False, p=topic_weight).tolist()
-        iw = list(accumulate(rng.dirichlet(np.ones(len(interests))).tolist()))
-        t = _START + int(rng.integers(0, 30 * 86400))
-        seen: set[int] = set()
-        prev = -1
-        for _j in range(int(lengths[u])):
-            new_session = prev < 0 or prng.random() < p_end
-            if new_session:
-                t += int(prng.lognormvariate(np.log(12 * 3600), 1.0)) + 3601
-            else:
-                t += 10 + int(prng.expovariate(1 / 90))
-            item = -1
-            for _try in range(4):
-                r = prng.random()
-                if not new_session and prev >= 0 and r < successor_prob:
-                    cand = s1[prev] if prng.random() < 0.75 else s2[prev]
-                elif r > 1.0 - explore_prob:
-                    cand = pick(global_cum, all_items)
-                else:
-                    ti = interests[min(bisect.bisect_left(iw, prng.random()), len(interests) - 1)]
-                    cand = pick(topic_cum[ti], topic_items[ti])
-                item = cand
-                if cand not in seen:
-                    break
-            seen.add(item)
-            users.append(u + 1)
-            items.append(item + 1)
-            times.append(t)
-            prev = item
-    n = len(users)
+        walk_items, walk_times = _user_walk(rng, prng, cat, int(lengths[u]), p_end, successor_prob, explore_prob)
+        users.extend([u + 1] * len(walk_items))
+        items.extend(i + 1 for i in walk_items)
+        times.extend(walk_times)
     probs = np.asarray(behavior_probs, dtype=np.float64)
-    behavior = rng.choice(len(BEHAVIORS), size=n, p=probs / probs.sum())
+    behavior = rng.choice(len(BEHAVIORS), size=len(users), p=probs / probs.sum())
     names = np.array(BEHAVIORS, dtype=object)[behavior]
-
-    counters: dict[int, int] = {}
-    titles, cats = [], []
-    for i in range(num_items):
-        tname, noun, subs = TOPICS[int(topic[i])]
-        counters[int(topic[i])] = counters.get(int(topic[i]), 0) + 1
-        titles.append(f"{ADJECTIVES[int(rng.integers(len(ADJECTIVES)))]} {noun} {counters[int(topic[i])]}")
-        cats.append(f"{tname} > {subs[int(subtopic[i])]}")
-    item_table = pa.table(
-        {
-            "external_id": pa.array([str(i + 1) for i in range(num_items)]),
-            "title": pa.array(titles),
-            "categories": pa.array(cats),
-            "category_id": pa.array(topic.astype(np.int64) + 1),
-        }
-    )
+    item_table = _item_table(rng, cat)  # draws after the behaviors
     params: dict[str, Any] = {
         "generator": "genrec.data.synthetic",
         "seed": seed,
@@ -190,4 +135,111 @@ def generate(
         source="synthetic",
         params=params,
         label=f"synthetic(seed={seed})",
+    )
+
+
+def _catalogue(rng: np.random.Generator, num_items: int, num_topics: int, zipf_alpha: float) -> _Catalogue:
+    """Topics, a Zipf popularity over a random rank, and two fixed successors per item inside its topic."""
+    topic = rng.permutation(np.arange(num_items) % num_topics)
+    subtopic = rng.integers(0, 3, size=num_items)
+    rank = rng.permutation(num_items)
+    pop = 1.0 / (rank + 1.0) ** zipf_alpha  # (I,)
+    members = [np.flatnonzero(topic == t) for t in range(num_topics)]
+    succ1 = np.zeros(num_items, dtype=np.int64)
+    succ2 = np.zeros(num_items, dtype=np.int64)
+    for m in members:
+        # each item gets two fixed successors in its topic, drawn by popularity so that the
+        # transitions keep (rather than flatten) the long tail
+        for a in m:
+            others = m[m != a]
+            if others.size == 0:
+                succ1[a] = succ2[a] = a
+                continue
+            w = pop[others] / pop[others].sum()
+            pick2 = rng.choice(others, size=min(2, others.size), replace=False, p=w)
+            succ1[a], succ2[a] = pick2[0], pick2[-1]
+    topic_weight = np.array([pop[m].sum() for m in members]) ** 0.5
+    topic_weight /= topic_weight.sum()
+    return _Catalogue(
+        topic=topic,
+        subtopic=subtopic,
+        succ1=succ1.tolist(),
+        succ2=succ2.tolist(),
+        topic_cum=[list(accumulate(pop[m].tolist())) for m in members],
+        topic_items=[m.tolist() for m in members],
+        global_cum=list(accumulate(pop.tolist())),
+        all_items=list(range(num_items)),
+        topic_weight=topic_weight,
+    )
+
+
+def _pick(prng: random.Random, cum: list[float], items: list[int]) -> int:
+    """One of ``items`` drawn with the weights whose running sums are ``cum`` (a bisect per draw)."""
+    return items[min(bisect.bisect_left(cum, prng.random() * cum[-1]), len(items) - 1)]
+
+
+def _user_walk(
+    rng: np.random.Generator,
+    prng: random.Random,
+    cat: _Catalogue,
+    length: int,
+    p_end: float,
+    successor_prob: float,
+    explore_prob: float,
+) -> tuple[list[int], list[int]]:
+    """One user's ``length`` events: 0-based items and unix seconds, in time order.
+
+    The user's interests and start time come from ``rng``, every per-event choice from ``prng``
+    (Python's generator is much faster than numpy's one scalar at a time).
+    """
+    num_topics = len(cat.topic_items)
+    k = int(rng.integers(2, 5))
+    interests = rng.choice(num_topics, size=min(k, num_topics), replace=False, p=cat.topic_weight).tolist()
+    iw = list(accumulate(rng.dirichlet(np.ones(len(interests))).tolist()))
+    t = _START + int(rng.integers(0, 30 * 86400))
+    seen: set[int] = set()
+    prev = -1
+    items: list[int] = []
+    times: list[int] = []
+    for _j in range(length):
+        new_session = prev < 0 or prng.random() < p_end
+        if new_session:
+            t += int(prng.lognormvariate(np.log(12 * 3600), 1.0)) + 3601  # hours to days apart
+        else:
+            t += 10 + int(prng.expovariate(1 / 90))  # a minute or two apart
+        item = -1
+        for _try in range(4):  # a few tries at an unseen item; after that a repeat is fine
+            r = prng.random()
+            if not new_session and prev >= 0 and r < successor_prob:
+                item = cat.succ1[prev] if prng.random() < 0.75 else cat.succ2[prev]
+            elif r > 1.0 - explore_prob:
+                item = _pick(prng, cat.global_cum, cat.all_items)
+            else:
+                ti = interests[min(bisect.bisect_left(iw, prng.random()), len(interests) - 1)]
+                item = _pick(prng, cat.topic_cum[ti], cat.topic_items[ti])
+            if item not in seen:
+                break
+        seen.add(item)
+        items.append(item)
+        times.append(t)
+        prev = item
+    return items, times
+
+
+def _item_table(rng: np.random.Generator, cat: _Catalogue) -> pa.Table:
+    """Item text from templates: "<adjective> <noun> <n>" titles and "<topic> > <leaf>" categories."""
+    counters: dict[int, int] = {}
+    titles, cats = [], []
+    for i in range(len(cat.topic)):
+        tname, noun, subs = TOPICS[int(cat.topic[i])]
+        counters[int(cat.topic[i])] = counters.get(int(cat.topic[i]), 0) + 1
+        titles.append(f"{ADJECTIVES[int(rng.integers(len(ADJECTIVES)))]} {noun} {counters[int(cat.topic[i])]}")
+        cats.append(f"{tname} > {subs[int(cat.subtopic[i])]}")
+    return pa.table(
+        {
+            "external_id": pa.array([str(i + 1) for i in range(len(cat.topic))]),
+            "title": pa.array(titles),
+            "categories": pa.array(cats),
+            "category_id": pa.array(cat.topic.astype(np.int64) + 1),
+        }
     )
