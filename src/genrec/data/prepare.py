@@ -114,119 +114,23 @@ def prepare(raw: RawLog, out_dir: str | Path, *, name: str, **params: Any) -> Pa
     (first|last|none), ``user_core``, ``item_core``, ``session_gap`` (s), ``max_session_len``,
     ``behavior_order``. Returns ``out_dir``.
     """
-    from genrec import __version__
-
     p = check_params(params)
     where = raw.where
-    user_a, item_a, ts_a = as_arrow(raw.user), as_arrow(raw.item), as_arrow(raw.timestamp)
-    n = len(user_a)
-    extras = {"rating": raw.rating, "behavior": raw.behavior}
-    cols = {k: as_arrow(v) for k, v in extras.items() if v is not None}
-    for cname, col in [("item", item_a), ("timestamp", ts_a), *cols.items()]:
-        if len(col) != n:
-            raise DataError(f"{where}: column '{cname}' has {len(col)} rows but 'user' has {n}")
-    if n == 0:
-        raise DataError(f"{where}: no rows to prepare")
-    if p["min_rating"] is not None and "rating" not in cols:
-        raise ConfigError(f"min_rating={p['min_rating']} given but {where} has no rating column")
-    if p["behavior_order"] is not None and "behavior" not in cols:
-        raise ConfigError(f"behavior_order given but {where} has no behavior column")
-
-    valid = present(user_a) & present(item_a) & present(ts_a)
-    if "behavior" in cols:
-        valid &= present(cols["behavior"])
-    n_valid = int(valid.sum())
-    if n_valid == 0:
-        raise DataError(f"{where}: all {n} rows lack a user, item, timestamp or behavior value")
-    counts: dict[str, int] = {"raw_rows": n, "dropped_rows": n - n_valid}
-    if n_valid < n:
-        mask = pa.array(valid)
-        user_a, item_a, ts_a = user_a.filter(mask), item_a.filter(mask), ts_a.filter(mask)
-        cols = {k: v.filter(mask) for k, v in cols.items()}
-
-    ts = to_seconds(ts_a, where)
-    user, user_names = factorize_canonical(user_a)
-    item, item_names = factorize_canonical(item_a)
-    rating = None
-    if "rating" in cols:
-        try:
-            rating = pc.cast(cols["rating"], pa.float32()).to_numpy(zero_copy_only=False)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise DataError(f"{where}: rating column is not numeric ({cols['rating'].type})") from None
-        rating = rating.astype(np.float32, copy=False)
-    beh = None
-    behavior_names: list[str] | None = None
-    if "behavior" in cols:
-        behavior_names = resolve_behavior_order(cols["behavior"], p["behavior_order"], raw.behavior_order)
-        beh = behavior_levels(cols["behavior"], behavior_names, where)
-    p["behavior_order"] = behavior_names
-
-    def take(idx: np.ndarray) -> None:
-        nonlocal user, item, ts, rating, beh
-        user, item, ts = user[idx], item[idx], ts[idx]
-        rating = rating[idx] if rating is not None else None
-        beh = beh[idx] if beh is not None else None
-
-    if p["min_rating"] is not None:
-        assert rating is not None
-        keep = np.flatnonzero(rating >= p["min_rating"])
-        counts["dropped_min_rating"] = int(user.shape[0] - keep.size)
-        if keep.size == 0:
-            raise DataError(f"{where}: no interactions left after min_rating={p['min_rating']:g}")
-        take(keep)
-
-    keep = dedup(user, item, ts, beh, p["dedup"])
-    counts["dropped_duplicates"] = int(user.shape[0] - keep.size)
-    take(keep)
-
-    keep, rounds = kcore(user, item, p["user_core"], p["item_core"])
-    counts["dropped_core"] = int(user.shape[0] - keep.size)
-    if keep.size == 0:
-        raise DataError(
-            f"{where}: no interactions left after k-core filtering "
-            f"(user_core={p['user_core']}, item_core={p['item_core']}); lower them"
-        )
-    take(keep)
-
-    user_id, user_ext = dense(user, user_names)
-    item_id, item_ext = dense(item, item_names)
-    order = np.lexsort((np.arange(user_id.shape[0]), ts, user_id))  # ties keep file order
-    user_id, item_id, ts = user_id[order], item_id[order], ts[order]
-    rating = rating[order] if rating is not None else None
-    beh = beh[order] if beh is not None else None
-    session_id = sessionize(user_id, ts, p["session_gap"], p["max_session_len"] or None)
-
-    inter = Interactions(
-        user_id=user_id,
-        item_id=item_id,
-        timestamp=ts,
-        behavior=beh,
-        rating=rating,
-        session_id=session_id,
-    )
+    cols, counts = _usable_columns(raw, p)
+    rows = _decode(cols, p["behavior_order"], raw.behavior_order, where)
+    p["behavior_order"] = rows.behaviors
+    rounds = _filter(rows, p, counts, where)
+    inter, user_ext, item_ext = _canonical(rows, p)
     all_params = {**raw.params, **p}
     counts.update({k: int(v) for k, v in raw.counts.items()})
     counts.update(
         users=len(user_ext),
         items=len(item_ext),
         interactions=len(inter),
-        sessions=int(session_id[-1]) if len(session_id) else 0,
+        sessions=int(inter.session_id[-1]) if len(inter.session_id) else 0,
         core_rounds=rounds,
     )
-    manifest: dict[str, Any] = {
-        "name": name,
-        "source": raw.source,
-        "sources": [
-            {"path": str(Path(s).resolve()), "sha256": sha256_file(s), "bytes": Path(s).stat().st_size}
-            for s in raw.sources
-        ],
-        "params": all_params,
-        "counts": counts,
-    }
-    if behavior_names is not None:
-        manifest["behaviors"] = behavior_names
-    manifest["created_by"] = f"genrec {__version__}"
-    manifest["fingerprint"] = fingerprint_of(inter, all_params)
+    manifest = _manifest(raw, name, all_params, counts, rows.behaviors, inter)
     items = build_items_table(item_ext, raw.items, where)
     users = pa.table({"user_id": pa.array(np.arange(1, len(user_ext) + 1)), "external_id": pa.array(user_ext)})
     out = Path(out_dir)
@@ -238,6 +142,156 @@ def prepare(raw: RawLog, out_dir: str | Path, *, name: str, **params: Any) -> Pa
         return write_dataset(out, inter, items, manifest, users=users)
     except OSError as exc:
         raise DataError(f"{out}: cannot write the dataset ({exc.strerror or exc})") from None
+
+
+@dataclass
+class _Rows:
+    """The rows still in play, one aligned array per column: every filter goes through :meth:`take`."""
+
+    user: np.ndarray  # (n,) int64 canonical user codes (dense ids 1..U once renumbered)
+    item: np.ndarray  # (n,) int64 canonical item codes (dense ids 1..I once renumbered)
+    ts: np.ndarray  # (n,) int64 unix seconds
+    rating: np.ndarray | None  # (n,) float32
+    beh: np.ndarray | None  # (n,) int8 behavior level
+    user_names: list[str]  # external id of each user code
+    item_names: list[str]  # external id of each item code
+    behaviors: list[str] | None  # behavior level names, lowest first
+
+    def __len__(self) -> int:
+        return int(self.user.shape[0])
+
+    def take(self, idx: np.ndarray) -> None:
+        """Keep (and order) the rows ``idx`` in every column."""
+        self.user, self.item, self.ts = self.user[idx], self.item[idx], self.ts[idx]
+        self.rating = self.rating[idx] if self.rating is not None else None
+        self.beh = self.beh[idx] if self.beh is not None else None
+
+
+def _usable_columns(raw: RawLog, p: dict[str, Any]) -> tuple[dict[str, pa.Array], dict[str, int]]:
+    """The log's columns as Arrow arrays without the rows that lack a value, and the first counts.
+
+    Checks the columns against each other and against the parameters first, so a mismatch is
+    reported before any row is dropped.
+    """
+    where = raw.where
+    cols = {"user": as_arrow(raw.user), "item": as_arrow(raw.item), "timestamp": as_arrow(raw.timestamp)}
+    extras = {"rating": raw.rating, "behavior": raw.behavior}
+    cols.update({k: as_arrow(v) for k, v in extras.items() if v is not None})
+    n = len(cols["user"])
+    for cname, col in cols.items():
+        if len(col) != n:
+            raise DataError(f"{where}: column '{cname}' has {len(col)} rows but 'user' has {n}")
+    if n == 0:
+        raise DataError(f"{where}: no rows to prepare")
+    if p["min_rating"] is not None and "rating" not in cols:
+        raise ConfigError(f"min_rating={p['min_rating']} given but {where} has no rating column")
+    if p["behavior_order"] is not None and "behavior" not in cols:
+        raise ConfigError(f"behavior_order given but {where} has no behavior column")
+    valid = present(cols["user"]) & present(cols["item"]) & present(cols["timestamp"])
+    if "behavior" in cols:
+        valid &= present(cols["behavior"])
+    n_valid = int(valid.sum())
+    if n_valid == 0:
+        raise DataError(f"{where}: all {n} rows lack a user, item, timestamp or behavior value")
+    if n_valid < n:
+        mask = pa.array(valid)
+        cols = {k: v.filter(mask) for k, v in cols.items()}
+    return cols, {"raw_rows": n, "dropped_rows": n - n_valid}
+
+
+def _decode(
+    cols: dict[str, pa.Array], behavior_order: Any, source_order: list[str] | None, where: str
+) -> _Rows:
+    """Seconds, canonical id codes, float32 ratings and int8 behavior levels from the Arrow columns."""
+    ts = to_seconds(cols["timestamp"], where)
+    user, user_names = factorize_canonical(cols["user"])
+    item, item_names = factorize_canonical(cols["item"])
+    rating = None
+    if "rating" in cols:
+        try:
+            rating = pc.cast(cols["rating"], pa.float32()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise DataError(f"{where}: rating column is not numeric ({cols['rating'].type})") from None
+        rating = rating.astype(np.float32, copy=False)
+    beh = None
+    behavior_names: list[str] | None = None
+    if "behavior" in cols:
+        behavior_names = resolve_behavior_order(cols["behavior"], behavior_order, source_order)
+        beh = behavior_levels(cols["behavior"], behavior_names, where)
+    return _Rows(user, item, ts, rating, beh, user_names, item_names, behavior_names)
+
+
+def _filter(rows: _Rows, p: dict[str, Any], counts: dict[str, int], where: str) -> int:
+    """min_rating, then dedup, then k-core, in place; counts what each drops; returns the k-core rounds."""
+    if p["min_rating"] is not None:
+        assert rows.rating is not None
+        keep = np.flatnonzero(rows.rating >= p["min_rating"])
+        counts["dropped_min_rating"] = int(len(rows) - keep.size)
+        if keep.size == 0:
+            raise DataError(f"{where}: no interactions left after min_rating={p['min_rating']:g}")
+        rows.take(keep)
+
+    keep = dedup(rows.user, rows.item, rows.ts, rows.beh, p["dedup"])
+    counts["dropped_duplicates"] = int(len(rows) - keep.size)
+    rows.take(keep)
+
+    keep, rounds = kcore(rows.user, rows.item, p["user_core"], p["item_core"])
+    counts["dropped_core"] = int(len(rows) - keep.size)
+    if keep.size == 0:
+        raise DataError(
+            f"{where}: no interactions left after k-core filtering "
+            f"(user_core={p['user_core']}, item_core={p['item_core']}); lower them"
+        )
+    rows.take(keep)
+    return rounds
+
+
+def _canonical(rows: _Rows, p: dict[str, Any]) -> tuple[Interactions, list[str], list[str]]:
+    """Dense 1..N ids, rows sorted by (user, time) with ties in file order, and sessions.
+
+    Returns the table and the external id of each dense user and item id.
+    """
+    rows.user, user_ext = dense(rows.user, rows.user_names)
+    rows.item, item_ext = dense(rows.item, rows.item_names)
+    rows.take(np.lexsort((np.arange(len(rows)), rows.ts, rows.user)))  # ties keep file order
+    session_id = sessionize(rows.user, rows.ts, p["session_gap"], p["max_session_len"] or None)
+    inter = Interactions(
+        user_id=rows.user,
+        item_id=rows.item,
+        timestamp=rows.ts,
+        behavior=rows.beh,
+        rating=rows.rating,
+        session_id=session_id,
+    )
+    return inter, user_ext, item_ext
+
+
+def _manifest(
+    raw: RawLog,
+    name: str,
+    params: dict[str, Any],
+    counts: dict[str, int],
+    behaviors: list[str] | None,
+    inter: Interactions,
+) -> dict[str, Any]:
+    """The manifest: what was read (hashed), every parameter and count, and the table's fingerprint."""
+    from genrec import __version__
+
+    manifest: dict[str, Any] = {
+        "name": name,
+        "source": raw.source,
+        "sources": [
+            {"path": str(Path(s).resolve()), "sha256": sha256_file(s), "bytes": Path(s).stat().st_size}
+            for s in raw.sources
+        ],
+        "params": params,
+        "counts": counts,
+    }
+    if behaviors is not None:
+        manifest["behaviors"] = behaviors
+    manifest["created_by"] = f"genrec {__version__}"
+    manifest["fingerprint"] = fingerprint_of(inter, params)
+    return manifest
 
 
 def build_items_table(external_ids: list[str], text: pa.Table | None, where: str = "items") -> pa.Table:
