@@ -105,10 +105,10 @@ def generate(
     items: list[int] = []
     times: list[int] = []
     for u in range(num_users):
-        walk_items, walk_times = _user_walk(rng, prng, cat, int(lengths[u]), p_end, successor_prob, explore_prob)
-        users.extend([u + 1] * len(walk_items))
-        items.extend(i + 1 for i in walk_items)
-        times.extend(walk_times)
+        u_items, u_times = _user_walk(rng, prng, cat, int(lengths[u]), p_end, successor_prob, explore_prob)
+        users.extend([u + 1] * len(u_items))
+        items.extend(i + 1 for i in u_items)
+        times.extend(u_times)
     probs = np.asarray(behavior_probs, dtype=np.float64)
     behavior = rng.choice(len(BEHAVIORS), size=len(users), p=probs / probs.sum())
     names = np.array(BEHAVIORS, dtype=object)[behavior]
@@ -231,9 +231,10 @@ def _item_table(rng: np.random.Generator, cat: _Catalogue) -> pa.Table:
     counters: dict[int, int] = {}
     titles, cats = [], []
     for i in range(len(cat.topic)):
-        tname, noun, subs = TOPICS[int(cat.topic[i])]
-        counters[int(cat.topic[i])] = counters.get(int(cat.topic[i]), 0) + 1
-        titles.append(f"{ADJECTIVES[int(rng.integers(len(ADJECTIVES)))]} {noun} {counters[int(cat.topic[i])]}")
+        t = int(cat.topic[i])
+        tname, noun, subs = TOPICS[t]
+        counters[t] = counters.get(t, 0) + 1
+        titles.append(f"{ADJECTIVES[int(rng.integers(len(ADJECTIVES)))]} {noun} {counters[t]}")
         cats.append(f"{tname} > {subs[int(cat.subtopic[i])]}")
     return pa.table(
         {

@@ -130,46 +130,17 @@ def read_generic(
     ``time_format``: ``unix_s``, ``unix_ms``, ``iso`` or a strptime format such as ``%Y-%m-%d %H:%M``
     (times without a zone are UTC).
     """
-    missing_opts = [k for k, v in (("user_col", user_col), ("item_col", item_col), ("time_col", time_col)) if not v]
-    if missing_opts:
-        raise ConfigError(f"generic source needs {', '.join(missing_opts)} (which columns hold user, item, time)")
-    if not time_format:
-        raise ConfigError("time_format must not be empty")
-    if time_format not in TIME_FORMATS and "%" not in time_format:
-        raise ConfigError(
-            f"time_format must be one of {', '.join(TIME_FORMATS)} or a strptime format with '%', got {time_format!r}"
-        )
+    _check_options(user_col, item_col, time_col, time_format)
     p = _io.require_file(path)
     mapping = {"user": user_col, "item": item_col, "timestamp": time_col, "rating": rating_col,
                "behavior": behavior_col}  # fmt: skip
     wanted = {role: col for role, col in mapping.items() if col}
     parquet = _is_parquet(p)
-    if parquet:
-        with _io.data_errors(str(p), "not a readable parquet file"):
-            columns = pq.read_schema(p).names
-    else:
+    if not parquet:
         sep = _SEPS.get(sep, sep) if sep else _sniff_sep(p)
         if len(sep) != 1:
             raise ConfigError(f"sep must be a single character, got {sep!r}")
-        columns = _io.header_columns(p, sep)
-    for col in wanted.values():
-        if col not in columns:
-            listed = ", ".join(columns)
-            listed = listed if len(listed) <= 300 else listed[:300] + "..."
-            raise ConfigError(f"file {p} has no column '{col}' (columns: {listed})")
-    cols = list(dict.fromkeys(wanted.values()))
-    if parquet:
-        with _io.data_errors(str(p), "not a readable parquet file"):
-            table = pq.read_table(p, columns=cols)
-    else:
-        types = {user_col: pa.string(), item_col: pa.string(), time_col: pa.string()}
-        if behavior_col:
-            types[behavior_col] = pa.string()
-        if rating_col:
-            types[rating_col] = pa.float64()
-        table = _io.read_csv(p, delimiter=sep, include_columns=cols, column_types=types)  # type: ignore[arg-type]
-    if table.num_rows == 0:
-        raise DataError(f"{p}: no data rows")
+    table = _read_table(p, wanted, None if parquet else sep)
 
     def col(role: str) -> pa.Array:
         return _as_array(table.column(wanted[role]))
@@ -196,6 +167,52 @@ def read_generic(
         },
         label=str(p),
     )
+
+
+def _check_options(
+    user_col: str | None, item_col: str | None, time_col: str | None, time_format: str
+) -> None:
+    """Config errors for a missing column option or an unknown time format, before any file is opened."""
+    missing_opts = [k for k, v in (("user_col", user_col), ("item_col", item_col), ("time_col", time_col)) if not v]
+    if missing_opts:
+        raise ConfigError(f"generic source needs {', '.join(missing_opts)} (which columns hold user, item, time)")
+    if not time_format:
+        raise ConfigError("time_format must not be empty")
+    if time_format not in TIME_FORMATS and "%" not in time_format:
+        raise ConfigError(
+            f"time_format must be one of {', '.join(TIME_FORMATS)} or a strptime format with '%', got {time_format!r}"
+        )
+
+
+def _read_table(p: Path, wanted: dict[str, str], sep: str | None) -> pa.Table:
+    """The mapped columns of a Parquet file (``sep`` None) or a delimited text file, ids read as text.
+
+    The header is checked first, so a misspelt column is named before the whole file is parsed.
+    """
+    if sep is None:
+        with _io.data_errors(str(p), "not a readable parquet file"):
+            columns = pq.read_schema(p).names
+    else:
+        columns = _io.header_columns(p, sep)
+    for col in wanted.values():
+        if col not in columns:
+            listed = ", ".join(columns)
+            listed = listed if len(listed) <= 300 else listed[:300] + "..."
+            raise ConfigError(f"file {p} has no column '{col}' (columns: {listed})")
+    cols = list(dict.fromkeys(wanted.values()))
+    if sep is None:
+        with _io.data_errors(str(p), "not a readable parquet file"):
+            table = pq.read_table(p, columns=cols)
+    else:
+        # ids and times as text (leading zeros survive, times parse as declared), the rating as a number
+        text_roles = ("user", "item", "timestamp", "behavior")
+        types = {wanted[role]: pa.string() for role in text_roles if role in wanted}
+        if "rating" in wanted:
+            types[wanted["rating"]] = pa.float64()
+        table = _io.read_csv(p, delimiter=sep, include_columns=cols, column_types=types)
+    if table.num_rows == 0:
+        raise DataError(f"{p}: no data rows")
+    return table
 
 
 def _as_array(x: pa.ChunkedArray | pa.Array) -> pa.Array:
