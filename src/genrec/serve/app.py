@@ -163,6 +163,13 @@ def create_app(artifact: Artifact, settings: BatchSettings | None = None,
     app.state.artifact = artifact
     app.state.batcher = batcher
     app.add_middleware(_BodyGuard, max_bytes=max_body_bytes, batcher=batcher)
+    _add_error_handlers(app)
+    _add_routes(app, artifact, batcher, settings)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every failure answers one JSON line (see the module docstring); none escapes as a traceback."""
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -197,6 +204,11 @@ def create_app(artifact: Artifact, settings: BatchSettings | None = None,
         log.exception("internal error on %s", request.url.path)
         return _error(500, f"internal error ({type(exc).__name__}); see the server log")
 
+
+def _add_routes(app: FastAPI, artifact: Artifact, batcher: MicroBatcher[Query, Recommendations],
+                settings: BatchSettings) -> None:
+    """The four endpoints; the handlers' names are the OpenAPI operation ids, so they stay as they are."""
+
     @app.post("/recommend", response_model=RecommendResponse, response_model_exclude_none=True,
               responses={400: {"description": "bad request (message in detail)"},
                          503: {"description": "queue full; retry after Retry-After seconds"}})
@@ -227,6 +239,3 @@ def create_app(artifact: Artifact, settings: BatchSettings | None = None,
     async def metadata() -> Any:
         """Which model answers, its catalogue size and window, and the batching settings and counters."""
         return {**artifact.metadata(), "batching": {**settings.to_dict(), "stats": batcher.stats()}}
-
-    return app
-
