@@ -86,11 +86,22 @@ def _list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def command_group(subparsers: Any, name: str, help: str, commands: tuple[str, ...]) -> Any:
+    """The sub-command action of a new ``genrec NAME {commands}`` group, the sub-command required.
+
+    Every command room's group is made here, so they share the ``NAME_command`` destination and
+    the usage line; argparse alone would let ``genrec NAME`` run without a sub-command.
+    """
+    group = subparsers.add_parser(name, help=help)
+    sub = group.add_subparsers(dest=f"{name}_command", metavar="{" + ",".join(commands) + "}")
+    sub.required = True
+    return sub
+
+
 def register(subparsers: Any) -> None:
     """Add the ``data`` command group (prepare, stats, fetch, synth) to an argparse subparsers object."""
-    data = subparsers.add_parser("data", help="prepare, inspect, fetch and synthesize datasets")
-    sub = data.add_subparsers(dest="data_command", metavar="{prepare,stats,fetch,synth}")
-    sub.required = True
+    sub = command_group(subparsers, "data", "prepare, inspect, fetch and synthesize datasets",
+                        ("prepare", "stats", "fetch", "synth"))
 
     p = sub.add_parser("prepare", help="raw log -> canonical parquet folder + manifest")
     p.add_argument("source", help="reader name: movielens, amazon_p5, amazon_5core, taobao, generic")

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from genrec.data.impressions import ImpressionSamples
+from genrec.data.impressions import ImpressionSamples, dense_ids
 from genrec.data.schema import Dataset, Interactions
 from genrec.errors import ConfigError, DataError
 
@@ -86,22 +86,6 @@ def rate_bucket(pos: np.ndarray, total: np.ndarray) -> np.ndarray:
     rate = pos / np.maximum(total, 1)
     b = 1 + np.minimum(np.floor(10.0 * rate), 9).astype(np.int64)
     return np.where(total > 0, b, 0)
-
-
-def dense_ids(*keys: np.ndarray) -> np.ndarray:
-    """Dense 0-based id of each row's key tuple (one lexsort)."""
-    n = keys[0].shape[0]
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    order = np.lexsort(keys[::-1])
-    change = np.zeros(n, dtype=bool)
-    change[0] = True
-    for k in keys:
-        ks = k[order]
-        change[1:] |= ks[1:] != ks[:-1]
-    out = np.empty(n, dtype=np.int64)
-    out[order] = np.cumsum(change) - 1
-    return out
 
 
 def stats_before(ev_key: np.ndarray, ev_time: np.ndarray, ev_pos: np.ndarray, q_key: np.ndarray,

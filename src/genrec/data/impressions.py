@@ -108,19 +108,23 @@ def impressions_from_ratings(inter: Interactions, threshold: float = 4.0, min_hi
                     {"source": "ratings", "impression": "every rated item", "label": f"rating >= {threshold:g}"})
 
 
-def _group_ids(*keys: np.ndarray) -> np.ndarray:
-    """Dense id of each row's key tuple (vectorised, via one lexsort)."""
+def dense_ids(*keys: np.ndarray) -> np.ndarray:
+    """Dense 0-based id of each row's key tuple, in the tuples' sorted order (one lexsort).
+
+    Groups (user, item, window) rows for the labels here and the cross-feature keys in ``features.py``.
+    """
+    n = keys[0].shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
     order = np.lexsort(keys[::-1])
-    n = order.shape[0]
     change = np.zeros(n, dtype=bool)
-    if n:
-        change[0] = True
-        for k in keys:
-            ks = k[order]
-            change[1:] |= ks[1:] != ks[:-1]
-    gid = np.empty(n, dtype=np.int64)
-    gid[order] = np.cumsum(change) - 1
-    return gid
+    change[0] = True
+    for k in keys:
+        ks = k[order]
+        change[1:] |= ks[1:] != ks[:-1]
+    out = np.empty(n, dtype=np.int64)
+    out[order] = np.cumsum(change) - 1
+    return out
 
 
 def impressions_from_behaviors(
@@ -170,7 +174,7 @@ def impressions_from_behaviors(
             win = sessionize(inter.user_id, ts, gap_seconds=session_gap, max_session_len=None)
             rule["sessions"] = f"gap > {session_gap}s, no length cap"
         rule["label"] = f"positive iff the user {'/'.join(positives)}s the item later in the same session"
-    gid = _group_ids(inter.user_id, inter.item_id, win)  # (E,)
+    gid = dense_ids(inter.user_id, inter.item_id, win)  # (E,)
     last_engage = np.full(int(gid.max()) + 1 if len(gid) else 0, np.iinfo(np.int64).min, dtype=np.int64)
     np.maximum.at(last_engage, gid[is_pos], ts[is_pos])
     rows = np.flatnonzero(is_imp).astype(np.int64)

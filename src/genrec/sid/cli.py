@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from genrec.data.cli import command_group
+
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from genrec.config import load_config, resolve_recipe
@@ -37,9 +39,7 @@ def _cmd_health(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add the ``sid`` command group (build, health)."""
-    sid = subparsers.add_parser("sid", help="semantic ids: build a SID table, inspect its health")
-    sub = sid.add_subparsers(dest="sid_command", metavar="{build,health}")
-    sub.required = True
+    sub = command_group(subparsers, "sid", "semantic ids: build a SID table, inspect its health", ("build", "health"))
     b = sub.add_parser("build", help="item embeddings -> residual quantizer -> unique SIDs + health report")
     b.add_argument("config", help="recipe (YAML path or a name from configs/) whose sid: section is used")
     b.add_argument("--data", help="prepared dataset folder (overrides data.path)")
