@@ -31,15 +31,23 @@ class MultiBehaviorConfig:
     valid_max_users: int = 0  # 0 = every validation user; else a fixed seeded subset
 
     def check(self) -> None:
-        if self.session_gap < 0:
-            raise ConfigError(f"multibehavior.session_gap must be >= 0 seconds, got {self.session_gap}")
-        if self.augment < 0:
-            raise ConfigError(f"multibehavior.augment must be >= 0, got {self.augment}")
-        if self.train_windows not in WINDOW_MODES:
-            raise ConfigError(f"multibehavior.train_windows '{self.train_windows}' is not one of {WINDOW_MODES}")
-        if self.candidates not in CANDIDATE_MODES:
-            raise ConfigError(f"multibehavior.candidates '{self.candidates}' is not one of {CANDIDATE_MODES}")
+        """A ConfigError naming the first ``multibehavior.*`` value the protocol cannot use."""
+        _at_least("session_gap", self.session_gap, 0, " seconds")
+        _at_least("augment", self.augment, 0)
+        _one_of("train_windows", self.train_windows, WINDOW_MODES)
+        _one_of("candidates", self.candidates, CANDIDATE_MODES)
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"multibehavior.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
-        if self.min_history < 0:
-            raise ConfigError(f"multibehavior.min_history must be >= 0, got {self.min_history}")
+        _at_least("min_history", self.min_history, 0)
+
+
+def _at_least(key: str, value: int, low: int, unit: str = "") -> None:
+    """One wording for every lower bound of the section."""
+    if value < low:
+        raise ConfigError(f"multibehavior.{key} must be >= {low}{unit}, got {value}")
+
+
+def _one_of(key: str, value: str, options: tuple[str, ...]) -> None:
+    """One wording for every choice among named modes."""
+    if value not in options:
+        raise ConfigError(f"multibehavior.{key} '{value}' is not one of {options}")
