@@ -9,7 +9,7 @@ or after the cut (not even a session boundary) can reach the tensors fed to the 
 - ``cutoff`` a :class:`Split`: each row keeps its training events ``[0, train_end)`` (leave-one-out
   keeps everything before the validation item; temporal keeps everything before ``t_valid``).
 
-The artifact (``genrec.train.pretrain_artifact``) is a folder renamed into place; until it is complete the
+The artifact (its format: ``genrec.models.pretrained``) is a folder renamed into place; until it is complete the
 same folder is stage 1's run folder (``config.json``, atomic checkpoints), so pre-training is a run of the
 shared loop (:class:`~genrec.train.base.TrainerBase`): ``train.max_steps`` stops it with a checkpoint and the
 next call resumes it exactly; ``pretrain.max_steps`` caps it (the artifact is then written).
@@ -34,20 +34,11 @@ from genrec.data.sessions import sessionize
 from genrec.data.splits import Split
 from genrec.errors import ConfigError, DataError
 from genrec.models.hpgr_sem import SessionEncoder
+from genrec.models.pretrained import FORMAT, write_artifact
 from genrec.nn.optim import build_optimizer
 from genrec.objectives.mim import MIMConfig, MIMLoss, mask_items
 from genrec.train import distributed as dist_utils
 from genrec.train.base import CHECKPOINT_DIR, CONFIG_FILE, TrainerBase
-from genrec.train.pretrain_artifact import (  # noqa: F401 (re-exported: stage 2 and the models import them here)
-    FORMAT,
-    ITEM_KEY,
-    ITEM_TABLE_FILE,
-    META_FILE,
-    SEM_FILE,
-    Pretrained,
-    load_pretrained,
-    write_artifact,
-)
 
 
 @dataclass
@@ -323,8 +314,7 @@ def pretrain_sessions(data: Dataset | UserSequences, cutoff_time: int | Split, c
     return Path(out_dir)
 
 
-__all__ = ["PretrainConfig", "PretrainTrainer", "Pretrained", "load_pretrained", "pretrain_batch", "pretrain_run",
-           "pretrain_sessions",
+__all__ = ["PretrainConfig", "PretrainTrainer", "pretrain_batch", "pretrain_run", "pretrain_sessions",
            "pretraining_events", "probe_loss"]
 
 

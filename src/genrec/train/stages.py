@@ -39,16 +39,10 @@ from genrec.data.sequences import UserSequences
 from genrec.data.splits import Split, make_split
 from genrec.errors import ConfigError
 from genrec.models.base import RETRIEVER
+from genrec.models.pretrained import FORMAT, META_FILE
 from genrec.models.registry import get_model_class
 from genrec.train.base import resolve_device, write_json_atomic
-from genrec.train.pretrain import (
-    FORMAT,
-    META_FILE,
-    PretrainConfig,
-    cutoff_record,
-    parse_pretrain_config,
-    pretrain_run,
-)
+from genrec.train.pretrain import PretrainConfig, cutoff_record, parse_pretrain_config, pretrain_run
 from genrec.train.trainer import train_retriever_run
 
 PRETRAIN_DIR = "pretrain"
