@@ -31,6 +31,7 @@ from genrec.train.pretrain import parse_pretrain_config, pretrain_sessions
 from genrec.train.rerank import RerankTrainer, parse_rerank_config, rerank_run
 from genrec.train.run import train_run
 from genrec.train.stages import run_stages
+from genrec.train.trainer import Trainer
 from tests.conftest import (
     assert_same_weights,
     latest_state,
@@ -118,6 +119,22 @@ def test_a_pretrained_retriever_is_built_without_reading_the_artifact(tmp_path, 
     state = torch.get_rng_state()
     apply_pretrained(model)
     assert torch.equal(state, torch.get_rng_state())
+
+
+def test_the_trainer_initialises_a_fresh_run_only(tmp_path):
+    """A fresh run starts from the table; a resumed one from its checkpoint, without reading the artifact."""
+    ds = make_toy()
+    art = _artifact(ds, tmp_path / "pre")
+    table = load_file(str(art / ITEM_TABLE_FILE))[ITEM_KEY]  # (I+1, D)
+    cfg = _retriever_cfg()
+    cfg.model = {**cfg.model, "pretrained": str(art)}
+    fresh = Trainer(cfg, tmp_path / "run", ds)
+    assert torch.equal(fresh.model.item_emb.weight[1:], table[1:]) and cfg.model["stage1"]["num_items"] == ds.num_items
+    fresh.fit()
+    shutil.rmtree(art)
+    resumed = Trainer(cfg, tmp_path / "run", ds)
+    assert resumed.resumed_from is not None
+    assert_same_weights(resumed.model.state_dict(), latest_weights(tmp_path / "run"))
 
 
 def test_pretrained_width_or_catalogue_mismatch_is_a_config_error(tmp_path):

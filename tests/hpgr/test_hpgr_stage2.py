@@ -12,7 +12,15 @@ from genrec.data.sessions import sessionize
 from genrec.errors import ConfigError
 from genrec.models.hpgr import HPGRRanker, SessionEncoder, fit_table, pgsa_layer, window_sessions
 from genrec.models.hstu_ranker import HSTURanker
-from genrec.models.pretrained import apply_pretrained, fill_stage1, load_pretrained, read_meta, stage1_record
+from genrec.models.pretrained import (
+    apply_pretrained,
+    fill_stage1,
+    load_pretrained,
+    parse_stage1,
+    read_meta,
+    stage1_record,
+    stage1_sem,
+)
 from genrec.models.registry import MODELS, build_model
 from genrec.nn.hstu_block import DenseAttention
 from genrec.nn.sparse import pgsa_mask
@@ -180,6 +188,31 @@ def test_loads_the_artifact_and_keeps_relevance_frozen(artifact):
     assert live.relevance_source().data_ptr() == live.item_emb.weight.data_ptr()  # follows the fine-tuned table
     with pytest.raises(ConfigError, match="holds 40 items"):
         _from_artifact(artifact, num_items=V + 1)
+
+
+@pytest.mark.parametrize("use_sem", [True, False])
+def test_built_from_stage1_alone_with_the_draws_of_loading(artifact, use_sem):
+    """The structure follows from model.stage1 (the named folder does not exist: nothing is read); the SEM (kept or
+    dropped) and W_sem are built after the ranker's own parameters, where loading the artifact used to build them,
+    so the random draws, and hence every seeded run, are those of earlier versions."""
+    stage1 = stage1_record(read_meta(artifact))
+    torch.manual_seed(0)
+    model = HPGRRanker(_cfg(pretrained="no/such/folder", stage1=stage1, use_sem=use_sem), num_items=V, max_len=24)
+    after = torch.get_rng_state()
+    torch.manual_seed(0)
+    plain = HPGRRanker(_cfg(), num_items=V, max_len=24)
+    sem = stage1_sem(parse_stage1(stage1))
+    if use_sem:
+        torch.nn.Linear(16, 16, bias=False)  # W_sem
+    assert torch.equal(after, torch.get_rng_state())
+    own = model.state_dict()
+    for k, v in plain.state_dict().items():
+        assert torch.equal(own[k], v), k
+    if use_sem:  # the frozen SEM is part of the weights (its values come from the artifact or the run)
+        assert all(torch.equal(own[f"sem.{k}"], v) for k, v in sem.state_dict().items())
+        assert not any(p.requires_grad for p in model.sem.parameters())
+    else:
+        assert own["relevance_table"].shape == (V + 1, 16) and not any(k.startswith("sem") for k in own)
 
 
 def test_frozen_sem_adds_session_aware_inputs(artifact):

@@ -174,8 +174,9 @@ def fill_stage1(params: dict[str, Any]) -> dict[str, Any]:
         return params
     if not (Path(path) / META_FILE).exists():
         raise ConfigError(f"model.pretrained={path!r} is not a stage-1 artifact (no {META_FILE}); run the pretrain "
-                          "stage first (stages: [pretrain, finetune]) or set model.pretrained=''. A run folder "
-                          f"recorded without model.{STAGE1_KEY} needs that artifact once to be reopened")
+                          "stage first (stages: [pretrain, finetune]) or set model.pretrained=''. A run or export "
+                          f"recorded without model.{STAGE1_KEY} (by an earlier genrec) needs that artifact once to "
+                          "be reopened")
     try:
         return {**params, STAGE1_KEY: stage1_record(read_meta(path), Path(path) / META_FILE)}
     except CheckpointError as exc:
