@@ -22,6 +22,7 @@ from genrec.models.pretrained import (
     ITEM_KEY,
     ITEM_TABLE_FILE,
     apply_pretrained,
+    copy_pretrained_table,
     fill_stage1,
     parse_stage1,
     stage1_sem,
@@ -95,6 +96,9 @@ def test_pretrained_table_lands_in_the_item_embedding(tmp_path, name):
     assert not model.item_emb.weight[0].any()
     plain = build_model({"name": name, "d_model": D, "num_layers": 1, "num_heads": 1}, ds.num_items, 20)
     assert not torch.allclose(plain.item_emb.weight[1:], table[1:])
+    emb = torch.nn.Embedding(ds.num_items + 1, D)
+    copy_pretrained_table(emb, art, ds.num_items, name)  # the one-call form, for a bare embedding
+    assert torch.equal(emb.weight, model.item_emb.weight)
 
 
 @pytest.mark.parametrize("name", ["hstu", "sasrec"])

@@ -17,7 +17,12 @@ from torch import nn
 
 from genrec.data.sequences import SeqBatch
 from genrec.models.base import Retriever, l2norm
-from genrec.models.pretrained import Pretrained, copy_item_table, retriever_stage1
+from genrec.models.pretrained import (  # noqa: F401 (copy_pretrained_table: the frozen test oracle imports it here)
+    Pretrained,
+    copy_item_table,
+    copy_pretrained_table,
+    retriever_stage1,
+)
 from genrec.models.registry import register
 from genrec.nn.attention import causal_valid_mask
 from genrec.nn.hstu_block import DenseAttention, HSTUBlock

@@ -24,6 +24,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -236,6 +237,18 @@ def retriever_stage1(cfg: Any, num_items: int, width: int, model: str) -> None:
     stage1_sem(s1)
 
 
+def copy_pretrained_table(emb: nn.Embedding, path: str | Path, num_items: int, model: str) -> None:
+    """Read the artifact at ``path`` and copy its item table into a bare ``emb`` (num_items+1, d) in one call,
+    checking and drawing as a retriever built with it does (:func:`retriever_stage1`).
+
+    The pre-``model.stage1`` form of the initialisation, for code that holds an embedding rather than a model
+    config (the frozen HSTU oracle of the tests); models themselves never call it while being built.
+    """
+    cfg = SimpleNamespace(pretrained=str(path), stage1=fill_stage1({"pretrained": str(path)})[STAGE1_KEY])
+    retriever_stage1(cfg, num_items, emb.weight.shape[1], model)
+    copy_item_table(emb, load_pretrained(path), cfg, model)
+
+
 def apply_pretrained(model: nn.Module) -> int:
     """Initialise every part of ``model`` built with ``model.pretrained`` from its artifact; returns how many.
 
@@ -257,6 +270,6 @@ def apply_pretrained(model: nn.Module) -> int:
 
 
 __all__ = ["FORMAT", "ITEM_KEY", "ITEM_TABLE_FILE", "META_FILE", "SEM_FILE", "STAGE1_KEY", "Pretrained", "Stage1",
-           "apply_pretrained", "check_stage1", "copy_item_table", "fill_stage1",
-           "load_pretrained", "model_stage1", "parse_stage1", "read_meta", "retriever_stage1", "stage1_record", "stage1_sem",
-           "write_artifact"]
+           "apply_pretrained", "check_stage1", "copy_item_table", "copy_pretrained_table", "fill_stage1",
+           "load_pretrained", "model_stage1", "parse_stage1", "read_meta", "retriever_stage1", "stage1_record",
+           "stage1_sem", "write_artifact"]
