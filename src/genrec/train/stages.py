@@ -36,7 +36,7 @@ from genrec.config import STAGES, RunConfig
 from genrec.data.loading import load_data
 from genrec.data.schema import Dataset
 from genrec.data.sequences import UserSequences
-from genrec.data.splits import Split, make_split
+from genrec.data.splits import Split, split_from_config
 from genrec.errors import ConfigError
 from genrec.models.base import RETRIEVER
 from genrec.models.pretrained import FORMAT, META_FILE
@@ -60,9 +60,7 @@ def training_cutoff(cfg: RunConfig, dataset: Dataset) -> int:
 
 def retrieval_cutoff(cfg: RunConfig, dataset: Dataset) -> Split:
     """The retrieval split of ``cfg.data`` on ``dataset``: stage 1 keeps each row's ``[0, train_end)``."""
-    seqs = UserSequences.from_interactions(dataset.interactions)
-    kw = {"valid_frac": cfg.data.valid_frac, "test_frac": cfg.data.test_frac} if cfg.data.split == "temporal" else {}
-    return make_split(seqs, cfg.data.split, **kw)
+    return split_from_config(UserSequences.from_interactions(dataset.interactions), cfg.data)
 
 
 def is_retriever(cfg: RunConfig) -> bool:
