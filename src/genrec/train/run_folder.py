@@ -187,9 +187,9 @@ class RunFolder:
                 if not self.compatible(key, old.get(key), rec.get(key)):
                     raise CheckpointError(f"{path}: this run folder holds a run with {key}={old.get(key)!r}, "
                                           f"not {rec.get(key)!r}; use another --out folder")
-            old_model, new_model = old.get("config", {}).get("model"), rec.get("config", {}).get("model")
-            if isinstance(old_model, dict) and STAGE1_KEY not in old_model:  # recorded before model.stage1
-                new_model = {k: v for k, v in (new_model or {}).items() if k != STAGE1_KEY}
+            # model.stage1 is read from model.pretrained (compared), not a setting: runs recorded before it still match
+            old_model, new_model = ({k: v for k, v in (r.get("config", {}).get("model") or {}).items()
+                                     if k != STAGE1_KEY} for r in (old, rec))
             if old_model != new_model:
                 raise CheckpointError(f"{path}: the model settings differ from this run folder's; "
                                       "use another --out folder")
