@@ -6,7 +6,8 @@
   same settings, cut-off and dataset is already there, so a re-run resumes after it);
 - ``OUT/finetune/``: the ranker run of ``genrec.train.ranker.train_ranker_run`` with
   ``model.pretrained = OUT/pretrain`` (``OUT`` itself when ``finetune`` runs alone, with the recipe's own
-  ``model.pretrained``);
+  ``model.pretrained``); its trainer records the artifact's shape in ``model.stage1`` and initialises the fresh
+  model from it, so the fine-tuned run (and its export) no longer needs ``OUT/pretrain``;
 - ``OUT/stages.json``: both stages' summaries.
 
 Leakage (spec §5.3(b), §6.3): pre-training sees only events strictly before the ranking split's training
