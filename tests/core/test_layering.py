@@ -29,10 +29,6 @@ GROUND = ("errors", "io")
 
 # (importing file under src/genrec, imported module) -> the part of the work that removes the edge
 ALLOWED_EDGES: dict[tuple[str, str], str] = {
-    # item 8, models/ part: HPGR's pre-trained table loader moves below models/
-    ("models/hstu.py", "genrec.train.pretrain"): "models -> train",
-    # item 8, models/ part: as above, for the hpgr ranker's frozen stage-1 table
-    ("models/hpgr.py", "genrec.train.pretrain"): "models -> train",
     # item 8, train/ part: train/run.py passes a cf_loader to sid.build, then run_cf_embeddings moves to train/
     ("sid/embed.py", "genrec.train.run"): "sid -> train",
 }

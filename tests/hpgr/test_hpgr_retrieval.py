@@ -4,6 +4,7 @@ and HSTU's top-K re-ranked by the hpgr ranker, on the tiny sequential toy datase
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,21 @@ from genrec.data.sequences import UserSequences
 from genrec.data.splits import EvalSamples, leave_one_out
 from genrec.errors import ConfigError
 from genrec.eval.candidates import Candidates, full_ranking, reranked_ranks, training_prefixes
+from genrec.models.pretrained import (
+    ITEM_KEY,
+    ITEM_TABLE_FILE,
+    apply_pretrained,
+    copy_pretrained_table,
+    fill_stage1,
+    parse_stage1,
+    stage1_sem,
+)
 from genrec.models.registry import build_model
-from genrec.train.pretrain import ITEM_KEY, ITEM_TABLE_FILE, parse_pretrain_config, pretrain_sessions
+from genrec.train.pretrain import parse_pretrain_config, pretrain_sessions
 from genrec.train.rerank import RerankTrainer, parse_rerank_config, rerank_run
 from genrec.train.run import train_run
 from genrec.train.stages import run_stages
+from genrec.train.trainer import Trainer
 from tests.conftest import (
     assert_same_weights,
     latest_state,
@@ -66,28 +77,81 @@ def _with_last_two_changed(ds: Dataset) -> Dataset:
 # -- 1. the stage-1 table initialises the retriever ---------------------------------------------------
 
 
+def _pretrained_model(name: str, art: Path, num_items: int, **model):
+    """A retriever built from its config alone (``model.stage1`` recorded from the artifact), then initialised."""
+    params = fill_stage1({"name": name, "d_model": D, "num_layers": 1, "num_heads": 1, "pretrained": str(art),
+                          **model})
+    built = build_model(params, num_items, 20)
+    assert apply_pretrained(built) == 1
+    return built
+
+
 @pytest.mark.parametrize("name", ["hstu", "sasrec"])
 def test_pretrained_table_lands_in_the_item_embedding(tmp_path, name):
     ds = make_toy()
     art = _artifact(ds, tmp_path / "pre")
     table = load_file(str(art / ITEM_TABLE_FILE))[ITEM_KEY]  # (I+1, D)
-    model = build_model({"name": name, "d_model": D, "num_layers": 1, "num_heads": 1, "pretrained": str(art)},
-                        ds.num_items, 20)
+    model = _pretrained_model(name, art, ds.num_items)
     assert torch.equal(model.item_emb.weight[1:], table[1:])
     assert not model.item_emb.weight[0].any()
     plain = build_model({"name": name, "d_model": D, "num_layers": 1, "num_heads": 1}, ds.num_items, 20)
     assert not torch.allclose(plain.item_emb.weight[1:], table[1:])
+    emb = torch.nn.Embedding(ds.num_items + 1, D)
+    copy_pretrained_table(emb, art, ds.num_items, name)  # the one-call form, for a bare embedding
+    assert torch.equal(emb.weight, model.item_emb.weight)
+
+
+@pytest.mark.parametrize("name", ["hstu", "sasrec"])
+def test_a_pretrained_retriever_is_built_without_reading_the_artifact(tmp_path, name):
+    """Its structure follows from model.stage1; building draws exactly one stage-1 SEM's random numbers (where
+    earlier versions built the artifact's SEM) and initialising draws none, so seeded runs keep their weights."""
+    ds = make_toy()
+    art = _artifact(ds, tmp_path / "pre")
+    params = fill_stage1({"name": name, "d_model": D, "num_layers": 1, "num_heads": 1, "pretrained": str(art)})
+    shutil.rmtree(art)
+    torch.manual_seed(0)
+    model = build_model(params, ds.num_items, 20)
+    after_build = torch.get_rng_state()
+    torch.manual_seed(0)
+    build_model({k: v for k, v in params.items() if k not in ("pretrained", "stage1")}, ds.num_items, 20)
+    stage1_sem(parse_stage1(params["stage1"]))
+    assert torch.equal(after_build, torch.get_rng_state())
+    with pytest.raises(ConfigError, match="a pretrain artifact"):
+        apply_pretrained(model)  # the table itself is read only when a run starts fresh
+    _artifact(ds, art)
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    apply_pretrained(model)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_the_trainer_initialises_a_fresh_run_only(tmp_path):
+    """A fresh run starts from the table; a resumed one from its checkpoint, without reading the artifact."""
+    ds = make_toy()
+    art = _artifact(ds, tmp_path / "pre")
+    table = load_file(str(art / ITEM_TABLE_FILE))[ITEM_KEY]  # (I+1, D)
+    cfg = _retriever_cfg()
+    cfg.model = {**cfg.model, "pretrained": str(art)}
+    fresh = Trainer(cfg, tmp_path / "run", ds)
+    assert torch.equal(fresh.model.item_emb.weight[1:], table[1:]) and cfg.model["stage1"]["num_items"] == ds.num_items
+    fresh.fit()
+    shutil.rmtree(art)
+    resumed = Trainer(cfg, tmp_path / "run", ds)
+    assert resumed.resumed_from is not None
+    assert_same_weights(resumed.model.state_dict(), latest_weights(tmp_path / "run"))
 
 
 def test_pretrained_width_or_catalogue_mismatch_is_a_config_error(tmp_path):
     ds = make_toy()
     art = _artifact(ds, tmp_path / "pre")
     with pytest.raises(ConfigError, match="width 16"):
-        build_model({"name": "hstu", "d_model": 32, "pretrained": str(art)}, ds.num_items, 20)
+        _pretrained_model("hstu", art, ds.num_items, d_model=32)
     with pytest.raises(ConfigError, match="items"):
-        build_model({"name": "hstu", "d_model": D, "pretrained": str(art)}, ds.num_items + 5, 20)
+        _pretrained_model("hstu", art, ds.num_items + 5)
     with pytest.raises(ConfigError, match="not a stage-1 artifact"):
-        build_model({"name": "sasrec", "d_model": D, "pretrained": str(tmp_path / "nowhere")}, ds.num_items, 20)
+        _pretrained_model("sasrec", tmp_path / "nowhere", ds.num_items)
+    with pytest.raises(ConfigError, match="needs model.stage1"):  # models never read the artifact themselves
+        build_model({"name": "hstu", "d_model": D, "pretrained": str(art)}, ds.num_items, 20)
 
 
 def test_stage_one_never_sees_validation_or_test_items(tmp_path):

@@ -14,14 +14,9 @@ from genrec.data.sequences import UserSequences
 from genrec.data.splits import leave_one_out
 from genrec.errors import CheckpointError
 from genrec.models.hpgr_sem import SessionEncoder, intra_session_mask, session_layout
+from genrec.models.pretrained import load_pretrained
 from genrec.objectives.mim import MIMConfig
-from genrec.train.pretrain import (
-    PretrainConfig,
-    load_pretrained,
-    pretrain_batch,
-    pretrain_sessions,
-    pretraining_events,
-)
+from genrec.train.pretrain import PretrainConfig, pretrain_batch, pretrain_sessions, pretraining_events
 
 torch.set_num_threads(1)
 

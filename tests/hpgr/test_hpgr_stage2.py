@@ -9,14 +9,23 @@ import torch
 
 from genrec.data.sequences import SeqBatch, UserSequences
 from genrec.data.sessions import sessionize
-from genrec.errors import CheckpointError, ConfigError
+from genrec.errors import ConfigError
 from genrec.models.hpgr import HPGRRanker, SessionEncoder, fit_table, pgsa_layer, window_sessions
 from genrec.models.hstu_ranker import HSTURanker
+from genrec.models.pretrained import (
+    apply_pretrained,
+    fill_stage1,
+    load_pretrained,
+    parse_stage1,
+    read_meta,
+    stage1_record,
+    stage1_sem,
+)
 from genrec.models.registry import MODELS, build_model
 from genrec.nn.hstu_block import DenseAttention
 from genrec.nn.sparse import pgsa_mask
 from genrec.objectives.mim import MIMConfig
-from genrec.train.pretrain import PretrainConfig, load_pretrained, pretrain_sessions
+from genrec.train.pretrain import PretrainConfig, pretrain_sessions
 
 V = 40  # catalogue size of every test here
 
@@ -73,6 +82,8 @@ def test_registered_as_ranker_and_config_checked():
         with pytest.raises(ConfigError):
             build_model({"name": "hpgr", "d_model": 8, "num_heads": 2, **bad}, num_items=5, max_len=6)
     with pytest.raises(ConfigError, match="pretrain stage"):
+        fill_stage1({"name": "hpgr", "d_model": 8, "num_heads": 2, "pretrained": "no/such/folder"})
+    with pytest.raises(ConfigError, match="needs model.stage1"):  # a model never reads the artifact itself
         build_model({"name": "hpgr", "d_model": 8, "num_heads": 2, "pretrained": "no/such/folder"}, 5, 6)
 
 
@@ -144,10 +155,18 @@ def test_scores_do_not_depend_on_batch_mates_or_candidate_grouping():
     assert torch.allclose(together, alone, atol=1e-5) and torch.allclose(together, chunks, atol=1e-5)
 
 
+def _from_artifact(artifact, num_items: int = V, **kw) -> HPGRRanker:
+    """The ranker built from its config alone (``stage1`` recorded from the artifact), then initialised from it."""
+    model = HPGRRanker(_cfg(pretrained=str(artifact), stage1=stage1_record(read_meta(artifact)), **kw),
+                       num_items=num_items, max_len=24)
+    assert apply_pretrained(model) == 1
+    return model
+
+
 def test_loads_the_artifact_and_keeps_relevance_frozen(artifact):
     pre = load_pretrained(artifact)
     torch.manual_seed(0)
-    model = HPGRRanker(_cfg(pretrained=str(artifact), use_sem=False), num_items=V, max_len=24)
+    model = _from_artifact(artifact, use_sem=False)
     assert torch.equal(model.item_emb.weight, pre.item_table)  # initialised from the pre-trained table
     frozen = model.relevance_source().clone()
     assert torch.equal(frozen, pre.item_table)
@@ -165,17 +184,42 @@ def test_loads_the_artifact_and_keeps_relevance_frozen(artifact):
     assert not torch.equal(model.item_emb.weight, pre.item_table)  # the table fine-tunes ...
     assert torch.equal(model.relevance_source(), frozen)  # ... the relevance copy does not
     assert torch.equal(model.column_weights(batch, cands[:, 0]), w0)
-    live = HPGRRanker(_cfg(pretrained=str(artifact), use_sem=False, freeze_relevance=False), V, 24)
+    live = _from_artifact(artifact, use_sem=False, freeze_relevance=False)
     assert live.relevance_source().data_ptr() == live.item_emb.weight.data_ptr()  # follows the fine-tuned table
-    with pytest.raises(CheckpointError):
-        HPGRRanker(_cfg(pretrained=str(artifact)), num_items=V + 1, max_len=24)
+    with pytest.raises(ConfigError, match="holds 40 items"):
+        _from_artifact(artifact, num_items=V + 1)
+
+
+@pytest.mark.parametrize("use_sem", [True, False])
+def test_built_from_stage1_alone_with_the_draws_of_loading(artifact, use_sem):
+    """The structure follows from model.stage1 (the named folder does not exist: nothing is read); the SEM (kept or
+    dropped) and W_sem are built after the ranker's own parameters, where loading the artifact used to build them,
+    so the random draws, and hence every seeded run, are those of earlier versions."""
+    stage1 = stage1_record(read_meta(artifact))
+    torch.manual_seed(0)
+    model = HPGRRanker(_cfg(pretrained="no/such/folder", stage1=stage1, use_sem=use_sem), num_items=V, max_len=24)
+    after = torch.get_rng_state()
+    torch.manual_seed(0)
+    plain = HPGRRanker(_cfg(), num_items=V, max_len=24)
+    sem = stage1_sem(parse_stage1(stage1))
+    if use_sem:
+        torch.nn.Linear(16, 16, bias=False)  # W_sem
+    assert torch.equal(after, torch.get_rng_state())
+    own = model.state_dict()
+    for k, v in plain.state_dict().items():
+        assert torch.equal(own[k], v), k
+    if use_sem:  # the frozen SEM is part of the weights (its values come from the artifact or the run)
+        assert all(torch.equal(own[f"sem.{k}"], v) for k, v in sem.state_dict().items())
+        assert not any(p.requires_grad for p in model.sem.parameters())
+    else:
+        assert own["relevance_table"].shape == (V + 1, 16) and not any(k.startswith("sem") for k in own)
 
 
 def test_frozen_sem_adds_session_aware_inputs(artifact):
     torch.manual_seed(0)
-    model = HPGRRanker(_cfg(pretrained=str(artifact), use_sem=True), num_items=V, max_len=24)
+    model = _from_artifact(artifact, use_sem=True)
     torch.manual_seed(0)
-    bare = HPGRRanker(_cfg(pretrained=str(artifact), use_sem=False), num_items=V, max_len=24)
+    bare = _from_artifact(artifact, use_sem=False)
     bare.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(("sem.", "sem_proj."))},
                          strict=False)
     batch = _batch(seed=3)

@@ -16,7 +16,8 @@ from genrec.data.schema import Dataset, Interactions, load_dataset, write_datase
 from genrec.data.sequences import UserSequences
 from genrec.errors import ConfigError
 from genrec.models.hpgr import HPGRRanker
-from genrec.train.pretrain import load_pretrained, parse_pretrain_config, pretrain_batch, pretraining_events
+from genrec.models.pretrained import load_pretrained
+from genrec.train.pretrain import parse_pretrain_config, pretrain_batch, pretraining_events
 from genrec.train.stages import run_stages, training_cutoff
 
 USERS, ITEMS = 30, 25

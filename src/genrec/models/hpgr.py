@@ -9,7 +9,8 @@ names are re-exported here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from genrec.models.hpgr_sem import (  # noqa: F401  (re-exported)
     session_layout,
 )
 from genrec.models.hstu_ranker import ColumnMask, HSTURanker
+from genrec.models.pretrained import Pretrained, check_stage1, model_stage1, stage1_sem
 from genrec.models.registry import register
 from genrec.nn.hstu_block import DenseAttention, HSTUBlock
 from genrec.nn.sparse import IMPLS, ROWS, WINDOWS, PGSAAttention, kept_columns, pgsa_relevance, pgsa_weights
@@ -112,6 +114,7 @@ class HPGRRanker(HSTURanker):
     @dataclass
     class Config(HSTURanker.Config):
         pretrained: str = ""  # stage-1 artifact folder; "" = no pre-training (random init)
+        stage1: dict[str, Any] = field(default_factory=dict)  # the artifact's shape, recorded by the trainer
         pgsa: bool = True  # False = dense target-aware attention (the "dense attention" ablation)
         impl: str = "gather"  # "gather" (cost grows with K) or "dense" (the masked reference)
         top_k: int = 32  # K anchors per (user, candidate)
@@ -139,33 +142,39 @@ class HPGRRanker(HSTURanker):
         self.sem_proj: nn.Linear | None = None
         self.session_rule: tuple[int | None, int | None] = (None, None)  # stage 1's (gap, cap), for the SEM
         if cfg.pretrained:
-            self._load_pretrained(cfg.pretrained, num_items, max_len)
+            self._build_stage1_parts(num_items, max_len)
 
-    def _load_pretrained(self, path: str, num_items: int, max_len: int) -> None:
-        from pathlib import Path
-
-        from genrec.train.pretrain import META_FILE, load_pretrained  # stage-1 code imports this module
-
-        if not (Path(path) / META_FILE).exists():
-            raise ConfigError(f"hpgr: model.pretrained={path!r} is not a stage-1 artifact; run the pretrain "
-                              "stage first (stages: [pretrain, finetune]) or set model.pretrained=''")
-        pre = load_pretrained(path, num_items=num_items)
-        table = pre.item_table  # (I+1, Dp)
-        with torch.no_grad():
-            self.item_emb.weight.copy_(fit_table(table, self.cfg.d_model))
+    def _build_stage1_parts(self, num_items: int, max_len: int) -> None:
+        """The parts that follow from ``model.stage1``: the frozen SEM and ``W_sem`` (``use_sem``), or the frozen
+        relevance table; their values come from the artifact (:meth:`init_from_pretrained`) or the weights."""
+        s1 = model_stage1(self.cfg, num_items, "hpgr")
+        sem = stage1_sem(s1)  # (also built without use_sem: the random draws of earlier versions, see stage1_sem)
+        dp = s1.sem.d_model
         if self.cfg.use_sem:
-            sem = pre.sem
             if not sem.cfg.use_sessions and max_len > sem.max_len:
                 raise ConfigError(f"hpgr: the session-free pre-trained encoder holds {sem.max_len} positions, "
                                   f"data.max_len is {max_len}; raise pretrain.max_len or set model.use_sem=false")
             sem.requires_grad_(False)
             self.sem = sem.eval()
-            self.sem_proj = nn.Linear(table.shape[1], self.cfg.d_model, bias=False)
+            self.sem_proj = nn.Linear(dp, self.cfg.d_model, bias=False)
             nn.init.zeros_(self.sem_proj.weight)  # at init the model is the SEM-free one
-            raw = pre.meta["config"]
-            self.session_rule = (raw.get("session_gap"), raw.get("max_session_len"))
+            self.session_rule = (s1.session_gap, s1.max_session_len)
         if self.cfg.freeze_relevance and self.sem is None:
-            self.register_buffer("relevance_table", table.clone())  # (I+1, Dp) frozen Ê
+            self.register_buffer("relevance_table", torch.zeros(num_items + 1, dp))  # (I+1, Dp) frozen Ê
+
+    def init_from_pretrained(self, pre: Pretrained) -> None:
+        """Start from the stage-1 artifact: the item table (fitted to ``d_model``), the SEM, the relevance table.
+
+        Called by the trainer once, when a run starts fresh; a reopened run has them in its weights.
+        """
+        check_stage1(pre, self.cfg, "hpgr")
+        table = pre.item_table  # (I+1, Dp)
+        with torch.no_grad():
+            self.item_emb.weight.copy_(fit_table(table, self.cfg.d_model))
+            if self.sem is not None:
+                self.sem.load_state_dict(pre.sem.state_dict())
+            elif self.cfg.freeze_relevance:
+                self.relevance_table.copy_(table)
 
     def train(self, mode: bool = True) -> HPGRRanker:
         """The frozen SEM stays in eval mode (no dropout) while the ranker trains."""

@@ -9,46 +9,24 @@ Follows the semantics of the authors' research code that produced the paper's pu
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from genrec.data.sequences import SeqBatch
-from genrec.errors import CheckpointError, ConfigError
 from genrec.models.base import Retriever, l2norm
+from genrec.models.pretrained import (  # noqa: F401 (copy_pretrained_table: the frozen test oracle imports it here)
+    Pretrained,
+    copy_item_table,
+    copy_pretrained_table,
+    retriever_stage1,
+)
 from genrec.models.registry import register
 from genrec.nn.attention import causal_valid_mask
 from genrec.nn.hstu_block import DenseAttention, HSTUBlock
 from genrec.nn.position import next_event_times
-
-
-def copy_pretrained_table(emb: nn.Embedding, path: str, num_items: int, model: str) -> None:
-    """Copy an HPGR stage-1 item table (``genrec.train.pretrain``) into ``emb`` (num_items+1, d), exactly.
-
-    Why: "does pre-training alone help?" needs the retriever to start from the session-MIM table and
-    nothing else, so there is no projection or rescaling; a width or catalogue mismatch is a config error.
-    """
-    from pathlib import Path
-
-    from genrec.train.pretrain import META_FILE, load_pretrained  # stage-1 code imports genrec.models
-
-    if not (Path(path) / META_FILE).exists():
-        raise ConfigError(f"{model}: model.pretrained={path!r} is not a stage-1 artifact; run the pretrain "
-                          "stage first (stages: [pretrain, finetune]) or set model.pretrained=''")
-    try:
-        table = load_pretrained(path).item_table  # (I'+1, D')
-    except CheckpointError as exc:
-        raise ConfigError(f"{model}: model.pretrained: {exc}") from None
-    if table.shape[0] != num_items + 1:
-        raise ConfigError(f"{model}: model.pretrained={path!r} holds {table.shape[0] - 1} items, the dataset has "
-                          f"{num_items}; pre-train on the same dataset")
-    if table.shape[1] != emb.weight.shape[1]:
-        raise ConfigError(f"{model}: model.pretrained={path!r} has width {table.shape[1]}, model.d_model is "
-                          f"{emb.weight.shape[1]}; set pretrain.sem.d_model to model.d_model")
-    with torch.no_grad():
-        emb.weight.copy_(table)
-        emb.weight[0].zero_()  # padding row
 
 
 @register("hstu")
@@ -67,6 +45,7 @@ class HSTU(Retriever):
         time_bias: bool = True
         position_bias: bool = True
         pretrained: str = ""  # HPGR stage-1 artifact whose item table initialises item_emb; "" = random init
+        stage1: dict[str, Any] = field(default_factory=dict)  # the artifact's shape, recorded by the trainer
 
     def __init__(self, cfg: Config, num_items: int, max_len: int) -> None:
         super().__init__(num_items, max_len)
@@ -78,8 +57,8 @@ class HSTU(Retriever):
         nn.init.trunc_normal_(self.item_emb.weight, std=0.02)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
-        if cfg.pretrained:
-            copy_pretrained_table(self.item_emb, cfg.pretrained, num_items, "hstu")
+        if cfg.pretrained:  # checks model.stage1; the table is copied by init_from_pretrained
+            retriever_stage1(cfg, num_items, d, "hstu")
         self.pos_emb = nn.Embedding(max_len, d)
         nn.init.xavier_normal_(self.pos_emb.weight)  # as the reference code's reset_params ends up
         self.input_dropout = nn.Dropout(cfg.dropout)
@@ -88,6 +67,10 @@ class HSTU(Retriever):
                       time_bias=cfg.time_bias, position_bias=cfg.position_bias)
             for _ in range(cfg.num_layers)
         )
+
+    def init_from_pretrained(self, pre: Pretrained) -> None:
+        """Start from the stage-1 item table (called by the trainer once, when a run starts fresh)."""
+        copy_item_table(self.item_emb, pre, self.cfg, "hstu")
 
     def embed(self, batch: SeqBatch) -> tuple[torch.Tensor, torch.Tensor]:
         L = batch.items.shape[1]

@@ -8,7 +8,8 @@ outputs and cosine scoring, so the loss and evaluation are exactly those used fo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,7 @@ from torch import nn
 
 from genrec.data.sequences import SeqBatch
 from genrec.models.base import Retriever, l2norm
-from genrec.models.hstu import copy_pretrained_table
+from genrec.models.pretrained import Pretrained, copy_item_table, retriever_stage1
 from genrec.models.registry import register
 
 
@@ -73,6 +74,7 @@ class SASRec(Retriever):
         d_ff: int = 0  # 0 = d_model, as in the reference configs
         dropout: float = 0.2
         pretrained: str = ""  # HPGR stage-1 artifact whose item table initialises item_emb; "" = random init
+        stage1: dict[str, Any] = field(default_factory=dict)  # the artifact's shape, recorded by the trainer
 
     def __init__(self, cfg: Config, num_items: int, max_len: int) -> None:
         super().__init__(num_items, max_len)
@@ -82,8 +84,8 @@ class SASRec(Retriever):
         nn.init.trunc_normal_(self.item_emb.weight, std=0.02)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
-        if cfg.pretrained:
-            copy_pretrained_table(self.item_emb, cfg.pretrained, num_items, "sasrec")
+        if cfg.pretrained:  # checks model.stage1; the table is copied by init_from_pretrained
+            retriever_stage1(cfg, num_items, d, "sasrec")
         self.pos_emb = nn.Embedding(max_len, d)
         nn.init.trunc_normal_(self.pos_emb.weight, std=math.sqrt(1.0 / d))
         self.input_dropout = nn.Dropout(cfg.dropout)
@@ -91,6 +93,10 @@ class SASRec(Retriever):
             SASRecBlock(d, cfg.num_heads, cfg.d_ff or d, cfg.dropout) for _ in range(cfg.num_layers)
         )
         self.final_ln = nn.LayerNorm(d, eps=1e-8)
+
+    def init_from_pretrained(self, pre: Pretrained) -> None:
+        """Start from the stage-1 item table (called by the trainer once, when a run starts fresh)."""
+        copy_item_table(self.item_emb, pre, self.cfg, "sasrec")
 
     def sequence_output(self, batch: SeqBatch) -> torch.Tensor:
         B, L = batch.items.shape

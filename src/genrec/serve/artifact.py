@@ -112,6 +112,7 @@ def _short_list(xs: Sequence[str], n: int = 10) -> str:
 def load_artifact(path: str | Path, device: str = "cpu") -> Artifact:
     """Open an artifact folder for serving; every check fails with a one-line ``ArtifactError``."""
     from genrec.config import config_from_dict
+    from genrec.models.pretrained import fill_stage1
     from genrec.models.registry import build_model
 
     root = Path(path)
@@ -123,6 +124,7 @@ def load_artifact(path: str | Path, device: str = "cpu") -> Artifact:
     raw = read_json(cpath, "config")
     try:
         cfg = config_from_dict(raw, str(cpath))
+        cfg.model = fill_stage1(cfg.model)  # exported before model.stage1 existed: read from its stage-1 artifact
         model = build_model(cfg.model, man["num_items"], man["max_len"])
     except ArtifactError:
         raise

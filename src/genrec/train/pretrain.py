@@ -9,7 +9,7 @@ or after the cut (not even a session boundary) can reach the tensors fed to the 
 - ``cutoff`` a :class:`Split`: each row keeps its training events ``[0, train_end)`` (leave-one-out
   keeps everything before the validation item; temporal keeps everything before ``t_valid``).
 
-The artifact (``genrec.train.pretrain_artifact``) is a folder renamed into place; until it is complete the
+The artifact (its format: ``genrec.models.pretrained``) is a folder renamed into place; until it is complete the
 same folder is stage 1's run folder (``config.json``, atomic checkpoints), so pre-training is a run of the
 shared loop (:class:`~genrec.train.base.TrainerBase`): ``train.max_steps`` stops it with a checkpoint and the
 next call resumes it exactly; ``pretrain.max_steps`` caps it (the artifact is then written).
@@ -29,25 +29,16 @@ import torch
 
 from genrec.config import OptimConfig, RunConfig, TrainConfig, dataclass_from_dict, optim_knobs
 from genrec.data.schema import Dataset
-from genrec.data.sequences import SeqBatch, UserSequences, batch_order
+from genrec.data.sequences import SeqBatch, UserSequences, batch_order, event_windows
 from genrec.data.sessions import sessionize
 from genrec.data.splits import Split
 from genrec.errors import ConfigError, DataError
 from genrec.models.hpgr_sem import SessionEncoder
+from genrec.models.pretrained import FORMAT, write_artifact
 from genrec.nn.optim import build_optimizer
 from genrec.objectives.mim import MIMConfig, MIMLoss, mask_items
 from genrec.train import distributed as dist_utils
 from genrec.train.base import CHECKPOINT_DIR, CONFIG_FILE, TrainerBase
-from genrec.train.pretrain_artifact import (  # noqa: F401 (re-exported: stage 2 and the models import them here)
-    FORMAT,
-    ITEM_KEY,
-    ITEM_TABLE_FILE,
-    META_FILE,
-    SEM_FILE,
-    Pretrained,
-    load_pretrained,
-    write_artifact,
-)
 
 
 @dataclass
@@ -102,27 +93,17 @@ def pretrain_batch(seqs: UserSequences, rows: np.ndarray, max_len: int, max_sess
     assert seqs.session_ids is not None
     rows = np.asarray(rows, dtype=np.int64)
     end = seqs.offsets[rows + 1]
-    start = np.maximum(seqs.offsets[rows], end - max_len)  # (B,)
-    n = end - start
-    L = max(1, int(n.max()) if len(n) else 1)
-    ar = np.arange(L)
-    # window of the last max_len events, then keep only the last max_sessions sessions of it
-    win_valid = ar[None, :] < n[:, None]
-    pos = np.where(win_valid, start[:, None] + ar[None, :], 0)  # (B, L)
-    sid = np.where(win_valid, seqs.session_ids[pos], -1)
+    win = event_windows(seqs.offsets[rows], end, max_len)  # the last max_len events of each row
+    sid = win.take(seqs.session_ids, fill=-1)  # (B, L)
     last_sid = seqs.session_ids[np.maximum(end - 1, 0)]
     # session ids are increasing 1..S per row, so "last max_sessions sessions" = sid > last_sid - max_sessions
-    in_recent = win_valid & (sid > (last_sid - max_sessions)[:, None])
-    first = np.where(in_recent.any(1), np.argmax(in_recent, 1), n)  # (B,) first kept slot of the window
-    start = start + first
-    n = end - start
-    L = max(1, int(n.max()) if len(n) else 1)
-    ar = np.arange(L)
-    valid = ar[None, :] < n[:, None]
-    pos = np.where(valid, start[:, None] + ar[None, :], 0)
+    in_recent = win.real & (sid > (last_sid - max_sessions)[:, None])
+    first = np.where(in_recent.any(1), np.argmax(in_recent, 1), win.lengths)  # (B,) first kept slot of the window
+    win = event_windows(end - win.lengths + first, end, None)  # the window cut back to those whole sessions
+    n = win.lengths
 
     def take(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.where(valid, a[pos], 0).astype(np.int64))
+        return torch.from_numpy(win.take(a).astype(np.int64))
 
     times = take(seqs.timestamps)
     last_t = times.gather(1, torch.from_numpy(np.maximum(n - 1, 0))[:, None])[:, 0]
@@ -323,8 +304,7 @@ def pretrain_sessions(data: Dataset | UserSequences, cutoff_time: int | Split, c
     return Path(out_dir)
 
 
-__all__ = ["PretrainConfig", "PretrainTrainer", "Pretrained", "load_pretrained", "pretrain_batch", "pretrain_run",
-           "pretrain_sessions",
+__all__ = ["PretrainConfig", "PretrainTrainer", "pretrain_batch", "pretrain_run", "pretrain_sessions",
            "pretraining_events", "probe_loss"]
 
 

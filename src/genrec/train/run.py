@@ -17,6 +17,7 @@ from genrec.data.sequences import UserSequences
 from genrec.errors import CheckpointError, ConfigError, DataError, GenrecError
 from genrec.eval.retrieval import score_histories
 from genrec.models.base import GENERATOR, RANKER, RETRIEVER, Retriever
+from genrec.models.pretrained import fill_stage1
 from genrec.models.registry import build_model
 from genrec.train import distributed as dist_utils
 from genrec.train.base import BEST_DIR, CONFIG_FILE, fit_and_test, resolve_device
@@ -141,6 +142,7 @@ def open_run(run_dir: str | Path, weights: str = "best", device: str = "cpu") ->
     if dataset.fingerprint != record.get("data_fingerprint"):
         raise DataError(f"{root}: the dataset at '{dataset.path}' has fingerprint {dataset.fingerprint}, "
                         f"but the run was trained on {record.get('data_fingerprint')}")
+    cfg.model = fill_stage1(cfg.model)  # a run recorded before model.stage1 reads it from its artifact, once
     model = build_model(cfg.model, dataset.num_items, cfg.data.max_len)
     if GENERATOR in model.kinds:
         from genrec.sid.build import load_sid_table

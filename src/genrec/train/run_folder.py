@@ -26,6 +26,7 @@ import genrec
 from genrec.config import RunConfig, early_stop_metric
 from genrec.data.schema import Dataset
 from genrec.errors import CheckpointError, ConfigError
+from genrec.models.pretrained import STAGE1_KEY, apply_pretrained, fill_stage1
 from genrec.train import distributed as dist_utils
 from genrec.train.checkpoint import (
     latest_checkpoint,
@@ -128,6 +129,9 @@ class RunFolder:
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, dataset: Dataset | None, *,
                  default_metric: str) -> None:
+        # the model is built from its config alone: a stage-1 artifact's shape is recorded in it (in place, so the
+        # trainer's own reference to the model section sees it too)
+        cfg.model.update(fill_stage1(cfg.model))
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.dataset = dataset
@@ -183,14 +187,18 @@ class RunFolder:
                 if not self.compatible(key, old.get(key), rec.get(key)):
                     raise CheckpointError(f"{path}: this run folder holds a run with {key}={old.get(key)!r}, "
                                           f"not {rec.get(key)!r}; use another --out folder")
-            if old.get("config", {}).get("model") != rec.get("config", {}).get("model"):
+            # model.stage1 is read from model.pretrained (compared), not a setting: runs recorded before it still match
+            old_model, new_model = ({k: v for k, v in (r.get("config", {}).get("model") or {}).items()
+                                     if k != STAGE1_KEY} for r in (old, rec))
+            if old_model != new_model:
                 raise CheckpointError(f"{path}: the model settings differ from this run folder's; "
                                       "use another --out folder")
         if write and self.main:
             write_json_atomic(path, rec)
 
     def open_run(self, resume: bool = True, write: bool = True) -> None:
-        """Create the folder, check/write config.json, resume from the latest checkpoint, open the logger.
+        """Create the folder, check/write config.json, resume from the latest checkpoint (or, starting fresh,
+        initialise the model from its stage-1 artifact, if it names one), open the logger.
 
         ``write=False`` opens an existing run read-only (evaluation): nothing is written or logged.
         """
@@ -203,6 +211,8 @@ class RunFolder:
                 loaded = load_checkpoint(path, self.model, self.optimizer, self.generators)
                 self.state = {**initial_state(), **loaded}
                 self.resumed_from = path
+        if write and self.resumed_from is None:  # a fresh run: start from the stage-1 artifact, if any
+            apply_pretrained(self.model)
         self.logger = MetricLogger(self.run_dir, tensorboard=self.cfg.train.tensorboard,
                                    enabled=self.main and write)
 

@@ -6,7 +6,8 @@
   same settings, cut-off and dataset is already there, so a re-run resumes after it);
 - ``OUT/finetune/``: the ranker run of ``genrec.train.ranker.train_ranker_run`` with
   ``model.pretrained = OUT/pretrain`` (``OUT`` itself when ``finetune`` runs alone, with the recipe's own
-  ``model.pretrained``);
+  ``model.pretrained``); its trainer records the artifact's shape in ``model.stage1`` and initialises the fresh
+  model from it, so the fine-tuned run (and its export) no longer needs ``OUT/pretrain``;
 - ``OUT/stages.json``: both stages' summaries.
 
 Leakage (spec §5.3(b), §6.3): pre-training sees only events strictly before the ranking split's training
@@ -36,19 +37,13 @@ from genrec.config import STAGES, RunConfig
 from genrec.data.loading import load_data
 from genrec.data.schema import Dataset
 from genrec.data.sequences import UserSequences
-from genrec.data.splits import Split, make_split
+from genrec.data.splits import Split, split_from_config
 from genrec.errors import ConfigError
 from genrec.models.base import RETRIEVER
+from genrec.models.pretrained import FORMAT, META_FILE
 from genrec.models.registry import get_model_class
 from genrec.train.base import resolve_device, write_json_atomic
-from genrec.train.pretrain import (
-    FORMAT,
-    META_FILE,
-    PretrainConfig,
-    cutoff_record,
-    parse_pretrain_config,
-    pretrain_run,
-)
+from genrec.train.pretrain import PretrainConfig, cutoff_record, parse_pretrain_config, pretrain_run
 from genrec.train.trainer import train_retriever_run
 
 PRETRAIN_DIR = "pretrain"
@@ -66,9 +61,7 @@ def training_cutoff(cfg: RunConfig, dataset: Dataset) -> int:
 
 def retrieval_cutoff(cfg: RunConfig, dataset: Dataset) -> Split:
     """The retrieval split of ``cfg.data`` on ``dataset``: stage 1 keeps each row's ``[0, train_end)``."""
-    seqs = UserSequences.from_interactions(dataset.interactions)
-    kw = {"valid_frac": cfg.data.valid_frac, "test_frac": cfg.data.test_frac} if cfg.data.split == "temporal" else {}
-    return make_split(seqs, cfg.data.split, **kw)
+    return split_from_config(UserSequences.from_interactions(dataset.interactions), cfg.data)
 
 
 def is_retriever(cfg: RunConfig) -> bool:
