@@ -38,9 +38,10 @@ from genrec.data.schema import Dataset
 from genrec.data.sequences import UserSequences
 from genrec.data.splits import Split, make_split
 from genrec.errors import ConfigError
+from genrec.io import write_json_atomic
 from genrec.models.base import RETRIEVER
 from genrec.models.registry import get_model_class
-from genrec.train.base import resolve_device, write_json_atomic
+from genrec.train.base import resolve_device
 from genrec.train.pretrain import (
     FORMAT,
     META_FILE,
