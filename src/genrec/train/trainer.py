@@ -47,14 +47,15 @@ class _LossModule(nn.Module):
 class Trainer(TrainerBase):
     """Train a RETRIEVER-kind model on every training position of the split.
 
-    What a run trains on and is measured by comes from three hooks a protocol may override (the multi-behavior
-    baselines do): :meth:`prepare_data` (the examples), :meth:`train_batch` (one batch of them) and
-    :meth:`setup_protocol` (schedule, evaluation), besides ``epoch_batches`` / ``validate`` / ``evaluate``;
-    the training step itself (model + objective) is this class's alone.
+    What a run trains on and is measured by comes from hooks a protocol may override (the multi-behavior
+    baselines do): :meth:`evaluation_setup` (stopping metric), :meth:`prepare_data` (the examples),
+    :meth:`train_batch` (one batch of them) and :meth:`setup_protocol` (schedule, evaluation), besides
+    ``epoch_batches`` / ``validate`` / ``evaluate``; the training step itself (model + objective) is this
+    class's alone.
     """
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, dataset: Dataset, resume: bool = True) -> None:
-        super().__init__(cfg, run_dir, dataset, default_metric=self.default_stop_metric())
+        super().__init__(cfg, run_dir, dataset, default_metric=self.evaluation_setup(cfg))
         self.prepare_data()
         self.model: Retriever = build_model(cfg.model, dataset.num_items, cfg.data.max_len).to(self.device)
         if RETRIEVER not in self.model.kinds:
@@ -66,7 +67,8 @@ class Trainer(TrainerBase):
         self.open_run(resume)
 
     # -- protocol hooks ---------------------------------------------------------------------------
-    def default_stop_metric(self) -> str:
+    def evaluation_setup(self, cfg: RunConfig) -> str:
+        """The default early-stopping metric (before the run folder opens)."""
         return "ndcg@10"
 
     def prepare_data(self) -> None:
