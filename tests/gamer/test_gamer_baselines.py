@@ -138,6 +138,7 @@ def test_baseline_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path, model)
 
     sids = toy_table() if model == "tiger" else None
     full = multibehavior_trainer(cfg(), tmp_path / "full", ds, sids)
+    assert full.stop_metric == "merged/ndcg@5" and not full.minimize  # the protocol's stopping rule, not the kind's
     full.fit()
     steps = full.state["global_step"]
     part = multibehavior_trainer(cfg(max_steps=steps // 2 + 1), tmp_path / "part", ds, sids)
