@@ -36,6 +36,7 @@ import common  # noqa: E402
 from genrec.config import apply_overrides, config_from_dict, load_yaml, with_ablation  # noqa: E402
 from genrec.data.schema import load_dataset  # noqa: E402
 from genrec.errors import GenrecError  # noqa: E402
+from genrec.models import get_model_class  # noqa: E402
 from genrec.train.multibehavior_baselines import (  # noqa: E402
     DEFAULT_CANDIDATES,
     run_variant,
@@ -96,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.ablation:
         raw = with_ablation(raw, args.ablation)
     dataset = load_dataset(args.data)
-    deterministic = (raw.get("model") or {}).get("name") == "recency"
+    first = config_from_dict(apply_overrides(raw, args.set), args.recipe)
+    deterministic = not get_model_class(first.model["name"]).trainable  # a heuristic: one evaluation
     seeds = args.seeds[:1] if deterministic else args.seeds
     per_seed, rec = [], {}
-    first = config_from_dict(apply_overrides(raw, args.set), args.recipe)
     mode = first.multibehavior.candidates
     folder = name  # run folders are shared across candidate modes when the trained weights do not depend on them
     if mode != DEFAULT_CANDIDATES:  # --name is the base name: a record of another mode never overwrites it

@@ -13,9 +13,6 @@ RECIPES = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"
 def test_every_recipe_loads_and_builds(path):
     cfg = load_config(path)
     assert cfg.source, f"{path.name} must say where its numbers come from"
-    if cfg.model["name"] == "recency":  # the non-learned GAMER baseline: no network, only its own switch
-        assert set(cfg.model) <= {"name", "restrict_to_candidates"}
-        return
     model = build_model(cfg.model, num_items=100, max_len=cfg.data.max_len)
     assert model.kinds
 

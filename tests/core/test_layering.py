@@ -28,24 +28,10 @@ FLOORS = ("ground", "data", "config", "nn", "sid", "models", "objectives", "eval
 GROUND = ("errors", "io")
 
 # (importing file under src/genrec, imported module) -> the part of the work that removes the edge
-ALLOWED_EDGES: dict[tuple[str, str], str] = {
-    # item 8, train/ part: train/run.py passes a cf_loader to sid.build, then run_cf_embeddings moves to train/
-    ("sid/embed.py", "genrec.train.run"): "sid -> train",
-}
+ALLOWED_EDGES: dict[tuple[str, str], str] = {}
 
 # (file under src/genrec, model registry name written as a string literal) -> the part that removes it
-ALLOWED_NAMES: dict[tuple[str, str], str] = {
-    # item 8, train/ part: gamer runs dispatch on a model capability, not the name
-    ("train/run.py", "gamer"): "train",
-    # item 8, train/ part: the multi-behavior baselines dispatch on kinds / a variant table
-    ("train/multibehavior_baselines.py", "sasrec"): "train",
-    ("train/multibehavior_baselines.py", "tiger"): "train",
-    ("train/multibehavior_baselines.py", "gamer"): "train",
-    # item 8, train/ part: the re-ranker takes its ranker from the recipe instead of naming hpgr
-    ("train/rerank.py", "hpgr"): "train",
-    # eval restructuring step: the TIGER adapter's error label
-    ("eval/multibehavior_baselines.py", "tiger"): "eval",
-}
+ALLOWED_NAMES: dict[tuple[str, str], str] = {}
 NAME_ROOMS = ("train", "eval", "serve")
 
 

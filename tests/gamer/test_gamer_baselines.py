@@ -14,9 +14,9 @@ from genrec.config import MultiBehaviorConfig, config_from_dict, load_yaml
 from genrec.data.multibehavior import BehaviorLevels, candidate_items, session_split
 from genrec.errors import ConfigError
 from genrec.eval.multibehavior import evaluate_behaviors
-from genrec.eval.multibehavior_baselines import RecencyBaseline, RetrieverAdapter, TigerAdapter
+from genrec.eval.multibehavior_baselines import GeneratorAdapter, RecencyBaseline, RetrieverAdapter
 from genrec.models.registry import build_model
-from genrec.train.multibehavior_baselines import BaselineTrainer, evaluate_recency, run_variant
+from genrec.train.multibehavior_baselines import evaluate_untrained, multibehavior_trainer, run_variant
 from tests.conftest import assert_same_weights, latest_state, latest_weights, load_benchmark
 from tests.gamer.conftest import NUM_ITEMS, TINY, cycle_events, make_dataset, toy_table
 
@@ -81,11 +81,11 @@ def test_retriever_adapter_returns_the_top_scored_candidates():
     assert few.items[:, 2:].eq(-1).all() and few.valid.sum() == 4
 
 
-def test_tiger_adapter_decodes_only_candidate_sids_and_needs_no_user_token():
+def test_generator_adapter_decodes_only_candidate_sids_and_needs_no_user_token():
     torch.manual_seed(0)
     model = build_model(TIGER_TINY, NUM_ITEMS, 10)
     model.set_sid_table(toy_table())
-    adapter = TigerAdapter(model)
+    adapter = GeneratorAdapter(model)
     hist = torch.tensor([[3, 7, 1], [4, 0, 0]])
     cand = np.array([2, 5, 9, 11])
     res = adapter.generate(hist, torch.zeros_like(hist), 3, beam_size=5, candidates=cand)
@@ -93,14 +93,14 @@ def test_tiger_adapter_decodes_only_candidate_sids_and_needs_no_user_token():
     assert got.numel() == 2 * len(cand) and np.isin(got.numpy(), cand).all()
     assert torch.equal(model.item_sids[got], res.sids[res.valid])
     with pytest.raises(ConfigError, match="num_user_buckets"):
-        TigerAdapter(build_model({**TIGER_TINY, "num_user_buckets": 8}, NUM_ITEMS, 10))
+        GeneratorAdapter(build_model({**TIGER_TINY, "num_user_buckets": 8}, NUM_ITEMS, 10))
 
 
 def test_baselines_see_the_same_queries_and_tiger_learns_the_toy_rule(tmp_path):
     ds = make_dataset(cycle_events(num_users=24, seed=0))
     cfg = config_from_dict({**BASE, "model": TIGER_TINY, "train": _train(epochs=15, batch_size=32, lr=0.01,
                                                                             eval_every=5)})
-    tr = BaselineTrainer(cfg, tmp_path / "tiger", ds, toy_table())
+    tr = multibehavior_trainer(cfg, tmp_path / "tiger", ds, toy_table())
     assert tr.fit()["finished"]
     tr.load_best()
     rec = tr.evaluate("test")
@@ -112,7 +112,7 @@ def test_baselines_see_the_same_queries_and_tiger_learns_the_toy_rule(tmp_path):
                             "objective": {"name": "full_softmax", "temperature": 0.1},
                             "train": _train(epochs=2, batch_size=8, lr=0.01)})
     rec2 = run_variant(sas, tmp_path / "sasrec", ds)
-    rec3 = evaluate_recency(config_from_dict({**BASE, "model": {"name": "recency"}}), ds)
+    rec3 = evaluate_untrained(config_from_dict({**BASE, "model": {"name": "recency"}}), ds)
     for other in (rec2, rec3):
         for b, m in rec["metrics"]["per_behavior"].items():
             got = other["metrics"]["per_behavior"][b]
@@ -137,13 +137,14 @@ def test_baseline_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path, model)
                                  "train": _train(epochs=2, batch_size=8, lr=0.01, checkpoint_every=3, **train)})
 
     sids = toy_table() if model == "tiger" else None
-    full = BaselineTrainer(cfg(), tmp_path / "full", ds, sids)
+    full = multibehavior_trainer(cfg(), tmp_path / "full", ds, sids)
+    assert full.stop_metric == "merged/ndcg@5" and not full.minimize  # the protocol's stopping rule, not the kind's
     full.fit()
     steps = full.state["global_step"]
-    part = BaselineTrainer(cfg(max_steps=steps // 2 + 1), tmp_path / "part", ds, sids)
+    part = multibehavior_trainer(cfg(max_steps=steps // 2 + 1), tmp_path / "part", ds, sids)
     assert not part.fit()["finished"]
     assert latest_state(tmp_path / "part")["step_in_epoch"] > 0  # stopped mid-epoch
-    again = BaselineTrainer(cfg(), tmp_path / "part", ds, sids)
+    again = multibehavior_trainer(cfg(), tmp_path / "part", ds, sids)
     assert again.resumed_from is not None and again.fit()["finished"]
     assert latest_state(tmp_path / "part") == {**latest_state(tmp_path / "full"),
                                                "train_seconds": latest_state(tmp_path / "part")["train_seconds"]}
@@ -154,17 +155,17 @@ def test_baseline_settings_are_checked(tmp_path):
     ds = make_dataset(cycle_events(num_users=6, seed=1))
     loss_stop = {**BASE, "multibehavior": {"session_gap": 1800}}  # valid_loss: GAMER only
     with pytest.raises(ConfigError, match="early_stop"):
-        BaselineTrainer(config_from_dict({**loss_stop, "model": TIGER_TINY, "train": _train()}), tmp_path / "a", ds,
-                        toy_table())
+        multibehavior_trainer(config_from_dict({**loss_stop, "model": TIGER_TINY, "train": _train()}),
+                              tmp_path / "a", ds, toy_table())
     with pytest.raises(ConfigError, match="not computed"):
-        BaselineTrainer(config_from_dict({**BASE, "model": TIGER_TINY, "train": _train(),
-                                          "multibehavior": {"early_stop": "buy/ndcg@50"}}), tmp_path / "b", ds,
-                        toy_table())
+        multibehavior_trainer(config_from_dict({**BASE, "model": TIGER_TINY, "train": _train(),
+                                                "multibehavior": {"early_stop": "buy/ndcg@50"}}), tmp_path / "b", ds,
+                              toy_table())
     with pytest.raises(ConfigError, match="unknown model keys"):
-        evaluate_recency(config_from_dict({**BASE, "model": {"name": "recency", "window": 3}}), ds)
+        evaluate_untrained(config_from_dict({**BASE, "model": {"name": "recency", "window": 3}}), ds)
     with pytest.raises(ConfigError, match="not a multi-behavior baseline"):
-        BaselineTrainer(config_from_dict({**BASE, "model": {"name": "hstu_ranker"}, "train": _train()}),
-                        tmp_path / "c", ds)
+        multibehavior_trainer(config_from_dict({**BASE, "model": {"name": "hstu_ranker"}, "train": _train()}),
+                              tmp_path / "c", ds)
 
 
 def test_ablation_recipes_state_only_their_change():

@@ -121,7 +121,7 @@ def test_augmentation_thins_lower_levels_and_never_the_top_level():
 
 
 def test_cooccurrence_sid_inputs_never_read_evaluation_sessions():
-    from genrec.train.gamer import cooccurrence_embeddings
+    from genrec.sid.cooccurrence import cooccurrence_embeddings
 
     base = cycle_events(num_users=12, seed=3)
     ds = make_dataset(base)

@@ -65,7 +65,7 @@ def test_neighbours_only_fill_sparse_keys():
 def test_hard_search_never_returns_short_window_or_future_items(model):
     """Every training example and every possible first code: retrieved items lie in the long window only."""
     seqs = UserSequences.from_interactions(toy_dataset().interactions)
-    ex = TrainExamples(leave_one_out(seqs))
+    ex = TrainExamples(leave_one_out(seqs).train_end)
     hist = torch.from_numpy(history_matrix(seqs, ex.rows, ex.ends, model.max_len))  # what the trainer feeds
     inp = model.encoder_inputs(hist)
     b = hist.shape[0]

@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from genrec.data.schema import Dataset, Interactions, fingerprint_of
+from genrec.objectives import ctr_bce
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -68,3 +70,9 @@ def make_ctr_toy(num_users: int = 150, num_items: int = 40, seed: int = 0, behav
     if behaviors:
         manifest["behaviors"] = BEH
     return Dataset(interactions=inter, items=items, users=None, manifest=manifest)
+
+
+def mean_bce(model, batch, candidates: torch.Tensor, labels: torch.Tensor, **kw) -> torch.Tensor:
+    """A ranker's training loss (the CTR objective over its logits) as the mean over real candidates."""
+    s, n = ctr_bce(model.score(batch, candidates, **kw), candidates, labels)
+    return s / n.clamp(min=1.0)

@@ -26,6 +26,7 @@ from genrec.nn.hstu_block import DenseAttention
 from genrec.nn.sparse import pgsa_mask
 from genrec.objectives.mim import MIMConfig
 from genrec.train.pretrain import PretrainConfig, pretrain_sessions
+from tests.hpgr.conftest import mean_bce
 
 V = 40  # catalogue size of every test here
 
@@ -97,7 +98,7 @@ def test_dense_and_gathered_model_agree_with_gradients(rows, window, C, seed):
     if C > 1:
         cands[1, -1] = 0  # a padding candidate is ignored by both
     labels = torch.randint(0, 2, (5, C), generator=g).float()
-    ld, lg = dense.loss(batch, cands, labels), gather.loss(batch, cands, labels)
+    ld, lg = mean_bce(dense, batch, cands, labels), mean_bce(gather, batch, cands, labels)
     ld.backward()
     lg.backward()
     assert torch.allclose(dense.score(batch, cands), gather.score(batch, cands), atol=1e-5)
@@ -179,7 +180,7 @@ def test_loads_the_artifact_and_keeps_relevance_frozen(artifact):
     opt = torch.optim.SGD(model.parameters(), lr=5.0)
     for _ in range(3):
         opt.zero_grad()
-        model.loss(batch, cands, torch.ones(5, 1)).backward()
+        mean_bce(model, batch, cands, torch.ones(5, 1)).backward()
         opt.step()
     assert not torch.equal(model.item_emb.weight, pre.item_table)  # the table fine-tunes ...
     assert torch.equal(model.relevance_source(), frozen)  # ... the relevance copy does not
@@ -235,7 +236,7 @@ def test_frozen_sem_adds_session_aware_inputs(artifact):
         model.sem_proj.weight.normal_()
         assert not torch.allclose(model.score(batch, cands), bare.score(batch, cands), atol=1e-4)
     model.train()
-    model.loss(batch, cands, torch.ones(5, 2)).backward()
+    mean_bce(model, batch, cands, torch.ones(5, 2)).backward()
     assert model.sem_proj.weight.grad is not None
     assert all(p.grad is None and not p.requires_grad for p in model.sem.parameters())
 
@@ -280,7 +281,7 @@ def test_learns_to_find_the_candidate_in_the_history():
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(40):
-        loss = model.loss(batch, cands, labels)
+        loss = mean_bce(model, batch, cands, labels)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -25,6 +25,7 @@ from genrec.models.mtgr import (
 )
 from genrec.models.registry import build_model
 from genrec.nn.hstu_block import GroupLayerNorm
+from tests.hpgr.conftest import mean_bce
 
 U, S, R, C = GROUP_U, GROUP_S, GROUP_R, GROUP_C
 
@@ -241,7 +242,7 @@ def test_tiny_mtgr_learns_a_toy_ctr_rule():
     losses = []
     for _ in range(100):
         batch, cands, labels, f = batch_of(rng.choice(len(imps), 128, replace=False))
-        loss = model.loss(batch, cands, labels, features=f)
+        loss = mean_bce(model, batch, cands, labels, features=f)
         opt.zero_grad()
         loss.backward()
         opt.step()

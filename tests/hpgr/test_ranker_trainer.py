@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
@@ -19,7 +18,7 @@ from genrec.config import config_from_dict
 from genrec.data.schema import Dataset, load_dataset, write_dataset
 from genrec.errors import CheckpointError, ConfigError
 from genrec.eval.ranking import ranking_metrics
-from genrec.models.base import RANKER
+from genrec.models.base import Ranker
 from genrec.models.registry import MODELS, register
 from genrec.train.ranker import RankerTrainer, build_ranking_data, evaluate_ranker_run, train_ranker_run
 from tests.conftest import latest_state
@@ -198,16 +197,15 @@ def test_behavior_labels_are_derived_and_stamped(tmp_path):
 
 
 # -- features hook ----------------------------------------------------------------------------------
-CALLS: dict[str, list] = {"features": [], "loss": 0, "score": 0}
+CALLS: dict[str, list] = {"features": [], "train": 0, "eval": 0}
 
 
 if "test_feature_ranker" not in MODELS:
 
     @register("test_feature_ranker")
-    class FeatureRanker(nn.Module):
+    class FeatureRanker(Ranker):
         """A linear ranker on one side feature; checks the feature rows line up with the batch rows."""
 
-        kinds = (RANKER,)
         needs_features = True
 
         @dataclass
@@ -222,13 +220,8 @@ if "test_feature_ranker" not in MODELS:
         def score(self, batch, candidates, features=None):
             assert features is not None
             assert torch.equal(features["query_time"], batch.query_time)  # row b is the batch's sample b
-            CALLS["score"] += 1
+            CALLS["train" if self.training else "eval"] += 1
             return self.item_bias(candidates).squeeze(-1) + self.w * features["pos_frac"][:, None]
-
-        def loss(self, batch, candidates, labels, features=None):
-            CALLS["loss"] += 1
-            return F.binary_cross_entropy_with_logits(self.score(batch, candidates, features=features).reshape(-1),
-                                                      labels)
 
 
 def test_features_hook_feeds_models_that_ask(toy, tmp_path, monkeypatch):
@@ -239,12 +232,12 @@ def test_features_hook_feeds_models_that_ask(toy, tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "genrec.data.features",
                         types.SimpleNamespace(impression_features=impression_features))
-    CALLS.update(features=[], loss=0, score=0)
+    CALLS.update(features=[], train=0, eval=0)
     raw = raw_cfg(train={"epochs": 1})
     raw["model"] = {"name": "test_feature_ranker"}
     cfg = config_from_dict(raw)
     res = train_ranker_run(cfg, tmp_path / "run", dataset=toy)
     data = build_ranking_data(cfg, toy)
     assert CALLS["features"] == [(toy.fingerprint, len(data.imps), data.t_test)]  # once, cut at the test start
-    assert CALLS["loss"] > 0 and CALLS["score"] > CALLS["loss"]
+    assert CALLS["train"] > 0 and CALLS["eval"] > 0  # the training step and the evaluation both read features
     assert res["metrics"]["num_impressions"] == len(data.part("test"))

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from genrec.config import RunConfig, SIDConfig
+from genrec.config import SIDConfig
 from genrec.data.multibehavior import BehaviorLevels, session_split
 from genrec.errors import ConfigError, DataError
 from genrec.sid.build import build_session_sid_table, item_embeddings, load_sid_table
 from genrec.sid.codebook import SIDTable, tensor_fingerprint
-from genrec.sid.cooccurrence import build_sid_table, cooccurrence_embeddings, item_categories
+from genrec.sid.cooccurrence import cooccurrence_embeddings, item_categories
 from genrec.sid.embed import ItemEmbeddings
 from genrec.sid.rqkmeans import RQKMeans, RQKMeansConfig
 from tests.gamer.conftest import NUM_ITEMS, cycle_events, make_dataset
@@ -41,8 +41,6 @@ def test_session_table_is_the_old_gamer_table(mb, embeddings):
     new, old = build_session_sid_table(sc, ds, split), _old_gamer_table(sc, ds, split)
     assert np.array_equal(new.item_ids, old.item_ids) and np.array_equal(new.codes, old.codes)
     assert new.fingerprint == old.fingerprint and new.meta() == old.meta()
-    alias = build_sid_table(RunConfig(sid=sc), ds, split)  # the name train/ still imports
-    assert alias.fingerprint == new.fingerprint and alias.quantizer_params == new.quantizer_params
 
 
 def test_session_table_needs_rqkmeans_or_a_saved_table(mb, tmp_path):

@@ -23,7 +23,7 @@ OPTS = GeneratorOptions(warmup_steps=100_000, beam_size=5)
 
 def test_examples_are_every_training_prefix(toy_data):
     split = leave_one_out(UserSequences.from_interactions(toy_data.interactions))
-    ex = TrainExamples(split)
+    ex = TrainExamples(split.train_end)
     assert len(ex) == int(np.maximum(split.train_end - 1, 0).sum())
     row0 = ex.ends[ex.rows == 0]
     assert row0.tolist() == list(range(1, int(split.train_end[0])))

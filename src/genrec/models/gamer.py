@@ -36,11 +36,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from genrec.data.sequences import pad_windows
 from genrec.errors import ConfigError, DataError
-from genrec.models.base import GENERATOR
+from genrec.models.base import MULTI_BEHAVIOR, Generator, GeneratorBatch, SIDLogits
 from genrec.models.gamer_layers import (  # noqa: F401  (re-exported: the layer pieces used to live here)
     Attention,
     Layer,
@@ -76,11 +76,11 @@ class DecodeState(NamedTuple):
 
 
 @register("gamer")
-class GAMER(nn.Module):
-    """Decoder-only multi-behavior generator over semantic ids; ``kinds = ("generator",)``."""
+class GAMER(Generator):
+    """Decoder-only multi-behavior generator over semantic ids."""
 
-    kinds: tuple[str, ...] = (GENERATOR,)
-    registry_name: str = ""
+    protocol = MULTI_BEHAVIOR
+    needs_behavior_levels = True
 
     @dataclass
     class Config:
@@ -260,18 +260,24 @@ class GAMER(nn.Module):
         h, _, _ = self.hidden(tokens, segment, need_weights)
         return self.logits(h) / self.cfg.temperature
 
-    def loss(self, tokens: torch.Tensor, segment: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed next-token cross-entropy over every SID token (behavior tokens and padding are not targets).
+    def training_inputs(self, batch: GeneratorBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Interaction windows (B, L) of items and behaviors (0 = none) -> tokens (B, L*P) and, for validation
+        branches, the (B, L*P) segment of every token (``batch.segments`` repeated over each interaction)."""
+        assert batch.behaviors is not None, "gamer: training batches carry behaviors"
+        tokens = self.interaction_tokens(batch.items, batch.behaviors)
+        seg = None if batch.segments is None else batch.segments.repeat_interleave(self.cfg.sid_length + 1, dim=1)
+        return tokens, seg
 
-        Returns (sum, number of target tokens); the caller divides.
-        """
+    def sid_logits(self, inputs: tuple[torch.Tensor, torch.Tensor | None]) -> SIDLogits:
+        """Next-token logits (B, T-1, V) of every token, trained on SID tokens only (behavior tokens and padding are
+        not targets; a validation branch's first token is not predicted from the previous branch)."""
+        tokens, segment = inputs
         logits = self(tokens, segment)[:, :-1]  # (B, T-1, V)
         target = tokens[:, 1:]  # (B, T-1)
         use = target >= self.sid_offset
-        if segment is not None:  # a branch's first token is not predicted from the previous branch
+        if segment is not None:
             use = use & ((segment[:, 1:] == segment[:, :-1]) | (segment[:, :-1] == 0))
-        ce = F.cross_entropy(logits[use].float(), target[use], reduction="sum")
-        return ce, use.sum()
+        return SIDLogits(logits, target, use)
 
     # ---- incremental decoding -----------------------------------------------------------------------
     def prefill(self, prompts: torch.Tensor) -> DecodeState:
@@ -335,14 +341,11 @@ class GAMER(nn.Module):
         dev = self.item_sids.device
         if isinstance(items, torch.Tensor):
             return items.long().to(dev), torch.as_tensor(behaviors).long().to(dev)
-        width = max([min(len(h), self.max_len) for h in items] + [1])
-        it = np.zeros((len(items), width), np.int64)
-        bh = np.zeros((len(items), width), np.int64)
         for i, (hi, hb) in enumerate(zip(items, behaviors)):
-            hi, hb = np.asarray(hi, np.int64)[-self.max_len:], np.asarray(hb, np.int64)[-self.max_len:]
-            if hi.shape != hb.shape:
-                raise DataError(f"gamer: history {i} has {len(hi)} items but {len(hb)} behaviors")
-            it[i, :len(hi)], bh[i, :len(hb)] = hi, hb
+            ni, nb = min(len(hi), self.max_len), min(len(hb), self.max_len)  # what the window keeps of each
+            if ni != nb:
+                raise DataError(f"gamer: history {i} has {ni} items but {nb} behaviors")
+        it, bh = pad_windows(items, self.max_len)[0], pad_windows(behaviors, self.max_len)[0]
         return torch.from_numpy(it).to(dev), torch.from_numpy(bh).to(dev)
 
     @torch.no_grad()

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from genrec.errors import ConfigError, DataError
-from genrec.models.base import GENERATOR
+from genrec.models.base import GeneratorBatch, SIDLogits
 from genrec.models.registry import register
 from genrec.models.tiger import PAD, TIGER, DecodeState, Encoded, _key_bias
 from genrec.models.tiger_layers import Attention, RMSNorm, relative_buckets
@@ -90,9 +90,7 @@ class GlassState(NamedTuple):
 
 @register("glass")
 class GLASS(TIGER):
-    """TIGER + SID-Tier token + semantic hard search with gated dual cross-attention; ``kinds = ("generator",)``."""
-
-    kinds: tuple[str, ...] = (GENERATOR,)
+    """TIGER + SID-Tier token + semantic hard search with gated dual cross-attention."""
 
     @dataclass
     class Config(TIGER.Config):
@@ -283,10 +281,14 @@ class GLASS(TIGER):
     def _ret_kv(self, ret: Retrieved) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [attn.keys_values(ret.emb) for attn in self.ret_attn]  # per fused layer, (R, h, M, dk)
 
-    def loss(self, tokens: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor, tier: torch.Tensor,  # type: ignore[override]
-             long: torch.Tensor, long_len: torch.Tensor, target_sids: torch.Tensor) -> torch.Tensor:
-        """Summed next-code cross-entropy (the trainer divides); hard search is keyed by the true ``sid_1``."""
-        return self.loss_inputs(GlassInputs(tokens, mask, slots, tier, long, long_len), target_sids)
+    def training_inputs(self, batch: GeneratorBatch) -> tuple[GlassInputs, torch.Tensor]:  # type: ignore[override]
+        """Histories (short + long window), users and target items -> :class:`GlassInputs` and target SIDs (B, m)."""
+        return self.encoder_inputs(batch.items, batch.users), self.item_sids[batch.targets]
+
+    def sid_logits(self, inputs: tuple[GlassInputs, torch.Tensor]) -> SIDLogits:  # type: ignore[override]
+        """Teacher forcing as in TIGER; hard search is keyed by the true ``sid_1``."""
+        inp, target_sids = inputs
+        return SIDLogits(self.teacher_logits(inp, target_sids), target_sids, None)
 
     def teacher_logits(self, inp: GlassInputs, target_sids: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: (B, m) target SIDs -> (B, m, C) logits of every SID position."""
@@ -299,11 +301,6 @@ class GLASS(TIGER):
             apply = (pos[None, :] >= 1) & ret.has[:, None]  # (B, T): no key before sid_1 is known
             fuses = self._fuses(self._ret_kv(ret), _key_bias(ret.mask), apply[..., None])
         return self.decode(enc, dec_input, fuses)
-
-    def loss_inputs(self, inp: GlassInputs, target_sids: torch.Tensor) -> torch.Tensor:
-        logits = self.teacher_logits(inp, target_sids)  # (B, m, C)
-        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target_sids.reshape(-1),
-                                           reduction="sum")
 
     # ---- incremental decoding -----------------------------------------------------------------------------
     def step_fn(self, *inputs: torch.Tensor):  # type: ignore[override]

@@ -18,7 +18,6 @@ from torch import nn
 
 from genrec.data.sequences import SeqBatch
 from genrec.errors import ConfigError
-from genrec.models.base import RANKER
 from genrec.models.hpgr_sem import (  # noqa: F401  (re-exported)
     MASK_ID,
     Encoder,
@@ -101,7 +100,7 @@ def _per_candidate(batch: SeqBatch, candidates: torch.Tensor) -> tuple[SeqBatch,
 class HPGRRanker(HSTURanker):
     """HPGR stage 2: the target-aware HSTU ranker, pre-trained item table, PGSA in every layer.
 
-    Same API as :class:`HSTURanker` (``loss`` mean BCE, ``score`` (B, C) logits, ``score_candidates``).
+    Same API as :class:`HSTURanker` (``score`` (B, C) logits, ``score_candidates``), plus a stage-1 table.
     Each (user, candidate) pair gets its own pass, because the PGSA mask depends on the candidate.
     Relevance ``r_j = <Ê[c], Ê[i_j]>`` comes from a frozen copy of the pre-trained table
     (``freeze_relevance``), or from the ranker's own table, detached, when there is no pre-training (a
@@ -109,7 +108,7 @@ class HPGRRanker(HSTURanker):
     gradients either way.
     """
 
-    kinds: tuple[str, ...] = (RANKER,)
+    accepts_pretrained = True
 
     @dataclass
     class Config(HSTURanker.Config):

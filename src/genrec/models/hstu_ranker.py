@@ -24,11 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from genrec.data.sequences import SeqBatch
-from genrec.models.base import RANKER
+from genrec.models.base import Ranker
 from genrec.models.registry import register
 from genrec.nn.attention import with_column_mask
 from genrec.nn.hstu_block import DenseAttention, HSTUBlock
@@ -66,11 +65,8 @@ def time_bucket(delta: torch.Tensor, num_buckets: int, fn: str = "sqrt") -> torc
 
 
 @register("hstu_ranker")
-class HSTURanker(nn.Module):
+class HSTURanker(Ranker):
     """Target-aware HSTU pCTR model: ``score(batch, candidates) -> (B, C)`` logits."""
-
-    kinds: tuple[str, ...] = (RANKER,)
-    registry_name: str = ""
 
     @dataclass
     class Config:
@@ -176,18 +172,3 @@ class HSTURanker(nn.Module):
                 for i in range(0, C, micro_batch)
             ], dim=1)
         return self.head(self.candidate_outputs(batch, candidates, column_mask)).squeeze(-1)  # (B, C)
-
-    def score_candidates(self, batch: SeqBatch, candidates: torch.Tensor) -> torch.Tensor:
-        """Alias of :meth:`score` used by the serving artifact."""
-        return self.score(batch, candidates)
-
-    def loss(self, batch: SeqBatch, candidates: torch.Tensor, labels: torch.Tensor,
-             column_mask: ColumnMask = None) -> torch.Tensor:
-        """Mean BCE of the logits against 0/1 labels (B, C); candidates 0 are padding and ignored."""
-        if candidates.dim() == 1:
-            candidates = candidates[:, None]
-        labels = labels.reshape(candidates.shape).to(torch.float32)
-        logits = self.score(batch, candidates, column_mask)
-        w = (candidates > 0).to(logits.dtype)
-        per = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-        return (per * w).sum() / w.sum().clamp(min=1.0)

@@ -35,13 +35,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from genrec.data.features import CROSS_FEATURES
 from genrec.data.sequences import SeqBatch
 from genrec.errors import ConfigError
-from genrec.models.base import RANKER
+from genrec.models.base import Ranker
 from genrec.models.hstu_ranker import time_bucket
 from genrec.models.registry import register
 from genrec.nn.hstu_block import DenseAttention, HSTUBlock
@@ -100,12 +99,10 @@ def _mlp(d_in: int, d: int) -> nn.Sequential:
 
 
 @register("mtgr")
-class MTGR(nn.Module):
+class MTGR(Ranker):
     """MTGR pCTR model: ``score(batch, candidates, features=...) -> (B, C)`` logits."""
 
-    kinds: tuple[str, ...] = (RANKER,)
-    registry_name: str = ""
-    needs_features: bool = True
+    needs_features = True
 
     @dataclass
     class Config:
@@ -299,18 +296,3 @@ class MTGR(nn.Module):
         if candidates.dim() == 1:
             candidates = candidates[:, None]
         return self.head(self.candidate_outputs(batch, candidates, features, candidate_times)).squeeze(-1)
-
-    def score_candidates(self, batch: SeqBatch, candidates: torch.Tensor, features: Features = None) -> torch.Tensor:
-        """Alias of :meth:`score` used by the serving artifact and the ranking trainer."""
-        return self.score(batch, candidates, features)
-
-    def loss(self, batch: SeqBatch, candidates: torch.Tensor, labels: torch.Tensor,
-             features: Features = None) -> torch.Tensor:
-        """Mean BCE of the logits against 0/1 labels (B, C); candidates 0 are padding and ignored."""
-        if candidates.dim() == 1:
-            candidates = candidates[:, None]
-        labels = labels.reshape(candidates.shape).to(torch.float32)
-        logits = self.score(batch, candidates, features)
-        w = (candidates > 0).to(logits.dtype)
-        per = F.binary_cross_entropy_with_logits(logits.float(), labels, reduction="none")
-        return (per * w).sum() / w.sum().clamp(min=1.0)

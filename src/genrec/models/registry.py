@@ -1,4 +1,5 @@
-"""``@register`` maps a model name to its class; train/ and eval/ dispatch on the class's ``kinds``."""
+"""``@register`` maps a model name to its class and names the class; train/ and eval/ dispatch on the class's
+``kinds`` and capabilities (:mod:`genrec.models.base`), never on the name."""
 
 from __future__ import annotations
 
@@ -6,14 +7,21 @@ from typing import Any
 
 from genrec.config import dataclass_from_dict
 from genrec.errors import ConfigError
+from genrec.models.base import Model
 
 MODELS: dict[str, type] = {}
+DEFAULT_RERANKER = "hpgr"  # the ranker a two-stage re-rank trains unless its rerank.model.name says otherwise
 
 
 def register(name: str):
+    """Class decorator: ``@register("name")`` on a subclass of a kind (Retriever, Ranker or Generator) that has a
+    ``Config`` dataclass and takes ``(cfg, num_items, max_len)``."""
+
     def deco(cls: type) -> type:
         if name in MODELS:
             raise RuntimeError(f"model '{name}' registered twice")
+        if not (isinstance(cls, type) and issubclass(cls, Model) and cls.kinds):
+            raise TypeError(f"model '{name}': subclass Retriever, Ranker or Generator (genrec.models.base)")
         cls.registry_name = name
         MODELS[name] = cls
         return cls

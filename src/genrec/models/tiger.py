@@ -27,11 +27,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from genrec.data.sequences import pad_windows
 from genrec.errors import ConfigError, DataError
-from genrec.models.base import GENERATOR
+from genrec.models.base import Generator, GeneratorBatch, SIDLogits
 from genrec.models.registry import register
 from genrec.models.tiger_layers import (
     DecoderLayer,
@@ -66,11 +66,8 @@ class DecodeState(NamedTuple):
 
 
 @register("tiger")
-class TIGER(nn.Module):
-    """Encoder-decoder generator over semantic ids; ``kinds = ("generator",)``."""
-
-    kinds: tuple[str, ...] = (GENERATOR,)
-    registry_name: str = ""
+class TIGER(Generator):
+    """Encoder-decoder generator over semantic ids."""
 
     @dataclass
     class Config:
@@ -116,6 +113,11 @@ class TIGER(nn.Module):
         self.register_buffer("item_sids", torch.full((num_items + 1, m), -1, dtype=torch.long))
         self.register_buffer("code_valid", torch.ones(m, c, dtype=torch.bool))
         self._trie: SIDTrie | None = None
+
+    @property
+    def user_token(self) -> bool:
+        """Whether the encoder reads a hashed user token (``num_user_buckets > 0``)."""
+        return self.cfg.num_user_buckets > 0
 
     # ---- SID table --------------------------------------------------------------------------------------
     def set_sid_table(self, table: SIDTable) -> None:
@@ -249,11 +251,15 @@ class TIGER(nn.Module):
         """(B, S) encoder tokens + mask, (B, T) decoder tokens -> (B, T, C) logits (teacher forcing)."""
         return self.decode(self.encode(enc_tokens, enc_mask), dec_input)
 
-    def loss(self, enc_tokens: torch.Tensor, enc_mask: torch.Tensor, target_sids: torch.Tensor) -> torch.Tensor:
-        """Summed next-code cross-entropy over the m target positions of every row (the trainer divides)."""
+    def training_inputs(self, batch: GeneratorBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Histories (B, L), users (B,) and target items (B,) -> encoder tokens (B, S), mask (B, S), target SIDs (B, m)."""
+        return (*self.encoder_inputs(batch.items, batch.users), self.item_sids[batch.targets])
+
+    def sid_logits(self, inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> SIDLogits:
+        """Teacher forcing: (B, m, C) logits of every SID position and the (B, m) target codes."""
+        enc_tokens, enc_mask, target_sids = inputs
         logits = self(enc_tokens, enc_mask, self.decoder_inputs(target_sids[:, :-1]))  # (B, m, C)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target_sids.reshape(-1),
-                               reduction="sum")
+        return SIDLogits(logits, target_sids, None)
 
     # ---- incremental decoding ---------------------------------------------------------------------------
     def initial_state(self, enc: Encoded) -> DecodeState:
@@ -307,12 +313,7 @@ class TIGER(nn.Module):
         """
         if isinstance(histories, torch.Tensor):  # already padded by the caller: used as is
             return histories.long().to(self.item_sids.device)
-        rows = [np.asarray(h, dtype=np.int64)[-self.max_len:] if len(h) else np.zeros(0, np.int64)
-                for h in histories]
-        out = np.zeros((len(rows), max([len(r) for r in rows] + [1])), dtype=np.int64)
-        for i, r in enumerate(rows):
-            out[i, :len(r)] = r
-        return torch.from_numpy(out).to(self.item_sids.device)
+        return torch.from_numpy(pad_windows(histories, self.max_len)[0]).to(self.item_sids.device)
 
     @torch.no_grad()
     def generate(self, histories: Sequence[Sequence[int] | np.ndarray] | torch.Tensor,

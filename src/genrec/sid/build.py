@@ -26,7 +26,7 @@ from genrec.errors import ConfigError, DataError
 from genrec.io import write_json_atomic
 from genrec.sid.codebook import SIDTable, tensor_fingerprint
 from genrec.sid.cooccurrence import cooccurrence_embeddings, cooccurrence_vectors, item_categories
-from genrec.sid.embed import CFLoader, ItemEmbeddings, run_cf_embeddings, text_embeddings
+from genrec.sid.embed import CFLoader, ItemEmbeddings, text_embeddings
 
 TABLE_FILE = "sid_table.parquet"
 HEALTH_FILE = "health.json"
@@ -57,7 +57,10 @@ def item_embeddings(cfg: SIDConfig, dataset: Dataset, sessions: SessionSplit | N
     elif kind == "cf":
         if not cfg.source_run:
             raise ConfigError("sid.embeddings=cf needs sid.source_run=RUN_DIR (a trained retriever on this dataset)")
-        emb = (cf_loader or run_cf_embeddings)(cfg.source_run)
+        if cf_loader is None:
+            raise ConfigError("sid.embeddings=cf: no run loader was given to read sid.source_run "
+                              "(pass cf_loader=genrec.train.run.run_cf_embeddings)")
+        emb = cf_loader(cfg.source_run)
     elif kind == "file":
         emb = file_embeddings(Path(cfg.embeddings_file), dataset.num_items)
     elif kind == "cooccurrence":

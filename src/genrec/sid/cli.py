@@ -14,13 +14,14 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from genrec.config import load_config, resolve_recipe
     from genrec.data.loading import load_data
     from genrec.sid.build import HEALTH_FILE, build_sid_table
+    from genrec.train.run import run_cf_embeddings
 
     overrides = list(args.set or [])
     if args.data:
         overrides.append(f"data.path={args.data}")
     cfg = load_config(resolve_recipe(args.config), overrides)
     dataset = load_data(cfg.data)
-    table = build_sid_table(cfg.sid, dataset, args.out)
+    table = build_sid_table(cfg.sid, dataset, args.out, cf_loader=run_cf_embeddings)
     print(f"SID table for {dataset.num_items:,} items -> {args.out} "
           f"({cfg.sid.embeddings} embeddings, {cfg.sid.quantizer}, {table.length} positions)")
     print(table.health().summary())

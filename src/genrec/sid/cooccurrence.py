@@ -11,11 +11,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from genrec.config import RunConfig
 from genrec.data.multibehavior import SessionSplit
 from genrec.data.schema import Dataset
 from genrec.errors import DataError
-from genrec.sid.codebook import SIDTable, tensor_fingerprint
+from genrec.sid.codebook import tensor_fingerprint
 from genrec.sid.embed import ItemEmbeddings
 
 
@@ -89,11 +88,3 @@ def item_categories(dataset: Dataset) -> np.ndarray | None:
     ok = ~np.isnan(vals.astype(np.float64)) if vals.dtype.kind == "f" else np.ones(len(vals), bool)
     cat[ids[ok]] = vals[ok].astype(np.int64)
     return cat
-
-
-def build_sid_table(cfg: RunConfig, dataset: Dataset, split: SessionSplit) -> SIDTable:
-    """Compatibility name for :func:`genrec.sid.build.build_session_sid_table` (``cfg.sid``), kept while
-    ``train/gamer.py`` and ``train/multibehavior_baselines.py`` import it from here."""
-    from genrec.sid.build import build_session_sid_table
-
-    return build_session_sid_table(cfg.sid, dataset, split)

@@ -157,16 +157,5 @@ def cf_embeddings(model: Any, num_items: int | None = None) -> ItemEmbeddings:
 
 
 CFLoader = Callable[[str], ItemEmbeddings]  # a retriever run folder -> its item table as ItemEmbeddings
-
-
-def run_cf_embeddings(run_dir: str | Path) -> ItemEmbeddings:
-    """Collaborative embeddings of a genrec run folder (its best weights).
-
-    Opening a run builds a model, which ``sid`` (below ``models``) must not do: callers above may pass a
-    :data:`CFLoader` to :func:`genrec.sid.build.item_embeddings`. This default (the one upward import left in
-    ``sid``) goes once ``train/`` holds the loader and its callers pass it.
-    """
-    from genrec.train.run import open_run
-
-    run = open_run(run_dir)
-    return cf_embeddings(run.model, run.dataset.num_items)
+# (``sid`` sits below ``models`` and cannot open a run; the train room passes
+# :func:`genrec.train.run.run_cf_embeddings`)

@@ -8,9 +8,9 @@ trainer says what is particular to it through these hooks:
 
 - ``epoch_batches(epoch)`` (required): the epoch's *global* batches, a pure function of ``(seed, epoch)``, so a
   resumed run rebuilds the same list and skips the ``step_in_epoch`` batches already done;
-- ``step_loss(batch)`` (required): this process's loss on its part of one batch and the number of supervised
-  positions it covers, ``(loss, count)``: the *mean* over ``count`` by default, the *sum* when the class sets
-  ``loss_is_sum = True`` (the retriever's objectives); the loop re-weights either over all processes;
+- ``step_loss(batch)`` (required): ``(sum of per-position losses, count)`` of this process's part of one batch,
+  the convention of every objective (:mod:`genrec.objectives`); the loop divides the sum by the count summed over
+  all processes, so one process and several take the same step;
 - ``shard(batch)``: this process's part of a global batch (a contiguous slice); override it to draw per-batch
   randomness for the whole batch first (the re-ranker's negatives). It is called once per batch in order, the
   batches a resumed run skips included, so such draws replay exactly;
@@ -18,7 +18,7 @@ trainer says what is particular to it through these hooks:
 - ``after_update()``: after each optimiser step (stage 1 re-zeroes its padding row);
 - ``on_epoch_end(epoch)``: extra fields for the epoch's log record (and per-epoch bookkeeping).
 
-Attributes: ``schedule`` (an :class:`~genrec.nn.optim.LRSchedule`; constant = ``train.lr``), ``loss_is_sum``,
+Attributes: ``schedule`` (an :class:`~genrec.nn.optim.LRSchedule`; constant = ``train.lr``),
 ``skip_empty_steps`` (a step with no supervised position anywhere makes no update), ``step_budget`` (optimiser
 steps after which the run is complete, e.g. ``pretrain.max_steps``; 0 = none), ``log_steps`` (a
 ``metrics.jsonl`` line per step), ``ddp_find_unused`` (DDP's ``find_unused_parameters``), ``generators``
@@ -53,7 +53,6 @@ from genrec.train.run_folder import (  # noqa: F401 (re-exported: the names trai
     git_commit,
     non_finite_loss,
     resolve_device,
-    write_json_atomic,
 )
 
 
@@ -72,7 +71,6 @@ class _StepForward(nn.Module):
 class TrainerBase(RunFolder):
     """The training loop over a :class:`~genrec.train.run_folder.RunFolder`; see the module doc for the hooks."""
 
-    loss_is_sum = False
     skip_empty_steps = False
     step_budget = 0
     log_steps = True
@@ -186,24 +184,18 @@ class TrainerBase(RunFolder):
 
     def _reduce(self, loss: torch.Tensor, count: Any) -> tuple[torch.Tensor, float] | None:
         """The loss to differentiate and the value to log: the sum of per-position losses over the global count
-        (times ``world``, as DDP averages gradients over processes); None to skip an empty step."""
-        if self.loss_is_sum:  # the retriever's arithmetic, unchanged
-            n = count.float() if torch.is_tensor(count) else torch.tensor(float(count), device=loss.device)
-            stats = dist_utils.all_reduce_sum(torch.stack([loss.detach().float(), n]))
-            total = max(float(stats[1]), 1.0)
-            return loss * (self.world / total), float(stats[0]) / total
-        if self.world == 1:  # the mean as the trainer computed it: bit-identical to a single-process run
-            if self.skip_empty_steps and int(count) == 0:
-                return None
-            return loss, float(loss.detach())
-        n = float(count)
-        stats = dist_utils.all_reduce_sum(torch.tensor([float(loss.detach()) * n, n], dtype=torch.float64,
-                                                       device=loss.device))
+        (times ``world``, as DDP averages gradients over processes); None to skip an empty step.
+
+        The differentiated scale is ``world / total`` rounded once to fp32, the gradient a trainer's own mean
+        (``sum / count``) gives, so moving a mean out of a model into this loop leaves the weights bit-identical.
+        """
+        n = count.float() if torch.is_tensor(count) else torch.tensor(float(count), device=loss.device)
+        stats = dist_utils.all_reduce_sum(torch.stack([loss.detach().float(), n.to(loss.device)]))
         total = float(stats[1])
         if self.skip_empty_steps and total == 0:
             return None
         total = max(total, 1.0)
-        return loss * (n * self.world / total), float(stats[0]) / total
+        return loss * (self.world / total), float(stats[0]) / total
 
     def set_lr(self, lr: float) -> None:
         for g in self.optimizer.param_groups:

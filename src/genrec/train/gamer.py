@@ -41,13 +41,15 @@ from genrec.data.multibehavior import (
     training_sequences,
 )
 from genrec.data.schema import Dataset
+from genrec.data.sequences import pad_windows
 from genrec.errors import ConfigError, DataError
 from genrec.eval.multibehavior import evaluate_behaviors, format_table, metrics_record, protocol_record
-from genrec.models.base import GENERATOR
+from genrec.models.base import GENERATOR, Generator, GeneratorBatch
 from genrec.models.registry import build_model
 from genrec.nn.optim import build_optimizer, lr_schedule
+from genrec.objectives import next_sid_loss
+from genrec.sid.build import build_session_sid_table
 from genrec.sid.codebook import SIDTable
-from genrec.sid.cooccurrence import build_sid_table, cooccurrence_embeddings, item_categories  # noqa: F401
 from genrec.train import distributed as dist_utils
 from genrec.train.base import TrainerBase, git_commit
 
@@ -60,7 +62,9 @@ def run_sid_table(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: Sessio
     with dist_utils.main_first():
         if path.exists():
             return SIDTable.load(path)
-        sids = build_sid_table(cfg, dataset, split)
+        from genrec.train.run import run_cf_embeddings
+
+        sids = build_session_sid_table(cfg.sid, dataset, split, cf_loader=run_cf_embeddings)
         sids.save(path)
     return sids
 
@@ -79,14 +83,6 @@ def training_options(mb: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: v for k, v in mb.items() if k not in ("candidates", "eval_behaviors")}
 
 
-def _pad_rows(pieces: list[np.ndarray], fill: int = -1) -> np.ndarray:
-    width = max([len(p) for p in pieces] + [1])
-    out = np.full((len(pieces), width), fill, dtype=np.int64)
-    for i, p in enumerate(pieces):
-        out[i, :len(p)] = p
-    return out
-
-
 class ValidRows:
     """Validation-loss rows: a history prefix + up to ``max_len`` validation events as separate branches."""
 
@@ -96,15 +92,15 @@ class ValidRows:
         users = np.flatnonzero((end > start) & (start >= min_history))
         if max_users and len(users) > max_users:
             users = np.sort(np.random.default_rng([seed, 5]).choice(users, max_users, replace=False))
+        hist = split.seqs.windows(users, start[users], max_len)  # the max_len events before each valid session
         self.hist: list[np.ndarray] = []
         self.branches: list[np.ndarray] = []
-        for u in users:
-            off = split.seqs.offsets[u]
-            h = off + np.arange(max(0, start[u] - max_len), start[u])
-            ev = off + np.arange(start[u], end[u])
-            for i in range(0, len(ev), max_len):
+        for i, u in enumerate(users):
+            h = hist.index[i, :hist.lengths[i]]
+            ev = split.seqs.offsets[u] + np.arange(start[u], end[u])
+            for j in range(0, len(ev), max_len):
                 self.hist.append(h)
-                self.branches.append(ev[i:i + max_len])
+                self.branches.append(ev[j:j + max_len])
 
     def __len__(self) -> int:
         return len(self.hist)
@@ -132,8 +128,8 @@ class GamerTrainer(TrainerBase):
             raise DataError(f"SID table lacks {missing.size} item(s) of the dataset (e.g. {missing[:5].tolist()})")
         model_params = dict(cfg.model)
         model_params.setdefault("num_behaviors", self.levels.num_behaviors)
-        self.model = build_model(model_params, dataset.num_items, cfg.data.max_len)
-        if GENERATOR not in self.model.kinds or not hasattr(self.model, "set_behavior_levels"):
+        self.model: Generator = build_model(model_params, dataset.num_items, cfg.data.max_len)
+        if GENERATOR not in self.model.kinds or not self.model.needs_behavior_levels:
             raise ConfigError(f"model '{cfg.model.get('name')}' is not a multi-behavior generator")
         self.model.set_sid_table(sids)
         self.model.set_behavior_levels(self.levels.array())
@@ -181,28 +177,28 @@ class GamerTrainer(TrainerBase):
         return super().compatible(key, old, new)
 
     # -- batches ----------------------------------------------------------------------------------------
-    def _tokens(self, idx: np.ndarray) -> torch.Tensor:
-        """(B, L) flat event indices (-1 = none) -> (B, L*P) tokens on the device."""
+    def _events(self, idx: np.ndarray, segments: np.ndarray | None = None) -> GeneratorBatch:
+        """(B, L) flat event indices (-1 = none) -> the batch of their items and behaviors on the device."""
         seqs = self.split.seqs
         real = idx >= 0
         safe = np.where(real, idx, 0)
         items = torch.from_numpy(np.where(real, seqs.items[safe], 0)).to(self.device)
         behs = torch.from_numpy(np.where(real, self.split.behaviors[safe], 0).astype(np.int64)).to(self.device)
-        return self.model.interaction_tokens(items, behs)
+        seg = None if segments is None else torch.from_numpy(segments).to(self.device)
+        return GeneratorBatch(items, behaviors=behs, segments=seg)
 
-    def train_batch(self, seq_ids: np.ndarray) -> torch.Tensor:
-        """Training sequence ids -> right-padded (B, T) token rows."""
-        return self._tokens(_pad_rows([self.train_seqs.events(int(s)) for s in seq_ids]))
+    def train_batch(self, seq_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Training sequence ids -> the model's inputs for right-padded (B, T) token rows."""
+        rows = pad_windows([self.train_seqs.events(int(s)) for s in seq_ids], None, fill=-1)[0]
+        return self.model.training_inputs(self._events(rows))
 
-    def valid_batch(self, rows: range) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validation rows -> tokens (B, T) and segments (B, T): history = 0, validation event j = j + 1."""
+    def valid_batch(self, rows: range) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Validation rows -> the model's inputs: tokens (B, T) and segments (history = 0, validation event j = j + 1)."""
         vr = self.valid_rows
         pieces = [np.concatenate([vr.hist[i], vr.branches[i]]) for i in rows]
         segs = [np.r_[np.zeros(len(vr.hist[i]), np.int64), np.arange(1, len(vr.branches[i]) + 1)] for i in rows]
-        tok = self._tokens(_pad_rows(pieces))
-        p = self.model.cfg.sid_length + 1
-        seg = torch.from_numpy(np.repeat(_pad_rows(segs, fill=0), p, axis=1)).to(self.device)
-        return tok, seg
+        return self.model.training_inputs(self._events(pad_windows(pieces, None, fill=-1)[0],
+                                                       pad_windows(segs, None, fill=0)[0]))
 
     # -- training ---------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -213,9 +209,9 @@ class GamerTrainer(TrainerBase):
         total, count = 0.0, 0
         bs = self.cfg.eval.batch_size
         for i in range(0, len(self.valid_rows), bs):
-            tok, seg = self.valid_batch(range(i, min(i + bs, len(self.valid_rows))))
+            inputs = self.valid_batch(range(i, min(i + bs, len(self.valid_rows))))
             with self.autocast():
-                s, n = self.model.loss(tok, seg)
+                s, n = next_sid_loss(self.model.sid_logits(inputs))
             total += float(s)
             count += int(n)
         self.model.train(was)
@@ -227,10 +223,9 @@ class GamerTrainer(TrainerBase):
         return [order[i:i + bs] for i in range(0, len(order), bs)]
 
     def step_loss(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        tok = self.train_batch(rows)
+        inputs = self.train_batch(rows)
         with self.autocast():
-            lsum, n = self.model.loss(tok)
-        return lsum / n.clamp(min=1), n
+            return next_sid_loss(self.model.sid_logits(inputs))  # (sum, SID tokens of the batch)
 
     def validate(self) -> tuple[dict[str, Any], float]:
         """What validation measured (to log) and the early-stopping value (``multibehavior.early_stop``)."""

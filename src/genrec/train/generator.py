@@ -25,15 +25,17 @@ import numpy as np
 import torch
 
 import genrec
-from genrec.config import GeneratorConfig, RunConfig
+from genrec.config import GeneratorConfig, RunConfig, early_stop_metric
+from genrec.data.multibehavior import SessionSplit
 from genrec.data.schema import Dataset
 from genrec.data.sequences import UserSequences, batch_order
-from genrec.data.splits import EvalSamples, Split, make_split
+from genrec.data.splits import EvalSamples, Split, split_from_config
 from genrec.errors import ConfigError, DataError
 from genrec.eval.generation import GenerationEval, evaluate_generator, history_matrix
-from genrec.models.base import GENERATOR
+from genrec.models.base import GENERATOR, Generator, GeneratorBatch
 from genrec.models.registry import build_model
 from genrec.nn.optim import build_optimizer, lr_schedule
+from genrec.objectives import next_sid_loss
 from genrec.sid.codebook import SIDTable
 from genrec.train.base import CONFIG_FILE, TrainerBase, git_commit
 
@@ -43,8 +45,8 @@ GeneratorOptions = GeneratorConfig  # the generator: section of a recipe (kept u
 class TrainExamples:
     """Every (row, history length) pair of the training part: ``rows[e]`` predicts event ``ends[e]``."""
 
-    def __init__(self, split: Split) -> None:
-        n = np.maximum(split.train_end - 1, 0)  # (U,) targets per row: positions 1..train_end-1
+    def __init__(self, train_end: np.ndarray) -> None:
+        n = np.maximum(train_end - 1, 0)  # (U,) targets per row: positions 1..train_end-1
         self.rows = np.repeat(np.arange(len(n)), n)  # (E,)
         first = np.repeat(np.cumsum(n) - n, n)  # (E,) index of each row's first example
         self.ends = np.arange(len(self.rows)) - first + 1  # (E,) history length = target position
@@ -55,46 +57,73 @@ class TrainExamples:
 
 class GeneratorTrainer(TrainerBase):
     """Train a generator model over a SID table; run folder, checkpoints, best weights and patience from
-    :class:`~genrec.train.base.TrainerBase` (the same layout as every other trainer)."""
+    :class:`~genrec.train.base.TrainerBase` (the same layout as every other trainer).
+
+    A protocol may override what a run trains on and is measured by (the multi-behavior baselines do):
+    :meth:`evaluation_setup` (ks, stopping metric), :meth:`prepare_data` (the events and training cut-off),
+    :meth:`setup_protocol` (schedule, validation queries), besides ``epoch_batches`` / ``validate`` /
+    ``evaluate``; the training step (:meth:`batch`, :meth:`step_loss`) is this class's alone.
+    """
 
     compat_keys = TrainerBase.compat_keys + ("sid_fingerprint",)
+    sessions: SessionSplit | None = None  # a session split whose training part feeds item vectors (else the split)
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, dataset: Dataset, sids: SIDTable,
                  options: GeneratorOptions | None = None, resume: bool = True) -> None:
         self.opts = options or cfg.generator
         self.sids = sids
+        super().__init__(cfg, run_dir, dataset, default_metric=self.evaluation_setup(cfg))
+        self.prepare_data()
+        self.model: Generator = self.build_generator()
+        self.examples = TrainExamples(self.train_end)
+        if len(self.examples) == 0:
+            raise ConfigError("no user has two or more training events; the dataset is too small for this split")
+        self.optimizer = build_optimizer(self.model.parameters(), cfg.train)
+        self.setup_protocol()
+        self.open_run(resume)
+
+    # -- protocol hooks -------------------------------------------------------------------------------
+    def evaluation_setup(self, cfg: RunConfig) -> str:
+        """The ks the beam can rank (``eval.ks`` up to the beam size); returns the default stopping metric."""
         self.ks = [k for k in cfg.eval.ks if k <= self.opts.beam_size]
         if not self.ks:
             raise ConfigError(f"eval.ks {cfg.eval.ks}: none is within the beam size {self.opts.beam_size}")
-        super().__init__(cfg, run_dir, dataset, default_metric=f"ndcg@{10 if 10 in self.ks else max(self.ks)}")
+        default = f"ndcg@{10 if 10 in self.ks else max(self.ks)}"
         known = ["mrr"] + [f"{name}@{k}" for k in self.ks for name in ("hr", "recall", "ndcg")]
-        if self.stop_metric not in known:
-            raise ConfigError(f"train.early_stop_metric '{self.stop_metric}' is not computed for a generator "
-                              f"with eval.ks <= beam size {self.opts.beam_size} (choose from {known})")
-        self.seqs = UserSequences.from_interactions(dataset.interactions)
-        self.split: Split = make_split(self.seqs, cfg.data.split, **(
-            {"valid_frac": cfg.data.valid_frac, "test_frac": cfg.data.test_frac} if cfg.data.split == "temporal" else {}))
-        self.model = build_model(cfg.model, dataset.num_items, cfg.data.max_len)
-        if GENERATOR not in self.model.kinds:
-            raise ConfigError(f"model '{cfg.model['name']}' is not a generator; this trainer trains generators")
-        self.model.set_sid_table(sids)
-        if getattr(self.model, "needs_item_vectors", False):  # GLASS: SID-Tier prototypes from item content
-            from genrec.sid.build import item_embeddings
+        if early_stop_metric(cfg, default) not in known:
+            raise ConfigError(f"train.early_stop_metric '{early_stop_metric(cfg, default)}' is not computed for a "
+                              f"generator with eval.ks <= beam size {self.opts.beam_size} (choose from {known})")
+        return default
 
-            emb = item_embeddings(cfg.sid, dataset)
-            self.model.set_item_vectors(emb.item_ids, emb.vectors)
-        missing = np.setdiff1d(np.unique(self.seqs.items), sids.item_ids)
+    def prepare_data(self) -> None:
+        """The split of ``data:``; the training part of row ``u`` is its first ``train_end[u]`` events."""
+        self.seqs = UserSequences.from_interactions(self.dataset.interactions)
+        self.split: Split = split_from_config(self.seqs, self.cfg.data)
+        self.train_end = self.split.train_end
+
+    def setup_protocol(self) -> None:
+        """TIGER's schedule (held, then ``1/sqrt(step)``) and the validation queries."""
+        self.valid_samples = self._valid_subset()
+        self.schedule = lr_schedule("inverse_sqrt", self.cfg.train.lr, warmup_steps=self.opts.warmup_steps,
+                                    linear_warmup_steps=self.opts.linear_warmup_steps)
+
+    def build_generator(self) -> Generator:
+        """The recipe's generator with its SID table (and item content vectors when it needs them), on the device."""
+        cfg, dataset = self.cfg, self.dataset
+        model = build_model(cfg.model, dataset.num_items, cfg.data.max_len)
+        if GENERATOR not in model.kinds:
+            raise ConfigError(f"model '{cfg.model['name']}' is not a generator; this trainer trains generators")
+        model.set_sid_table(self.sids)
+        if model.needs_item_vectors:  # GLASS: SID-Tier prototypes from item content
+            from genrec.sid.build import item_embeddings
+            from genrec.train.run import run_cf_embeddings
+
+            emb = item_embeddings(cfg.sid, dataset, sessions=self.sessions, cf_loader=run_cf_embeddings)
+            model.set_item_vectors(emb.item_ids, emb.vectors)
+        missing = np.setdiff1d(np.unique(self.seqs.items), self.sids.item_ids)
         if missing.size:
             raise DataError(f"SID table lacks {missing.size} item(s) of the dataset (e.g. {missing[:5].tolist()})")
-        self.model.to(self.device)
-        self.examples = TrainExamples(self.split)
-        if len(self.examples) == 0:
-            raise ConfigError("no user has two or more training events; the dataset is too small for this split")
-        self.valid_samples = self._valid_subset()
-        self.optimizer = build_optimizer(self.model.parameters(), cfg.train)
-        self.schedule = lr_schedule("inverse_sqrt", cfg.train.lr, warmup_steps=self.opts.warmup_steps,
-                                    linear_warmup_steps=self.opts.linear_warmup_steps)
-        self.open_run(resume)
+        return model.to(self.device)
 
     # -- run folder -----------------------------------------------------------------------------------
     def run_record(self) -> dict[str, Any]:
@@ -110,14 +139,14 @@ class GeneratorTrainer(TrainerBase):
         return EvalSamples(v.rows[keep], v.hist_end[keep])
 
     # -- training -------------------------------------------------------------------------------------
-    def batch(self, idx: np.ndarray) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        """Example indices -> the model's encoder inputs (TIGER: tokens (B, S), mask (B, S)) and target SIDs
-        (B, m), on the device. The history read is the model's ``max_len`` (GLASS adds its long window)."""
+    def batch(self, idx: np.ndarray) -> Any:
+        """Example indices -> the model's training inputs (:meth:`~genrec.models.base.Generator.training_inputs`)
+        for histories of the model's ``max_len`` (GLASS adds its long window), users and target items."""
         rows, ends = self.examples.rows[idx], self.examples.ends[idx]
         hist = torch.from_numpy(history_matrix(self.seqs, rows, ends, self.model.max_len)).to(self.device)
         users = torch.from_numpy(self.seqs.user_ids[rows]).to(self.device)
         targets = torch.from_numpy(self.seqs.items[self.seqs.offsets[rows] + ends]).to(self.device)  # (B,)
-        return tuple(self.model.encoder_inputs(hist, users)), self.model.item_sids[targets]
+        return self.model.training_inputs(GeneratorBatch(hist, users, targets))
 
     def epoch_batches(self, epoch: int) -> list[np.ndarray]:
         # Length bucketing: the encoder reads 1 + m * min(j, max_len) tokens, so batching prefixes of similar
@@ -126,12 +155,10 @@ class GeneratorTrainer(TrainerBase):
         lengths = np.minimum(self.examples.ends, self.cfg.data.max_len)
         return batch_order(lengths, tc.batch_size, np.random.default_rng([tc.seed, epoch]), tc.length_bucketing)
 
-    def step_loss(self, rows: np.ndarray) -> tuple[torch.Tensor, int]:
-        inputs, target = self.batch(rows)
+    def step_loss(self, rows: np.ndarray) -> tuple[torch.Tensor, Any]:
+        inputs = self.batch(rows)
         with self.autocast():
-            lsum = self.model.loss(*inputs, target)
-        n = target.shape[0] * self.model.cfg.sid_length  # every SID token of the batch
-        return lsum / n, n
+            return next_sid_loss(self.model.sid_logits(inputs))  # (sum, every SID token of the batch)
 
     def validate(self) -> tuple[dict[str, Any], float | None] | None:
         if not len(self.valid_samples):

@@ -221,7 +221,7 @@ class PretrainTrainer(TrainerBase):
             return loss, 0
         self.state["mim_sum"] += float(loss.detach())
         self.state["mim_count"] += count
-        return loss / count, count
+        return loss, count
 
     def after_update(self) -> None:
         with torch.no_grad():

@@ -11,9 +11,10 @@ Exact resume, as in the other trainers: the batch order of an epoch is a pure fu
 ``(seed, epoch)`` and the torch RNG (dropout) is restored from the atomic checkpoint, so an interrupted
 run that resumes ends with the same weights as one that never stopped.
 
-Models opt into side features with ``needs_features = True``: the trainer then calls
+The training step is the model's logits under the CTR BCE objective (:func:`genrec.objectives.ctr_bce`). Models
+opt into side features with ``needs_features = True`` (:class:`~genrec.models.base.Ranker`): the trainer then calls
 ``genrec.data.features.impression_features(dataset, impressions, cutoff_time=t_test)`` once and passes
-``features={name: (B, ...) tensor}`` to ``model.loss`` and ``model.score``.
+``features={name: (B, ...) tensor}`` to ``model.score``.
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ from genrec.data.schema import Dataset, Interactions, load_dataset
 from genrec.data.sequences import SeqBatch, batch_order
 from genrec.errors import CheckpointError, ConfigError, DataError
 from genrec.eval.ranking import ranking_metrics
-from genrec.models.base import RANKER
+from genrec.models.base import RANKER, Ranker
 from genrec.models.registry import build_model
 from genrec.nn.optim import build_optimizer
+from genrec.objectives import ctr_bce
 from genrec.train.base import CONFIG_FILE, TrainerBase, fit_and_test, git_commit
 from genrec.train.checkpoint import latest_checkpoint, load_weights
 
@@ -151,10 +153,10 @@ class RankerTrainer(TrainerBase):
             raise ConfigError(f"train.early_stop_metric '{self.stop_metric}' is not a ranking metric "
                               f"(choose auto, {', '.join(STOP_METRICS)})")
         self.data = build_ranking_data(cfg, dataset)
-        self.model = build_model(cfg.model, dataset.num_items, cfg.data.max_len).to(self.device)
-        if RANKER not in getattr(self.model, "kinds", ()):
+        self.model: Ranker = build_model(cfg.model, dataset.num_items, cfg.data.max_len).to(self.device)
+        if RANKER not in self.model.kinds:
             raise ConfigError(f"model '{cfg.model['name']}' is not a ranker; this trainer trains rankers")
-        self.needs_features = bool(getattr(self.model, "needs_features", False))
+        self.needs_features = self.model.needs_features
         self.features: dict[str, np.ndarray] | None = (
             _impression_features(dataset, self.data.imps, self.data.t_test) if self.needs_features else None)
         self.optimizer = build_optimizer(self.model.parameters(), cfg.train)
@@ -183,8 +185,7 @@ class RankerTrainer(TrainerBase):
     def step_loss(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         batch, cands, labels, kw = self.batch(self.train_idx[rows])
         with self.autocast():
-            loss = self.model.loss(batch, cands, labels, **kw)  # the mean over the real candidates
-        return loss, (cands > 0).sum()
+            return ctr_bce(self.model.score(batch, cands, **kw), cands, labels)  # (sum, real candidates)
 
     def validate(self) -> tuple[dict[str, Any], float]:
         m = self.metrics("valid")

@@ -38,21 +38,20 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import genrec
 from genrec.config import OptimConfig, RunConfig, TrainConfig, dataclass_from_dict, optim_knobs
 from genrec.data.sequences import UserSequences, batch_order, make_history_batch
-from genrec.data.splits import EvalSamples, make_split
+from genrec.data.splits import EvalSamples, split_from_config
 from genrec.errors import ConfigError, DataError
 from genrec.eval.candidates import Candidates, reranked_ranks, retrieve, training_prefixes
 from genrec.eval.metrics import metrics_from_ranks
 from genrec.eval.retrieval import history_of
-from genrec.models.base import RETRIEVER
-from genrec.models.hpgr import HPGRRanker
-from genrec.models.registry import build_model
+from genrec.models.base import RANKER, RETRIEVER, Ranker
+from genrec.models.registry import DEFAULT_RERANKER, build_model, get_model_class
 from genrec.nn.optim import build_optimizer
+from genrec.objectives import listwise_softmax
 from genrec.train.base import TrainerBase, fit_and_test, git_commit
 from genrec.train.run import LoadedRun, open_run
 
@@ -62,10 +61,11 @@ CANDIDATES_FILE = "candidates.npz"
 
 @dataclass
 class RerankConfig(OptimConfig):
-    """Re-ranking settings (the ``hpgr`` model settings go in ``model``); ``lr``, ``betas``, ``weight_decay`` and
-    ``grad_clip`` are the optimiser knobs every training section shares (:class:`~genrec.config.OptimConfig`)."""
+    """Re-ranking settings (the ranker's settings go in ``model``; its name defaults to
+    :data:`~genrec.models.registry.DEFAULT_RERANKER`); ``lr``, ``betas``, ``weight_decay`` and ``grad_clip`` are the
+    optimiser knobs every training section shares (:class:`~genrec.config.OptimConfig`)."""
 
-    model: dict[str, Any] = field(default_factory=lambda: {"name": "hpgr"})
+    model: dict[str, Any] = field(default_factory=lambda: {"name": DEFAULT_RERANKER})
     top_k: int = 200  # retriever candidates re-scored per query
     num_negatives: int = 15  # hard negatives per training prefix, from the retriever's top_k
     fuse: bool = True  # logit = hpgr + beta * retriever score (beta learned); False = hpgr alone
@@ -85,8 +85,13 @@ class RerankConfig(OptimConfig):
     retrieve_batch_size: int = 256
 
     def check(self) -> None:
-        if self.model.get("name", "hpgr") != "hpgr":
-            raise ConfigError(f"rerank: the re-ranker is the hpgr ranker, got model.name={self.model.get('name')!r}")
+        import genrec.models  # noqa: F401  (registers the built-in models)
+
+        name = self.model.get("name", DEFAULT_RERANKER)
+        cls = get_model_class(name)
+        if RANKER not in cls.kinds or not cls.accepts_pretrained or cls.needs_features:
+            raise ConfigError(f"rerank: model.name={name!r} is not a ranker that starts from a stage-1 artifact "
+                              "without side features (accepts_pretrained, not needs_features)")
         if self.top_k < 2 or self.num_negatives < 1 or self.num_negatives >= self.top_k:
             raise ConfigError(f"rerank: need top_k >= 2 and 1 <= num_negatives < top_k "
                               f"(got {self.top_k}, {self.num_negatives})")
@@ -97,19 +102,19 @@ class RerankConfig(OptimConfig):
 def parse_rerank_config(raw: dict[str, Any], where: str = "rerank") -> RerankConfig:
     """A raw mapping -> RerankConfig; unknown keys are ConfigErrors like every other section."""
     raw = dict(raw or {})
-    model = raw.pop("model", {"name": "hpgr"})
+    model = raw.pop("model", {})
     if not isinstance(model, dict):
-        raise ConfigError(f"{where}.model: expected a mapping of hpgr settings")
+        raise ConfigError(f"{where}.model: expected a mapping of the ranker's settings")
     cfg = dataclass_from_dict(RerankConfig, raw, where)
-    cfg.model = {"name": "hpgr", **model}
+    cfg.model = {"name": DEFAULT_RERANKER, **model}
     cfg.check()
     return cfg
 
 
 class Reranker(nn.Module):
-    """The ``hpgr`` ranker plus, when fused, one learned weight on the retriever's score."""
+    """The ranker plus, when fused, one learned weight on the retriever's score."""
 
-    def __init__(self, ranker: HPGRRanker, fuse: bool, beta0: float) -> None:
+    def __init__(self, ranker: Ranker, fuse: bool, beta0: float) -> None:
         super().__init__()
         self.ranker = ranker
         self.fuse = fuse
@@ -141,7 +146,7 @@ class RerankTrainer(TrainerBase):
         self.rcfg = rcfg
         self.retriever_run, self.retriever_dir, self.pretrained = retriever, str(retriever_dir), str(pretrained)
         base = retriever.cfg
-        model = {**rcfg.model, "name": "hpgr", "pretrained": str(pretrained)}
+        model = {**rcfg.model, "pretrained": str(pretrained)}
         train = TrainConfig(**optim_knobs(rcfg), epochs=rcfg.epochs, batch_size=rcfg.batch_size, seed=rcfg.seed,
                             device=rcfg.device, patience=rcfg.patience, early_stop_metric="ndcg@10",
                             num_threads=rcfg.num_threads, max_steps=rcfg.max_steps,
@@ -149,13 +154,9 @@ class RerankTrainer(TrainerBase):
         cfg = RunConfig(model=model, data=base.data, train=train, eval=base.eval, source="rerank")
         super().__init__(cfg, out, retriever.dataset, default_metric="ndcg@10")
         self.seqs = retriever.seqs
-        kw = {"valid_frac": base.data.valid_frac, "test_frac": base.data.test_frac} \
-            if base.data.split == "temporal" else {}
-        self.split = make_split(self.seqs, base.data.split, **kw)
+        self.split = split_from_config(self.seqs, base.data)
         self.exclude_history = base.eval.exclude_history
-        ranker = build_model(model, retriever.dataset.num_items, base.data.max_len)
-        if not isinstance(ranker, HPGRRanker):
-            raise ConfigError("rerank: the re-ranker must be the hpgr ranker")
+        ranker = build_model(model, retriever.dataset.num_items, base.data.max_len)  # rcfg.check() vetted its class
         beta0 = 1.0 / float(base.objective.temperature)  # the retriever's own logit scale
         self.model = Reranker(ranker, rcfg.fuse, beta0).to(self.device)
         self.optimizer = build_optimizer([p for p in self.model.parameters() if p.requires_grad], rcfg)
@@ -225,9 +226,7 @@ class RerankTrainer(TrainerBase):
     def step_loss(self, part: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, int]:
         idx, keys = part
         batch, cands, rs = self.train_batch(self.candidates("train"), idx, keys)
-        logits = self.model(batch, cands, rs).float()  # (B, 1+n)
-        logits = logits.masked_fill(cands == 0, -torch.inf)
-        return F.cross_entropy(logits, torch.zeros(len(idx), dtype=torch.long, device=self.device)), len(idx)
+        return listwise_softmax(self.model(batch, cands, rs), cands)  # (sum over the B rows, B)
 
     def validate(self) -> tuple[dict[str, Any], float]:
         m = self.metrics("valid")

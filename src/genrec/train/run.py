@@ -16,9 +16,10 @@ from genrec.data.schema import Dataset, load_dataset
 from genrec.data.sequences import UserSequences
 from genrec.errors import CheckpointError, ConfigError, DataError, GenrecError
 from genrec.eval.retrieval import score_histories
-from genrec.models.base import GENERATOR, RANKER, RETRIEVER, Retriever
+from genrec.models.base import GENERATOR, MULTI_BEHAVIOR, RANKER, RETRIEVER, Retriever
 from genrec.models.pretrained import fill_stage1
-from genrec.models.registry import build_model
+from genrec.models.registry import build_model, get_model_class
+from genrec.sid.embed import ItemEmbeddings
 from genrec.train import distributed as dist_utils
 from genrec.train.base import BEST_DIR, CONFIG_FILE, fit_and_test, resolve_device
 from genrec.train.checkpoint import load_weights
@@ -31,7 +32,6 @@ SID_DIR = "sid"  # a generator run's copy of the SID table it was trained with
 def model_kind(cfg: RunConfig) -> str:
     """The model's primary kind (retriever | ranker | generator), read from the registry without building it."""
     import genrec.models  # noqa: F401  (registers the built-in models)
-    from genrec.models.registry import get_model_class
 
     kinds = get_model_class(cfg.model["name"]).kinds
     for kind in (GENERATOR, RANKER):
@@ -54,6 +54,10 @@ def train_run(cfg: RunConfig, out: str | Path, resume: bool = True, dataset: Dat
 
 def _train_any(cfg: RunConfig, out: str | Path, resume: bool, dataset: Dataset | None) -> dict[str, Any]:
     kind = model_kind(cfg)
+    cls = get_model_class(cfg.model["name"])
+    if not cls.trainable:
+        raise ConfigError(f"model '{cfg.model['name']}' has nothing to train; evaluate it with "
+                          "python -m genrec.train.gamer --config RECIPE --out RUN (or benchmarks/gamer.py)")
     if cfg.stages and kind in (RETRIEVER, RANKER):  # HPGR stage 1, then the model initialised from it
         return run_stages(cfg, out, resume=resume, dataset=dataset)
     if cfg.stages:
@@ -64,7 +68,7 @@ def _train_any(cfg: RunConfig, out: str | Path, resume: bool, dataset: Dataset |
 
         return train_ranker_run(cfg, out, resume=resume, dataset=dataset)
     dataset = dataset if dataset is not None else load_data(cfg.data)
-    if kind == GENERATOR and cfg.model["name"] == "gamer":
+    if kind == GENERATOR and cls.protocol == MULTI_BEHAVIOR:
         return train_gamer_run(cfg, out, resume, dataset)
     if kind == GENERATOR:
         return train_generator_run(cfg, out, resume, dataset)
@@ -82,7 +86,7 @@ def train_generator_run(cfg: RunConfig, out: str | Path, resume: bool, dataset: 
                           f"data.split={cfg.data.split} it would see evaluation events (use leave_one_out)")
     dist_utils.init_distributed(resolve_device(cfg.train.device))  # torchrun: one process builds the table
     with dist_utils.main_first():
-        sids = sid_table_for(cfg.sid, dataset, Path(out) / SID_DIR)
+        sids = sid_table_for(cfg.sid, dataset, Path(out) / SID_DIR, cf_loader=run_cf_embeddings)
     cfg.model = fit_model_to_sids(cfg.model, sids.length, max(sids.codebook_sizes))
 
     def extras(trainer: GeneratorTrainer, res: dict[str, Any]) -> dict[str, Any]:
@@ -163,6 +167,15 @@ def open_run(run_dir: str | Path, weights: str = "best", device: str = "cpu") ->
     load_weights(model, wpath)
     model.eval()
     return LoadedRun(cfg, record, model, dataset, UserSequences.from_interactions(dataset.interactions))
+
+
+def run_cf_embeddings(run_dir: str | Path) -> ItemEmbeddings:
+    """Collaborative item embeddings of a retriever run folder (its best weights): the ``cf_loader`` every SID
+    build of the train room passes to :mod:`genrec.sid.build` (``sid`` cannot open runs itself)."""
+    from genrec.sid.embed import cf_embeddings
+
+    run = open_run(run_dir)
+    return cf_embeddings(run.model, run.dataset.num_items)
 
 
 def recommend(run: LoadedRun, history_items: list[int], history_times: list[int] | None, k: int = 10,

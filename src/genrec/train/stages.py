@@ -39,10 +39,11 @@ from genrec.data.schema import Dataset
 from genrec.data.sequences import UserSequences
 from genrec.data.splits import Split, split_from_config
 from genrec.errors import ConfigError
+from genrec.io import write_json_atomic
 from genrec.models.base import RETRIEVER
 from genrec.models.pretrained import FORMAT, META_FILE
 from genrec.models.registry import get_model_class
-from genrec.train.base import resolve_device, write_json_atomic
+from genrec.train.base import resolve_device
 from genrec.train.pretrain import PretrainConfig, cutoff_record, parse_pretrain_config, pretrain_run
 from genrec.train.trainer import train_retriever_run
 

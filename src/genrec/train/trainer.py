@@ -19,8 +19,8 @@ from torch import nn
 import genrec
 from genrec.config import RunConfig
 from genrec.data.schema import Dataset
-from genrec.data.sequences import UserSequences, batch_order, make_train_batch
-from genrec.data.splits import Split, make_split
+from genrec.data.sequences import SeqBatch, UserSequences, batch_order, make_train_batch
+from genrec.data.splits import Split, split_from_config
 from genrec.errors import ConfigError
 from genrec.eval.retrieval import evaluate_retrieval
 from genrec.models.base import RETRIEVER, Retriever
@@ -45,26 +45,46 @@ class _LossModule(nn.Module):
 
 
 class Trainer(TrainerBase):
-    """Train a RETRIEVER-kind model on every training position of the split."""
+    """Train a RETRIEVER-kind model on every training position of the split.
 
-    loss_is_sum = True  # the objectives return sums; the loop divides by the global number of positions
+    What a run trains on and is measured by comes from hooks a protocol may override (the multi-behavior
+    baselines do): :meth:`evaluation_setup` (stopping metric), :meth:`prepare_data` (the examples),
+    :meth:`train_batch` (one batch of them) and :meth:`setup_protocol` (schedule, evaluation), besides
+    ``epoch_batches`` / ``validate`` / ``evaluate``; the training step itself (model + objective) is this
+    class's alone.
+    """
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, dataset: Dataset, resume: bool = True) -> None:
-        super().__init__(cfg, run_dir, dataset, default_metric="ndcg@10")
-        tc = cfg.train
-        self.seqs = UserSequences.from_interactions(dataset.interactions)
-        self.split: Split = make_split(self.seqs, cfg.data.split, **(
-            {"valid_frac": cfg.data.valid_frac, "test_frac": cfg.data.test_frac} if cfg.data.split == "temporal" else {}))
+        super().__init__(cfg, run_dir, dataset, default_metric=self.evaluation_setup(cfg))
+        self.prepare_data()
         self.model: Retriever = build_model(cfg.model, dataset.num_items, cfg.data.max_len).to(self.device)
         if RETRIEVER not in self.model.kinds:
             raise ConfigError(f"model '{cfg.model['name']}' is not a retriever; this trainer trains retrievers")
         self.objective = build_objective(cfg.objective)
         self.loss_module = _LossModule(self.model, self.objective)
-        self.optimizer = build_optimizer(self.model.parameters(), tc)
+        self.optimizer = build_optimizer(self.model.parameters(), cfg.train)
+        self.setup_protocol()
+        self.open_run(resume)
+
+    # -- protocol hooks ---------------------------------------------------------------------------
+    def evaluation_setup(self, cfg: RunConfig) -> str:
+        """The default early-stopping metric (before the run folder opens)."""
+        return "ndcg@10"
+
+    def prepare_data(self) -> None:
+        """The split of ``data:`` and the rows with at least one training target."""
+        self.seqs = UserSequences.from_interactions(self.dataset.interactions)
+        self.split: Split = split_from_config(self.seqs, self.cfg.data)
         self.train_rows = self.split.train_rows()
         if len(self.train_rows) == 0:
             raise ConfigError("no user has two or more training events; the dataset is too small for this split")
-        self.open_run(resume)
+
+    def setup_protocol(self) -> None:
+        """Constant learning rate, evaluation by :func:`evaluate_retrieval`: nothing to set up."""
+
+    def train_batch(self, rows: np.ndarray) -> SeqBatch:
+        """Batch ``rows`` of :meth:`epoch_batches`: the last ``max_len + 1`` training events of each user."""
+        return make_train_batch(self.seqs, self.train_rows[rows], self.split.train_end, self.cfg.data.max_len)
 
     # -- training ---------------------------------------------------------------------------------
     def _step_generator(self, step: int) -> torch.Generator:
@@ -78,8 +98,7 @@ class Trainer(TrainerBase):
         return batch_order(lengths, tc.batch_size, np.random.default_rng([tc.seed, epoch]), tc.length_bucketing)
 
     def step_loss(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = make_train_batch(self.seqs, self.train_rows[rows], self.split.train_end,
-                                 self.cfg.data.max_len).to(self.device)
+        batch = self.train_batch(rows).to(self.device)
         with self.autocast():
             return self.loss_module(batch, self._step_generator(self.state["global_step"]))
 

@@ -1,0 +1,20 @@
+"""Next-SID cross-entropy, the training loss of every generator (TIGER, GLASS, GAMER).
+
+The model gives teacher-forced logits and the token each row must predict (:class:`~genrec.models.base.SIDLogits`);
+this turns them into ``(sum of per-token cross-entropies, number of target tokens)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from genrec.models.base import SIDLogits
+
+
+def next_sid_loss(out: SIDLogits) -> tuple[torch.Tensor, torch.Tensor | int]:
+    """(sum, count) over the target tokens of ``out`` (every one, or those of ``out.mask``)."""
+    if out.mask is None:
+        logits = out.logits.reshape(-1, out.logits.shape[-1])  # (N, V)
+        return F.cross_entropy(logits.float(), out.targets.reshape(-1), reduction="sum"), out.targets.numel()
+    return F.cross_entropy(out.logits[out.mask].float(), out.targets[out.mask], reduction="sum"), out.mask.sum()
