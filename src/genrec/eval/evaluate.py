@@ -27,7 +27,7 @@ from genrec.runs.checkpoint import summary_of
 from genrec.runs.kinds import MULTI_BEHAVIOR
 from genrec.runs.open import LoadedRun, open_run
 
-Evaluator = Callable[[LoadedRun, str, "bool | None", "bool | None"], dict[str, Any]]
+Evaluator = Callable[[LoadedRun, str, bool | None, bool | None], dict[str, Any]]  # (run, which, excl, constrained)
 
 
 def evaluate_run(run: str | Path | LoadedRun, which: str = "test", *, exclude_history: bool | None = None,

@@ -39,8 +39,6 @@ from genrec.runs.ranking_data import (  # noqa: F401 (build_ranking_data, Rankin
 )
 from genrec.train.base import TrainerBase, fit_and_test
 
-TASK = CTR_TASK
-
 
 class RankerTrainer(TrainerBase):
     """Train a RANKER-kind model on training impressions; same run-folder layout as the other trainers."""
@@ -63,7 +61,7 @@ class RankerTrainer(TrainerBase):
         self.open_run(resume, write=not readonly)
 
     def run_record(self) -> dict[str, Any]:
-        return {**super().run_record(), "task": TASK, "impressions": self.data.manifest()}
+        return {**super().run_record(), "task": CTR_TASK, "impressions": self.data.manifest()}
 
     # -- batches ----------------------------------------------------------------------------------
     def batch(self, idx: np.ndarray) -> tuple[SeqBatch, torch.Tensor, torch.Tensor, dict[str, Any]]:
