@@ -36,12 +36,15 @@ def evaluate_as_is(cfg, run_dir: Path) -> dict:
     from genrec.train.run import model_kind
 
     if model_kind(cfg) == "generator":
+        from genrec.eval.evaluate import evaluate_run
+        from genrec.runs.open import open_run
         from genrec.sid.build import load_sid_table
-        from genrec.train.generator import evaluate_generator_run
 
-        res = evaluate_generator_run(run_dir, "test")
+        run = open_run(run_dir)
+        res = evaluate_run(run, "test", constrained=True)
+        del res["train"]  # stamped last below, where train_run's record has it
         if cfg.generator.test_other_decoding:
-            other = evaluate_generator_run(run_dir, "test", constrained=not cfg.generator.constrained)
+            other = evaluate_run(run, "test", constrained=not cfg.generator.constrained)
             res["metrics_other_decoding"] = {"constrained": not cfg.generator.constrained,
                                              "metrics": other["metrics"]}
         res["sid_health"] = load_sid_table(run_dir / "sid").health().as_dict()

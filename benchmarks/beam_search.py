@@ -82,7 +82,7 @@ def time_trained(run_dir: str, beam: int, batches: list[int], users: int, seed: 
 
     from genrec.data.splits import leave_one_out
     from genrec.eval.generation import history_matrix
-    from genrec.train.run import open_run
+    from genrec.runs.open import open_run
 
     run = open_run(run_dir)
     test = leave_one_out(run.seqs).test

@@ -16,7 +16,8 @@ import sys
 import torch
 
 from genrec.errors import GenrecError
-from genrec.train.generator import open_generator_run
+from genrec.eval.evaluate import evaluate_run
+from genrec.runs.open import open_run
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
@@ -38,12 +39,12 @@ def main() -> None:
     ap.add_argument("--split", default="valid", choices=["valid", "test"])
     args = ap.parse_args()
     for run in args.run:
-        trainer = open_generator_run(run)
-        model = trainer.model
+        loaded = open_run(run)
+        model = loaded.model
         if getattr(model, "gates", None) is None:
             raise GenrecError(f"{run}: not a GLASS run with a learned gate")
         model.gate_log = []
-        res = trainer.evaluate(args.split)
+        res = evaluate_run(loaded, args.split)
         s = gate_summary(torch.cat([g.flatten() for g in model.gate_log]))
         print(f"{run}: gate mean {s['mean']:.3f}, within 0.01 of 0 or 1: {s['saturated']:.1%}, "
               + ", ".join(f"p{int(q * 100)} {s[f'p{int(q * 100)}']:.3f}" for q in QUANTILES)

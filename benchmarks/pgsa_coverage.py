@@ -15,7 +15,7 @@ import argparse
 import torch
 
 from genrec.data.impressions import make_impression_batch
-from genrec.train.ranker import open_ranker_run
+from genrec.runs.open import open_run
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--which", default="test", choices=["train", "valid", "test"])
     args = ap.parse_args()
     torch.set_num_threads(1)
-    tr = open_ranker_run(args.run)
+    tr = open_run(args.run)
     model = tr.model
     if not hasattr(model, "column_weights"):
         raise SystemExit(f"{args.run}: model '{tr.cfg.model['name']}' has no PGSA (needs an hpgr run)")

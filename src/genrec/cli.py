@@ -62,7 +62,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     t0 = time.time()
     res = train_run(cfg, out, resume=not args.no_resume)
     if "metrics" in res and "per_behavior" in res["metrics"]:
-        from genrec.train.gamer import format_table
+        from genrec.eval.multibehavior import format_table
 
         print(format_table(res))
         print(f"run folder: {out}")
@@ -77,62 +77,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from genrec.data.splits import split_from_config
-    from genrec.eval.retrieval import evaluate_retrieval
-    from genrec.train.run import open_run
+# what `genrec evaluate --json` has always shown of a retriever's protocol (the record itself holds more)
+RETRIEVER_JSON_PROTOCOL = ("split", "evaluated_on", "candidates", "exclude_history", "history_window")
 
-    kind = _run_kind(args.run_dir)
-    if kind != "retriever":
-        res = _evaluate_other(args, kind)
-        if args.json:
-            print(json.dumps({k: res[k] for k in ("model", "data_fingerprint", "protocol", "metrics") if k in res},
-                             indent=2, default=str))
-        else:
-            pr = res["protocol"]
-            _print_metrics(f"{res['model']} {args.split} ({pr.get('task')}, {pr.get('candidates', '')}):",
-                           res["metrics"], pr.get("ks", [5, 10, 20]))
-        return 0
-    run = open_run(args.run_dir)
-    cfg = run.cfg
-    split = split_from_config(run.seqs, cfg.data)
-    excl = cfg.eval.exclude_history if args.exclude_history is None else args.exclude_history
-    samples = split.test if args.split == "test" else split.valid
-    m = evaluate_retrieval(run.model, run.seqs, samples, cfg.eval.ks, excl, cfg.eval.batch_size)
-    res = {"model": cfg.model["name"], "data_fingerprint": run.dataset.fingerprint,
-           "protocol": {"split": split.name, "evaluated_on": args.split, "candidates": "full catalogue",
-                        "exclude_history": excl, "history_window": cfg.data.max_len}, "metrics": m}
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from genrec.eval.evaluate import evaluate_run
+    from genrec.eval.multibehavior import format_table
+    from genrec.eval.retrieval import RETRIEVAL_TASK
+
+    res = evaluate_run(args.run_dir, args.split, exclude_history=args.exclude_history,
+                       constrained=not args.unconstrained)
+    pr = res["protocol"]
+    retriever = pr.get("task") == RETRIEVAL_TASK
     if args.json:
-        print(json.dumps(res, indent=2))
+        shown = {k: res[k] for k in ("model", "data_fingerprint", "protocol", "metrics") if k in res}
+        if retriever:
+            shown["protocol"] = {k: pr[k] for k in RETRIEVER_JSON_PROTOCOL}
+        print(json.dumps(shown, indent=2, default=str))
+    elif "per_behavior" in res["metrics"]:
+        print(format_table(res))
+    elif retriever:
+        _print_metrics(f"{res['model']} {args.split} ({pr['split']}, full catalogue, "
+                       f"exclude_history={pr['exclude_history']}):", res["metrics"], pr["ks"])
     else:
-        _print_metrics(f"{cfg.model['name']} {args.split} ({split.name}, full catalogue, exclude_history={excl}):",
-                       m, cfg.eval.ks)
+        _print_metrics(f"{res['model']} {args.split} ({pr.get('task')}, {pr.get('candidates', '')}):",
+                       res["metrics"], pr.get("ks", [5, 10, 20]))
     return 0
 
 
-def _run_kind(run_dir: str) -> str:
-    from genrec.errors import CheckpointError
-
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        raise CheckpointError(f"{run_dir}: not a genrec run folder (no config.json)")
-    kinds = json.loads(path.read_text()).get("kinds", ["retriever"])
-    return next((k for k in ("generator", "ranker") if k in kinds), "retriever")
-
-
-def _evaluate_other(args: argparse.Namespace, kind: str) -> dict:
-    """Evaluate a generator (beam search, constrained unless --unconstrained) or a ranker (AUC/GAUC/LogLoss)."""
-    if kind == "ranker":
-        from genrec.train.ranker import evaluate_ranker_run
-
-        return evaluate_ranker_run(args.run_dir, args.split)
-    from genrec.train.generator import evaluate_generator_run
-
-    return evaluate_generator_run(args.run_dir, args.split, constrained=not args.unconstrained)
-
-
 def _cmd_recommend(args: argparse.Namespace) -> int:
-    from genrec.train.run import open_run, recommend
+    from genrec.runs.open import open_run
+    from genrec.train.run import recommend
 
     run = open_run(args.run_dir)
     item_ext = run.dataset.item_external_ids()

@@ -78,6 +78,10 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20, 50, 200])
     exclude_history: bool = True  # remove the user's earlier items from the ranking (as HSTU does)
     batch_size: int = 256
+    # metric families computed and recorded (genrec.eval.metrics: hr (alias hit), recall, ndcg, mrr, invalid_rate,
+    # auc, gauc, logloss); empty = every metric of the run's kind. train.early_stop_metric must be among them
+    # (checked when the trainer starts).
+    metrics: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -1,8 +1,10 @@
-"""One house, one direction: imports only go down the floors, and train/eval/serve never name a model.
+"""One house, one direction: imports only go down the floors, and runs/train/eval/serve never name a model.
 
 Floors, lowest first: ``errors.py`` and ``io.py`` (the ground floor) < ``data/`` < ``config.py`` < ``nn/`` <
-``sid/`` < ``models/`` < ``objectives/`` < ``eval/`` < ``train/`` < ``serve/`` < the command line (``cli.py``
-and every ``*/cli.py`` sub-command). A module may import its own floor and any floor below it.
+``sid/`` < ``models/`` < ``objectives/`` < ``runs/`` < ``eval/`` < ``train/`` < ``serve/`` < the command line
+(``cli.py`` and every ``*/cli.py`` sub-command). A module may import its own floor and any floor below it.
+``runs/`` (the run-folder layout, checkpoints, the run record, ``open_run``) sits below ``eval/`` because
+evaluation, training and serving all open run folders.
 
 Every import counts: module level, inside functions, under ``if TYPE_CHECKING:``, ``import genrec.x``,
 ``from genrec.x import y`` (``y`` resolved to a module when it is one) and relative imports.
@@ -24,7 +26,8 @@ from typing import NamedTuple
 import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "src" / "genrec"
-FLOORS = ("ground", "data", "config", "nn", "sid", "models", "objectives", "eval", "train", "serve", "cli")
+FLOORS = ("ground", "data", "config", "nn", "sid", "models", "objectives", "runs", "eval", "train", "serve",
+          "cli")
 GROUND = ("errors", "io")
 
 # (importing file under src/genrec, imported module) -> the part of the work that removes the edge
@@ -32,7 +35,7 @@ ALLOWED_EDGES: dict[tuple[str, str], str] = {}
 
 # (file under src/genrec, model registry name written as a string literal) -> the part that removes it
 ALLOWED_NAMES: dict[tuple[str, str], str] = {}
-NAME_ROOMS = ("train", "eval", "serve")
+NAME_ROOMS = ("runs", "train", "eval", "serve")
 
 
 class Edge(NamedTuple):

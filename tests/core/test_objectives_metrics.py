@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from genrec.config import ObjectiveConfig
-from genrec.eval.metrics import auc, metrics_from_ranks
+from genrec.eval.metrics import metrics_from_ranks
+from genrec.eval.ranking import auc
 from genrec.models.registry import build_model
 from genrec.objectives import build_objective
 from genrec.objectives.next_item import MASKED_LOGIT, SampledSoftmax

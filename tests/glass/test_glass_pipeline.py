@@ -81,16 +81,17 @@ def test_train_evaluate_recommend_glass(recipe, capsys):
 
 
 def test_reopened_run_records_its_gate_values(recipe):
-    """benchmarks/glass_gate.py reads the gate through open_generator_run; it must decode as evaluation does."""
-    from genrec.train.generator import open_generator_run
+    """benchmarks/glass_gate.py reads the gate through open_run + evaluate_run; it must decode as evaluation does."""
+    from genrec.eval.evaluate import evaluate_run
+    from genrec.runs.open import open_run
 
     root, path = recipe
     run = root / "run"
     if not (run / "results" / "test.json").exists():
         assert main(["train", str(path), "--out", str(run)]) == 0
-    trainer = open_generator_run(run)
+    trainer = open_run(run)
     trainer.model.gate_log = []
-    res = trainer.evaluate("test")
+    res = evaluate_run(trainer, "test")
     want = json.loads((run / "results" / "test.json").read_text())
     assert res["metrics"]["ndcg@5"] == pytest.approx(want["metrics"]["ndcg@5"])
     g = torch.cat([x.flatten() for x in trainer.model.gate_log])

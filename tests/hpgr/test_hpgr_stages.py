@@ -17,6 +17,8 @@ from genrec.data.sequences import UserSequences
 from genrec.errors import ConfigError
 from genrec.models.hpgr import HPGRRanker
 from genrec.models.pretrained import load_pretrained
+from genrec.runs.open import open_run
+from genrec.runs.ranking_data import build_ranking_data
 from genrec.train.pretrain import parse_pretrain_config, pretrain_batch, pretraining_events
 from genrec.train.stages import run_stages, training_cutoff
 
@@ -68,7 +70,7 @@ def test_stage_one_only_sees_events_before_the_ranking_cut():
     base = _dataset()
     cfg = _cfg(["pretrain"])
     cut = training_cutoff(cfg, base)
-    data = ranker.build_ranking_data(cfg, base)
+    data = build_ranking_data(cfg, base)
     assert cut == data.t_valid
     assert (data.imps.timestamp[data.split.train] < cut).all()
     assert (data.imps.timestamp[np.concatenate([data.split.valid, data.split.test])] >= cut).all()
@@ -146,5 +148,5 @@ def test_two_stages_end_to_end(tmp_path):
     assert res["train"]["finished"] and rec["pretrain"]["steps"] == 2
     assert res["config"]["model"]["pretrained"] == str(tmp_path / "pretrain")
     # the fine-tuned run re-opens (its model rebuilds from the artifact, then loads its own weights)
-    trainer = ranker.open_ranker_run(tmp_path / "finetune")
+    trainer = open_run(tmp_path / "finetune")
     assert isinstance(trainer.model, HPGRRanker) and trainer.model.sem is not None

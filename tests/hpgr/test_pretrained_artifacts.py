@@ -19,10 +19,11 @@ from genrec.cli import main
 from genrec.data.schema import Dataset, load_dataset, write_dataset
 from genrec.data.sequences import UserSequences, make_history_batch
 from genrec.errors import ConfigError
+from genrec.eval.evaluate import evaluate_run
 from genrec.models.pretrained import STAGE1_KEY
+from genrec.runs.open import open_run
 from genrec.serve.format import ArtifactError, sha256
-from genrec.train.ranker import evaluate_ranker_run, open_ranker_run
-from genrec.train.run import open_run, recommend
+from genrec.train.run import recommend
 from tests.conftest import make_toy, tiny_cfg
 from tests.hpgr.conftest import make_ctr_toy
 
@@ -72,18 +73,18 @@ def test_two_stage_hpgr_export_is_self_contained(tmp_path, monkeypatch):
     work, ds = _two_stage_run(tmp_path, monkeypatch, HPGR, make_ctr_toy())
     hist, times, cands = _history(ds)
     index = {e: i for i, e in enumerate(ds.item_external_ids())}
-    trainer = open_ranker_run("run/finetune")  # the run's own evaluation path
-    model = trainer.model.eval()
+    run = open_run("run/finetune")  # the run's own evaluation path
+    model = run.model.eval()
     assert model.sem is not None and "sem.item_emb.weight" in model.state_dict()  # the frozen SEM is a weight
     batch = make_history_batch([np.array([index[h] for h in hist])], [np.array(times)], np.array([times[-1]]),
-                               trainer.cfg.data.max_len)
+                               run.cfg.data.max_len)
     with torch.no_grad():
         s = model.score_candidates(batch, torch.tensor([[index[c] for c in cands]]))[0]
     before = {c: float(v) for c, v in zip(cands, s)}
     # the run folder evaluates without the stage-1 artifact: its weights hold the SEM and the tables
     shutil.move(work / "run" / "pretrain", work / "pretrain-away")
     want = json.loads((work / "run" / "finetune" / "results" / "test.json").read_text())["metrics"]
-    assert evaluate_ranker_run("run/finetune")["metrics"] == want
+    assert evaluate_run("run/finetune")["metrics"] == want
     _export_delete_load(tmp_path, monkeypatch, work, before,
                         lambda art: dict(art.score(hist, cands, timestamps=times)))
 
@@ -124,7 +125,7 @@ def test_a_run_recorded_without_stage1_still_opens(tmp_path, monkeypatch):
     run_dir = work / "run" / "finetune"
     want = json.loads((run_dir / "results" / "test.json").read_text())["metrics"]
     _strip_stage1(run_dir)
-    assert evaluate_ranker_run(run_dir)["metrics"] == want  # reads the stage-1 artifact's description once
+    assert evaluate_run(run_dir)["metrics"] == want  # reads the stage-1 artifact's description once
     assert main(["export", str(run_dir), "--out", "art"]) == 0
     assert STAGE1_KEY in json.loads((work / "art" / "config.json").read_text())["model"]  # now self-contained
     hist, times, cands = _history(ds)
@@ -137,6 +138,6 @@ def test_a_run_recorded_without_stage1_still_opens(tmp_path, monkeypatch):
     _strip_stage1(run_dir)
     shutil.rmtree(work / "run" / "pretrain")
     with pytest.raises(ConfigError, match="needs that artifact once"):
-        evaluate_ranker_run(run_dir)
+        evaluate_run(run_dir)
     with pytest.raises(ArtifactError, match="needs that artifact once"):
         genrec.load(work / "art")

@@ -17,10 +17,12 @@ from torch import nn
 from genrec.config import config_from_dict
 from genrec.data.schema import Dataset, load_dataset, write_dataset
 from genrec.errors import CheckpointError, ConfigError
+from genrec.eval.evaluate import evaluate_run
 from genrec.eval.ranking import ranking_metrics
 from genrec.models.base import Ranker
 from genrec.models.registry import MODELS, register
-from genrec.train.ranker import RankerTrainer, build_ranking_data, evaluate_ranker_run, train_ranker_run
+from genrec.runs.ranking_data import build_ranking_data
+from genrec.train.ranker import RankerTrainer, train_ranker_run
 from tests.conftest import latest_state
 from tests.hpgr.conftest import make_ctr_toy
 
@@ -84,7 +86,7 @@ def test_results_record_has_the_protocol_and_metrics(trained, toy):
     assert json.loads((out / "results" / "test.json").read_text())["metrics"] == res["metrics"]
     # reopening the folder for `genrec evaluate` gives the same numbers and writes nothing
     before = sorted(q.name for q in out.rglob("*"))
-    again = evaluate_ranker_run(out, "test")
+    again = evaluate_run(out, "test")
     assert again["metrics"] == res["metrics"]
     assert sorted(q.name for q in out.rglob("*")) == before
 

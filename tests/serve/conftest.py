@@ -42,7 +42,7 @@ def art(served: Served):
 
 @pytest.fixture(scope="session")
 def run(served: Served):
-    from genrec.train.run import open_run
+    from genrec.runs.open import open_run
 
     return open_run(served.run_dir)
 

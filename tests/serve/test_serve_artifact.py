@@ -76,7 +76,7 @@ def test_export_is_self_contained(served, art, monkeypatch):
         raise AssertionError("loading an artifact must not read the dataset")
 
     monkeypatch.setattr("genrec.data.schema.load_dataset", no_dataset)
-    monkeypatch.setattr("genrec.train.run.load_dataset", no_dataset)
+    monkeypatch.setattr("genrec.runs.record.load_dataset", no_dataset)
     assert load_artifact(served.art_dir).recommend(["i1", "i2"], k=3)
 
 

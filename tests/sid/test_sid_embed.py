@@ -99,7 +99,8 @@ def test_minilm_embeds_beauty_titles(tmp_path):
 
 def test_cf_embeddings_from_a_run_folder(tmp_path, toy_dir):
     from genrec.config import config_from_dict
-    from genrec.train.run import open_run, run_cf_embeddings, train_run
+    from genrec.runs.open import open_run
+    from genrec.train.run import run_cf_embeddings, train_run
     from tests.conftest import tiny_cfg
 
     cfg = config_from_dict(tiny_cfg(data={"path": str(toy_dir)}, train={"epochs": 1}))

@@ -9,15 +9,22 @@ History items are not removed from the list (spec A-T4).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from genrec.config import GeneratorConfig, RunConfig
+from genrec.data.schema import Dataset
 from genrec.data.sequences import UserSequences, pad_windows
-from genrec.data.splits import EvalSamples
+from genrec.data.splits import EvalSamples, Split
 from genrec.errors import ConfigError
-from genrec.eval.metrics import metrics_from_ranks
+from genrec.eval.metrics import GENERATION, metrics_from_ranks, select_metrics
+from genrec.eval.record import check_split, results_record
+
+GENERATION_TASK = "next-item generation"
 
 
 class GenerationEval(NamedTuple):
@@ -67,9 +74,10 @@ def history_matrix(seqs: UserSequences, rows: np.ndarray, ends: np.ndarray, max_
 
 @torch.no_grad()
 def evaluate_generator(model: Any, seqs: UserSequences, samples: EvalSamples, ks: list[int], beam_size: int = 20,
-                       batch_size: int = 256, constrained: bool = True, filter_invalid: bool = True
-                       ) -> GenerationEval:
-    """Beam-search every evaluation query and score the target's beam position.
+                       batch_size: int = 256, constrained: bool = True, filter_invalid: bool = True,
+                       select: Sequence[str] | None = None) -> GenerationEval:
+    """Beam-search every evaluation query and score the target's beam position (the metrics in ``select``,
+    default all).
 
     ``model`` is any generator with ``generate(histories, users, beam_size, k, constrained) -> BeamResult``
     and a ``max_len`` history window.
@@ -91,9 +99,53 @@ def evaluate_generator(model: Any, seqs: UserSequences, samples: EvalSamples, ks
         total += res.valid.numel()
     r = np.concatenate(ranks)
     rate = invalid / max(total, 1)
-    metrics = metrics_from_ranks(r, ks)
-    metrics.update(invalid_rate=rate, beam_size=beam_size)
+    fams = select_metrics(select, GENERATION)
+    metrics = metrics_from_ranks(r, ks, fams)
+    if "invalid_rate" in fams:
+        metrics["invalid_rate"] = rate
+    metrics["beam_size"] = beam_size
     return GenerationEval(metrics, r, rate)
+
+
+def generation_ks(cfg: RunConfig, beam_size: int) -> list[int]:
+    """The cut-offs of ``eval.ks`` a generator can measure: those within its beam."""
+    ks = [k for k in cfg.eval.ks if k <= beam_size]
+    if not ks:
+        raise ConfigError(f"eval.ks {cfg.eval.ks}: none is within the beam size {beam_size}")
+    return ks
+
+
+def generation_eval(model: Any, cfg: RunConfig, opts: GeneratorConfig, seqs: UserSequences, samples: EvalSamples,
+                    constrained: bool | None = None) -> GenerationEval:
+    """``evaluate_generator`` with the recipe's settings (validation and test alike); ``constrained`` None is
+    ``generator.constrained``."""
+    con = opts.constrained if constrained is None else constrained
+    return evaluate_generator(model, seqs, samples, generation_ks(cfg, opts.beam_size), opts.beam_size,
+                              cfg.eval.batch_size, constrained=con, select=select_metrics(cfg.eval.metrics, GENERATION))
+
+
+def generation_results(model: Any, cfg: RunConfig, opts: GeneratorConfig, dataset: Dataset, seqs: UserSequences,
+                       split: Split, which: str = "test", constrained: bool | None = None, *, sid_fingerprint: str,
+                       stop_metric: str, best_epoch: Any) -> dict[str, Any]:
+    """Results record of a generator on ``which`` (test | valid); ``constrained=False`` measures free decoding.
+    The trainer's test record and ``genrec evaluate`` both come from here."""
+    check_split(which)
+    con = opts.constrained if constrained is None else constrained
+    ev = generation_eval(model, cfg, opts, seqs, getattr(split, which), con)
+    protocol = {
+        "task": GENERATION_TASK,
+        "split": split.name,
+        "evaluated_on": which,
+        "candidates": f"beam list (beam {opts.beam_size}, "
+                      f"{'trie-constrained' if con else 'unconstrained, invalid SIDs dropped'})",
+        "exclude_history": False,
+        "history_window": cfg.data.max_len,
+        "ks": generation_ks(cfg, opts.beam_size),
+        "early_stopping": f"{stop_metric} on validation",
+        "best_epoch": best_epoch,
+    }
+    return results_record(cfg.model["name"], dataset, protocol, ev.metrics, cfg,
+                          ids={"sid_fingerprint": sid_fingerprint}, sections={"generator": asdict(opts)})
 
 
 def generate_top_k(model: Any, histories: list[np.ndarray], k: int, exclude_history: bool, beam_size: int,

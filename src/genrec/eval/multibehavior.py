@@ -7,32 +7,44 @@ candidates of ``b``). With ``h_K = |top-K ∩ T|``:
 - Hit@K = 1[h_K > 0];  Recall@K = h_K / |T|;
 - NDCG@K = DCG@K / IDCG@K, DCG over the hit positions ``1/log2(rank + 1)``, IDCG over ``min(K, |T|)`` slots.
 
-Per-behavior means are merged into one row weighted by each behavior's number of users.
+Per-behavior means are merged into one row weighted by each behavior's number of users. Hit@K is the registry's
+``hr`` family under its multi-target record name (:mod:`genrec.eval.metrics`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from genrec.config import RunConfig
 from genrec.data.multibehavior import (
     BehaviorLevels,
     BehaviorQueries,
+    MultiBehaviorConfig,
     SessionSplit,
     behavior_queries,
     candidate_items,
 )
+from genrec.data.schema import Dataset
 from genrec.errors import ConfigError
+from genrec.eval.metrics import METRICS as REGISTRY
+from genrec.eval.metrics import MULTI_TARGET, select_metrics
+from genrec.eval.record import check_split, results_record
 
-METRICS = ("hit", "recall", "ndcg")
+RANKED_FAMILIES = ("hr", "recall", "ndcg")  # the per-query means; invalid_rate is one rate per evaluation
+METRICS = tuple(REGISTRY[f].key(MULTI_TARGET) for f in RANKED_FAMILIES)  # hit, recall, ndcg
 
 
-def multi_target_metrics(ranked: np.ndarray | torch.Tensor, targets: Sequence[np.ndarray], ks: Sequence[int]
-                         ) -> dict[str, np.ndarray]:
-    """(Q, K) ranked item ids (-1 = empty slot) and Q target sets -> per-query ``hit@k``, ``recall@k``, ``ndcg@k``."""
+def multi_target_metrics(ranked: np.ndarray | torch.Tensor, targets: Sequence[np.ndarray], ks: Sequence[int],
+                         select: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """(Q, K) ranked item ids (-1 = empty slot) and Q target sets -> per-query ``hit@k``, ``recall@k``, ``ndcg@k``
+    (the families in ``select``, default all)."""
+    fams = select_metrics(select, MULTI_TARGET)
     r = np.asarray(ranked.cpu() if isinstance(ranked, torch.Tensor) else ranked, dtype=np.int64)
     if r.ndim != 2 or r.shape[0] != len(targets):
         raise ConfigError(f"multi-target metrics: {r.shape} ranked lists for {len(targets)} target sets")
@@ -53,9 +65,12 @@ def multi_target_metrics(ranked: np.ndarray | torch.Tensor, targets: Sequence[np
         hits = rel[:, :k].sum(1)
         dcg = (rel[:, :k] * gain[:k]).sum(1)
         ideal = np.cumsum(gain[:k])[np.minimum(k, sizes) - 1]
-        out[f"hit@{k}"] = (hits > 0).astype(np.float64)
-        out[f"recall@{k}"] = np.minimum(hits, sizes) / sizes
-        out[f"ndcg@{k}"] = dcg / ideal
+        if "hr" in fams:
+            out[f"{REGISTRY['hr'].key(MULTI_TARGET)}@{k}"] = (hits > 0).astype(np.float64)
+        if "recall" in fams:
+            out[f"recall@{k}"] = np.minimum(hits, sizes) / sizes
+        if "ndcg" in fams:
+            out[f"ndcg@{k}"] = dcg / ideal
     return out
 
 
@@ -95,8 +110,9 @@ def query_histories(split: SessionSplit, queries: BehaviorQueries, max_len: int)
 def evaluate_behaviors(model: Any, split: SessionSplit, which: str = "test", behaviors: Sequence[int] | None = None,
                        ks: Sequence[int] = (1, 5, 10), beam_size: int = 20, batch_size: int = 128,
                        candidates: str = "behavior_history", min_history: int = 1, constrained: bool = True,
-                       max_users: int = 0, seed: int = 0) -> MultiBehaviorEval:
-    """Beam-search every (user, behavior) query of ``which`` and score it against its target set.
+                       max_users: int = 0, seed: int = 0, select: Sequence[str] | None = None) -> MultiBehaviorEval:
+    """Beam-search every (user, behavior) query of ``which`` and score it against its target set (the metric
+    families in ``select``, default all).
 
     ``model`` needs ``generate(items, behaviors, behavior, beam_size, k, candidates, constrained)`` and a
     ``max_len`` history window. ``max_users > 0`` evaluates a fixed seeded subset of each behavior's users.
@@ -126,7 +142,7 @@ def evaluate_behaviors(model: Any, split: SessionSplit, which: str = "test", beh
             ranked.append(res.items.cpu().numpy())
             invalid += int((~res.valid).sum())
             total += res.valid.numel()
-        m = mean_metrics(multi_target_metrics(np.concatenate(ranked), sets, ks))
+        m = mean_metrics(multi_target_metrics(np.concatenate(ranked), sets, ks, select))
         m["num_candidates"] = int(cand.size)
         m["targets_in_candidates"] = float(np.mean([np.isin(s, cand).mean() for s in sets]))
         per[names[b]] = m
@@ -159,11 +175,54 @@ def protocol_record(levels: BehaviorLevels, opts: Any, which: str, ranked_by: st
     }
 
 
-def metrics_record(ev: MultiBehaviorEval, levels: BehaviorLevels) -> dict[str, Any]:
-    """Per-behavior means, the user-weighted merge, the headline (top-level behavior) and the invalid rate."""
+def metrics_record(ev: MultiBehaviorEval, levels: BehaviorLevels, select: Sequence[str] | None = None
+                   ) -> dict[str, Any]:
+    """Per-behavior means, the user-weighted merge, the headline (top-level behavior) and the invalid rate
+    (when selected, as by default)."""
     top = levels.names[levels.top]
-    return {"per_behavior": ev.per_behavior, "merged": ev.merged, "headline": ev.per_behavior.get(top, {}),
-            "invalid_rate": ev.invalid_rate}
+    rec = {"per_behavior": ev.per_behavior, "merged": ev.merged, "headline": ev.per_behavior.get(top, {})}
+    if "invalid_rate" in select_metrics(select, MULTI_TARGET):
+        rec["invalid_rate"] = ev.invalid_rate
+    return rec
+
+
+def multi_behavior_ks(cfg: RunConfig) -> list[int]:
+    """The cut-offs of ``eval.ks`` within the beam (``[1, 5, 10]`` when none is)."""
+    return [k for k in cfg.eval.ks if k <= cfg.generator.beam_size] or [1, 5, 10]
+
+
+def behavior_eval(model: Any, cfg: RunConfig, opts: MultiBehaviorConfig, split: SessionSplit, which: str,
+                  behaviors: Sequence[int] | None = None, max_users: int = 0, constrained: bool | None = None
+                  ) -> MultiBehaviorEval:
+    """``evaluate_behaviors`` with the recipe's settings (validation and test alike); ``constrained`` None is
+    ``generator.constrained``."""
+    g = cfg.generator
+    con = g.constrained if constrained is None else constrained
+    return evaluate_behaviors(model, split, which, behaviors, multi_behavior_ks(cfg), g.beam_size,
+                              cfg.eval.batch_size, opts.candidates, opts.min_history, con, max_users, cfg.train.seed,
+                              select_metrics(cfg.eval.metrics, MULTI_TARGET))
+
+
+def behavior_results(model: Any, cfg: RunConfig, opts: MultiBehaviorConfig, dataset: Dataset, split: SessionSplit,
+                     which: str = "test", constrained: bool | None = None, *, sid_fingerprint: str | None,
+                     best_epoch: Any, train_seconds: Any) -> dict[str, Any]:
+    """Results record of a multi-behavior generator on ``which`` (test | valid): per-behavior metrics of the
+    ``multibehavior.eval_behaviors`` (default all), merged row, protocol. The trainer's test record and
+    ``genrec evaluate`` both come from here."""
+    check_split(which)
+    t0 = time.time()
+    levels, g = split.levels, cfg.generator
+    con = g.constrained if constrained is None else constrained
+    ev = behavior_eval(model, cfg, opts, split, which, [levels.id_of(n) for n in opts.eval_behaviors] or None,
+                       constrained=con)
+    ranked_by = f"beam {g.beam_size}, {'trie-constrained' if con else 'unconstrained'}"
+    protocol = {**protocol_record(levels, opts, which, ranked_by, cfg.data.max_len, multi_behavior_ks(cfg)),
+                "best_epoch": best_epoch}
+    return results_record(cfg.model["name"], dataset, protocol,
+                          metrics_record(ev, levels, select_metrics(cfg.eval.metrics, MULTI_TARGET)), cfg,
+                          ids={"sid_fingerprint": sid_fingerprint}, sections={"multibehavior": asdict(opts)},
+                          eval_seconds=round(time.time() - t0, 2), train_seconds=train_seconds,
+                          num_parameters=sum(p.numel() for p in model.parameters()))
 
 
 def format_table(rec: dict[str, Any]) -> str:

@@ -1,13 +1,28 @@
-"""CTR-track metrics: AUC, GAUC and LogLoss over impressions (spec §6.1, Track C).
+"""The ranking (CTR) track's evaluation: AUC, GAUC and LogLoss over impressions (spec §6.1, Track C), a
+ranker's logits for them, and its results record.
 
-All three are vectorised numpy so a test set of millions of impressions is scored in seconds:
-AUC and GAUC both come from tie-averaged ranks (Mann-Whitney U), GAUC computing the ranks inside
+The metrics are vectorised numpy so a test set of millions of impressions is scored in seconds: AUC (the one
+implementation) and GAUC both come from tie-averaged ranks (Mann-Whitney U), GAUC computing the ranks inside
 each user's group in one sort.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
 import numpy as np
+import torch
+from torch import nn
+
+from genrec.config import RunConfig
+from genrec.data.schema import Dataset
+from genrec.eval.metrics import CTR, select_metrics
+from genrec.eval.record import check_split, results_record
+from genrec.runs.ranking_data import RankingData, impression_batch
+
+CTR_TASK = "ranking (CTR)"
 
 
 def _tied_ranks(keys: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -80,17 +95,79 @@ def log_loss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
 
 def ranking_metrics(
     labels: np.ndarray, scores: np.ndarray, users: np.ndarray | None = None, from_logits: bool = True,
+    select: Sequence[str] | None = None,
 ) -> dict[str, float]:
-    """AUC, GAUC (when ``users`` is given) and LogLoss of one evaluation set, with its counts.
+    """AUC, GAUC (when ``users`` is given) and LogLoss of one evaluation set (those in ``select``; default all),
+    with its counts.
 
     ``scores`` are logits by default (sigmoid is applied for LogLoss); pass probabilities with
     ``from_logits=False``. AUC and GAUC are rank-based, so either form gives the same values.
     """
+    fams = select_metrics(select, CTR)
     s = np.asarray(scores, dtype=np.float64).ravel()
     probs = 1.0 / (1.0 + np.exp(-s)) if from_logits else s
     y = np.asarray(labels).ravel()
-    out: dict[str, float] = {"auc": auc(y, s), "logloss": log_loss(y, probs), "num_impressions": int(y.size),
-                             "positive_rate": float(np.mean(y)) if y.size else float("nan")}
-    if users is not None:
+    out: dict[str, float] = {}
+    if "auc" in fams:
+        out["auc"] = auc(y, s)
+    if "logloss" in fams:
+        out["logloss"] = log_loss(y, probs)
+    out.update(num_impressions=int(y.size), positive_rate=float(np.mean(y)) if y.size else float("nan"))
+    if users is not None and "gauc" in fams:
         out["gauc"], out["gauc_users"] = gauc(y, s, users)
     return out
+
+
+@torch.no_grad()
+def predict_impressions(model: nn.Module, data: RankingData, idx: np.ndarray, max_len: int, batch_size: int,
+                        features: dict[str, np.ndarray] | None = None,
+                        autocast: Callable[[], AbstractContextManager] | None = None) -> np.ndarray:
+    """(S,) logits of samples ``idx`` in their given order (batched by history length for speed), on the
+    model's device; ``autocast`` is the trainer's mixed-precision context (none: fp32)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    out = np.empty(len(idx), dtype=np.float64)
+    order = np.argsort(data.imps.history_lengths[idx], kind="stable")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, len(order), batch_size):
+            pos = order[i : i + batch_size]
+            batch, cands, _, kw = impression_batch(data, idx[pos], max_len, features, device)
+            with autocast() if autocast is not None else nullcontext():
+                logits = model.score(batch, cands, **kw)  # (B, 1)
+            out[pos] = logits.float().reshape(-1).cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def ranker_metrics(model: nn.Module, cfg: RunConfig, data: RankingData, which: str,
+                   features: dict[str, np.ndarray] | None = None,
+                   autocast: Callable[[], AbstractContextManager] | None = None) -> dict[str, float]:
+    """The selected CTR metrics (``eval.metrics``), count and positive rate on one part of the split."""
+    idx = data.part(which)
+    imps = data.imps
+    logits = predict_impressions(model, data, idx, cfg.data.max_len, cfg.ranking.eval_batch_size, features, autocast)
+    return ranking_metrics(imps.label[idx], logits, imps.user_id[idx], from_logits=True,
+                           select=select_metrics(cfg.eval.metrics, CTR))
+
+
+def ranker_results(model: nn.Module, cfg: RunConfig, dataset: Dataset, data: RankingData, which: str,
+                   features: dict[str, np.ndarray] | None = None, *, stop_metric: str, best_epoch: Any,
+                   autocast: Callable[[], AbstractContextManager] | None = None) -> dict[str, Any]:
+    """Results record of a ranker on ``which`` (test | valid): the trainer's test record and ``genrec evaluate``."""
+    check_split(which)
+    man = data.manifest()
+    protocol = {
+        "task": CTR_TASK,
+        "evaluated_on": which,
+        "labels": man["labels"],
+        "split": man["split"],
+        "candidates": "the impressed item (pointwise)",
+        "history_window": cfg.data.max_len,
+        "early_stopping": f"{stop_metric} on validation",
+        "best_epoch": best_epoch,
+    }
+    metrics = ranker_metrics(model, cfg, data, which, features, autocast)
+    return results_record(cfg.model["name"], dataset, protocol, metrics, cfg)

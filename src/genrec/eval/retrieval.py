@@ -7,13 +7,21 @@ stamped into every result.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import torch
 
+from genrec.config import RunConfig
+from genrec.data.schema import Dataset
 from genrec.data.sequences import UserSequences, make_history_batch
-from genrec.data.splits import EvalSamples
-from genrec.eval.metrics import metrics_from_ranks
+from genrec.data.splits import EvalSamples, Split
+from genrec.eval.metrics import RETRIEVAL, metrics_from_ranks, select_metrics
+from genrec.eval.record import check_split, results_record
 from genrec.models.base import Retriever
+
+RETRIEVAL_TASK = "next-item retrieval"
 
 
 def history_of(seqs: UserSequences, row: int, hist_end: int) -> tuple[np.ndarray, np.ndarray]:
@@ -68,5 +76,37 @@ def rank_targets(model: Retriever, seqs: UserSequences, samples: EvalSamples, ex
 
 
 def evaluate_retrieval(model: Retriever, seqs: UserSequences, samples: EvalSamples, ks: list[int],
-                       exclude_history: bool = True, batch_size: int = 256) -> dict[str, float]:
-    return metrics_from_ranks(rank_targets(model, seqs, samples, exclude_history, batch_size), ks)
+                       exclude_history: bool = True, batch_size: int = 256, select: Sequence[str] | None = None
+                       ) -> dict[str, float]:
+    """The selected rank metrics (default all) of the targets of ``samples`` among every item."""
+    return metrics_from_ranks(rank_targets(model, seqs, samples, exclude_history, batch_size), ks, select)
+
+
+def retrieval_metrics(model: Retriever, cfg: RunConfig, seqs: UserSequences, samples: EvalSamples,
+                      exclude_history: bool | None = None) -> dict[str, float]:
+    """``evaluate_retrieval`` with the recipe's ``eval:`` settings (validation and test alike)."""
+    excl = cfg.eval.exclude_history if exclude_history is None else exclude_history
+    return evaluate_retrieval(model, seqs, samples, cfg.eval.ks, excl, cfg.eval.batch_size,
+                              select_metrics(cfg.eval.metrics, RETRIEVAL))
+
+
+def retrieval_results(model: Retriever, cfg: RunConfig, dataset: Dataset, seqs: UserSequences, split: Split,
+                      which: str = "test", exclude_history: bool | None = None, *, stop_metric: str,
+                      best_epoch: Any) -> dict[str, Any]:
+    """Results record of a retriever on ``which`` (test | valid), full catalogue; ``exclude_history`` None is the
+    recipe's ``eval.exclude_history``. The trainer's test record and ``genrec evaluate`` both come from here."""
+    check_split(which)
+    excl = cfg.eval.exclude_history if exclude_history is None else exclude_history
+    protocol = {
+        "task": RETRIEVAL_TASK,
+        "split": split.name,
+        "evaluated_on": which,
+        "candidates": "full catalogue",
+        "exclude_history": excl,
+        "history_window": cfg.data.max_len,
+        "ks": cfg.eval.ks,
+        "early_stopping": f"{stop_metric} on validation",
+        "best_epoch": best_epoch,
+    }
+    metrics = retrieval_metrics(model, cfg, seqs, getattr(split, which), excl)
+    return results_record(cfg.model["name"], dataset, protocol, metrics, cfg)

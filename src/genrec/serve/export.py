@@ -27,8 +27,9 @@ def export_run(run_dir: str | Path, out: str | Path, weights: str = "best", over
     The folder is written under a temporary name and renamed into place, so a killed export never
     leaves a half-written artifact that would later fail to load in a confusing way.
     """
-    from genrec.train.checkpoint import save_weights
-    from genrec.train.run import open_run
+    from genrec.runs.checkpoint import save_weights
+    from genrec.runs.layout import results_path
+    from genrec.runs.open import open_run
 
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and not out.is_dir():
@@ -60,7 +61,7 @@ def export_run(run_dir: str | Path, out: str | Path, weights: str = "best", over
             shutil.copyfile(run_dir / SID_TABLE_FILE, tmp / SID_TABLE_FILE)
             files["sid_table"] = SID_TABLE_FILE
         test = {}
-        res_path = run_dir / "results" / "test.json"
+        res_path = results_path(run_dir)
         if res_path.exists():
             try:
                 res = json.loads(res_path.read_text())

@@ -1,1 +1,2 @@
-"""Training: the loop, atomic checkpoints with exact resume, logs, and data parallelism."""
+"""Training: the loop, exact resume, logs, and data parallelism (checkpoints and the run-folder layout are in
+:mod:`genrec.runs`)."""

@@ -22,7 +22,6 @@ the step, and the RNG state is restored from the atomic checkpoint.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 
-import genrec
 from genrec.config import RunConfig
 from genrec.data.multibehavior import (
     BehaviorLevels,
@@ -43,17 +41,22 @@ from genrec.data.multibehavior import (
 from genrec.data.schema import Dataset
 from genrec.data.sequences import pad_windows
 from genrec.errors import ConfigError, DataError
-from genrec.eval.multibehavior import evaluate_behaviors, format_table, metrics_record, protocol_record
+from genrec.eval.metrics import MULTI_TARGET, check_stop_metric
+from genrec.eval.multibehavior import (
+    MultiBehaviorEval,
+    behavior_eval,
+    behavior_results,
+    format_table,
+)
 from genrec.models.base import GENERATOR, Generator, GeneratorBatch
 from genrec.models.registry import build_model
 from genrec.nn.optim import build_optimizer, lr_schedule
 from genrec.objectives import next_sid_loss
+from genrec.runs.layout import SESSION_SID_FILE as SID_FILE
 from genrec.sid.build import build_session_sid_table
 from genrec.sid.codebook import SIDTable
 from genrec.train import distributed as dist_utils
-from genrec.train.base import TrainerBase, git_commit
-
-SID_FILE = "sids.json"
+from genrec.train.base import TrainerBase
 
 
 def run_sid_table(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: SessionSplit) -> SIDTable:
@@ -159,9 +162,7 @@ class GamerTrainer(TrainerBase):
         if "/" not in spec:
             raise ConfigError(f"multibehavior.early_stop '{spec}': use valid_loss or <behavior>/<metric>")
         name, metric = spec.split("/", 1)
-        known = [f"{m}@{k}" for k in self.ks for m in ("hit", "recall", "ndcg")]
-        if metric not in known:
-            raise ConfigError(f"multibehavior.early_stop metric '{metric}' is not computed (choose from {known})")
+        check_stop_metric(metric, self.cfg.eval.metrics, MULTI_TARGET, self.ks, key="multibehavior.early_stop metric")
         return "metric", self.levels.id_of(name), metric
 
     # -- run folder -------------------------------------------------------------------------------------
@@ -241,37 +242,14 @@ class GamerTrainer(TrainerBase):
         return {f"{self.levels.names[beh]}/{k}": v for k, v in m.items()}, float(m.get(metric, 0.0))
 
     # -- evaluation -------------------------------------------------------------------------------------
-    def _evaluate(self, which: str, behaviors: list[int], max_users: int = 0):
-        g = self.cfg.generator
-        return evaluate_behaviors(self.model, self.split, which, behaviors, self.ks, g.beam_size,
-                                  self.cfg.eval.batch_size, self.opts.candidates, self.opts.min_history,
-                                  g.constrained, max_users, self.cfg.train.seed)
+    def _evaluate(self, which: str, behaviors: list[int], max_users: int = 0) -> MultiBehaviorEval:
+        return behavior_eval(self.model, self.cfg, self.opts, self.split, which, behaviors, max_users)
 
     def evaluate(self, which: str = "test") -> dict[str, Any]:
         """Results record for ``which`` (test | valid): per-behavior metrics, merged row, protocol."""
-        if which not in ("test", "valid"):
-            raise ConfigError(f"evaluate: unknown split '{which}' (test or valid)")
-        t0 = time.time()
-        ev = self._evaluate(which, self.eval_behaviors)
-        g = self.cfg.generator
-        ranked_by = f"beam {g.beam_size}, {'trie-constrained' if g.constrained else 'unconstrained'}"
-        return {
-            "model": self.cfg.model["name"],
-            "dataset": self.dataset.manifest.get("name", ""),
-            "data_fingerprint": self.dataset.fingerprint,
-            "sid_fingerprint": self.sids.fingerprint,
-            "protocol": {**protocol_record(self.levels, self.opts, which, ranked_by, self.cfg.data.max_len, self.ks),
-                         "best_epoch": self.state.get("best_epoch")},
-            "metrics": metrics_record(ev, self.levels),
-            "eval_seconds": round(time.time() - t0, 2),
-            "train_seconds": self.state.get("train_seconds"),
-            "num_parameters": sum(p.numel() for p in self.model.parameters()),
-            "config": self.cfg.to_dict(),
-            "multibehavior": asdict(self.opts),
-            "genrec_version": genrec.__version__,
-            "commit": git_commit(),
-            "date": time.strftime("%Y-%m-%d"),
-        }
+        return behavior_results(self.model, self.cfg, self.opts, self.dataset, self.split, which,
+                                sid_fingerprint=self.sids.fingerprint, best_epoch=self.state.get("best_epoch"),
+                                train_seconds=self.state.get("train_seconds"))
 
 
 # ---- command line (until the main CLI dispatches multi-behavior generators) ---------------------------

@@ -15,8 +15,6 @@ stopped. The loop (and data parallelism under ``torchrun``) is :class:`~genrec.t
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,20 +22,26 @@ from typing import Any
 import numpy as np
 import torch
 
-import genrec
 from genrec.config import GeneratorConfig, RunConfig, early_stop_metric
 from genrec.data.multibehavior import SessionSplit
 from genrec.data.schema import Dataset
 from genrec.data.sequences import UserSequences, batch_order
 from genrec.data.splits import EvalSamples, Split, split_from_config
 from genrec.errors import ConfigError, DataError
-from genrec.eval.generation import GenerationEval, evaluate_generator, history_matrix
+from genrec.eval.generation import (
+    GenerationEval,
+    generation_eval,
+    generation_ks,
+    generation_results,
+    history_matrix,
+)
+from genrec.eval.metrics import GENERATION, check_stop_metric, default_stop_metric
 from genrec.models.base import GENERATOR, Generator, GeneratorBatch
 from genrec.models.registry import build_model
 from genrec.nn.optim import build_optimizer, lr_schedule
 from genrec.objectives import next_sid_loss
 from genrec.sid.codebook import SIDTable
-from genrec.train.base import CONFIG_FILE, TrainerBase, git_commit
+from genrec.train.base import TrainerBase
 
 GeneratorOptions = GeneratorConfig  # the generator: section of a recipe (kept under its old name)
 
@@ -84,15 +88,11 @@ class GeneratorTrainer(TrainerBase):
 
     # -- protocol hooks -------------------------------------------------------------------------------
     def evaluation_setup(self, cfg: RunConfig) -> str:
-        """The ks the beam can rank (``eval.ks`` up to the beam size); returns the default stopping metric."""
-        self.ks = [k for k in cfg.eval.ks if k <= self.opts.beam_size]
-        if not self.ks:
-            raise ConfigError(f"eval.ks {cfg.eval.ks}: none is within the beam size {self.opts.beam_size}")
-        default = f"ndcg@{10 if 10 in self.ks else max(self.ks)}"
-        known = ["mrr"] + [f"{name}@{k}" for k in self.ks for name in ("hr", "recall", "ndcg")]
-        if early_stop_metric(cfg, default) not in known:
-            raise ConfigError(f"train.early_stop_metric '{early_stop_metric(cfg, default)}' is not computed for a "
-                              f"generator with eval.ks <= beam size {self.opts.beam_size} (choose from {known})")
+        """The ks the beam can rank (``eval.ks`` up to the beam size); returns the default stopping metric, after
+        checking that ``eval.metrics`` selects the one the run stops on."""
+        self.ks = generation_ks(cfg, self.opts.beam_size)
+        default = default_stop_metric(GENERATION, self.ks)
+        check_stop_metric(early_stop_metric(cfg, default), cfg.eval.metrics, GENERATION, self.ks)
         return default
 
     def prepare_data(self) -> None:
@@ -171,64 +171,10 @@ class GeneratorTrainer(TrainerBase):
 
     # -- evaluation -----------------------------------------------------------------------------------
     def _evaluate_samples(self, samples: EvalSamples, constrained: bool | None = None) -> GenerationEval:
-        con = self.opts.constrained if constrained is None else constrained
-        return evaluate_generator(self.model, self.seqs, samples, self.ks, self.opts.beam_size,
-                                  self.cfg.eval.batch_size, constrained=con)
+        return generation_eval(self.model, self.cfg, self.opts, self.seqs, samples, constrained)
 
     def evaluate(self, which: str = "test", constrained: bool | None = None) -> dict[str, Any]:
         """Results record for ``which`` (test | valid); ``constrained=False`` measures free decoding."""
-        samples = {"test": self.split.test, "valid": self.split.valid}.get(which)
-        if samples is None:
-            raise ConfigError(f"evaluate: unknown split '{which}' (test or valid)")
-        con = self.opts.constrained if constrained is None else constrained
-        ev = self._evaluate_samples(samples, con)
-        cfg = self.cfg
-        return {
-            "model": cfg.model["name"],
-            "dataset": self.dataset.manifest.get("name", ""),
-            "data_fingerprint": self.dataset.fingerprint,
-            "sid_fingerprint": self.sids.fingerprint,
-            "protocol": {
-                "task": "next-item generation",
-                "split": self.split.name,
-                "evaluated_on": which,
-                "candidates": f"beam list (beam {self.opts.beam_size}, "
-                              f"{'trie-constrained' if con else 'unconstrained, invalid SIDs dropped'})",
-                "exclude_history": False,
-                "history_window": cfg.data.max_len,
-                "ks": self.ks,
-                "early_stopping": f"{self.stop_metric} on validation",
-                "best_epoch": self.state.get("best_epoch"),
-            },
-            "metrics": ev.metrics,
-            "config": cfg.to_dict(),
-            "generator": asdict(self.opts),
-            "genrec_version": genrec.__version__,
-            "commit": git_commit(),
-            "date": time.strftime("%Y-%m-%d"),
-        }
-
-
-def open_generator_run(run_dir: str | Path) -> GeneratorTrainer:
-    """A finished generator run folder as a trainer holding its best weights, its own SID table and dataset."""
-    from genrec.config import config_from_dict
-    from genrec.data.schema import load_dataset
-    from genrec.sid.build import load_sid_table
-
-    root = Path(run_dir)
-    record = json.loads((root / CONFIG_FILE).read_text())
-    cfg = config_from_dict(record["config"], str(root / CONFIG_FILE))
-    if record.get("data_path"):
-        dataset = load_dataset(record["data_path"])
-    else:
-        from genrec.data.loading import load_data
-
-        dataset = load_data(cfg.data)
-    trainer = GeneratorTrainer(cfg, root, dataset, load_sid_table(root / "sid"), resume=True)
-    trainer.load_best()
-    return trainer
-
-
-def evaluate_generator_run(run_dir: str | Path, which: str = "test", constrained: bool = True) -> dict[str, Any]:
-    """Re-evaluate a finished generator run folder (its best weights and its own SID table)."""
-    return open_generator_run(run_dir).evaluate(which, constrained=constrained)
+        return generation_results(self.model, self.cfg, self.opts, self.dataset, self.seqs, self.split, which,
+                                  constrained, sid_fingerprint=self.sids.fingerprint, stop_metric=self.stop_metric,
+                                  best_epoch=self.state.get("best_epoch"))

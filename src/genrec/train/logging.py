@@ -8,17 +8,19 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from genrec.runs.layout import METRICS_LOG, TB_DIR
+
 
 class MetricLogger:
     def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True) -> None:
         self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS_LOG
         self.tb = None
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+                self.tb = SummaryWriter(log_dir=str(run_dir / TB_DIR))
             except Exception as exc:  # tensorboard missing or broken: JSONL still works
                 warnings.warn(f"TensorBoard logging disabled ({exc})", stacklevel=2)
 

@@ -31,21 +31,22 @@ from typing import Any
 import numpy as np
 import torch
 
-import genrec
 from genrec.config import RunConfig
 from genrec.data.multibehavior import BehaviorLevels, MultiBehaviorConfig, session_split, training_sequences
 from genrec.data.schema import Dataset
 from genrec.data.sequences import SeqBatch, pad_windows
 from genrec.errors import ConfigError
+from genrec.eval.metrics import MULTI_TARGET, check_stop_metric, select_metrics
 from genrec.eval.multibehavior import evaluate_behaviors, metrics_record, protocol_record
 from genrec.eval.multibehavior_baselines import behavior_ranker
+from genrec.eval.record import results_record
 from genrec.io import write_json_atomic
 from genrec.models.base import GENERATOR, MULTI_BEHAVIOR, RETRIEVER
 from genrec.models.registry import build_model, get_model_class
 from genrec.nn.optim import lr_schedule
 from genrec.sid.codebook import SIDTable
 from genrec.train import distributed as dist_utils
-from genrec.train.base import TrainerBase, git_commit, resolve_device
+from genrec.train.base import TrainerBase, resolve_device
 from genrec.train.gamer import GamerTrainer, run_sid_table
 from genrec.train.generator import GeneratorTrainer
 from genrec.train.run_folder import RunFolder
@@ -55,36 +56,25 @@ RESULTS_FILE = "results.json"
 DEFAULT_CANDIDATES = MultiBehaviorConfig().candidates
 
 
-def parse_stop(spec: str, levels: BehaviorLevels, ks: list[int]) -> tuple[str, str]:
-    """``<behavior|merged>/<metric>`` -> (row name, metric); the baselines have no validation loss."""
+def parse_stop(spec: str, levels: BehaviorLevels, ks: list[int], metrics: list[str] | None = None) -> tuple[str, str]:
+    """``<behavior|merged>/<metric>`` -> (row name, metric); the baselines have no validation loss. ``metrics``
+    is ``eval.metrics``: the metric must be one it selects."""
     if "/" not in spec:
         raise ConfigError(f"multibehavior.early_stop '{spec}': the baselines early-stop on a validation metric; "
                           "set multibehavior.early_stop=<behavior or merged>/<metric>, e.g. merged/ndcg@10")
     name, metric = spec.split("/", 1)
     if name != "merged":
         levels.id_of(name)
-    known = [f"{m}@{k}" for k in ks for m in ("hit", "recall", "ndcg")]
-    if metric not in known:
-        raise ConfigError(f"multibehavior.early_stop metric '{metric}' is not computed (choose from {known})")
+    check_stop_metric(metric, metrics, MULTI_TARGET, ks, key="multibehavior.early_stop metric")
     return name, metric
 
 
 def _record(cfg: RunConfig, dataset: Dataset, opts: MultiBehaviorConfig, levels: BehaviorLevels, ev: Any,
             which: str, ranked_by: str, history_window: int, ks: list[int], **extra: Any) -> dict[str, Any]:
     """A results record in the layout of :meth:`GamerTrainer.evaluate`."""
-    return {
-        "model": cfg.model["name"],
-        "dataset": dataset.manifest.get("name", ""),
-        "data_fingerprint": dataset.fingerprint,
-        "protocol": protocol_record(levels, opts, which, ranked_by, history_window, ks),
-        "metrics": metrics_record(ev, levels),
-        **extra,
-        "config": cfg.to_dict(),
-        "multibehavior": asdict(opts),
-        "genrec_version": genrec.__version__,
-        "commit": git_commit(),
-        "date": time.strftime("%Y-%m-%d"),
-    }
+    return results_record(cfg.model["name"], dataset, protocol_record(levels, opts, which, ranked_by, history_window, ks),
+                          metrics_record(ev, levels, select_metrics(cfg.eval.metrics, MULTI_TARGET)), cfg,
+                          sections={"multibehavior": asdict(opts)}, **extra)
 
 
 class MultiBehaviorProtocol:
@@ -102,7 +92,7 @@ class MultiBehaviorProtocol:
         self.levels = BehaviorLevels.from_manifest(dataset.manifest, self.mb.behavior_order or None)
         self.split = session_split(dataset.interactions, self.levels, self.mb.session_gap)
         self.ks = [k for k in cfg.eval.ks if k <= cfg.generator.beam_size] or [1, 5, 10]
-        self.stop = parse_stop(self.mb.early_stop, self.levels, self.ks)
+        self.stop = parse_stop(self.mb.early_stop, self.levels, self.ks, cfg.eval.metrics)
 
     def num_examples(self) -> int:
         raise NotImplementedError

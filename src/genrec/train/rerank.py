@@ -31,7 +31,6 @@ validation queries (which it did not train on) is what guards against the re-ran
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,19 +39,19 @@ import numpy as np
 import torch
 from torch import nn
 
-import genrec
 from genrec.config import OptimConfig, RunConfig, TrainConfig, dataclass_from_dict, optim_knobs
 from genrec.data.sequences import UserSequences, batch_order, make_history_batch
 from genrec.data.splits import EvalSamples, split_from_config
 from genrec.errors import ConfigError, DataError
 from genrec.eval.candidates import Candidates, reranked_ranks, retrieve, training_prefixes
 from genrec.eval.metrics import metrics_from_ranks
+from genrec.eval.record import results_record
 from genrec.eval.retrieval import history_of
 from genrec.models.base import RANKER, RETRIEVER, Ranker
 from genrec.models.registry import DEFAULT_RERANKER, build_model, get_model_class
 from genrec.nn.optim import build_optimizer
 from genrec.objectives import listwise_softmax
-from genrec.train.base import TrainerBase, fit_and_test, git_commit
+from genrec.train.base import TrainerBase, fit_and_test
 from genrec.train.run import LoadedRun, open_run
 
 TASK = "next-item retrieval, retriever top-K re-ranked"
@@ -266,33 +265,25 @@ class RerankTrainer(TrainerBase):
         c = self.candidates(which)
         ks = self.cfg.eval.ks
         k = c.top_items.shape[1]
-        return {
-            "model": "hpgr-rerank",
-            "dataset": self.dataset.manifest.get("name", ""),
-            "data_fingerprint": self.dataset.fingerprint,
-            "protocol": {
-                "task": TASK,
-                "split": self.split.name,
-                "evaluated_on": which,
-                "candidates": f"full catalogue; the retriever's top-{k} re-scored, the rest in the retriever's order",
-                "exclude_history": self.exclude_history,
-                "history_window": self.cfg.data.max_len,
-                "ks": ks,
-                "early_stopping": f"ndcg@10 of the re-ranked list on {len(self.candidates('valid'))} validation "
-                                  "queries",
-                "best_epoch": self.state.get("best_epoch"),
-                "retriever": self.retriever_dir,
-                "pretrained": self.pretrained,
-            },
-            "metrics_retriever": metrics_from_ranks(c.target_rank, ks),
-            "metrics": self.metrics(which),
-            "target_in_top_k": float((c.target_rank < k).mean()),
-            "rerank": json.loads(json.dumps(asdict(self.rcfg), default=str)),
-            "beta": None if self.model.beta is None else float(self.model.beta.detach()),
-            "genrec_version": genrec.__version__,
-            "commit": git_commit(),
-            "date": time.strftime("%Y-%m-%d"),
+        protocol = {
+            "task": TASK,
+            "split": self.split.name,
+            "evaluated_on": which,
+            "candidates": f"full catalogue; the retriever's top-{k} re-scored, the rest in the retriever's order",
+            "exclude_history": self.exclude_history,
+            "history_window": self.cfg.data.max_len,
+            "ks": ks,
+            "early_stopping": f"ndcg@10 of the re-ranked list on {len(self.candidates('valid'))} validation "
+                              "queries",
+            "best_epoch": self.state.get("best_epoch"),
+            "retriever": self.retriever_dir,
+            "pretrained": self.pretrained,
         }
+        return results_record("hpgr-rerank", self.dataset, protocol, self.metrics(which), None,
+                              metrics_retriever=metrics_from_ranks(c.target_rank, ks),
+                              target_in_top_k=float((c.target_rank < k).mean()),
+                              rerank=json.loads(json.dumps(asdict(self.rcfg), default=str)),
+                              beta=None if self.model.beta is None else float(self.model.beta.detach()))
 
 
 def rerank_run(retriever_dir: str | Path, pretrained: str | Path, rcfg: RerankConfig, out: str | Path,

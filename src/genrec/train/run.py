@@ -1,32 +1,28 @@
-"""Run-level entry points used by the CLI: train a recipe, reopen a finished run, recommend."""
+"""Run-level entry points used by the CLI: train a recipe, recommend from a reopened run
+(:func:`genrec.runs.open.open_run`)."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from genrec.config import RunConfig, config_from_dict
+from genrec.config import RunConfig
 from genrec.data.loading import load_data
-from genrec.data.schema import Dataset, load_dataset
-from genrec.data.sequences import UserSequences
-from genrec.errors import CheckpointError, ConfigError, DataError, GenrecError
+from genrec.data.schema import Dataset
+from genrec.errors import ConfigError, GenrecError
 from genrec.eval.retrieval import score_histories
-from genrec.models.base import GENERATOR, MULTI_BEHAVIOR, RANKER, RETRIEVER, Retriever
-from genrec.models.pretrained import fill_stage1
-from genrec.models.registry import build_model, get_model_class
+from genrec.models.base import GENERATOR, MULTI_BEHAVIOR, RANKER, RETRIEVER
+from genrec.models.registry import get_model_class
+from genrec.runs.layout import SID_DIR
+from genrec.runs.open import LoadedRun, open_run  # noqa: F401 (re-exported: train.rerank, benchmarks)
 from genrec.sid.embed import ItemEmbeddings
 from genrec.train import distributed as dist_utils
-from genrec.train.base import BEST_DIR, CONFIG_FILE, fit_and_test, resolve_device
-from genrec.train.checkpoint import load_weights
+from genrec.train.base import fit_and_test, resolve_device
 from genrec.train.stages import run_stages
 from genrec.train.trainer import train_retriever_run
-
-SID_DIR = "sid"  # a generator run's copy of the SID table it was trained with
 
 
 def model_kind(cfg: RunConfig) -> str:
@@ -122,53 +118,6 @@ def fit_model_to_sids(model: dict[str, Any], sid_length: int, largest_level: int
     return out
 
 
-@dataclass
-class LoadedRun:
-    cfg: RunConfig
-    record: dict[str, Any]
-    model: Retriever
-    dataset: Dataset
-    seqs: UserSequences
-
-
-def open_run(run_dir: str | Path, weights: str = "best", device: str = "cpu") -> LoadedRun:
-    """Reopen a trained run folder for evaluation or recommendation."""
-    root = Path(run_dir)
-    cpath = root / CONFIG_FILE
-    if not cpath.exists():
-        raise CheckpointError(f"{root}: not a genrec run folder (no {CONFIG_FILE})")
-    record = json.loads(cpath.read_text())
-    cfg = config_from_dict(record["config"], str(cpath))
-    if record.get("data_path"):
-        dataset = load_dataset(record["data_path"])
-    else:
-        dataset = load_data(cfg.data)
-    if dataset.fingerprint != record.get("data_fingerprint"):
-        raise DataError(f"{root}: the dataset at '{dataset.path}' has fingerprint {dataset.fingerprint}, "
-                        f"but the run was trained on {record.get('data_fingerprint')}")
-    cfg.model = fill_stage1(cfg.model)  # a run recorded before model.stage1 reads it from its artifact, once
-    model = build_model(cfg.model, dataset.num_items, cfg.data.max_len)
-    if GENERATOR in model.kinds:
-        from genrec.sid.build import load_sid_table
-
-        sids = load_sid_table(root / SID_DIR)
-        if record.get("sid_fingerprint") and sids.fingerprint != record["sid_fingerprint"]:
-            raise CheckpointError(f"{root}: its SID table does not match the one the run was trained with")
-        model.set_sid_table(sids)
-    model = model.to(device)
-    wpath = root / BEST_DIR / "model.safetensors"
-    if weights != "best" or not wpath.exists():
-        from genrec.train.checkpoint import latest_checkpoint
-
-        ck = latest_checkpoint(root / "checkpoints")
-        if ck is None:
-            raise CheckpointError(f"{root}: no trained weights found (train the run first)")
-        wpath = ck / "model.safetensors"
-    load_weights(model, wpath)
-    model.eval()
-    return LoadedRun(cfg, record, model, dataset, UserSequences.from_interactions(dataset.interactions))
-
-
 def run_cf_embeddings(run_dir: str | Path) -> ItemEmbeddings:
     """Collaborative item embeddings of a retriever run folder (its best weights): the ``cf_loader`` every SID
     build of the train room passes to :mod:`genrec.sid.build` (``sid`` cannot open runs itself)."""
@@ -185,12 +134,15 @@ def recommend(run: LoadedRun, history_items: list[int], history_times: list[int]
 
     Generators return their constrained beam (score = the SID's log-probability); ``user`` feeds their
     hashed user token (none for an anonymous history)."""
+    if run.kind in (RANKER, MULTI_BEHAVIOR):
+        raise GenrecError(f"recommend: '{run.cfg.model['name']}' is a {run.kind.replace('_', '-')} model; "
+                          "recommend needs a retriever or a next-item generator")
     if not history_items:
         raise GenrecError("empty history: give at least one item")
     if not 1 <= k <= run.dataset.num_items:
         raise GenrecError(f"k={k} is out of range (1..{run.dataset.num_items})")
     h = np.asarray(history_items, dtype=np.int64)
-    if GENERATOR in run.model.kinds:
+    if run.kind == GENERATOR:
         return _generate(run, h, k, exclude_history, user)
     t = np.asarray(history_times if history_times is not None else np.arange(1, len(h) + 1), dtype=np.int64)
     qt = int(query_time) if query_time is not None else int(t[-1])

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import time
 import warnings
 from collections.abc import Callable
@@ -22,26 +20,24 @@ from typing import Any
 
 import torch
 
-import genrec
 from genrec.config import RunConfig, early_stop_metric
 from genrec.data.schema import Dataset
 from genrec.errors import CheckpointError, ConfigError
+from genrec.eval.record import git_commit  # noqa: F401 (re-exported through train.base)
+from genrec.io import write_json_atomic
 from genrec.models.pretrained import STAGE1_KEY, apply_pretrained, fill_stage1
-from genrec.train import distributed as dist_utils
-from genrec.train.checkpoint import (
+from genrec.runs.checkpoint import (
+    SUMMARY_KEYS,
     latest_checkpoint,
     load_checkpoint,
     load_weights,
     save_checkpoint,
     save_weights,
 )
+from genrec.runs.layout import BEST_DIR, CHECKPOINT_DIR, CONFIG_FILE, best_weights_path, results_path  # noqa: F401
+from genrec.runs.record import new_run_record, read_record
+from genrec.train import distributed as dist_utils
 from genrec.train.logging import MetricLogger
-
-CONFIG_FILE = "config.json"
-BEST_DIR = "best"
-BEST_WEIGHTS = "model.safetensors"
-CHECKPOINT_DIR = "checkpoints"
-SUMMARY_KEYS = ("epoch", "global_step", "best_metric", "best_epoch", "finished", "train_seconds")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -51,24 +47,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name} but CUDA is not available on this machine (use cpu or auto)")
     return torch.device(name)
-
-
-def git_commit() -> str:
-    """Short commit of the installed source tree, or ``unknown`` outside a git checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except Exception:
-        return "unknown"
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON under a temporary name and rename it, so a reader never sees a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
 
 
 def fit_and_test(trainer: Any, out: str | Path,
@@ -92,7 +70,7 @@ def fit_and_test(trainer: Any, out: str | Path,
     dev = getattr(trainer, "device", None)  # where it trained: timings are only comparable on the same device
     if isinstance(dev, torch.device):
         res["device"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    write_json_atomic(Path(out) / "results" / "test.json", res)
+    write_json_atomic(results_path(out), res)
     return res
 
 
@@ -161,16 +139,7 @@ class RunFolder:
     def run_record(self) -> dict[str, Any]:
         """What ``config.json`` holds; subclasses add their own fields (and list guarded ones in compat_keys)."""
         assert self.dataset is not None, "a trainer without a Dataset writes its own run_record"
-        return {
-            "genrec_version": genrec.__version__,
-            "model": self.cfg.model["name"],
-            "kinds": list(getattr(self.model, "kinds", ())),
-            "num_items": self.dataset.num_items,
-            "max_len": self.cfg.data.max_len,
-            "data_fingerprint": self.dataset.fingerprint,
-            "data_path": str(self.dataset.path) if self.dataset.path else "",
-            "config": self.cfg.to_dict(),
-        }
+        return new_run_record(self.cfg, getattr(self.model, "kinds", ()), self.dataset)
 
     def compatible(self, key: str, old: Any, new: Any) -> bool:
         """Whether a guarded ``config.json`` field may resume with this value (equality; subclasses relax it,
@@ -182,7 +151,7 @@ class RunFolder:
         path = self.run_dir / CONFIG_FILE
         rec = json.loads(json.dumps(self.run_record(), default=str))  # compare in JSON form (tuples -> lists)
         if path.exists():
-            old = json.loads(path.read_text())
+            old = read_record(self.run_dir)
             for key in self.compat_keys:
                 if not self.compatible(key, old.get(key), rec.get(key)):
                     raise CheckpointError(f"{path}: this run folder holds a run with {key}={old.get(key)!r}, "
@@ -233,7 +202,7 @@ class RunFolder:
 
     @property
     def best_path(self) -> Path:
-        return self.run_dir / BEST_DIR / BEST_WEIGHTS
+        return best_weights_path(self.run_dir)
 
     def load_best(self) -> bool:
         """Load the best validation weights when there are any; returns whether it did."""

@@ -8,7 +8,6 @@ checkpoints, logs and DDP are :class:`~genrec.train.base.TrainerBase`'s.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,18 @@ import numpy as np
 import torch
 from torch import nn
 
-import genrec
 from genrec.config import RunConfig
 from genrec.data.schema import Dataset
 from genrec.data.sequences import SeqBatch, UserSequences, batch_order, make_train_batch
 from genrec.data.splits import Split, split_from_config
 from genrec.errors import ConfigError
-from genrec.eval.retrieval import evaluate_retrieval
+from genrec.eval.metrics import RETRIEVAL, check_stop_metric, default_stop_metric
+from genrec.eval.retrieval import retrieval_metrics, retrieval_results
 from genrec.models.base import RETRIEVER, Retriever
 from genrec.models.registry import build_model
 from genrec.nn.optim import build_optimizer
 from genrec.objectives import build_objective
-from genrec.train.base import TrainerBase, fit_and_test, git_commit
+from genrec.train.base import TrainerBase, fit_and_test
 
 
 class _LossModule(nn.Module):
@@ -69,10 +68,12 @@ class Trainer(TrainerBase):
     # -- protocol hooks ---------------------------------------------------------------------------
     def evaluation_setup(self, cfg: RunConfig) -> str:
         """The default early-stopping metric (before the run folder opens)."""
-        return "ndcg@10"
+        return default_stop_metric(RETRIEVAL, cfg.eval.ks)
 
     def prepare_data(self) -> None:
-        """The split of ``data:`` and the rows with at least one training target."""
+        """The split of ``data:`` and the rows with at least one training target; the stopping metric must be one
+        that ``eval.metrics`` selects."""
+        check_stop_metric(self.stop_metric, self.cfg.eval.metrics, RETRIEVAL, self.cfg.eval.ks)
         self.seqs = UserSequences.from_interactions(self.dataset.interactions)
         self.split: Split = split_from_config(self.seqs, self.cfg.data)
         self.train_rows = self.split.train_rows()
@@ -103,8 +104,7 @@ class Trainer(TrainerBase):
             return self.loss_module(batch, self._step_generator(self.state["global_step"]))
 
     def validate(self) -> tuple[dict[str, Any], float | None]:
-        m = evaluate_retrieval(self.model, self.seqs, self.split.valid, self.cfg.eval.ks,
-                               self.cfg.eval.exclude_history, self.cfg.eval.batch_size) if len(self.split.valid) else {}
+        m = retrieval_metrics(self.model, self.cfg, self.seqs, self.split.valid) if len(self.split.valid) else {}
         metric = m.get(self.stop_metric)
         if metric is None and m:
             raise ConfigError(f"train.early_stop_metric '{self.stop_metric}' is not among {sorted(m)}")
@@ -112,12 +112,9 @@ class Trainer(TrainerBase):
 
     # -- evaluation -------------------------------------------------------------------------------
     def evaluate(self, which: str = "test", exclude_history: bool | None = None) -> dict[str, Any]:
-        samples = {"test": self.split.test, "valid": self.split.valid}.get(which)
-        if samples is None:
-            raise ConfigError(f"evaluate: unknown split '{which}' (test or valid)")
-        excl = self.cfg.eval.exclude_history if exclude_history is None else exclude_history
-        metrics = evaluate_retrieval(self.model, self.seqs, samples, self.cfg.eval.ks, excl, self.cfg.eval.batch_size)
-        return results_record(self, which, excl, metrics)
+        """Results record for ``which`` (test | valid), full catalogue (``exclude_history`` None: the recipe's)."""
+        return retrieval_results(self.model, self.cfg, self.dataset, self.seqs, self.split, which, exclude_history,
+                                 stop_metric=self.stop_metric, best_epoch=self.state.get("best_epoch"))
 
 
 def train_retriever_run(cfg: RunConfig, out: str | Path, resume: bool, dataset: Dataset) -> dict[str, Any]:
@@ -130,28 +127,3 @@ def _other_exclusion(trainer: Trainer, res: dict[str, Any]) -> dict[str, Any]:
     other = trainer.evaluate("test", exclude_history=not res["protocol"]["exclude_history"])
     return {"metrics_other_exclusion": {"exclude_history": other["protocol"]["exclude_history"],
                                         "metrics": other["metrics"]}}
-
-
-def results_record(trainer: Trainer, which: str, exclude_history: bool, metrics: dict[str, Any]) -> dict[str, Any]:
-    cfg = trainer.cfg
-    return {
-        "model": cfg.model["name"],
-        "dataset": trainer.dataset.manifest.get("name", ""),
-        "data_fingerprint": trainer.dataset.fingerprint,
-        "protocol": {
-            "task": "next-item retrieval",
-            "split": trainer.split.name,
-            "evaluated_on": which,
-            "candidates": "full catalogue",
-            "exclude_history": exclude_history,
-            "history_window": cfg.data.max_len,
-            "ks": cfg.eval.ks,
-            "early_stopping": f"{trainer.stop_metric} on validation",
-            "best_epoch": trainer.state.get("best_epoch"),
-        },
-        "metrics": metrics,
-        "config": cfg.to_dict(),
-        "genrec_version": genrec.__version__,
-        "commit": git_commit(),
-        "date": time.strftime("%Y-%m-%d"),
-    }

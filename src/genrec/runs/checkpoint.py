@@ -18,11 +18,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from genrec.errors import CheckpointError
+from genrec.runs.layout import (
+    CKPT_OPTIM,
+    CKPT_STATE,
+    CKPT_WEIGHTS,
+    LATEST,
+    best_weights_path,
+    checkpoint_root,
+)
 
-WEIGHTS = "model.safetensors"
-STATE = "state.json"
-OPTIM = "optimizer.pt"
-LATEST = "latest"
+SUMMARY_KEYS = ("epoch", "global_step", "best_metric", "best_epoch", "finished", "train_seconds")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -77,14 +82,14 @@ def save_checkpoint(ckpt_root: Path, name: str, model: torch.nn.Module, optimize
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_weights(model, tmp / WEIGHTS)
+    save_weights(model, tmp / CKPT_WEIGHTS)
     extra = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
     if torch.cuda.is_available():
         extra["cuda_rng"] = torch.cuda.get_rng_state_all()
     for key, gen in (generators or {}).items():
         extra[f"generator/{key}"] = gen.get_state()
-    torch.save(extra, tmp / OPTIM)
-    (tmp / STATE).write_text(json.dumps(state, indent=1))
+    torch.save(extra, tmp / CKPT_OPTIM)
+    (tmp / CKPT_STATE).write_text(json.dumps(state, indent=1))
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
@@ -111,16 +116,16 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
     if not ptr.exists():
         return None
     path = ckpt_root / ptr.read_text().strip()
-    if not (path / STATE).exists():
+    if not (path / CKPT_STATE).exists():
         raise CheckpointError(f"{ptr}: points to {path.name}, which is missing or incomplete")
     return path
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                     generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
-    load_weights(model, path / WEIGHTS)
-    state = json.loads((path / STATE).read_text())
-    extra = torch.load(path / OPTIM, map_location="cpu", weights_only=True)
+    load_weights(model, path / CKPT_WEIGHTS)
+    state = json.loads((path / CKPT_STATE).read_text())
+    extra = torch.load(path / CKPT_OPTIM, map_location="cpu", weights_only=True)
     if optimizer is not None:
         optimizer.load_state_dict(extra["optimizer"])
     torch.set_rng_state(extra["torch_rng"])
@@ -131,3 +136,24 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
             raise CheckpointError(f"{path}: no state of the random stream '{key}' (written by another trainer?)")
         gen.set_state(extra[f"generator/{key}"])
     return state
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """The loop state (``state.json``) of one checkpoint folder, without touching weights or RNG."""
+    return json.loads((path / CKPT_STATE).read_text())
+
+
+def summary_of(state: dict[str, Any]) -> dict[str, Any]:
+    """The training summary a results record carries (``train``) from a loop state."""
+    return {k: state.get(k) for k in SUMMARY_KEYS}
+
+
+def trained_weights(run_dir: Path, weights: str = "best") -> Path:
+    """The weights file to open: ``best/`` when asked for and present, else the latest checkpoint's."""
+    best = best_weights_path(run_dir)
+    if weights == "best" and best.exists():
+        return best
+    ck = latest_checkpoint(checkpoint_root(run_dir))
+    if ck is None:
+        raise CheckpointError(f"{run_dir}: no trained weights found (train the run first)")
+    return ck / CKPT_WEIGHTS

@@ -1,0 +1,48 @@
+"""The run-folder layout: every file and folder name a run folder holds, in one place.
+
+::
+
+    RUN_DIR/
+      config.json              the run record: resolved config, model, kinds, data (and SID) fingerprint
+      checkpoints/<name>/      model.safetensors, optimizer.pt, state.json; checkpoints/latest names the newest
+      best/model.safetensors   the best validation weights
+      metrics.jsonl, tb/       training and validation logs (JSON lines, TensorBoard)
+      results/test.json        the results record written at the end of training
+      sid/                     a generator's copy of the SID table it was trained with
+      sids.json                a multi-behavior generator's SID table (built from the training sessions)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+LATEST = "latest"  # inside CHECKPOINT_DIR: the name of the newest complete checkpoint
+CKPT_WEIGHTS = "model.safetensors"  # inside one checkpoint folder
+CKPT_STATE = "state.json"
+CKPT_OPTIM = "optimizer.pt"
+BEST_DIR = "best"
+BEST_WEIGHTS = "model.safetensors"
+METRICS_LOG = "metrics.jsonl"
+TB_DIR = "tb"
+RESULTS_DIR = "results"
+SID_DIR = "sid"
+SESSION_SID_FILE = "sids.json"
+
+
+def config_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CONFIG_FILE
+
+
+def checkpoint_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR
+
+
+def best_weights_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / BEST_DIR / BEST_WEIGHTS
+
+
+def results_path(run_dir: str | Path, which: str = "test") -> Path:
+    """``RUN_DIR/results/<which>.json``: the results record of one split."""
+    return Path(run_dir) / RESULTS_DIR / f"{which}.json"

@@ -1,0 +1,130 @@
+"""The ranking (CTR) track's data: impressions and labels derived from the log by ``ranking:``, their global
+temporal split, a model's side features, and batches of them (spec §6.1, Track C).
+
+Impressions come from ``ranking.labels`` (ratings: label = rating >= threshold; behaviors: a page view is
+positive when the user favs/carts/buys the item later in the same day or session). The split is global and
+temporal: test = the last ``ranking.test_frac`` of impressions by time, validation = the last
+``ranking.valid_frac`` of the training period. Every sample's history is its user's events strictly before
+the impression. The ranker trainer trains on this and :func:`genrec.runs.open.open_run` rebuilds it to evaluate
+a finished ranker run, so both read the same impressions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from genrec.config import RunConfig
+from genrec.data.impressions import (
+    ImpressionSamples,
+    ImpressionSplit,
+    impressions_from_behaviors,
+    impressions_from_ratings,
+    make_impression_batch,
+    temporal_split,
+)
+from genrec.data.schema import Dataset, Interactions
+from genrec.data.sequences import SeqBatch
+from genrec.errors import ConfigError, DataError
+
+LABEL_MODES = ("auto", "ratings", "behaviors")
+
+
+@dataclass
+class RankingData:
+    """Impressions of one dataset with their temporal split (indices into ``imps``)."""
+
+    inter: Interactions
+    imps: ImpressionSamples
+    split: ImpressionSplit
+    labels: str  # the resolved label mode: ratings | behaviors
+
+    def part(self, which: str) -> np.ndarray:
+        """Sample indices of ``train``, ``valid`` or ``test``."""
+        if which not in ("train", "valid", "test"):
+            raise ConfigError(f"unknown impression split '{which}' (train, valid or test)")
+        return getattr(self.split, which)
+
+    @property
+    def t_test(self) -> int:
+        return int(self.split.params["t_test"])
+
+    @property
+    def t_valid(self) -> int:
+        return int(self.split.params["t_valid"])
+
+    def manifest(self) -> dict[str, Any]:
+        """The derivation rule and split parameters, as stamped into run records and results."""
+        return {"labels": dict(self.imps.rule), "split": dict(self.split.params)}
+
+
+def resolve_label_mode(cfg: RunConfig, dataset: Dataset) -> str:
+    """``auto`` -> behaviors when the log carries behavior levels, else ratings."""
+    mode = cfg.ranking.labels
+    if mode not in LABEL_MODES:
+        raise ConfigError(f"ranking.labels must be one of {', '.join(LABEL_MODES)}, got {mode!r}")
+    inter = dataset.interactions
+    if mode == "auto":
+        if inter.behavior is not None and dataset.behavior_names:
+            return "behaviors"
+        if inter.rating is not None:
+            return "ratings"
+        raise DataError(f"dataset '{dataset.manifest.get('name', '')}' has neither behaviors nor ratings, so no "
+                        "CTR labels can be derived; prepare a log with a rating or behavior column")
+    return mode
+
+
+def build_ranking_data(cfg: RunConfig, dataset: Dataset) -> RankingData:
+    """Impressions and labels by ``cfg.ranking``, then the global temporal split (valid/test fractions)."""
+    rc = cfg.ranking
+    inter = dataset.interactions
+    mode = resolve_label_mode(cfg, dataset)
+    if mode == "ratings":
+        imps = impressions_from_ratings(inter, threshold=rc.rating_threshold, min_history=rc.min_history)
+    else:
+        if inter.behavior is None or not dataset.behavior_names:
+            raise DataError("ranking.labels=behaviors but the dataset has no behavior column; "
+                            "use ranking.labels=ratings or prepare a multi-behavior log")
+        imps = impressions_from_behaviors(
+            inter, dataset.behavior_names,
+            impression=getattr(rc, "impression_behavior", "pv"),
+            positives=tuple(rc.positive_behaviors),
+            window=rc.window,
+            tz_offset_hours=getattr(rc, "tz_offset_hours", 8.0),
+            session_gap=rc.session_gap,
+            min_history=rc.min_history,
+        )
+    if len(imps) == 0:
+        raise DataError(f"no impressions with at least ranking.min_history={rc.min_history} earlier events")
+    split = temporal_split(imps, valid_frac=rc.valid_frac, test_frac=rc.test_frac)
+    for which in ("train", "valid", "test"):
+        y = imps.label[getattr(split, which)]
+        if y.size == 0 or y.min() == y.max():
+            raise DataError(f"the {which} impressions ({y.size}) hold a single label class, so AUC is undefined; "
+                            "change ranking.valid_frac / ranking.test_frac or the label rule")
+    return RankingData(inter, imps, split, mode)
+
+
+def impression_features(dataset: Dataset, data: RankingData) -> dict[str, np.ndarray]:
+    """The side features of a ``needs_features`` model (cut off at the test period), one row per impression."""
+    from genrec.data.features import impression_features as features  # only feature-hungry models need it
+
+    imps = data.imps
+    feats = features(dataset, imps, data.t_test)
+    for name, arr in feats.items():
+        if np.shape(arr)[0] != len(imps):
+            raise DataError(f"impression feature '{name}' has {np.shape(arr)[0]} rows for {len(imps)} impressions")
+    return {name: np.asarray(arr) for name, arr in feats.items()}
+
+
+def impression_batch(data: RankingData, idx: np.ndarray, max_len: int, features: dict[str, np.ndarray] | None,
+                     device: torch.device | str) -> tuple[SeqBatch, torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Samples ``idx`` -> (history batch, candidates (B, 1), labels (B,), model kwargs), on ``device``."""
+    b, cands, labels = make_impression_batch(data.inter, data.imps, idx, max_len)
+    kw: dict[str, Any] = {}
+    if features is not None:
+        kw["features"] = {k: torch.from_numpy(np.ascontiguousarray(v[idx])).to(device) for k, v in features.items()}
+    return b.to(device), cands.to(device), labels.to(device), kw
