@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -56,7 +57,8 @@ def run_all(data_root: Path, names: list[str], work: Path) -> dict:
         t0 = time.time()
         cmd = [sys.executable, "-m", "genrec.cli", "train", str(ROOT / recipe), "--data", str(data_root / data),
                "--out", str(work / name), "--set", *COMMON, *sets]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}  # this checkout's genrec, whatever is installed
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
         if proc.returncode != 0:
             raise SystemExit(f"{name}: training failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
         out[name] = {**fingerprint(work / name), "seconds": round(time.time() - t0, 1)}
