@@ -22,5 +22,5 @@ def test_every_source_file_is_on_the_map():
 def test_every_file_on_the_map_exists():
     names = {p.name for p in source_files()}
     cited = set(re.findall(r"`(?:[\w/]+/)?(\w+\.py)`", DOC.read_text()))
-    gone = sorted(cited - names - {"__init__.py"})
+    gone = sorted(n for n in cited - names - {"__init__.py"} if not n.startswith("test_"))
     assert not gone, f"docs/architecture.md names files that no longer exist: {gone}"
