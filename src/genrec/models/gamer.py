@@ -55,7 +55,7 @@ from genrec.models.gamer_layers import (  # noqa: F401  (re-exported: the layer 
 from genrec.models.registry import register
 from genrec.models.tiger_layers import RMSNorm
 from genrec.nn.rope import rope_cos_sin
-from genrec.sid.beam import BeamResult, beam_search
+from genrec.sid.beam import BeamResult, beam_search, list_length
 from genrec.sid.codebook import SIDTable
 from genrec.sid.trie import SIDTrie
 
@@ -134,17 +134,8 @@ class GAMER(Generator):
     # ---- tables -------------------------------------------------------------------------------------
     def set_sid_table(self, table: SIDTable) -> None:
         """Install the item -> SID map (stored in the weights)."""
-        m, c = self.cfg.sid_length, self.cfg.codebook_size
-        if table.length != m:
-            raise DataError(f"gamer: SID table has {table.length} positions, model.sid_length is {m}")
-        if max(table.codebook_sizes) > c:
-            raise DataError(f"gamer: SID table codebook sizes {table.codebook_sizes} exceed model.codebook_size {c}")
-        ids = table.item_ids
-        if len(ids) and (ids.min() < 1 or ids.max() > self.num_items):
-            raise DataError(f"gamer: SID table item ids must lie in 1..{self.num_items}")
-        sids = torch.full((self.num_items + 1, m), -1, dtype=torch.long)
-        sids[torch.as_tensor(ids)] = torch.as_tensor(table.codes)
-        self.item_sids.copy_(sids)
+        self.item_sids.copy_(table.item_code_matrix(self.num_items, self.cfg.sid_length, self.cfg.codebook_size,
+                                                    "gamer"))  # (I+1, m)
         self._tries = {}
 
     def set_behavior_levels(self, levels: Sequence[int] | np.ndarray) -> None:
@@ -354,9 +345,7 @@ class GAMER(Generator):
                  beam_size: int = 20, k: int | None = None, candidates: np.ndarray | None = None,
                  constrained: bool = True) -> BeamResult:
         """Top-``k`` next items with ``behavior`` per history, by beam search over ``candidates``' SIDs."""
-        k = beam_size if k is None else k
-        if not 1 <= k <= beam_size:
-            raise ConfigError(f"gamer.generate: need 1 <= k <= beam_size, got k={k}, beam_size={beam_size}")
+        k = list_length(k, beam_size, "gamer.generate")
         was_training = self.training
         self.eval()
         try:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genrec.nn.embedding import item_embedding
 from genrec.nn.position import log_time_bucket
 
 MASK_ID = -1  # an input item id meaning "the learned [MASK] vector" (set by objectives.mim)
@@ -186,10 +187,7 @@ class SessionEncoder(nn.Module):
             raise ValueError(f"SessionEncoder: session_repr must be 'token' or 'mean', got {cfg.session_repr!r}")
         self.cfg, self.num_items, self.max_len = cfg, num_items, max_len
         d, nb = cfg.d_model, cfg.num_time_buckets
-        self.item_emb = nn.Embedding(num_items + 1, d, padding_idx=0)
-        nn.init.trunc_normal_(self.item_emb.weight, std=0.02)
-        with torch.no_grad():
-            self.item_emb.weight[0].zero_()
+        self.item_emb = item_embedding(num_items, d)  # (I+1, D), row 0 = padding
         self.mask_token = nn.Parameter(torch.empty(d).normal_(0, 0.02))
         self.gap_emb = nn.Embedding(nb + 2, d)  # nb+1 = "first event"
         self.drop = nn.Dropout(cfg.dropout)

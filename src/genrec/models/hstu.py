@@ -25,7 +25,8 @@ from genrec.models.pretrained import (  # noqa: F401 (copy_pretrained_table: the
 )
 from genrec.models.registry import register
 from genrec.nn.attention import causal_valid_mask
-from genrec.nn.hstu_block import DenseAttention, HSTUBlock
+from genrec.nn.embedding import item_embedding
+from genrec.nn.hstu_block import DenseAttention, HSTUBlock, head_widths
 from genrec.nn.position import next_event_times
 
 
@@ -51,12 +52,8 @@ class HSTU(Retriever):
         super().__init__(num_items, max_len)
         self.cfg = cfg
         d = cfg.d_model
-        dqk = cfg.dqk or d // cfg.num_heads
-        dv = cfg.dv or d // cfg.num_heads
-        self.item_emb = nn.Embedding(num_items + 1, d, padding_idx=0)
-        nn.init.trunc_normal_(self.item_emb.weight, std=0.02)
-        with torch.no_grad():
-            self.item_emb.weight[0].zero_()
+        dqk, dv = head_widths(d, cfg.num_heads, cfg.dqk, cfg.dv)
+        self.item_emb = item_embedding(num_items, d)  # (I+1, D), row 0 = padding
         if cfg.pretrained:  # checks model.stage1; the table is copied by init_from_pretrained
             retriever_stage1(cfg, num_items, d, "hstu")
         self.pos_emb = nn.Embedding(max_len, d)

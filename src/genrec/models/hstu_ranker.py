@@ -30,7 +30,8 @@ from genrec.data.sequences import SeqBatch
 from genrec.models.base import Ranker
 from genrec.models.registry import register
 from genrec.nn.attention import with_column_mask
-from genrec.nn.hstu_block import DenseAttention, HSTUBlock
+from genrec.nn.embedding import item_embedding
+from genrec.nn.hstu_block import DenseAttention, HSTUBlock, head_widths
 
 ColumnMask = torch.Tensor | Sequence[torch.Tensor | None] | None
 
@@ -90,12 +91,8 @@ class HSTURanker(Ranker):
             raise ValueError(f"hstu_ranker: time_bucket_fn must be 'sqrt' or 'log', got {cfg.time_bucket_fn!r}")
         self.cfg, self.num_items, self.max_len = cfg, num_items, max_len
         d = cfg.d_model
-        dqk = cfg.dqk or d // cfg.num_heads
-        dv = cfg.dv or d // cfg.num_heads
-        self.item_emb = nn.Embedding(num_items + 1, d, padding_idx=0)
-        nn.init.trunc_normal_(self.item_emb.weight, std=0.02)
-        with torch.no_grad():
-            self.item_emb.weight[0].zero_()
+        dqk, dv = head_widths(d, cfg.num_heads, cfg.dqk, cfg.dv)
+        self.item_emb = item_embedding(num_items, d)  # (I+1, D), row 0 = padding
         self.pos_emb = nn.Embedding(max_len + 1, d)  # 0 = candidate, k = k-th event from the end
         self.time_emb = nn.Embedding(cfg.num_time_buckets + 1, d)
         self.action_emb = nn.Embedding(cfg.num_behaviors + 2, d)  # 0 = none, 1.. = levels, last = unknown

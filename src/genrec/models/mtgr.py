@@ -43,7 +43,7 @@ from genrec.errors import ConfigError
 from genrec.models.base import Ranker
 from genrec.models.hstu_ranker import time_bucket
 from genrec.models.registry import register
-from genrec.nn.hstu_block import DenseAttention, HSTUBlock
+from genrec.nn.hstu_block import DenseAttention, HSTUBlock, head_widths
 
 # token groups
 GROUP_U, GROUP_S, GROUP_R, GROUP_C = 0, 1, 2, 3
@@ -135,8 +135,7 @@ class MTGR(Ranker):
         self._check(cfg, num_items, max_len)
         self.cfg, self.num_items, self.max_len = cfg, num_items, max_len
         d = cfg.d_model
-        dqk = cfg.dqk or d // cfg.num_heads
-        dv = cfg.dv or d // cfg.num_heads
+        dqk, dv = head_widths(d, cfg.num_heads, cfg.dqk, cfg.dv)
         di, df = cfg.item_dim or d, cfg.feat_dim
         self.item_emb = nn.Embedding(num_items + 1, di, padding_idx=0)
         self.time_emb = nn.Embedding(cfg.num_time_buckets + 1, df)

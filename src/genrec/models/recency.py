@@ -18,7 +18,7 @@ from genrec.data.sequences import pad_windows
 from genrec.errors import ConfigError
 from genrec.models.base import MULTI_BEHAVIOR, Generator
 from genrec.models.registry import register
-from genrec.sid.beam import BeamResult
+from genrec.sid.beam import BeamResult, list_length
 
 
 def ranked_result(items: torch.Tensor, scores: torch.Tensor | None = None) -> BeamResult:
@@ -32,10 +32,7 @@ def ranked_result(items: torch.Tensor, scores: torch.Tensor | None = None) -> Be
 
 def check_k(k: int | None, beam_size: int, who: str) -> int:
     """``k`` (default: the beam size) checked to lie in ``1..beam_size``."""
-    k = beam_size if k is None else k
-    if not 1 <= k <= beam_size:
-        raise ConfigError(f"{who}.generate: need 1 <= k <= beam_size, got k={k}, beam_size={beam_size}")
-    return k
+    return list_length(k, beam_size, f"{who}.generate")
 
 
 def as_rows(items: Any) -> np.ndarray:

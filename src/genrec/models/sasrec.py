@@ -19,6 +19,7 @@ from genrec.data.sequences import SeqBatch
 from genrec.models.base import Retriever, l2norm
 from genrec.models.pretrained import Pretrained, copy_item_table, retriever_stage1
 from genrec.models.registry import register
+from genrec.nn.embedding import item_embedding
 
 
 class PointWiseFFN(nn.Module):
@@ -80,10 +81,7 @@ class SASRec(Retriever):
         super().__init__(num_items, max_len)
         self.cfg = cfg
         d = cfg.d_model
-        self.item_emb = nn.Embedding(num_items + 1, d, padding_idx=0)
-        nn.init.trunc_normal_(self.item_emb.weight, std=0.02)
-        with torch.no_grad():
-            self.item_emb.weight[0].zero_()
+        self.item_emb = item_embedding(num_items, d)  # (I+1, D), row 0 = padding
         if cfg.pretrained:  # checks model.stage1; the table is copied by init_from_pretrained
             retriever_stage1(cfg, num_items, d, "sasrec")
         self.pos_emb = nn.Embedding(max_len, d)

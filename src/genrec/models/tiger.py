@@ -40,7 +40,7 @@ from genrec.models.tiger_layers import (
     RMSNorm,
     relative_buckets,
 )
-from genrec.sid.beam import BeamResult, beam_search, reorder_tensors
+from genrec.sid.beam import BeamResult, beam_search, list_length, reorder_tensors
 from genrec.sid.codebook import SIDTable
 from genrec.sid.trie import SIDTrie
 
@@ -122,17 +122,8 @@ class TIGER(Generator):
     # ---- SID table --------------------------------------------------------------------------------------
     def set_sid_table(self, table: SIDTable) -> None:
         """Install the item -> SID map this model is trained on (stored in the weights)."""
-        m, c = self.cfg.sid_length, self.cfg.codebook_size
-        if table.length != m:
-            raise DataError(f"tiger: SID table has {table.length} positions, model.sid_length is {m}")
-        if max(table.codebook_sizes) > c:
-            raise DataError(f"tiger: SID table codebook sizes {table.codebook_sizes} exceed model.codebook_size {c}")
-        ids = table.item_ids
-        if len(ids) and (ids.min() < 1 or ids.max() > self.num_items):
-            raise DataError(f"tiger: SID table item ids must lie in 1..{self.num_items}")
-        sids = torch.full((self.num_items + 1, m), -1, dtype=torch.long)
-        sids[torch.as_tensor(np.array(ids))] = torch.as_tensor(np.array(table.codes))
-        self.item_sids.copy_(sids)
+        c = self.cfg.codebook_size
+        self.item_sids.copy_(table.item_code_matrix(self.num_items, self.cfg.sid_length, c, "tiger"))  # (I+1, m)
         valid = torch.arange(c)[None, :] < torch.as_tensor(table.codebook_sizes)[:, None]  # (m, C)
         self.code_valid.copy_(valid)
         self._trie = None
@@ -325,9 +316,7 @@ class TIGER(Generator):
         summed log-probabilities, ``sids`` (B, k, m), ``valid``. ``users`` are raw user ids for the hashed
         user token (None = bucket of user 0).
         """
-        k = beam_size if k is None else k
-        if not 1 <= k <= beam_size:
-            raise ConfigError(f"tiger.generate: need 1 <= k <= beam_size, got k={k}, beam_size={beam_size}")
+        k = list_length(k, beam_size, "tiger.generate")
         was_training = self.training
         self.eval()
         try:

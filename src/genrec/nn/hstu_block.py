@@ -209,3 +209,8 @@ class HSTUBlock(nn.Module):
                   else self.o_norm(o, groups))
             z = u * on if self.output == "gate" else torch.cat([u, o, u * on], dim=-1)
         return x + (self.ffn(z) if self.ffn is not None else self.out(self.dropout(z)))
+
+
+def head_widths(d_model: int, num_heads: int, dqk: int, dv: int) -> tuple[int, int]:
+    """Per-head query/key and value widths of an HSTU block; 0 means ``d_model // num_heads``."""
+    return dqk or d_model // num_heads, dv or d_model // num_heads

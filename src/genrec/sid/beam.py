@@ -105,3 +105,12 @@ def score_sids(step_fn: StepFn, sids: torch.Tensor, state: Any = None) -> torch.
         logits, state = step_fn(sids[:, :t], state)
         total = total + torch.log_softmax(logits.float(), -1).gather(1, sids[:, t:t + 1]).squeeze(1)
     return total
+
+
+def list_length(k: int | None, beam_size: int, who: str) -> int:
+    """The length of the ranked list a beam of ``beam_size`` returns for a request of ``k`` (None = the whole
+    beam); a beam cannot return more than it keeps, so ``k`` outside ``1..beam_size`` is refused."""
+    k = beam_size if k is None else k
+    if not 1 <= k <= beam_size:
+        raise ConfigError(f"{who}: need 1 <= k <= beam_size, got k={k}, beam_size={beam_size}")
+    return k

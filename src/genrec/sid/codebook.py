@@ -180,6 +180,21 @@ class SIDTable:
     def num_items(self) -> int:
         return int(self.item_ids.shape[0])
 
+
+    def item_code_matrix(self, num_items: int, length: int, codebook_size: int, who: str) -> torch.Tensor:
+        """(num_items + 1, length) int64: row ``i`` the SID of item ``i``, -1 where an item has none; the table is
+        checked to fit a model of ``length`` positions and ``codebook_size`` codes (``who`` names it in errors)."""
+        if self.length != length:
+            raise DataError(f"{who}: SID table has {self.length} positions, model.sid_length is {length}")
+        if max(self.codebook_sizes) > codebook_size:
+            raise DataError(f"{who}: SID table codebook sizes {self.codebook_sizes} exceed model.codebook_size "
+                            f"{codebook_size}")
+        ids = self.item_ids
+        if len(ids) and (ids.min() < 1 or ids.max() > num_items):
+            raise DataError(f"{who}: SID table item ids must lie in 1..{num_items}")
+        sids = torch.full((num_items + 1, length), -1, dtype=torch.long)
+        sids[torch.as_tensor(ids)] = torch.as_tensor(self.codes)
+        return sids
     @property
     def length(self) -> int:
         """Number of SID positions m (quantizer levels + collision level)."""
