@@ -193,7 +193,7 @@ class SIDTable:
         if len(ids) and (ids.min() < 1 or ids.max() > num_items):
             raise DataError(f"{who}: SID table item ids must lie in 1..{num_items}")
         sids = torch.full((num_items + 1, length), -1, dtype=torch.long)
-        sids[torch.as_tensor(ids)] = torch.as_tensor(self.codes)
+        sids[torch.tensor(ids)] = torch.tensor(self.codes)  # copies: the arrays may be read-only
         return sids
     @property
     def length(self) -> int:
