@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -243,5 +244,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _exit(code: int) -> None:
+    """End the process. A ``torchrun`` worker leaves with ``os._exit`` once ``main`` has returned: its files are
+    written and its process group closed, and skipping the library destructors avoids an abort at exit
+    ("terminate called without an active exception", seen now and then under load) from worker threads that
+    are still alive then."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())
