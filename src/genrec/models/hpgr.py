@@ -9,8 +9,7 @@ names are re-exported here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +28,7 @@ from genrec.models.hpgr_sem import (  # noqa: F401  (re-exported)
     session_layout,
 )
 from genrec.models.hstu_ranker import ColumnMask, HSTURanker
-from genrec.models.pretrained import Pretrained, check_stage1, model_stage1, stage1_sem
+from genrec.models.pretrained import Pretrained, PretrainedSettings, check_stage1, model_stage1, stage1_sem
 from genrec.models.registry import register
 from genrec.nn.hstu_block import DenseAttention, HSTUBlock
 from genrec.nn.sparse import IMPLS, ROWS, WINDOWS, PGSAAttention, kept_columns, pgsa_relevance, pgsa_weights
@@ -111,9 +110,7 @@ class HPGRRanker(HSTURanker):
     accepts_pretrained = True
 
     @dataclass
-    class Config(HSTURanker.Config):
-        pretrained: str = ""  # stage-1 artifact folder; "" = no pre-training (random init)
-        stage1: dict[str, Any] = field(default_factory=dict)  # the artifact's shape, recorded by the trainer
+    class Config(HSTURanker.Config, PretrainedSettings):
         pgsa: bool = True  # False = dense target-aware attention (the "dense attention" ablation)
         impl: str = "gather"  # "gather" (cost grows with K) or "dense" (the masked reference)
         top_k: int = 32  # K anchors per (user, candidate)

@@ -9,8 +9,7 @@ Follows the semantics of the authors' research code that produced the paper's pu
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -19,6 +18,7 @@ from genrec.data.sequences import SeqBatch
 from genrec.models.base import Retriever, l2norm
 from genrec.models.pretrained import (  # noqa: F401 (copy_pretrained_table: the frozen test oracle imports it here)
     Pretrained,
+    PretrainedSettings,
     copy_item_table,
     copy_pretrained_table,
     retriever_stage1,
@@ -35,7 +35,7 @@ class HSTU(Retriever):
     """HSTU sequential retriever."""
 
     @dataclass
-    class Config:
+    class Config(PretrainedSettings):
         d_model: int = 64
         num_layers: int = 2
         num_heads: int = 1
@@ -45,8 +45,6 @@ class HSTU(Retriever):
         linear_dropout: float = 0.2  # dropout inside each layer, before W_o
         time_bias: bool = True
         position_bias: bool = True
-        pretrained: str = ""  # HPGR stage-1 artifact whose item table initialises item_emb; "" = random init
-        stage1: dict[str, Any] = field(default_factory=dict)  # the artifact's shape, recorded by the trainer
 
     def __init__(self, cfg: Config, num_items: int, max_len: int) -> None:
         super().__init__(num_items, max_len)

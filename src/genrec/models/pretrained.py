@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -41,6 +41,14 @@ META_FILE = "pretrain.json"
 ITEM_KEY = "item_emb"
 FORMAT = "hpgr-pretrain/1"
 STAGE1_KEY = "stage1"  # the model-config key that records an artifact's shape
+
+
+@dataclass
+class PretrainedSettings:
+    """The ``model:`` keys of a model that can start from a stage-1 artifact (a base of its ``Config``)."""
+
+    pretrained: str = ""  # stage-1 artifact folder whose item table (and SEM) initialise the model; "" = random init
+    stage1: dict[str, Any] = field(default_factory=dict)  # the artifact's shape, recorded by the trainer
 
 
 @dataclass

@@ -8,8 +8,7 @@ outputs and cosine scoring, so the loss and evaluation are exactly those used fo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +16,7 @@ from torch import nn
 
 from genrec.data.sequences import SeqBatch
 from genrec.models.base import Retriever, l2norm
-from genrec.models.pretrained import Pretrained, copy_item_table, retriever_stage1
+from genrec.models.pretrained import Pretrained, PretrainedSettings, copy_item_table, retriever_stage1
 from genrec.models.registry import register
 from genrec.nn.embedding import item_embedding
 
@@ -68,14 +67,12 @@ class SASRec(Retriever):
     """Self-attentive sequential retriever."""
 
     @dataclass
-    class Config:
+    class Config(PretrainedSettings):
         d_model: int = 64
         num_layers: int = 2
         num_heads: int = 1
         d_ff: int = 0  # 0 = d_model, as in the reference configs
         dropout: float = 0.2
-        pretrained: str = ""  # HPGR stage-1 artifact whose item table initialises item_emb; "" = random init
-        stage1: dict[str, Any] = field(default_factory=dict)  # the artifact's shape, recorded by the trainer
 
     def __init__(self, cfg: Config, num_items: int, max_len: int) -> None:
         super().__init__(num_items, max_len)
