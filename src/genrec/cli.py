@@ -25,17 +25,16 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _recipes() -> dict[str, str]:
-    """Recipe name -> model name, from the configs/ folder of the source tree (when present)."""
-    import yaml
-
-    from genrec.config import RECIPES_DIR, recipe_names
+    """Recipe name -> model name, from the configs/ folder of the source tree (when present); a recipe that
+    ``extends:`` another takes the model of the recipe it extends."""
+    from genrec.config import RECIPES_DIR, load_yaml, recipe_names
 
     out: dict[str, str] = {}
     for name in recipe_names():
         try:
-            raw = yaml.safe_load((RECIPES_DIR / f"{name}.yaml").read_text()) or {}
-            out[name] = raw.get("model", {}).get("name", "?")
-        except Exception:
+            raw = load_yaml(RECIPES_DIR / f"{name}.yaml")
+            out[name] = (raw.get("model") or {}).get("name", "?")
+        except GenrecError:
             out[name] = "?"
     return out
 

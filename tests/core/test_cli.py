@@ -92,3 +92,17 @@ def test_debug_shows_traceback(tmp_path):
 
     with pytest.raises(ConfigError):
         main(["--debug", "train", "--set", "train.lrr=1"])
+
+
+def test_models_lists_every_recipe_under_its_model(capsys):
+    """`genrec models` resolves `extends:`, so every recipe in configs/ is listed under a registered model."""
+    from genrec.cli import main
+    from genrec.config import recipe_names
+
+    assert main(["models"]) == 0
+    listed = set()
+    for line in capsys.readouterr().out.splitlines()[1:]:
+        parts = line.split(None, 2)
+        if len(parts) == 3 and parts[2] != "-":
+            listed.update(r.strip() for r in parts[2].split(","))
+    assert set(recipe_names()) <= listed, sorted(set(recipe_names()) - listed)
