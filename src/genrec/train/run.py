@@ -16,6 +16,7 @@ from genrec.errors import ConfigError, GenrecError
 from genrec.eval.retrieval import score_histories
 from genrec.models.base import GENERATOR, MULTI_BEHAVIOR, RANKER, RETRIEVER
 from genrec.models.registry import get_model_class
+from genrec.runs.kinds import config_kind
 from genrec.runs.layout import SID_DIR
 from genrec.runs.open import LoadedRun, open_run  # noqa: F401 (re-exported: train.rerank, benchmarks)
 from genrec.sid.embed import ItemEmbeddings
@@ -26,14 +27,10 @@ from genrec.train.trainer import train_retriever_run
 
 
 def model_kind(cfg: RunConfig) -> str:
-    """The model's primary kind (retriever | ranker | generator), read from the registry without building it."""
-    import genrec.models  # noqa: F401  (registers the built-in models)
-
-    kinds = get_model_class(cfg.model["name"]).kinds
-    for kind in (GENERATOR, RANKER):
-        if kind in kinds:
-            return kind
-    return RETRIEVER
+    """The model's primary kind (retriever | ranker | generator), read from the registry without building it; a
+    multi-behavior generator counts as a generator (:func:`genrec.runs.kinds.config_kind` tells them apart)."""
+    kind = config_kind(cfg)
+    return GENERATOR if kind == MULTI_BEHAVIOR else kind
 
 
 def train_run(cfg: RunConfig, out: str | Path, resume: bool = True, dataset: Dataset | None = None
@@ -49,7 +46,7 @@ def train_run(cfg: RunConfig, out: str | Path, resume: bool = True, dataset: Dat
 
 
 def _train_any(cfg: RunConfig, out: str | Path, resume: bool, dataset: Dataset | None) -> dict[str, Any]:
-    kind = model_kind(cfg)
+    kind = config_kind(cfg)
     cls = get_model_class(cfg.model["name"])
     if not cls.trainable:
         raise ConfigError(f"model '{cfg.model['name']}' has nothing to train; evaluate it with "
@@ -58,13 +55,13 @@ def _train_any(cfg: RunConfig, out: str | Path, resume: bool, dataset: Dataset |
         return run_stages(cfg, out, resume=resume, dataset=dataset)
     if cfg.stages:
         raise ConfigError(f"stages {cfg.stages}: the two-stage pipeline is for HPGR-style rankers, "
-                          f"not the {kind} '{cfg.model['name']}'")
+                          f"not the {model_kind(cfg)} '{cfg.model['name']}'")
     if kind == RANKER:
         from genrec.train.ranker import train_ranker_run
 
         return train_ranker_run(cfg, out, resume=resume, dataset=dataset)
     dataset = dataset if dataset is not None else load_data(cfg.data)
-    if kind == GENERATOR and cls.protocol == MULTI_BEHAVIOR:
+    if kind == MULTI_BEHAVIOR:
         return train_gamer_run(cfg, out, resume, dataset)
     if kind == GENERATOR:
         return train_generator_run(cfg, out, resume, dataset)
