@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from genrec.data.sequences import UserSequences, make_history_batch
+from genrec.data.sequences import UserSequences
 from genrec.data.splits import EvalSamples, Split
-from genrec.eval.retrieval import history_of
+from genrec.eval.retrieval import catalogue_ranks, query_batches
 from genrec.models.base import Retriever
 
 
@@ -76,23 +76,12 @@ def retrieve(model: Retriever, seqs: UserSequences, samples: EvalSamples, k: int
     pos = seqs.offsets[samples.rows] + samples.hist_end
     targets, qtime = seqs.items[pos].astype(np.int64), seqs.timestamps[pos].astype(np.int64)
     table = model.item_table()  # (I+1, D)
-    for a in range(0, S, batch_size):
-        rows, ends = samples.rows[a : a + batch_size], samples.hist_end[a : a + batch_size]
-        hist, times = zip(*(history_of(seqs, int(r), int(e)) for r, e in zip(rows, ends)))
-        sl = slice(a, a + len(rows))
-        states = model.encode(make_history_batch(list(hist), list(times), qtime[sl], model.max_len).to(model.device))
-        scores = states.float() @ table.float().T  # (B, I+1)
-        t = torch.as_tensor(targets[sl], device=scores.device)
-        tscore[sl] = scores.gather(1, t[:, None])[:, 0].cpu().numpy()  # raw target score, never excluded
-        scores[:, 0] = -torch.inf  # padding, then the history exclusion of score_histories
-        if exclude_history:
-            r = np.repeat(np.arange(len(hist)), [len(h) for h in hist])
-            scores[torch.as_tensor(r, device=scores.device), torch.as_tensor(np.concatenate(hist),
-                                                                             device=scores.device)] = -torch.inf
-        ts = scores.gather(1, t[:, None])  # (B, 1)
-        ranks[sl] = (scores > ts).sum(1).cpu().numpy()
-        val, idx = torch.topk(scores, k, dim=1)  # (B, k) best first
-        top_items[sl], top_scores[sl] = idx.cpu().numpy(), val.cpu().numpy()
+    for qb in query_batches(seqs, samples, model.max_len, batch_size):
+        states = model.encode(qb.batch.to(model.device))  # (B, D)
+        got = catalogue_ranks(states, table, qb.targets, qb.seen if exclude_history else None, k=k)
+        i = qb.index
+        ranks[i], tscore[i] = got.rank.cpu().numpy(), got.target_score.cpu().numpy()
+        top_items[i], top_scores[i] = got.top_items.cpu().numpy(), got.top_scores.cpu().numpy()
     model.train(was)
     return Candidates(samples, targets, qtime, top_items, top_scores, ranks, tscore)
 

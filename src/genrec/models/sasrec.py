@@ -48,17 +48,22 @@ class SASRecBlock(nn.Module):
         self.ln_ffn = nn.LayerNorm(d, eps=1e-8)
         self.ffn = PointWiseFFN(d, d_ff, dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, L, D), attn_mask (B, L, L) -> (B, L, D); with ``last`` (B,) only that query row of each sequence
+        is computed (keys and values still read every position): (B, 1, D), what an evaluation needs."""
         B, L, D = x.shape
         h = self.heads
-        qin = self.ln_attn(x)
-        q = self.q(qin).view(B, L, h, D // h).transpose(1, 2)
+        qin = self.ln_attn(x if last is None else x[torch.arange(B, device=x.device), last][:, None])  # (B, Lq, D)
+        if last is not None:
+            attn_mask = attn_mask[torch.arange(B, device=x.device), last][:, None]  # (B, 1, L)
+        Lq = qin.shape[1]
+        q = self.q(qin).view(B, Lq, h, D // h).transpose(1, 2)
         k = self.k(x).view(B, L, h, D // h).transpose(1, 2)
         v = self.v(x).view(B, L, h, D // h).transpose(1, 2)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask[:, None], dropout_p=self.attn_dropout if self.training else 0.0
         )
-        y = self.o(y.transpose(1, 2).reshape(B, L, D))
+        y = self.o(y.transpose(1, 2).reshape(B, Lq, D))
         return self.ffn(self.ln_ffn(qin + y))
 
 
@@ -93,7 +98,8 @@ class SASRec(Retriever):
         """Start from the stage-1 item table (called by the trainer once, when a run starts fresh)."""
         copy_item_table(self.item_emb, pre, self.cfg, "sasrec")
 
-    def sequence_output(self, batch: SeqBatch) -> torch.Tensor:
+    def _inputs(self, batch: SeqBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Embedded inputs (B, L, D), the real positions (B, L) and the attention mask (B, L, L)."""
         B, L = batch.items.shape
         valid = batch.mask  # (B, L)
         x = self.item_emb(batch.items) * math.sqrt(self.cfg.d_model) + self.pos_emb.weight[:L][None]
@@ -101,9 +107,22 @@ class SASRec(Retriever):
         ar = torch.arange(L, device=x.device)
         # causal; padded query rows read key 0 only so no row is fully masked (those rows are discarded)
         attn_mask = (ar[None, :] <= ar[:, None])[None] & (valid[:, None, :] | (ar == 0)[None, None, :])
+        return x, valid, attn_mask
+
+    def sequence_output(self, batch: SeqBatch) -> torch.Tensor:
+        x, valid, attn_mask = self._inputs(batch)
         for blk in self.blocks:
             x = blk(x, attn_mask) * valid[..., None]
         return l2norm(self.final_ln(x))
+
+    def encode(self, batch: SeqBatch) -> torch.Tensor:
+        """(B, D) state after the last real position; the last block computes only that row (the other rows of
+        the last block feed nothing), which saves a quarter of a 4-block evaluation."""
+        x, valid, attn_mask = self._inputs(batch)
+        for blk in self.blocks[:-1]:
+            x = blk(x, attn_mask) * valid[..., None]
+        last = (batch.lengths - 1).clamp(min=0)  # (B,)
+        return l2norm(self.final_ln(self.blocks[-1](x, attn_mask, last)[:, 0]))  # (B, D)
 
     def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
         return l2norm(self.item_emb(ids))
