@@ -11,6 +11,13 @@ order: an ablation at another model size or on another dataset, e.g. the CPU-bud
 baseline's switches (results name glass-ml100k-cpu+tiger__ml-100k):
     python benchmarks/accuracy.py --recipe configs/glass-ml100k-cpu.yaml --ablation configs/glass-ml100k-tiger.yaml \
         --data data_cache/ml-100k --seeds 1 2 3
+
+A run longer than one sitting (a short GPU loan, a CPU session) is the same command repeated with a time budget:
+``--set train.max_seconds=540`` stops each call with a checkpoint after 9 minutes of training, the next call
+resumes it exactly, and the call that finishes the last seed writes the record, e.g. on a CUDA machine (bf16
+autocast is on by default there):
+    python benchmarks/accuracy.py --recipe configs/tiger-beauty.yaml --data data_cache/beauty --seeds 1 \
+        --set train.device=cuda train.max_seconds=540
 """
 
 from __future__ import annotations
@@ -112,6 +119,10 @@ def main() -> None:
             res = json.loads(done.read_text())
         else:
             res = train_run(cfg, run_dir.parent if staged else run_dir, resume=True)
+            if "stopped_early_by" in res:  # train.max_steps / max_seconds: this call's window is spent
+                print(f"seed {seed}: stopped at step {res['summary']['global_step']} by {res['stopped_early_by']}; "
+                      "run the same command again to resume", flush=True)
+                return
         secs = res["train"].get("train_seconds")
         if secs is None:  # runs written before train_seconds was checkpointed: sum the logged epoch times
             log = run_dir / "metrics.jsonl"

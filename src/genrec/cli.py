@@ -73,7 +73,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                        res["metrics"], cfg.eval.ks)
         print(f"run folder: {out}")
     elif "stopped_early_by" in res:
-        print(f"stopped at step {res['summary']['global_step']} (train.max_steps); run again to resume: {out}")
+        print(f"stopped at step {res['summary']['global_step']} ({res['stopped_early_by']}); run the same command "
+              f"again to resume: {out}")
     return 0
 
 

@@ -67,6 +67,9 @@ class TrainConfig(OptimConfig):
     early_stop_metric: str = "auto"  # auto = ndcg@10 for retrievers and generators, auc for rankers
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = at epoch ends only
     max_steps: int = 0  # stop after this many optimizer steps (0 = no limit); a later run resumes
+    # stop this call after this many seconds of training (0 = no limit) with a checkpoint a later call resumes
+    # exactly: a run longer than one session or one short GPU loan is the same command, repeated
+    max_seconds: float = 0.0
     length_bucketing: bool = True
     num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default
     progress: bool = True
@@ -235,6 +238,9 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
         cfg.stages = list(stages)
     if "source" in raw:
         cfg.source = str(raw["source"])
+    for key in ("max_steps", "max_seconds", "checkpoint_every", "num_threads"):  # 0 = off; below 0 means nothing
+        if getattr(cfg.train, key) < 0:
+            raise ConfigError(f"{where}: train.{key} must be >= 0 (0 = off), got {getattr(cfg.train, key)!r}")
     return cfg
 
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from genrec.config import config_from_dict
-from genrec.errors import CheckpointError
+from genrec.errors import CheckpointError, ConfigError
 from genrec.runs.open import open_run
 from genrec.train.run import recommend, train_run
 from genrec.train.trainer import Trainer
@@ -52,6 +52,34 @@ def test_resume_after_stop_equals_uninterrupted_run(toy, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_time_budget_stops_with_a_checkpoint_and_repeated_calls_finish_the_same_run(toy, tmp_path, monkeypatch):
+    """train.max_seconds: each call stops once its budget is spent (here a fake clock: 0.5 s per step), says so,
+    and the same command repeated ends with the weights of one uninterrupted run."""
+    raw = tiny_cfg("hstu", train={"epochs": 2})
+    train_run(config_from_dict(raw), tmp_path / "full", dataset=toy)
+    clock = {"t": 1e9}
+
+    def fake_time() -> float:
+        clock["t"] += 0.5
+        return clock["t"]
+
+    monkeypatch.setattr("genrec.train.base.time.time", fake_time)
+    budget = config_from_dict(tiny_cfg("hstu", train={"epochs": 2, "max_seconds": 2.0}))
+    calls, res = 0, {}
+    while "metrics" not in res:
+        res = train_run(budget, tmp_path / "part", dataset=toy)
+        calls += 1
+        assert calls < 50
+        if "metrics" not in res:
+            assert res["stopped_early_by"] == "train.max_seconds" and not res["summary"]["finished"]
+    assert calls > 2
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "part")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    with pytest.raises(ConfigError, match="train.max_seconds must be >= 0"):
+        config_from_dict(tiny_cfg("hstu", train={"max_seconds": -1}))
 
 
 def test_killed_process_resumes_exactly(toy_dir, tmp_path):

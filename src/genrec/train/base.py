@@ -110,11 +110,14 @@ class TrainerBase(RunFolder):
             dev = [self.device.index] if self.device.type == "cuda" else None
             self._ddp = nn.parallel.DistributedDataParallel(_StepForward(self.model, self.step_loss), device_ids=dev,
                                                             find_unused_parameters=self.ddp_find_unused)
-        stop = False
+        stop, self.interrupted_by, self._t_call = False, "", time.time()
         while st["epoch"] < self.cfg.train.epochs and not stop:
             stop = self._run_epoch(st["epoch"])
         self.close()
-        return self.summary()
+        out = self.summary()
+        if self.interrupted_by and not out.get("finished"):
+            out["interrupted_by"] = self.interrupted_by
+        return out
 
     def _run_epoch(self, epoch: int) -> bool:
         """One epoch (or the rest of it, after a resume); returns whether training ends here."""
@@ -127,7 +130,7 @@ class TrainerBase(RunFolder):
         bar = self._progress_bar(len(batches), start, epoch)
         loss_sum, loss_n, t_epoch = 0.0, 0, time.time()
         self._t_mark = t_epoch
-        ending = ""  # "budget": the run is complete; "max_steps": interrupted, a later run resumes
+        ending = ""  # "budget": the run is complete; "train.max_steps" / "train.max_seconds": a later run resumes
         for bi in range(start, len(batches)):
             value, extra = self._train_step(batches[bi])
             st["step_in_epoch"] = bi + 1
@@ -147,13 +150,17 @@ class TrainerBase(RunFolder):
             if self.step_budget and st["global_step"] >= self.step_budget:
                 ending = "budget"
             elif tc.max_steps and st["global_step"] >= tc.max_steps:
-                ending = "max_steps"
+                ending = "train.max_steps"
+            elif tc.max_seconds and dist_utils.broadcast_flag(time.time() - self._t_call >= tc.max_seconds,
+                                                             self.device):  # every rank stops at the same step
+                ending = "train.max_seconds"
             if ending:
                 break
         if bar is not None:
             bar.close()
         self.add_train_seconds(self._t_mark)
-        if ending == "max_steps":
+        if ending.startswith("train."):
+            self.interrupted_by = ending
             self._save(f"step-{st['global_step']:09d}")
             return True
         return self._end_epoch(epoch, loss_sum, loss_n, t_epoch, complete=ending == "budget")

@@ -156,10 +156,10 @@ def cutoff_record(cutoff: int | Split) -> dict[str, Any]:
 
 def _loop_config(cfg: PretrainConfig, loop: TrainConfig | None) -> TrainConfig:
     """Stage 1's TrainConfig: the section's own optimiser, epochs, batch and seed; the loop knobs
-    (``max_steps``, ``checkpoint_every``, progress, threads) of the caller's ``train:`` section."""
+    (``max_steps``, ``max_seconds``, ``checkpoint_every``, progress, threads) of the caller's ``train:`` section."""
     lp = loop or TrainConfig(tensorboard=False)
     return TrainConfig(**optim_knobs(cfg), epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
-                       device=cfg.device, patience=0, bf16=False, max_steps=lp.max_steps,
+                       device=cfg.device, patience=0, bf16=False, max_steps=lp.max_steps, max_seconds=lp.max_seconds,
                        checkpoint_every=lp.checkpoint_every, progress=lp.progress, tensorboard=lp.tensorboard,
                        num_threads=lp.num_threads)
 

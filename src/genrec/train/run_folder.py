@@ -54,14 +54,14 @@ def fit_and_test(trainer: Any, out: str | Path,
     """Train (or resume) ``trainer``, then evaluate its best weights on the test split.
 
     The one ending every trainer shares: a non-main DDP rank returns its summary only; a run cut short by
-    ``train.max_steps`` says so instead of evaluating; otherwise ``extras(trainer, record)`` may add keys
+    ``train.max_steps`` or ``train.max_seconds`` says so instead of evaluating; otherwise ``extras(trainer, record)`` may add keys
     (other decodings, SID health, ...) and the record goes to ``OUT/results/test.json``.
     """
     summary = trainer.fit()
     if not getattr(trainer, "main", True):
         return {"summary": summary}
     if not summary.get("finished"):
-        return {"summary": summary, "stopped_early_by": "train.max_steps"}
+        return {"summary": summary, "stopped_early_by": summary.get("interrupted_by", "train.max_steps")}
     trainer.load_best()
     res = trainer.evaluate("test")
     if extras is not None:

@@ -145,7 +145,7 @@ def run_stages(cfg: RunConfig, out: str | Path, resume: bool = True, dataset: Da
             summary = pretrain_run(dataset, cut, pcfg, art, resume=resume, loop=cfg.train)
             if not summary["finished"]:  # stopped by train.max_steps: the next run resumes stage 1
                 return {"stages": stages, "pretrain": {"path": str(art), "summary": summary}, "summary": summary,
-                        "stopped_early_by": "train.max_steps"}
+                        "stopped_early_by": summary.get("interrupted_by", "train.max_steps")}
             meta = json.loads((art / META_FILE).read_text())
         record["pretrain"] = _pretrain_summary(art, meta, skipped)
     if "finetune" in stages:
