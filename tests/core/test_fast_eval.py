@@ -12,7 +12,7 @@ import torch
 
 from genrec.data.sequences import UserSequences, make_history_batch
 from genrec.data.splits import EvalSamples, leave_one_out
-from genrec.eval.retrieval import catalogue_ranks, history_of, query_batches, rank_targets
+from genrec.eval.retrieval import catalogue_ranks, history_of, length_batches, query_batches, rank_targets
 from genrec.models.base import Retriever
 from genrec.models.registry import build_model
 
@@ -130,3 +130,15 @@ def test_a_large_catalogue_is_scored_in_bounded_blocks() -> None:
     got = catalogue_ranks(states, table, targets, seen, k=5, chunk=8192)
     np.testing.assert_array_equal(got.rank.numpy(), dense.rank.numpy())
     np.testing.assert_array_equal(got.top_items.numpy(), dense.top_items.numpy())
+
+
+def test_length_batches_bound_size_and_padding() -> None:
+    rng = np.random.default_rng(1)
+    lengths = np.minimum(rng.geometric(0.05, 3000), 200)
+    batches = length_batches(lengths, 64, max_padding=0.05)
+    np.testing.assert_array_equal(np.sort(np.concatenate(batches)), np.arange(3000))
+    for b in batches:
+        n = np.maximum(lengths[b], 1)
+        assert len(b) <= 64
+        assert len(b) == 1 or 1 - n.sum() / (len(b) * n.max()) <= 0.05
+    assert len(batches) < 3000 / 8  # not one query per batch

@@ -26,6 +26,7 @@ RETRIEVAL_TASK = "next-item retrieval"
 
 
 CHUNK_ITEMS = 1 << 16  # catalogue columns scored at once: a (B, 65,536) block bounds memory for any catalogue
+MAX_PADDING = 0.05  # share of padding an evaluation batch may encode before it is cut short
 
 
 def history_of(seqs: UserSequences, row: int, hist_end: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,13 +54,28 @@ def history_pairs(seqs: UserSequences, rows: np.ndarray, ends: np.ndarray) -> tu
     return r, seqs.items[np.repeat(seqs.offsets[rows], n) + within].astype(np.int64)
 
 
+def length_batches(lengths: np.ndarray, batch_size: int, max_padding: float = MAX_PADDING) -> list[np.ndarray]:
+    """Indices of ``lengths`` shortest first, cut into batches of at most ``batch_size`` whose padding (to their
+    longest member) stays within ``max_padding`` of their tokens; a batch grows while both hold."""
+    order = np.argsort(lengths, kind="stable")
+    n = np.maximum(lengths[order], 1)  # a query with no history still encodes one (padding) token
+    out, start, total = [], 0, 0
+    for i, m in enumerate(n.tolist()):  # m is the longest so far: the order is ascending
+        count = i - start + 1
+        if count > batch_size or (count > 1 and 1 - (total + m) / (count * m) > max_padding):
+            out.append(order[start:i])
+            start, total = i, 0
+        total += m
+    if start < len(order):
+        out.append(order[start:])
+    return out
+
+
 def query_batches(seqs: UserSequences, samples: EvalSamples, max_len: int, batch_size: int) -> Iterator[QueryBatch]:
-    """The queries of ``samples`` in batches of similar history length (shortest first), so a batch encodes
-    little padding: scores of a query do not depend on its batch, only the order of work changes."""
+    """The queries of ``samples`` in batches of similar history length (:func:`length_batches`), so a batch
+    encodes little padding: scores of a query do not depend on its batch, only the order of work changes."""
     win = np.minimum(samples.hist_end, max_len)  # (S,) encoder tokens of each query
-    order = np.argsort(win, kind="stable")
-    for a in range(0, len(order), batch_size):
-        idx = order[a : a + batch_size]
+    for idx in length_batches(win, batch_size):
         rows, ends = samples.rows[idx], samples.hist_end[idx]
         pos = seqs.offsets[rows] + ends  # (B,) flat index of each target
         w = seqs.windows(rows, ends, max_len)
