@@ -324,3 +324,17 @@ def test_zip_member_is_streamed(tmp_path):
         zf.writestr("ml-100k/u.data.gz", gzip.compress(U_DATA.encode()))
     (tmp_path / "ml-100k.zip").write_bytes(buf.getvalue())
     assert len(read_movielens(tmp_path / "ml-100k.zip", item_text=False)) == 3
+
+
+def test_a_movielens_folder_with_only_the_reconstructed_ml1m_file_is_read(tmp_path):
+    """The staged ML-1M has no ratings.dat, only ratings_reconstructed_ts.csv.gz (header, some empty timestamps)
+    beside movies.dat: the folder reads, titles come along, the rows without a time are dropped and counted."""
+    folder = tmp_path / "ml-1m"
+    folder.mkdir()
+    (folder / "ratings_reconstructed_ts.csv.gz").write_bytes(
+        gzip.compress(b"UserID,MovieID,Rating,Timestamp\n1,10,4,100\n2,20,3,\n1,20,5,150\n"))
+    (folder / "movies.dat").write_text(MOVIES_DAT, encoding="latin-1")
+    raw = read_movielens(folder)
+    assert raw.counts["missing_timestamps"] == 1 and raw.items is not None
+    ds = load_dataset(prepare(raw, tmp_path / "out", name="ml-1m"))
+    assert ds.manifest["counts"]["interactions"] == 2 and ds.manifest["counts"]["dropped_rows"] == 1

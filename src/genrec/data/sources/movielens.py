@@ -18,6 +18,9 @@ from genrec.data.sources import _io
 from genrec.errors import DataError
 
 RATING_FILES = ("ratings.csv", "ratings.dat", "u.data")
+# a folder without an official ratings file: the staged ML-1M with reconstructed timestamps (see its SOURCE.md;
+# the rows it still lacks a timestamp for are dropped and counted as missing_timestamps)
+RECONSTRUCTED_FILES = ("ratings_reconstructed_ts.csv",)
 ITEM_FILES = {"u.data": ("u.item",), "ratings.dat": ("movies.dat",), "ratings.csv": ("movies.csv",)}
 ALL_ITEM_FILES = ("u.item", "movies.dat", "movies.csv")
 ML100K_GENRES = (
@@ -43,7 +46,7 @@ def _locate(path: Path) -> tuple[Path, str | None]:
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if path.is_dir():
-        found = _beside(path, RATING_FILES)
+        found = _beside(path, RATING_FILES) or _beside(path, RECONSTRUCTED_FILES)
         if found is None:
             zips = sorted(path.glob("ml-*.zip"))
             if zips:
