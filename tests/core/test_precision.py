@@ -173,3 +173,52 @@ def test_evaluation_stays_fp32_on_a_bf16_cpu_run(toy, tmp_path, native_bf16):
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
     metrics, _ = tr.validate()
     assert all(math.isfinite(v) for v in metrics.values())
+
+
+# -- GLASS: the hard-search branch under bf16 ----------------------------------------------------------------
+def test_glass_gate_and_retrieved_attention_stay_fp32_under_bf16_autocast():
+    """The learned gate is built to stay strictly inside (0, 1) so both attentions keep a gradient; in bf16 a
+    saturated gate rounds to exactly 1 (next to 1 bf16 steps by 2^-8 > GATE_EPS). The hard-search branch
+    therefore runs in fp32 under autocast while the rest of the decoder runs in bf16."""
+    from tests.glass.conftest import tiny_model
+    from tests.glass.test_glass_model import histories
+
+    model = tiny_model(seed=1)
+    with torch.no_grad():
+        for lin in model.gates:
+            lin.weight.mul_(1e4)  # pre-activations far into saturation, where a trained gate ends up
+    out: dict[str, set[torch.dtype]] = {"retrieved": set(), "self": set()}
+    for attn in model.ret_attn:
+        attn.o.register_forward_hook(lambda m, i, o: out["retrieved"].add(o.dtype))
+    for layer in model.decoder:
+        layer.self_attn.o.register_forward_hook(lambda m, i, o: out["self"].add(o.dtype))
+    model.gate_log = []
+    inp = model.encoder_inputs(histories())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model.teacher_logits(inp, model.item_sids[torch.tensor([1, 2, 3])])
+    g = torch.cat([x.flatten() for x in model.gate_log])
+    assert bool((g > 0).all()) and bool((g < 1).all()), f"{int((g == 1).sum())} of {g.numel()} gates are 1"
+    assert g.dtype == torch.float32
+    assert float(g.max()) > 0.99 and float(g.min()) < 0.01  # saturated both ways, yet inside the interval
+    assert out == {"retrieved": {torch.float32}, "self": {torch.bfloat16}}
+    assert not bool(torch.isnan(logits).any())  # (codes outside the table are -inf by design)
+
+
+def test_glass_trains_finite_in_bf16_on_the_cpu(tmp_path, native_bf16):
+    """A few bf16 steps of GLASS with hard search, SID-Tier and neighbours at lr 0.01: every loss and gradient
+    finite, the steps really autocast."""
+    import numpy as np
+
+    from genrec.train.generator import GeneratorTrainer
+    from tests.glass.conftest import tiny_cfg, toy_dataset, toy_table, toy_vectors
+
+    np.save(tmp_path / "emb.npy", toy_vectors())
+    cfg = tiny_cfg(str(tmp_path / "emb.npy"), {"neighbour_codes": 1, "dropout": 0.1}, lr=0.01, batch_size=8,
+                   precision="bf16")
+    tr = GeneratorTrainer(cfg, tmp_path / "run", toy_dataset(), toy_table())
+    assert tr.precision == "bf16"
+    for rows in tr.epoch_batches(0)[:6]:
+        value, rec = recorded_step(tr, rows)
+        assert math.isfinite(value) and rec.autocast_on == [True]
+        assert any(d == {torch.bfloat16} for _, d in rec.seen)
+        assert all(bool(torch.isfinite(p.grad).all()) for p in tr.model.parameters() if p.grad is not None)
