@@ -222,3 +222,23 @@ def test_glass_trains_finite_in_bf16_on_the_cpu(tmp_path, native_bf16):
         assert math.isfinite(value) and rec.autocast_on == [True]
         assert any(d == {torch.bfloat16} for _, d in rec.seen)
         assert all(bool(torch.isfinite(p.grad).all()) for p in tr.model.parameters() if p.grad is not None)
+
+
+def test_the_precision_benchmark_measures_both_dtypes_in_one_run(native_bf16):
+    """benchmarks/precision_speed.py's quick path on the synthetic data: both trainers step, the record says
+    the ratio, each dtype's fraction of its matmul rate and the Amdahl bound, with provenance fields."""
+    from tests.conftest import load_benchmark
+
+    bench = load_benchmark("precision_speed")
+    rec = bench.measure("configs/sasrec-beauty.yaml", "", ["model.num_layers=1", "train.batch_size=32"], steps=2,
+                        warmup=1, matmul_n=64, profile_steps=1)
+    m = rec["metrics"]
+    assert m["ms_per_step_fp32"] > 0 and m["ms_per_step_bf16"] > 0 and m["train_gflop_per_step"] > 0
+    assert m["speedup_bf16_over_fp32"] == pytest.approx(m["ms_per_step_fp32"] / m["ms_per_step_bf16"])
+    share, ratio = m["matmul_share_of_step_fp32"], m["matmul_gflops_fp32"] / m["matmul_gflops_bf16"]
+    assert 0 < share < 1 and m["bf16_speedup_bound"] == pytest.approx(1 / (1 - share + share * ratio))
+    for p in ("fp32", "bf16"):
+        assert m[f"fraction_of_matmul_rate_{p}"] == pytest.approx(m[f"train_gflops_{p}"] / m[f"matmul_gflops_{p}"])
+    assert {"dataset", "model", "recipe", "protocol", "metrics", "seeds"} <= set(rec)
+    assert rec["protocol"]["interleaved"] and set(rec["_profiles"]) == {"fp32", "bf16"}
+    assert "bf16 is" in bench.report(rec) and "Amdahl" in bench.report(rec)
