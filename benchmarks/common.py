@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +52,25 @@ def write_result(name: str, record: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
+
+
+def matmul_flops_per_second(n: int = 1024, reps: int = 20, dtype: torch.dtype = torch.float32) -> float:
+    """This machine's dense (n x n) @ (n x n) FLOP rate at ``dtype``: the median of ``reps`` warm products."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)
+
+
+def counted_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs torch's FlopCounterMode counts in one call of ``fn`` (matmuls and attention; forward + backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops()

@@ -16,30 +16,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_result  # noqa: E402
+from common import matmul_flops_per_second, write_result  # noqa: E402
 
 from genrec.config import load_config  # noqa: E402
 from genrec.data.loading import load_data  # noqa: E402
 from genrec.data.sequences import batch_order, make_train_batch  # noqa: E402
 from genrec.eval.retrieval import rank_targets  # noqa: E402
 from genrec.train.trainer import Trainer  # noqa: E402
-
-
-def matmul_flops_per_second(n: int = 1024, reps: int = 20) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times)
 
 
 def main() -> None:

@@ -55,13 +55,22 @@ def optim_knobs(section: Any) -> dict[str, Any]:
     return {f.name: getattr(section, f.name) for f in fields(OptimConfig)}
 
 
+PRECISIONS = ("auto", "fp32", "bf16")  # train.precision (resolved per device in genrec.nn.precision)
+
+
 @dataclass
 class TrainConfig(OptimConfig):
+    """The training loop's knobs. ``precision``: ``auto`` = bf16 autocast on CUDA when ``bf16`` (the default),
+    fp32 on the CPU, as genrec always trained; ``bf16`` = autocast on CUDA and on CPUs with native bf16 (fp32
+    with a log line elsewhere); ``fp32`` = never. ``bf16: false`` keeps meaning fp32 everywhere, so it cannot be
+    combined with ``precision: bf16``."""
+
     epochs: int = 100
     batch_size: int = 128
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    bf16: bool = True  # autocast to bf16 on CUDA only
+    bf16: bool = True  # under precision auto: autocast to bf16 on CUDA only; false = fp32 everywhere
+    precision: str = "auto"  # auto | fp32 | bf16 (see the class doc)
     eval_every: int = 1  # epochs between validation runs
     patience: int = 10  # validation runs without improvement before stopping; 0 = never stop early
     early_stop_metric: str = "auto"  # auto = ndcg@10 for retrievers and generators, auc for rankers
@@ -74,6 +83,12 @@ class TrainConfig(OptimConfig):
     num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default
     progress: bool = True
     tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision: '{self.precision}' is not one of {', '.join(PRECISIONS)}")
+        if self.precision == "bf16" and not self.bf16:
+            raise ConfigError("train.precision=bf16 contradicts train.bf16=false (fp32 everywhere): drop one of them")
 
 
 @dataclass

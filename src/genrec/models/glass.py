@@ -20,10 +20,17 @@ through:
 
 With ``sid_tier``, ``hard_search`` and ``long_pool`` all off (or ``long_len: 0``) the model computes exactly
 what TIGER computes. Codebook resizing (§4.6) is a property of the SID table (``sid.first_codebook_size``).
+
+Under bf16 autocast the hard-search branch (the retrieved items' keys/values, their cross-attention and the gate)
+still runs in fp32 (:func:`_fp32`): next to 1 bf16 steps by 2^-8, so the saturated learned gate rounds to exactly
+1 (0 weight and 0 gradient for ``Z_s``, 0 gradient for the gate: the open interval it is built to stay in is
+lost), and the CUDA runs of the hard-search variants hit NaN losses in bf16 that fp32 never did. The branch is
+``m`` queries over at most ``retrieve_max`` keys: fp32 there costs little. In fp32 nothing changes.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -272,14 +279,17 @@ class GLASS(TIGER):
         fuses: list[Any] = [None] * self.cfg.num_decoder_layers
         for j, layer_idx in enumerate(self.fused):
             def fuse(h: torch.Tensor, z_s: torch.Tensor, j: int = j) -> torch.Tensor:
-                z_r = self.ret_attn[j].attend(h, *ret_kv[j], ret_bias)  # (R, T, d)
-                g = self._gate(j, z_s, z_r) * apply.to(z_s.dtype)
-                return z_s + g * (z_r - z_s)  # (1 - g) Z_s + g Z_r
+                with _fp32(h):  # the whole branch in fp32, also under autocast (module doc)
+                    h, z_s = h.float(), z_s.float()
+                    z_r = self.ret_attn[j].attend(h, *ret_kv[j], ret_bias)  # (R, T, d)
+                    g = self._gate(j, z_s, z_r) * apply.to(z_s.dtype)
+                    return z_s + g * (z_r - z_s)  # (1 - g) Z_s + g Z_r
             fuses[layer_idx] = fuse
         return fuses
 
     def _ret_kv(self, ret: Retrieved) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [attn.keys_values(ret.emb) for attn in self.ret_attn]  # per fused layer, (R, h, M, dk)
+        with _fp32(ret.emb):
+            return [attn.keys_values(ret.emb.float()) for attn in self.ret_attn]  # per fused layer, (R, h, M, dk)
 
     def training_inputs(self, batch: GeneratorBatch) -> tuple[GlassInputs, torch.Tensor]:  # type: ignore[override]
         """Histories (short + long window), users and target items -> :class:`GlassInputs` and target SIDs (B, m)."""
@@ -331,6 +341,11 @@ class GLASS(TIGER):
             return reorder_tensors(state, rows)
         return GlassState(reorder_tensors(state.dec, rows), state.row_user[rows], reorder_tensors(state.ret_kv, rows),
                           state.ret_bias[rows], state.ret_has[rows], state.long, state.long_len)
+
+
+def _fp32(x: torch.Tensor) -> AbstractContextManager:
+    """Autocast off on ``x``'s device (a no-op when it was not on)."""
+    return torch.autocast(x.device.type, enabled=False)
 
 
 def _append_slots(tok: torch.Tensor, mask: torch.Tensor, extra: int

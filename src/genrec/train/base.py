@@ -181,7 +181,8 @@ class TrainerBase(RunFolder):
             lr = self.schedule(self.state["global_step"])
             self.set_lr(lr)
             extra["lr"] = lr
-        loss, count = self._ddp(local) if self.distributed else self.step_loss(local)
+        with self.step_autocast():  # forward + loss only; backward and the optimizer step stay outside
+            loss, count = self._ddp(local) if self.distributed else self.step_loss(local)
         reduced = self._reduce(loss, count)
         if reduced is None:
             return None, extra
@@ -218,7 +219,7 @@ class TrainerBase(RunFolder):
         self.optimizer.step()
         self.state["global_step"] += 1
         if not math.isfinite(value):
-            raise non_finite_loss(value, self.state["global_step"], self.device, self.cfg.train.bf16)
+            raise non_finite_loss(value, self.state["global_step"], self.fp32_switch())
 
     def _end_epoch(self, epoch: int, loss_sum: float, loss_n: int, t_epoch: float, complete: bool = False) -> bool:
         """Close epoch ``epoch`` (0-based): log its loss and time, validate when due (``train.eval_every`` and

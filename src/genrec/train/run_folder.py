@@ -14,7 +14,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from genrec.errors import CheckpointError, ConfigError
 from genrec.eval.record import git_commit  # noqa: F401 (re-exported through train.base)
 from genrec.io import write_json_atomic
 from genrec.models.pretrained import STAGE1_KEY, apply_pretrained, fill_stage1
+from genrec.nn.precision import BF16, FP32, autocast, resolve_precision
 from genrec.runs.checkpoint import (
     SUMMARY_KEYS,
     latest_checkpoint,
@@ -74,15 +75,16 @@ def fit_and_test(trainer: Any, out: str | Path,
     return res
 
 
-def non_finite_loss(value: float, step: int, device: torch.device, bf16: bool) -> FloatingPointError:
+def non_finite_loss(value: float, step: int, fp32_switch: str = "") -> FloatingPointError:
     """The error for a NaN/inf training loss, with the knobs that usually cure it.
 
-    bf16 autocast on CUDA is named because it is a cause fp32 CPU runs never see: GLASS with hard search on the
-    Taobao sample diverged under it at lr 0.01 and trained cleanly in fp32.
+    ``fp32_switch`` is the setting that turns this run's bf16 autocast off (empty when the step ran in fp32); it
+    is named because bf16 is a cause fp32 runs never see: GLASS with hard search on the Taobao sample diverged
+    under CUDA autocast at lr 0.01 and trained cleanly in fp32.
     """
     hint = "lower train.lr"
-    if device.type == "cuda" and bf16:
-        hint += " or set train.bf16=false (bf16 autocast is on)"
+    if fp32_switch:
+        hint += f" or set {fp32_switch} (bf16 autocast is on)"
     return FloatingPointError(f"training loss is {value} at step {step}; {hint}; checkpoints already "
                               "written are intact, and a resumed run starts from the last one")
 
@@ -124,6 +126,7 @@ class RunFolder:
         if self.device.type == "cuda" and self.distributed:
             self.device = torch.device(f"cuda:{local_rank}")
             torch.cuda.set_device(self.device)
+        self.precision = resolve_precision(tc, self.device)  # fp32 | bf16: what this run's steps compute in
         if tc.batch_size % self.world:
             raise ConfigError(f"train.batch_size={tc.batch_size} is not divisible by the {self.world} processes")
         self.main = dist_utils.is_main()  # only the main process writes files
@@ -245,10 +248,23 @@ class RunFolder:
 
     # -- device and time --------------------------------------------------------------------------
     def autocast(self) -> AbstractContextManager:
-        """bf16 autocast on CUDA when ``train.bf16``; a no-op on CPU."""
-        if self.device.type == "cuda" and self.cfg.train.bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
+        """bf16 autocast on CUDA when the run's precision is bf16; a no-op on the CPU and in fp32.
+
+        The trainers' own contexts (their step and the ranker's / GAMER's evaluation): unchanged by
+        ``train.precision: bf16`` on the CPU, so evaluation there stays fp32."""
+        return autocast(self.device, self.precision if self.device.type == "cuda" else FP32)
+
+    def step_autocast(self) -> AbstractContextManager:
+        """The training loop's context around every step's forward and loss, of every kind: bf16 autocast when
+        ``train.precision`` is ``bf16`` (and the device can), else a no-op, so ``auto`` steps exactly as before
+        (each trainer's own :meth:`autocast`)."""
+        return autocast(self.device, self.precision if self.cfg.train.precision == BF16 else FP32)
+
+    def fp32_switch(self) -> str:
+        """The setting that turns this run's bf16 autocast off; empty when it trains in fp32."""
+        if self.precision != BF16:
+            return ""
+        return "train.precision=fp32" if self.cfg.train.precision == BF16 else "train.bf16=false"
 
     def add_train_seconds(self, t0: float) -> None:
         """Accumulate wall time since ``t0`` into the checkpointed state (survives resumes)."""
