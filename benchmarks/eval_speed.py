@@ -104,6 +104,7 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[])
     ap.add_argument("--which", default="valid", choices=["valid", "test"])
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default: every core)")
     ap.add_argument("--million", action="store_true", help="also time a 1M-item synthetic catalogue (peak RSS)")
     ap.add_argument("--million-child", nargs=3, type=int, help=argparse.SUPPRESS)
     ap.add_argument("--name", default=None)
@@ -112,6 +113,8 @@ def main() -> None:
         return million_child(*args.million_child)
     if not args.run and not args.data:
         ap.error("give --run RUN_DIR or --data DATASET (with --recipe)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, seqs, split, cfg, dname = load(args)
     samples, bs, excl = getattr(split, args.which), cfg.eval.batch_size, cfg.eval.exclude_history
     rank_targets(model, seqs, samples, excl, bs)  # warm-up
