@@ -145,3 +145,23 @@ def test_recommend_matches_evaluation_ranking(toy_dir, tmp_path):
 
     rank = rank_targets(run.model, run.seqs, EvalSamples(np.array([row]), np.array([len(items) - 1])))[0]
     assert rec_ids.index(int(items[-1])) == rank
+
+
+def test_fused_adamw_is_a_switch_that_takes_the_default_step(toy, tmp_path):
+    from genrec.config import TrainConfig
+    from genrec.nn.optim import build_optimizer
+
+    steps = {}
+    for fused in (False, True):
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(8, 4)
+        opt = build_optimizer(lin.parameters(), TrainConfig(lr=0.01, fused=fused))
+        assert bool(opt.defaults.get("fused")) == fused
+        for _ in range(3):
+            opt.zero_grad()
+            lin(torch.ones(2, 8)).square().sum().backward()
+            opt.step()
+        steps[fused] = lin.weight.detach().clone()
+    torch.testing.assert_close(steps[True], steps[False], rtol=0, atol=1e-6)  # the same update, rounded its way
+    tr = Trainer(config_from_dict(tiny_cfg("sasrec", train={"epochs": 1, "fused": True})), tmp_path / "f", toy)
+    assert tr.optimizer.defaults["fused"] and tr.fit()["finished"]
