@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,8 @@ INTERACTIONS_FILE = "interactions.parquet"
 ITEMS_FILE = "items.parquet"
 USERS_FILE = "users.parquet"
 MANIFEST_FILE = "manifest.json"
+
+CANONICAL_FILES = (INTERACTIONS_FILE, ITEMS_FILE, USERS_FILE, MANIFEST_FILE)
 
 REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp")
 OPTIONAL_COLUMNS = {"behavior": np.int8, "rating": np.float32, "session_id": np.int64, "label": np.int8}
@@ -125,6 +130,53 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
                 break
             h.update(block)
     return h.hexdigest()
+
+
+EARLIEST_UNIX_TIME = 631_152_000  # 1990-01-01 UTC: no interaction log of unix times holds anything earlier
+FUTURE_MARGIN = 366 * 86400  # a timestamp more than a year ahead of the clock is no time that happened
+MAX_SECONDS = 2.0**62  # beyond this a float "time" cannot be an int64 of seconds (and no date at all)
+
+
+def _date(seconds: int) -> str:
+    try:
+        return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d")
+    except (OverflowError, OSError, ValueError):
+        return "after the year 9999"
+
+
+def check_float_seconds(values: np.ndarray, where: str, row: Callable[[int], str]) -> None:
+    """Refuse infinite float times and ones beyond int64 seconds (NaN is a missing value: the caller's).
+
+    ``row(k)`` names the ``k``-th value's row for the message, so the user can find it.
+    """
+    bad = ~np.isnan(values) & ~(np.abs(values) < MAX_SECONDS)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{where}: {row(k)}: timestamp {values[k]!r} is not a unix time in seconds")
+
+
+def check_timestamps(seconds: np.ndarray, where: str, row: Callable[[int], str], hint: str = "") -> None:
+    """Refuse implausible unix seconds, naming the first such row (one line).
+
+    A time more than a year ahead of the clock cannot be seconds (unix milliseconds read as seconds land in
+    the year 50,000), and in a column of unix times (most values after 1990) a value before 1990 is one read at
+    the wrong scale (seconds among milliseconds, divided by 1000). A column that holds no unix time at all
+    (sequence positions, relative times) keeps its small values. ``hint`` says how the reader chose the unit.
+    """
+    if not len(seconds):
+        return
+    latest = int(time.time()) + FUTURE_MARGIN
+    future = seconds > latest
+    if future.any():
+        k = int(np.flatnonzero(future)[0])
+        raise DataError(f"{where}: {row(k)}: timestamp {int(seconds[k])} ({_date(int(seconds[k]))}) is after "
+                        f"{_date(latest)}, a year from now: unix milliseconds (or a mix of seconds and "
+                        f"milliseconds) read as seconds?{hint}")
+    unix = seconds >= EARLIEST_UNIX_TIME
+    if 2 * int(np.count_nonzero(unix)) > len(seconds) and not unix.all():
+        k = int(np.flatnonzero(~unix)[0])
+        raise DataError(f"{where}: {row(k)}: timestamp {int(seconds[k])} ({_date(int(seconds[k]))}) is before "
+                        f"1990 while most of the column is later: seconds and milliseconds mixed?{hint}")
 
 
 def fingerprint_of(inter: Interactions, params: dict[str, Any]) -> str:
