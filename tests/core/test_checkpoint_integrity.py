@@ -157,3 +157,11 @@ def test_a_malicious_optimizer_pickle_never_runs_and_is_one_line(toy, tmp_path):
         load_checkpoint(ck / "step-000000005", model.model, model.optimizer)
     assert not marker.exists()
     assert "\n" not in str(err.value) and str(bad) in str(err.value)
+
+
+def test_a_step_saved_twice_still_keeps_the_checkpoint_before_it(toy, tmp_path):
+    """max_steps on a checkpoint_every step writes that checkpoint twice: the one before must survive it."""
+    raw = tiny_cfg("hstu", train={"epochs": 3, "checkpoint_every": 2, "max_steps": 6})
+    Trainer(config_from_dict(raw), tmp_path / "r", toy).fit()
+    ck = tmp_path / "r" / "checkpoints"
+    assert sorted(p.name for p in ck.iterdir() if p.is_dir()) == ["epoch-00001", "step-000000006"]

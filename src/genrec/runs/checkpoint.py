@@ -120,7 +120,7 @@ def save_checkpoint(ckpt_root: Path, name: str, model: torch.nn.Module, optimize
     os.replace(tmp, final)
     _fsync_dir(ckpt_root)
     set_latest(ckpt_root, name)
-    _prune(ckpt_root, keep={name, previous})
+    _prune(ckpt_root, name, previous)
     return final
 
 
@@ -132,9 +132,17 @@ def set_latest(ckpt_root: Path, name: str) -> None:
     _fsync_dir(ckpt_root)
 
 
-def _prune(ckpt_root: Path, keep: set[str | None]) -> None:
-    """Remove checkpoints other than ``keep``, and temporary folders of writers that are gone (a live
-    process's half-written folder is never touched)."""
+def _prune(ckpt_root: Path, name: str, previous: str | None) -> None:
+    """Remove checkpoints other than ``name`` and the one before it, and temporary folders of writers that are
+    gone (a live process's half-written folder is never touched).
+
+    The one before is ``previous`` (what ``latest`` named: after a fallback, the good checkpoint resumed from),
+    or, when that is ``name`` itself (one step saved twice) or unknown, the newest other checkpoint.
+    """
+    keep = {name, previous}
+    if previous in (None, name):
+        others = [p for p in ckpt_root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != name]
+        keep.update(p.name for p in sorted(others, key=_progress)[-1:])
     for p in ckpt_root.iterdir():
         if not p.is_dir():
             continue
