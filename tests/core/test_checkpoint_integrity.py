@@ -165,3 +165,19 @@ def test_a_step_saved_twice_still_keeps_the_checkpoint_before_it(toy, tmp_path):
     Trainer(config_from_dict(raw), tmp_path / "r", toy).fit()
     ck = tmp_path / "r" / "checkpoints"
     assert sorted(p.name for p in ck.iterdir() if p.is_dir()) == ["epoch-00001", "step-000000006"]
+
+
+def test_evaluation_and_export_of_the_latest_weights_verify_them(toy_dir, tmp_path, capsys):
+    from genrec.cli import main
+
+    out = tmp_path / "r"
+    sets = ["model.name=sasrec", "model.d_model=16", "model.num_layers=1", "data.max_len=20", "train.epochs=1",
+            "train.progress=false", "train.tensorboard=false", f"data.path={toy_dir}"]
+    assert main(["train", "--out", str(out), "--set", *sets]) == 0
+    ck = out / "checkpoints" / (out / "checkpoints" / "latest").read_text()
+    flip_last_bit(ck / "model.safetensors")
+    capsys.readouterr()
+    assert main(["export", str(out), "--out", str(tmp_path / "art"), "--weights", "latest"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.safetensors: sha256 does not match" in err[0], err
+    assert main(["export", str(out), "--out", str(tmp_path / "art")]) == 0  # the best weights are another file

@@ -132,7 +132,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-EARLIEST_UNIX_TIME = 631_152_000  # 1990-01-01 UTC: no interaction log of unix times holds anything earlier
+EARLIEST_UNIX_TIME = 631_152_000  # 1990-01-01 UTC: a column mostly later than this holds unix times
 FUTURE_MARGIN = 366 * 86400  # a timestamp more than a year ahead of the clock is no time that happened
 MAX_SECONDS = 2.0**62  # beyond this a float "time" cannot be an int64 of seconds (and no date at all)
 
@@ -159,9 +159,10 @@ def check_timestamps(seconds: np.ndarray, where: str, row: Callable[[int], str],
     """Refuse implausible unix seconds, naming the first such row (one line).
 
     A time more than a year ahead of the clock cannot be seconds (unix milliseconds read as seconds land in
-    the year 50,000), and in a column of unix times (most values after 1990) a value before 1990 is one read at
-    the wrong scale (seconds among milliseconds, divided by 1000). A column that holds no unix time at all
-    (sequence positions, relative times) keeps its small values. ``hint`` says how the reader chose the unit.
+    the year 50,000). In a column of unix times (most values after 1990), a value a hundred times smaller than
+    the column's median is one read at the wrong scale (seconds among milliseconds, divided by 1000, land in
+    January 1970). A column that holds no unix time at all (sequence positions, relative times) keeps its small
+    values, and so does a log reaching back before 1990. ``hint`` says how the reader chose the unit.
     """
     if not len(seconds):
         return
@@ -172,11 +173,16 @@ def check_timestamps(seconds: np.ndarray, where: str, row: Callable[[int], str],
         raise DataError(f"{where}: {row(k)}: timestamp {int(seconds[k])} ({_date(int(seconds[k]))}) is after "
                         f"{_date(latest)}, a year from now: unix milliseconds (or a mix of seconds and "
                         f"milliseconds) read as seconds?{hint}")
-    unix = seconds >= EARLIEST_UNIX_TIME
-    if 2 * int(np.count_nonzero(unix)) > len(seconds) and not unix.all():
-        k = int(np.flatnonzero(~unix)[0])
-        raise DataError(f"{where}: {row(k)}: timestamp {int(seconds[k])} ({_date(int(seconds[k]))}) is before "
-                        f"1990 while most of the column is later: seconds and milliseconds mixed?{hint}")
+    early = seconds < EARLIEST_UNIX_TIME
+    if not early.any() or 2 * int(np.count_nonzero(early)) >= len(seconds):
+        return
+    typical = float(np.median(seconds))
+    scale = seconds < typical / 100
+    if scale.any():
+        k = int(np.flatnonzero(scale)[0])
+        raise DataError(f"{where}: {row(k)}: timestamp {int(seconds[k])} ({_date(int(seconds[k]))}) is a hundred "
+                        f"times smaller or more than the column's median ({_date(int(typical))}): seconds and "
+                        f"milliseconds mixed?{hint}")
 
 
 def fingerprint_of(inter: Interactions, params: dict[str, Any]) -> str:

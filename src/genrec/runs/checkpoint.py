@@ -317,11 +317,13 @@ def summary_of(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def trained_weights(run_dir: Path, weights: str = "best") -> Path:
-    """The weights file to open: ``best/`` when asked for and present, else the latest checkpoint's."""
+    """The weights file to open: ``best/`` when asked for and present, else the latest checkpoint's (checked
+    against its checksums, when it has them: evaluation and export never read damaged weights silently)."""
     best = best_weights_path(run_dir)
     if weights == "best" and best.exists():
         return best
     ck = latest_checkpoint(checkpoint_root(run_dir))
     if ck is None:
         raise CheckpointError(f"{run_dir}: no trained weights found (train the run first)")
+    verify_checksums(ck)
     return ck / CKPT_WEIGHTS
