@@ -122,3 +122,13 @@ def test_a_refused_torchrun_job_ends_on_every_rank(toy_dir, tmp_path):
         holder.communicate("")
     assert r.returncode != 0 and time.time() - t0 < 200
     assert "genrec: error:" in r.stderr and "already training into this run folder" in r.stderr, r.stderr[-3000:]
+
+
+def test_evaluation_takes_no_lock(toy_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--set", *SETS, "train.epochs=1", f"data.path={toy_dir}"]) == 0
+    holder = hold_lock(out)  # as while a longer training continues the run
+    try:
+        assert main(["evaluate", str(out)]) == 0
+    finally:
+        holder.communicate("")

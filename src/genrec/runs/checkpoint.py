@@ -307,8 +307,9 @@ def resume_checkpoint(ckpt_root: Path, model: torch.nn.Module, optimizer: torch.
         if repoint and path.name != named:
             set_latest(ckpt_root, path.name)
         return path, state
-    raise CheckpointError(f"{ckpt_root}: no usable checkpoint ({damaged[0][0]}: {damaged[0][1]}); move the "
-                          "folder away, or train with --no-resume to start over")
+    count = "its only checkpoint is" if len(damaged) == 1 else f"none of its {len(damaged)} checkpoints is"
+    raise CheckpointError(f"{ckpt_root}: {count} usable ({damaged[0][0]}: {damaged[0][1]}); move the folder "
+                          "away, or train with --no-resume to start over")
 
 
 def summary_of(state: dict[str, Any]) -> dict[str, Any]:
