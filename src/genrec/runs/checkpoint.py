@@ -268,8 +268,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 
 
 def resume_checkpoint(ckpt_root: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-           generators: dict[str, torch.Generator] | None = None, say: Callable[[str], None] | None = None,
-           repoint: bool = False) -> tuple[Path, dict[str, Any]] | None:
+                      generators: dict[str, torch.Generator] | None = None,
+                      say: Callable[[str], None] | None = None,
+                      repoint: bool = False) -> tuple[Path, dict[str, Any]] | None:
     """Load the newest checkpoint that verifies; None when the folder holds none at all.
 
     ``latest``'s checkpoint is tried first, then the others newest first; one that fails its checksums or
