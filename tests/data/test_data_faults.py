@@ -154,3 +154,23 @@ def test_infinite_or_huge_float_timestamps_are_one_line(tmp_path, bad):
     raw = RawLog(user=[1, 1, 2], item=[1, 2, 1], timestamp=np.array([1.6e9, bad, 1.6e9]), source="t", label="m")
     with pytest.raises(DataError, match="m: .*row 2"):
         prepare(raw, tmp_path / "o2", name="t")
+
+
+def test_two_processes_building_the_synthetic_cache_at_once_both_load_it(tmp_path, monkeypatch):
+    """The bundled synthetic data is prepared on first use; when another process (a second torchrun rank)
+    finishes writing it meanwhile, this one writes the same tables over it instead of refusing."""
+    from types import SimpleNamespace
+
+    from genrec.data import loading, synthetic
+
+    monkeypatch.setenv("GENREC_CACHE", str(tmp_path))
+    cfg = SimpleNamespace(path="", synthetic_users=30, synthetic_items=20, synthetic_seed=0)
+    generate = synthetic.generate
+
+    def meanwhile(**kw):
+        raw = generate(**kw)
+        prepare(generate(**kw), loading.synthetic_cache_dir(cfg), name="synthetic")  # the other process
+        return raw
+
+    monkeypatch.setattr(synthetic, "generate", meanwhile)
+    assert loading.load_data(cfg).num_users == 30
