@@ -291,3 +291,24 @@ def test_sid_table_slot_is_loaded(served, tmp_path):
     (dst / MANIFEST).write_text(json.dumps(man))
     with pytest.raises(ArtifactError, match="plain file name"):
         load_artifact(dst)
+
+
+@pytest.mark.parametrize("lost", ["map", "entry", "not_a_map"])
+def test_a_missing_checksum_is_an_error_not_a_pass(served, tmp_path, lost):
+    """An artifact.json that lost its sha256 map (or one file's entry) would load unchecked: a flipped weights
+    byte would go unnoticed. It is refused in one line naming the file."""
+    dst = _copy(served, tmp_path)
+    man = json.loads((dst / MANIFEST).read_text())
+    if lost == "map":
+        del man["sha256"]
+    elif lost == "entry":
+        del man["sha256"]["model.safetensors"]
+    else:
+        man["sha256"] = ["model.safetensors"]
+    (dst / MANIFEST).write_text(json.dumps(man))
+    data = bytearray((dst / "model.safetensors").read_bytes())
+    data[-1] ^= 0x01
+    (dst / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError) as e:
+        load_artifact(dst)
+    _one_line_error(e, "sha256", MANIFEST if lost != "entry" else "model.safetensors")

@@ -109,3 +109,39 @@ def test_cf_embeddings_from_a_run_folder(tmp_path, toy_dir):
     model = open_run(tmp_path / "run").model
     assert emb.vectors.shape == (60, 16)
     assert torch.allclose(emb.vectors, model.item_vectors(torch.arange(1, 61)).detach())
+
+
+@pytest.mark.parametrize("kind", ["objects", "pickle", "truncated", "strings"])
+def test_an_embeddings_file_that_is_not_a_plain_array_is_one_line(tmp_path, kind):
+    """A .npy of pickled objects (or a pickle, a torn file, text) is refused naming the file; nothing in it runs."""
+    import pickle
+
+    from genrec.sid.build import file_embeddings
+
+    path = tmp_path / "emb.npy"
+    marker = tmp_path / "pwned"
+    if kind == "objects":
+        np.save(path, np.array([_Payload(marker), None], dtype=object), allow_pickle=True)
+    elif kind == "pickle":
+        path.write_bytes(pickle.dumps(_Payload(marker)))
+    elif kind == "truncated":
+        np.save(path, np.ones((2, 4), dtype=np.float32))
+        path.write_bytes(path.read_bytes()[:-5])
+    else:
+        np.save(path, np.array([["a", "b"], ["c", "d"]]))
+    with pytest.raises(DataError) as err:
+        file_embeddings(path, 2)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+    assert not marker.exists()
+
+
+class _Payload:
+    """Creates a file when unpickled."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (self.marker,))

@@ -45,7 +45,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         flags = ", ".join("--" + k.replace("_", "-") for k in refused)
         raise ConfigError(f"source '{spec.name}' does not take {flags}")
     params: dict[str, Any] = {k: getattr(args, k) for k in _PREPARE_FLAGS if getattr(args, k, None) is not None}
-    out = prepare_source(spec.name, args.input, args.out, name=args.name, **given, **params)
+    out = prepare_source(spec.name, args.input, args.out, name=args.name, overwrite=args.force, **given, **params)
     print(_summary(Path(out)))
     return 0
 
@@ -77,7 +77,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.users < 1 or args.items < 2:
         raise ConfigError(f"--users must be >= 1 and --items >= 2 (got {args.users}, {args.items})")
     raw = generate(num_users=args.users, num_items=args.items, seed=args.seed)
-    out = prepare(raw, args.out, name=args.name or f"synthetic-{args.users}u-{args.items}i-s{args.seed}")
+    out = prepare(raw, args.out, name=args.name or f"synthetic-{args.users}u-{args.items}i-s{args.seed}",
+                  overwrite=args.force)
     print(_summary(Path(out)))
     return 0
 
@@ -108,6 +109,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("input", help="input file or folder")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--name", help="dataset name in the manifest (default: output folder name)")
+    p.add_argument("--force", action="store_true", help="replace a prepared dataset already in --out")
     g = p.add_argument_group("generic reader columns")
     g.add_argument("--user-col")
     g.add_argument("--item-col")
@@ -144,4 +146,5 @@ def register(subparsers: Any) -> None:
     sy.add_argument("--items", type=int, default=500)
     sy.add_argument("--seed", type=int, default=0)
     sy.add_argument("--name")
+    sy.add_argument("--force", action="store_true", help="replace a prepared dataset already in --out")
     sy.set_defaults(func=cmd_synth)

@@ -36,5 +36,5 @@ def load_data(cfg: DataSource) -> Dataset:
     if not (out / MANIFEST_FILE).exists():
         raw = synthetic.generate(num_users=cfg.synthetic_users, num_items=cfg.synthetic_items,
                                  seed=cfg.synthetic_seed)
-        prepare.prepare(raw, out, name="synthetic")
+        prepare.prepare(raw, out, name="synthetic", overwrite=True)  # a cache: another process may have written it
     return load_dataset(out)

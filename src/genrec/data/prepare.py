@@ -8,6 +8,7 @@ parameters are comparable and every choice that changes the table is written to 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,16 @@ from genrec.data.columns import (
     to_seconds,
 )
 from genrec.data.filters import dedup, dense, kcore
-from genrec.data.schema import MANIFEST_FILE, Interactions, fingerprint_of, sha256_file, write_dataset
+from genrec.data.schema import (
+    CANONICAL_FILES,
+    MANIFEST_FILE,
+    Interactions,
+    check_float_seconds,
+    check_timestamps,
+    fingerprint_of,
+    sha256_file,
+    write_dataset,
+)
 from genrec.data.sessions import sessionize
 from genrec.errors import ConfigError, DataError
 
@@ -107,17 +117,38 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
     return p
 
 
-def prepare(raw: RawLog, out_dir: str | Path, *, name: str, **params: Any) -> Path:
+def check_output(out: Path, overwrite: bool, inputs: list[Path]) -> None:
+    """Refuse to replace a prepared dataset unless ``overwrite`` (``--force``), and any input file always.
+
+    A folder holding ``manifest.json`` is a prepared dataset, perhaps the only copy of hours of work, so it is
+    replaced only when asked (as ``genrec export`` replaces an artifact only with ``--force``). Canonical
+    tables without a manifest are the leftovers of an interrupted prepare and hold nothing to lose.
+    """
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+    targets = {(out / f).resolve() for f in CANONICAL_FILES}
+    clash = [s for s in inputs if Path(s).resolve() in targets]
+    if clash:
+        raise DataError(f"{clash[0]}: prepare would write over its own input; choose another --out folder")
+    if (out / MANIFEST_FILE).exists() and not overwrite:
+        raise DataError(f"{out}: holds a prepared dataset already (manifest.json); pass --force to replace it, "
+                        "or choose another --out folder")
+
+
+def prepare(raw: RawLog, out_dir: str | Path, *, name: str, overwrite: bool = False, **params: Any) -> Path:
     """Clean, filter, number, order and sessionize ``raw`` and write the canonical folder.
 
     Parameters (all recorded in ``manifest["params"]``): ``min_rating``, ``dedup``
     (first|last|none), ``user_core``, ``item_core``, ``session_gap`` (s), ``max_session_len``,
-    ``behavior_order``. Returns ``out_dir``.
+    ``behavior_order``. An existing prepared dataset in ``out_dir`` is replaced only with ``overwrite``
+    (:func:`check_output`). Returns ``out_dir``.
     """
     p = check_params(params)
     where = raw.where
-    cols, counts = _usable_columns(raw, p)
-    rows = _decode(cols, p["behavior_order"], raw.behavior_order, where)
+    out = Path(out_dir)
+    check_output(out, overwrite, raw.sources)
+    cols, counts, kept = _usable_columns(raw, p)
+    rows = _decode(cols, p["behavior_order"], raw.behavior_order, where, _row_namer(kept), _unit_hint(raw))
     p["behavior_order"] = rows.behaviors
     rounds = _filter(rows, p, counts, where)
     inter, user_ext, item_ext = _canonical(rows, p)
@@ -133,10 +164,8 @@ def prepare(raw: RawLog, out_dir: str | Path, *, name: str, **params: Any) -> Pa
     manifest = _manifest(raw, name, all_params, counts, rows.behaviors, inter)
     items = build_items_table(item_ext, raw.items, where)
     users = pa.table({"user_id": pa.array(np.arange(1, len(user_ext) + 1)), "external_id": pa.array(user_ext)})
-    out = Path(out_dir)
     try:
-        if out.exists() and not out.is_dir():
-            raise DataError(f"{out}: exists and is not a folder")
+        check_output(out, overwrite, raw.sources)  # again at the write: the folder may have changed meanwhile
         # an old manifest must not vouch for half-rewritten tables if writing fails midway
         (out / MANIFEST_FILE).unlink(missing_ok=True)
         return write_dataset(out, inter, items, manifest, users=users)
@@ -167,8 +196,10 @@ class _Rows:
         self.beh = self.beh[idx] if self.beh is not None else None
 
 
-def _usable_columns(raw: RawLog, p: dict[str, Any]) -> tuple[dict[str, pa.Array], dict[str, int]]:
-    """The log's columns as Arrow arrays without the rows that lack a value, and the first counts.
+def _usable_columns(raw: RawLog, p: dict[str, Any]
+                   ) -> tuple[dict[str, pa.Array], dict[str, int], np.ndarray | None]:
+    """The log's columns as Arrow arrays without the rows that lack a value, the first counts, and the log
+    row of each kept row (None when every row is kept), for messages that name a row.
 
     Checks the columns against each other and against the parameters first, so a mismatch is
     reported before any row is dropped.
@@ -193,17 +224,37 @@ def _usable_columns(raw: RawLog, p: dict[str, Any]) -> tuple[dict[str, pa.Array]
     n_valid = int(valid.sum())
     if n_valid == 0:
         raise DataError(f"{where}: all {n} rows lack a user, item, timestamp or behavior value")
+    kept = None
     if n_valid < n:
         mask = pa.array(valid)
         cols = {k: v.filter(mask) for k, v in cols.items()}
-    return cols, {"raw_rows": n, "dropped_rows": n - n_valid}
+        kept = np.flatnonzero(valid)
+    return cols, {"raw_rows": n, "dropped_rows": n - n_valid}, kept
+
+
+def _row_namer(kept: np.ndarray | None) -> Callable[[int], str]:
+    """``k`` (a kept row) -> "row N" with N the 1-based row of the log the reader handed over."""
+    return lambda k: f"row {int(kept[k] if kept is not None else k) + 1}"
+
+
+def _unit_hint(raw: RawLog) -> str:
+    """How the reader chose the time unit, when it was told (the generic reader's ``time_format``)."""
+    tf = raw.params.get("time_format")
+    if not tf:
+        return ""
+    return f" (read with time_format {tf}{'; unix_ms reads milliseconds' if tf == 'unix_s' else ''})"
 
 
 def _decode(
-    cols: dict[str, pa.Array], behavior_order: Any, source_order: list[str] | None, where: str
+    cols: dict[str, pa.Array], behavior_order: Any, source_order: list[str] | None, where: str,
+    row: Callable[[int], str], hint: str = "",
 ) -> _Rows:
-    """Seconds, canonical id codes, float32 ratings and int8 behavior levels from the Arrow columns."""
+    """Seconds (checked: :func:`~genrec.data.schema.check_timestamps`), canonical id codes, float32 ratings
+    and int8 behavior levels from the Arrow columns."""
+    if pa.types.is_floating(cols["timestamp"].type):
+        check_float_seconds(cols["timestamp"].to_numpy(zero_copy_only=False), where, row)
     ts = to_seconds(cols["timestamp"], where)
+    check_timestamps(ts, where, row, hint)
     user, user_names = factorize_canonical(cols["user"])
     item, item_names = factorize_canonical(cols["item"])
     rating = None

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,8 @@ INTERACTIONS_FILE = "interactions.parquet"
 ITEMS_FILE = "items.parquet"
 USERS_FILE = "users.parquet"
 MANIFEST_FILE = "manifest.json"
+
+CANONICAL_FILES = (INTERACTIONS_FILE, ITEMS_FILE, USERS_FILE, MANIFEST_FILE)
 
 REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp")
 OPTIONAL_COLUMNS = {"behavior": np.int8, "rating": np.float32, "session_id": np.int64, "label": np.int8}
@@ -125,6 +130,59 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
                 break
             h.update(block)
     return h.hexdigest()
+
+
+EARLIEST_UNIX_TIME = 631_152_000  # 1990-01-01 UTC: a column mostly later than this holds unix times
+FUTURE_MARGIN = 366 * 86400  # a timestamp more than a year ahead of the clock is no time that happened
+MAX_SECONDS = 2.0**62  # beyond this a float "time" cannot be an int64 of seconds (and no date at all)
+
+
+def _date(seconds: int) -> str:
+    try:
+        return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d")
+    except (OverflowError, OSError, ValueError):
+        return "after the year 9999"
+
+
+def check_float_seconds(values: np.ndarray, where: str, row: Callable[[int], str]) -> None:
+    """Refuse infinite float times and ones beyond int64 seconds (NaN is a missing value: the caller's).
+
+    ``row(k)`` names the ``k``-th value's row for the message, so the user can find it.
+    """
+    bad = ~np.isnan(values) & ~(np.abs(values) < MAX_SECONDS)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{where}: {row(k)}: timestamp {values[k]!r} is not a unix time in seconds")
+
+
+def check_timestamps(seconds: np.ndarray, where: str, row: Callable[[int], str], hint: str = "") -> None:
+    """Refuse implausible unix seconds, naming the first such row (one line).
+
+    A time more than a year ahead of the clock cannot be seconds (unix milliseconds read as seconds land in
+    the year 50,000). In a column of unix times (most values after 1990), a value a hundred times smaller than
+    the column's median is one read at the wrong scale (seconds among milliseconds, divided by 1000, land in
+    January 1970). A column that holds no unix time at all (sequence positions, relative times) keeps its small
+    values, and so does a log reaching back before 1990. ``hint`` says how the reader chose the unit.
+    """
+    if not len(seconds):
+        return
+    latest = int(time.time()) + FUTURE_MARGIN
+    future = seconds > latest
+    if future.any():
+        k = int(np.flatnonzero(future)[0])
+        raise DataError(f"{where}: {row(k)}: timestamp {int(seconds[k])} ({_date(int(seconds[k]))}) is after "
+                        f"{_date(latest)}, a year from now: unix milliseconds (or a mix of seconds and "
+                        f"milliseconds) read as seconds?{hint}")
+    early = seconds < EARLIEST_UNIX_TIME
+    if not early.any() or 2 * int(np.count_nonzero(early)) >= len(seconds):
+        return
+    typical = float(np.median(seconds))
+    scale = seconds < typical / 100
+    if scale.any():
+        k = int(np.flatnonzero(scale)[0])
+        raise DataError(f"{where}: {row(k)}: timestamp {int(seconds[k])} ({_date(int(seconds[k]))}) is a hundred "
+                        f"times smaller or more than the column's median ({_date(int(typical))}): seconds and "
+                        f"milliseconds mixed?{hint}")
 
 
 def fingerprint_of(inter: Interactions, params: dict[str, Any]) -> str:

@@ -4,7 +4,9 @@
 
     RUN_DIR/
       config.json              the run record: resolved config, model, kinds, data (and SID) fingerprint
-      checkpoints/<name>/      model.safetensors, optimizer.pt, state.json; checkpoints/latest names the newest
+      checkpoints/<name>/      model.safetensors, optimizer.pt, state.json, checksums.json (their sha256);
+                               checkpoints/latest names the newest, the one before it is kept too
+      .lock                    held (flock) by the process writing the run folder
       best/model.safetensors   the best validation weights
       metrics.jsonl, tb/       training and validation logs (JSON lines, TensorBoard)
       results/test.json        the results record written at the end of training
@@ -22,6 +24,8 @@ LATEST = "latest"  # inside CHECKPOINT_DIR: the name of the newest complete chec
 CKPT_WEIGHTS = "model.safetensors"  # inside one checkpoint folder
 CKPT_STATE = "state.json"
 CKPT_OPTIM = "optimizer.pt"
+CKPT_SUMS = "checksums.json"  # sha256 of the three files above, written into the folder before it is renamed
+LOCK_FILE = ".lock"  # inside the run folder: the writer's lock (genrec.runs.lock)
 BEST_DIR = "best"
 BEST_WEIGHTS = "model.safetensors"
 METRICS_LOG = "metrics.jsonl"

@@ -9,7 +9,10 @@ handler converts its own failures, so nothing a client sends can take the proces
 from __future__ import annotations
 
 import logging
-from contextlib import asynccontextmanager
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -19,12 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import genrec
+from genrec.errors import GenrecError
 from genrec.serve.artifact import Artifact, Query, Recommendations, RequestError
 from genrec.serve.batcher import BatchSettings, MicroBatcher, Overloaded
 
 log = logging.getLogger("genrec.serve")
 ItemId = StrictStr | StrictInt
 DEFAULT_MAX_BODY_BYTES = 4 << 20
+DRAIN_LIMIT_BYTES = 64 << 20  # an oversized body up to this size is read (and dropped) before its 413 is sent
 
 
 class RecommendRequest(BaseModel):
@@ -77,6 +82,7 @@ class _BodyGuard:
     def __init__(self, app: Any, max_bytes: int, batcher: MicroBatcher | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.drain_limit = max(DRAIN_LIMIT_BYTES, 4 * max_bytes)  # bytes of an oversized body read before its 413
         self.batcher = batcher
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -93,8 +99,8 @@ class _BodyGuard:
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length", b"").decode("latin-1")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await _error(413, f"request body of {declared} bytes exceeds the limit of {self.max_bytes}")(
-                scope, receive, send)
+            await self._too_large(f"request body of {declared} bytes exceeds the limit of {self.max_bytes}",
+                                  0, int(declared) <= self.drain_limit, scope, receive, send)
             return
         chunks, size, more = [], 0, True
         while more:
@@ -103,11 +109,12 @@ class _BodyGuard:
                 return
             chunk = msg.get("body", b"")
             size += len(chunk)
+            more = msg.get("more_body", False)
             if size > self.max_bytes:
-                await _error(413, f"request body exceeds the limit of {self.max_bytes} bytes")(scope, receive, send)
+                await self._too_large(f"request body exceeds the limit of {self.max_bytes} bytes", size, more,
+                                      scope, receive, send)
                 return
             chunks.append(chunk)
-            more = msg.get("more_body", False)
         body = b"".join(chunks)
         try:
             body.decode("utf-8")
@@ -129,6 +136,19 @@ class _BodyGuard:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _too_large(self, message: str, size: int, more: bool, scope: dict, receive: Any, send: Any) -> None:
+        """Answer 413 so that the client sees it: most clients send their whole body before reading, and a
+        server that closes on an unread body hands them a connection reset instead. The rest of the body is read
+        and dropped (up to ``drain_limit`` bytes, beyond which the connection is simply closed), then the
+        413 goes out with ``Connection: close``."""
+        while more and size <= self.drain_limit:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            size += len(msg.get("body", b""))
+            more = msg.get("more_body", False)
+        await _error(413, message, headers={"Connection": "close"})(scope, receive, send)
 
 
 def _response(art: Artifact, recs: Recommendations) -> dict[str, Any]:
@@ -239,3 +259,41 @@ def _add_routes(app: FastAPI, artifact: Artifact, batcher: MicroBatcher[Query, R
     async def metadata() -> Any:
         """Which model answers, its catalogue size and window, and the batching settings and counters."""
         return {**artifact.metadata(), "batching": {**settings.to_dict(), "stats": batcher.stats()}}
+
+
+def run_server(app: FastAPI, *, host: str, port: int, log_level: str = "info", access_log: bool = True,
+               drain_timeout: int = 30) -> None:
+    """Serve ``app`` with uvicorn until SIGTERM or Ctrl+C, then drain in-flight requests and return.
+
+    uvicorn re-raises the signal it caught once it has drained, so a service stopped the ordinary way (``kill``,
+    a container or systemd stop) would report death by SIGTERM (status -15) although it shut down cleanly; here
+    SIGTERM ends with status 0. Ctrl+C still ends as an interrupt (``KeyboardInterrupt``), as before.
+    """
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        interrupted = False
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            self.interrupted = self.interrupted or sig == signal.SIGINT
+            super().handle_exit(sig, frame)
+
+        @contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+            if self.interrupted:
+                raise KeyboardInterrupt
+
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
+                                    timeout_graceful_shutdown=drain_timeout))
+    server.run()
+    if not server.started:
+        raise GenrecError(f"the server on {host}:{port} did not start (see the log above)")

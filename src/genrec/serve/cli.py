@@ -38,11 +38,11 @@ def _port_free(host: str, port: int) -> bool:
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         import fastapi  # noqa: F401
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ModuleNotFoundError as exc:
         raise GenrecError(f"`genrec serve` needs the serving extras ({exc.name} is not installed): "
                           "pip install 'genrec[serve]'") from None
-    from genrec.serve.app import create_app
+    from genrec.serve.app import create_app, run_server
     from genrec.serve.artifact import load_artifact
     from genrec.serve.batcher import BatchSettings
 
@@ -65,8 +65,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             if settings.enabled else "no batching")
     print(f"serving {art.model_name} ({art.num_items} items) on http://{args.host}:{args.port} "
           f"({mode}, queue {settings.queue_size}, {threads} torch thread(s)); API docs at /docs", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=not args.no_access_log,
-                timeout_graceful_shutdown=args.drain_timeout)
+    run_server(app, host=args.host, port=args.port, log_level=args.log_level, access_log=not args.no_access_log,
+               drain_timeout=args.drain_timeout)
     return 0
 
 

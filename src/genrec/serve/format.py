@@ -71,7 +71,8 @@ def check_manifest(root: Path) -> dict[str, Any]:
         raise ArtifactError(f"{mpath}: artifact format version {ver} (written by genrec {by}); this genrec "
                             f"{genrec.__version__} reads version {FORMAT_VERSION}: {hint}")
     for key, typ in (("genrec_version", str), ("model", str), ("kinds", list), ("num_items", int),
-                     ("max_len", int), ("data_fingerprint", str), ("files", dict), ("tensors", dict)):
+                     ("max_len", int), ("data_fingerprint", str), ("files", dict), ("tensors", dict),
+                     ("sha256", dict)):
         if not isinstance(man.get(key), typ) or isinstance(man.get(key), bool):
             raise ArtifactError(f"{mpath}: key '{key}' is missing or not a {typ.__name__}")
     if man["num_items"] < 1 or man["max_len"] < 1:
@@ -87,8 +88,11 @@ def check_manifest(root: Path) -> dict[str, Any]:
         path = root / name
         if not path.is_file():
             raise ArtifactError(f"{path}: file is missing (artifact.json lists it as the {slot} file)")
-        want = (man.get("sha256") or {}).get(name)
-        if want is not None and sha256(path) != want:
+        want = man["sha256"].get(name)
+        if not isinstance(want, str):  # a file nothing vouches for is not loaded: re-exporting writes the sum
+            raise ArtifactError(f"{path}: no sha256 for it in artifact.json, so it cannot be verified; "
+                                "re-export the run")
+        if sha256(path) != want:
             raise ArtifactError(f"{path}: sha256 does not match artifact.json (the file changed after export)")
     return man
 

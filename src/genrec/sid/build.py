@@ -26,7 +26,7 @@ from genrec.errors import ConfigError, DataError
 from genrec.io import write_json_atomic
 from genrec.sid.codebook import SIDTable, tensor_fingerprint
 from genrec.sid.cooccurrence import cooccurrence_embeddings, cooccurrence_vectors, item_categories
-from genrec.sid.embed import CFLoader, ItemEmbeddings, text_embeddings
+from genrec.sid.embed import CFLoader, ItemEmbeddings, load_npy, text_embeddings
 
 TABLE_FILE = "sid_table.parquet"
 HEALTH_FILE = "health.json"
@@ -83,7 +83,7 @@ def file_embeddings(path: Path, num_items: int) -> ItemEmbeddings:
     """A ``.npy`` array of shape (num_items, D): row ``i`` is item ``i + 1``."""
     if not path.is_file():
         raise DataError(f"sid.embeddings_file '{path}' not found (a .npy array of shape (num_items, D))")
-    vec = np.load(path, allow_pickle=False)
+    vec = load_npy(path)
     if vec.ndim != 2 or vec.shape[0] != num_items:
         raise DataError(f"{path}: expected shape ({num_items}, D) for items 1..{num_items}, got {vec.shape}")
     t = torch.from_numpy(np.ascontiguousarray(vec, dtype=np.float32))

@@ -138,6 +138,25 @@ def text_embeddings(items: pa.Table, cache_dir: str | Path | None = None, fields
     return ItemEmbeddings(ids, vec, f"text:{model_name}", texts_fingerprint(texts, model_name))
 
 
+def load_npy(path: Path) -> np.ndarray:
+    """A numeric ``.npy`` array, read without unpickling anything.
+
+    A file of pickled objects, a pickle, a torn file or an array of text is refused with a one-line
+    :class:`DataError` naming the file (numpy's own errors are multi-line tracebacks).
+    """
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        why = ("it holds pickled objects, not numbers (nothing in it was run)" if "pickle" in str(exc).lower()
+               else str(exc).splitlines()[0][:200])
+        raise DataError(f"{path}: not a plain .npy array: {why}") from None
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read it as a .npy array ({str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiub":
+        raise DataError(f"{path}: expected a numeric array, got {getattr(arr, 'dtype', type(arr).__name__)}")
+    return arr
+
+
 def cf_embeddings(model: Any, num_items: int | None = None) -> ItemEmbeddings:
     """Item vectors of a trained retriever (``open_run(run_dir).model``) for items ``1..N``.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -27,11 +28,11 @@ from genrec.eval.record import git_commit  # noqa: F401 (re-exported through tra
 from genrec.io import write_json_atomic
 from genrec.models.pretrained import STAGE1_KEY, apply_pretrained, fill_stage1
 from genrec.nn.precision import BF16, FP32, autocast, resolve_precision
+from genrec.runs import lock
 from genrec.runs.checkpoint import (
     SUMMARY_KEYS,
-    latest_checkpoint,
-    load_checkpoint,
     load_weights,
+    resume_checkpoint,
     save_checkpoint,
     save_weights,
 )
@@ -137,6 +138,7 @@ class RunFolder:
         self.generators: dict[str, torch.Generator] = {}  # random streams that run across steps (checkpointed)
         self._t_mark = time.time()  # start of the training time not yet banked in state["train_seconds"]
         self.logger: MetricLogger | None = None
+        self._lock: Path | None = None  # the run folder's writer's lock, while this process holds it
 
     # -- run folder -------------------------------------------------------------------------------
     def run_record(self) -> dict[str, Any]:
@@ -169,24 +171,45 @@ class RunFolder:
             write_json_atomic(path, rec)
 
     def open_run(self, resume: bool = True, write: bool = True) -> None:
-        """Create the folder, check/write config.json, resume from the latest checkpoint (or, starting fresh,
-        initialise the model from its stage-1 artifact, if it names one), open the logger.
+        """Create the folder and take its writer's lock, check/write config.json, resume from the newest
+        checkpoint that verifies (or, starting fresh, initialise the model from its stage-1 artifact, if it
+        names one), open the logger.
 
-        ``write=False`` opens an existing run read-only (evaluation): nothing is written or logged.
+        ``write=False`` opens an existing run read-only (evaluation): nothing is written or logged, no lock.
         """
-        if write and self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if write:
+            self._lock_run_folder()
         self.check_or_write_config(write=write)
         if resume:
-            path = latest_checkpoint(self.ckpt_root)
-            if path is not None:
-                loaded = load_checkpoint(path, self.model, self.optimizer, self.generators)
+            found = self._resume(repoint=write and self.main)
+            if found is not None:
+                self.resumed_from, loaded = found
                 self.state = {**initial_state(), **loaded}
-                self.resumed_from = path
         if write and self.resumed_from is None:  # a fresh run: start from the stage-1 artifact, if any
             apply_pretrained(self.model)
         self.logger = MetricLogger(self.run_dir, tensorboard=self.cfg.train.tensorboard,
                                    enabled=self.main and write)
+
+    def _lock_run_folder(self) -> None:
+        """One writer per run folder: the main process takes the lock; every rank learns whether it got it, so a
+        refused ``torchrun`` job ends on all ranks with the same one-line error instead of waiting forever."""
+        refused: CheckpointError | None = None
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self._lock = lock.acquire(self.run_dir)
+            except CheckpointError as exc:
+                refused = exc
+        if dist_utils.broadcast_flag(refused is not None, self.device):
+            raise refused or CheckpointError(f"{self.run_dir}: the main process could not lock this run folder")
+
+    def _resume(self, repoint: bool) -> tuple[Path, dict[str, Any]] | None:
+        """The newest checkpoint that verifies, loaded; anything but a clean resume is told in one line."""
+        def say(msg: str) -> None:
+            print(f"genrec: {msg}", file=sys.stderr, flush=True)
+
+        return resume_checkpoint(self.ckpt_root, self.model, self.optimizer, self.generators,
+                      say=say if self.main else None, repoint=repoint)
 
     def log(self, **values: Any) -> None:
         if self.logger is not None:
@@ -195,6 +218,9 @@ class RunFolder:
     def close(self) -> None:
         if self.logger is not None:
             self.logger.close()
+        if self._lock is not None:  # the run is done writing checkpoints: another process may take the folder
+            lock.release(self._lock)
+            self._lock = None
 
     # -- checkpoints and best weights -------------------------------------------------------------
     def _save(self, name: str) -> None:

@@ -89,11 +89,12 @@ def get_source(name: str) -> SourceSpec:
 
 
 def prepare_source(source: str, path: str | Path, out_dir: str | Path, *, name: str | None = None,
-                   **kwargs: Any) -> Path:  # fmt: skip
+                   overwrite: bool = False, **kwargs: Any) -> Path:  # fmt: skip
     """Read ``path`` with source ``source`` and prepare it into ``out_dir``.
 
     Keyword arguments go to the reader when it declares them and to
-    :func:`~genrec.data.prepare.prepare` otherwise; unset ones take the source defaults.
+    :func:`~genrec.data.prepare.prepare` otherwise; unset ones take the source defaults. ``overwrite``
+    (``--force``) lets it replace a prepared dataset already in ``out_dir``.
     """
     spec = get_source(source)
     reader_opts = {k: v for k, v in kwargs.items() if k in spec.options}
@@ -106,7 +107,7 @@ def prepare_source(source: str, path: str | Path, out_dir: str | Path, *, name: 
         )
     params = {**spec.defaults, **{k: v for k, v in params.items() if v is not None}}
     raw = spec.reader(path, **{k: v for k, v in reader_opts.items() if v is not None})
-    return prepare(raw, out_dir, name=name or Path(out_dir).name, **params)
+    return prepare(raw, out_dir, name=name or Path(out_dir).name, overwrite=overwrite, **params)
 
 
 __all__ = ["SOURCES", "SourceSpec", "get_source", "prepare_source"]

@@ -14,13 +14,15 @@ import gzip
 import io
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 
+from genrec.data.schema import check_float_seconds
 from genrec.errors import DataError, GenrecError
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -224,3 +226,15 @@ def header_columns(path: str | Path, delimiter: str, member: str | None = None) 
     if not line.strip():
         raise DataError(f"{label(path, member)}: empty file, expected a header row")
     return [c.strip() for c in next(csv.reader([line], delimiter=delimiter))]
+
+
+def whole_seconds(values: pa.Array, where: str, row: Callable[[int], str]) -> pa.Array:
+    """int64 seconds (floored) from a float column, NaN as a missing value (null) as pandas writes it.
+
+    An infinite value or one beyond int64 (a 23-digit number) is a one-line :class:`DataError` naming its row
+    (``row(k)``), where pyarrow's cast would raise a traceback.
+    """
+    vals = values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)  # nulls -> NaN
+    check_float_seconds(vals, where, row)
+    missing = np.isnan(vals)
+    return pa.array(np.floor(np.where(missing, 0.0, vals)).astype(np.int64), mask=missing)

@@ -74,7 +74,7 @@ def parse_time(col: pa.Array, time_format: str, where: str, column: str, csv: bo
                     ) from None
                 num = pc.cast(s, pa.float64())
         if pa.types.is_floating(num.type):
-            num = pc.cast(pc.floor(num), pa.int64())
+            num = _io.whole_seconds(num, f"{where}: column '{column}'", lambda k: _row_text(k, csv))
         if time_format == "unix_ms":
             num = pc.divide(num, 1000)  # integer division on int64
         return pc.cast(num, pa.int64())
