@@ -46,7 +46,8 @@ from common import write_result  # noqa: E402
 
 from genrec.config import RunConfig, load_config  # noqa: E402
 from genrec.data.loading import load_data  # noqa: E402
-from genrec.eval.generation import history_matrix  # noqa: E402
+from genrec.data.splits import EvalSamples  # noqa: E402
+from genrec.eval.generation import evaluate_generator, history_matrix  # noqa: E402
 from genrec.models.base import GeneratorBatch  # noqa: E402
 from genrec.models.registry import build_model  # noqa: E402
 from genrec.objectives import next_sid_loss  # noqa: E402
@@ -92,7 +93,7 @@ def _with_kernels(cfg: RunConfig, kernels: str) -> RunConfig:
 
 def build_trainer(args: argparse.Namespace) -> GeneratorTrainer:
     """The recipe's generator trainer (fresh weights, a throw-away run folder) over the given SID table."""
-    over = [*args.set, f"data.path={args.data}", "train.progress=false", "train.tensorboard=false",
+    over = [*args.set, f"data.path={args.data or repr('')}", "train.progress=false", "train.tensorboard=false",
             f"train.num_threads={args.threads}"]
     cfg = load_config(args.recipe, over)
     sids = load_sid_table(args.sid_table or cfg.sid.table)
@@ -111,54 +112,89 @@ def padding_share(trainer: GeneratorTrainer, batches: list[np.ndarray]) -> float
     return 1.0 - real / max(slots, 1)
 
 
+class Clock:
+    """Wall and CPU (this thread's) milliseconds: on a shared machine the CPU time is what the step itself costs."""
+
+    def __enter__(self) -> Clock:
+        self.wall, self.cpu = time.perf_counter(), time.thread_time()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.wall = 1000 * (time.perf_counter() - self.wall)
+        self.cpu = 1000 * (time.thread_time() - self.cpu)
+
+
 def time_training(trainer: GeneratorTrainer, names: list[str], batches: list[np.ndarray], warmup: int
                   ) -> dict[str, Any]:
     """ms per step of each variant over ``batches`` (the first ``warmup`` not counted), interleaved per batch."""
     variants = {n: Variant(trainer, *VARIANTS[n]) for n in names}
-    times: dict[str, list[float]] = {n: [] for n in names}
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     losses: dict[str, list[float]] = {n: [] for n in names}
     for i, rows in enumerate(batches):
         for n, v in variants.items():
-            t0 = time.perf_counter()
-            losses[n].append(v.step(rows))
+            with Clock() as c:
+                losses[n].append(v.step(rows))
             if i >= warmup:
-                times[n].append(1000 * (time.perf_counter() - t0))
+                wall[n].append(c.wall)
+                cpu[n].append(c.cpu)
     out: dict[str, Any] = {}
-    ref = statistics.fmean(times[names[0]])
-    ref_median = statistics.median(times[names[0]])
+    ref = {"wall": wall[names[0]], "cpu": cpu[names[0]]}
     for n in names:
-        mean, median = statistics.fmean(times[n]), statistics.median(times[n])
-        out[n] = {"ms_per_step_mean": mean, "ms_per_step_median": median, "speedup_mean": ref / mean,
-                  "speedup_median": ref_median / median, "loss_last": statistics.fmean(losses[n][-3:])}
+        m: dict[str, float] = {}
+        for kind, times in (("wall", wall[n]), ("cpu", cpu[n])):
+            m[f"{kind}_ms_per_step_mean"] = statistics.fmean(times)
+            m[f"{kind}_ms_per_step_median"] = statistics.median(times)
+            m[f"{kind}_speedup_mean"] = statistics.fmean(ref[kind]) / statistics.fmean(times)
+            m[f"{kind}_speedup_median"] = statistics.median(ref[kind]) / statistics.median(times)
+        m["loss_last3"] = statistics.fmean(losses[n][-3:])
+        out[n] = m
     return out
 
 
-def test_queries(trainer: GeneratorTrainer, users: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(U, L) histories and (U,) user ids of ``users`` test queries picked at random."""
+def test_queries(trainer: GeneratorTrainer, users: int, seed: int) -> EvalSamples:
+    """``users`` test queries picked at random (sample order)."""
     test = trainer.split.test
     pick = np.sort(np.random.default_rng(seed).choice(len(test), min(users, len(test)), replace=False))
-    rows, ends = test.rows[pick], test.hist_end[pick]
-    return history_matrix(trainer.seqs, rows, ends, trainer.cfg.data.max_len), trainer.seqs.user_ids[rows]
+    return EvalSamples(test.rows[pick], test.hist_end[pick])
 
 
-def time_beam(model: Any, hist: np.ndarray, uids: np.ndarray, batch: int, beam: int) -> dict[str, Any]:
-    """ms per user of constrained beam search with per-row and shared encoder memory, and whether they agree."""
+def time_beam(model: Any, trainer: GeneratorTrainer, samples: EvalSamples, batch: int, beam: int) -> dict[str, Any]:
+    """Constrained beam search, ms per user: ``generate`` on batches in sample order with per-row and shared
+    encoder memory, and the evaluation loop as it was (per-row, sample order) and as it is (shared, queries in
+    order of history length); checks that every user gets the same items (and ranks) both ways."""
+    seqs, max_len = trainer.seqs, trainer.cfg.data.max_len
+    hist = history_matrix(seqs, samples.rows, samples.hist_end, max_len)
+    uids = seqs.user_ids[samples.rows]
     res: dict[str, Any] = {}
-    items = {}
+    items, scores, ranks = {}, {}, {}
     for mode in ("per_row", "shared"):
         model.cfg.beam_memory = mode
         model.generate(hist[:batch], uids[:batch], beam_size=beam)  # warm-up
-        t0 = time.perf_counter()
-        out = [model.generate(hist[i:i + batch], uids[i:i + batch], beam_size=beam) for i in range(0, len(hist), batch)]
-        res[f"ms_per_user_{mode}"] = 1000 * (time.perf_counter() - t0) / len(hist)
+        with Clock() as c:
+            out = [model.generate(hist[i:i + batch], uids[i:i + batch], beam_size=beam)
+                   for i in range(0, len(hist), batch)]
+        res[f"generate_{mode}_wall_ms_per_user"] = c.wall / len(hist)
+        res[f"generate_{mode}_cpu_ms_per_user"] = c.cpu / len(hist)
         items[mode] = torch.cat([o.items for o in out])
-        res[f"scores_{mode}"] = torch.cat([o.scores for o in out])
+        scores[mode] = torch.cat([o.scores for o in out])
+        with Clock() as c:
+            ev = evaluate_generator(model, seqs, samples, [beam], beam, batch, length_sorted=mode == "shared")
+        tag = "evaluate_before" if mode == "per_row" else "evaluate_now"
+        res[f"{tag}_wall_ms_per_user"] = c.wall / len(hist)
+        res[f"{tag}_cpu_ms_per_user"] = c.cpu / len(hist)
+        ranks[mode] = ev.ranks
     model.cfg.beam_memory = "shared"
-    same = (items["per_row"] == items["shared"]).all(1)  # (U,)
-    diff = (res.pop("scores_per_row") - res.pop("scores_shared")).abs()
-    res.update({"users_with_identical_lists": int(same.sum()), "users": len(hist),
-                "max_score_difference": float(diff[torch.isfinite(diff)].max()) if diff.numel() else 0.0,
-                "speedup": res["ms_per_user_per_row"] / res["ms_per_user_shared"]})
+    diff = (scores["per_row"] - scores["shared"]).abs()
+    res.update({"users": len(hist),
+                "users_with_identical_lists": int((items["per_row"] == items["shared"]).all(1).sum()),
+                "identical_evaluation_ranks": bool(np.array_equal(ranks["per_row"], ranks["shared"])),
+                "max_score_difference": float(diff[torch.isfinite(diff)].max()) if diff.numel() else 0.0})
+    for kind in ("wall", "cpu"):
+        res[f"generate_{kind}_speedup"] = (res[f"generate_per_row_{kind}_ms_per_user"]
+                                           / res[f"generate_shared_{kind}_ms_per_user"])
+        res[f"evaluate_{kind}_speedup"] = (res[f"evaluate_before_{kind}_ms_per_user"]
+                                           / res[f"evaluate_now_{kind}_ms_per_user"])
     return res
 
 
@@ -181,7 +217,7 @@ def beam_model(args: argparse.Namespace, trainer: GeneratorTrainer) -> tuple[Any
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="configs/tiger-beauty-cpu.yaml")
-    ap.add_argument("--data", default="data_cache/beauty")
+    ap.add_argument("--data", default="data_cache/beauty", help="a prepared dataset folder ('' = synthetic)")
     ap.add_argument("--sid-table", default="", help="a SID table file or folder (default: the recipe's sid.table)")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides, section.key=value")
     ap.add_argument("--steps", type=int, default=30, help="timed training steps per variant")
@@ -207,23 +243,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train = time_training(trainer, names, batches, args.warmup)
     pad = padding_share(trainer, order)
     for n, m in train.items():
-        print(f"train {n:15s}: {m['ms_per_step_mean']:8.1f} ms/step mean, {m['ms_per_step_median']:8.1f} median, "
-              f"{m['speedup_mean']:5.2f}x (mean) {m['speedup_median']:5.2f}x (median) vs reference, "
-              f"loss {m['loss_last']:.3f}")
+        print(f"train {n:15s}: " + ", ".join(
+            f"{kind} {m[f'{kind}_ms_per_step_mean']:7.1f} ms/step mean ({m[f'{kind}_speedup_mean']:4.2f}x), "
+            f"{m[f'{kind}_ms_per_step_median']:7.1f} median ({m[f'{kind}_speedup_median']:4.2f}x)"
+            for kind in ("cpu", "wall")) + f", loss {m['loss_last3']:.3f}")
     print(f"encoder padding share over the epoch's length-bucketed batches: {pad:.1%}")
     model, source = beam_model(args, trainer)
-    hist, uids = test_queries(trainer, args.users, args.seed)
-    beam = time_beam(model, hist, uids, args.beam_batch, args.beam)
-    print(f"beam {args.beam} constrained, {args.beam_batch} users/call ({source}): "
-          f"{beam['ms_per_user_per_row']:.2f} ms/user per-row memory, {beam['ms_per_user_shared']:.2f} shared "
-          f"({beam['speedup']:.2f}x); identical lists for {beam['users_with_identical_lists']}/{beam['users']} users, "
-          f"max score difference {beam['max_score_difference']:.2e}")
+    samples = test_queries(trainer, args.users, args.seed)
+    beam = time_beam(model, trainer, samples, args.beam_batch, args.beam)
+    print(f"beam {args.beam} constrained, {args.beam_batch} users/call, {beam['users']} test users ({source}):")
+    for kind in ("cpu", "wall"):
+        print(f"  {kind}: generate {beam[f'generate_per_row_{kind}_ms_per_user']:.2f} -> "
+              f"{beam[f'generate_shared_{kind}_ms_per_user']:.2f} ms/user ({beam[f'generate_{kind}_speedup']:.2f}x); "
+              f"evaluation {beam[f'evaluate_before_{kind}_ms_per_user']:.2f} -> "
+              f"{beam[f'evaluate_now_{kind}_ms_per_user']:.2f} ms/user ({beam[f'evaluate_{kind}_speedup']:.2f}x)")
+    print(f"  identical lists for {beam['users_with_identical_lists']}/{beam['users']} users, identical evaluation "
+          f"ranks: {beam['identical_evaluation_ranks']}, max score difference {beam['max_score_difference']:.2e}")
     cfg = trainer.cfg
     record = {"dataset": trainer.dataset.manifest.get("name", ""), "data_fingerprint": trainer.dataset.fingerprint,
               "model": cfg.model["name"], "recipe": args.recipe, "seeds": [cfg.train.seed],
               "protocol": {"batch_size": cfg.train.batch_size, "max_len": cfg.data.max_len, "threads": args.threads,
                            "timed_steps": args.steps, "warmup_steps": args.warmup, "batches": "epoch 0 order",
-                           "beam": args.beam, "beam_batch": args.beam_batch, "beam_users": len(hist),
+                           "beam": args.beam, "beam_batch": args.beam_batch, "beam_users": beam["users"],
                            "beam_model": source, "constrained": True, "quick": args.quick},
               "metrics": {"train": train, "encoder_padding_share": pad, "beam": beam}}
     name = args.name or f"tiger_speed__{Path(args.recipe).stem}"

@@ -41,11 +41,12 @@ from genrec.models.tiger_layers import (
     Dropout,
     EncoderLayer,
     Fuse,
+    MaskedBias,
     RMSNorm,
     check_kernels,
-    compute_dtype,
-    fused_training,
     relative_buckets,
+    set_fused,
+    stacked_keys_values,
 )
 from genrec.sid.beam import BeamResult, beam_search, list_length, reorder_tensors
 from genrec.sid.codebook import SIDTable
@@ -128,13 +129,14 @@ class TIGER(Generator):
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers))
         self.enc_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.dec_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.fused = check_kernels(cfg)
-        self.drop = Dropout(cfg.dropout, self.fused)
+        self.fused_kernels = check_kernels(cfg)  # (GLASS's ``fused`` names its gated layers)
+        self.drop = Dropout(cfg.dropout, self.fused_kernels)
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, m * c, bias=False)
         # item id -> SID (-1 = no SID; row 0 is padding) and which codes exist at each position
         self.register_buffer("item_sids", torch.full((num_items + 1, m), -1, dtype=torch.long))
         self.register_buffer("code_valid", torch.ones(m, c, dtype=torch.bool))
         self._trie: SIDTrie | None = None
+        set_fused(self, self.fused_kernels)  # the final norms too
 
     @property
     def user_token(self) -> bool:
@@ -222,11 +224,11 @@ class TIGER(Generator):
         s = enc_tokens.shape[1]
         pos = torch.arange(s, device=enc_tokens.device)
         bias = self._rel_bias(self.enc_rel, pos, pos, True)  # (1, h, S, S)
-        fused = fused_training(self)
-        if not (fused and bool(enc_mask.all())):  # fused: a batch without padding needs no key mask
+        if self.fused_kernels and self.training:  # padded keys are filled in place, per layer
+            padded = None if bool(enc_mask.all()) else ~enc_mask[:, None, None, :]  # (B, 1, 1, S)
+            bias = MaskedBias(bias, padded)
+        else:
             bias = bias + _key_bias(enc_mask)  # (B, h, S, S)
-        if fused:
-            bias = bias.to(compute_dtype(self.enc_rel.weight))  # converted once for every layer
         emb = self.tokens(enc_tokens)  # (B, S, d)
         x = self.drop(emb if extra is None else emb + extra.to(emb.dtype))  # (B, S, d)
         for layer in self.encoder:
@@ -258,6 +260,11 @@ class TIGER(Generator):
         self_bias = self._rel_bias(self.dec_rel, pos, pos, False).masked_fill(~causal, float("-inf"))
         cross_bias = _key_bias(enc.mask)  # (B, 1, 1, S)
         x = self.drop(self.tokens(dec_input))  # (B, T, d)
+        if self.fused_kernels and self.training and len(self.decoder):  # one norm and one q/k/v matmul per self-attention
+            cross = stacked_keys_values([layer.cross_attn for layer in self.decoder], enc.memory)
+            for i, layer in enumerate(self.decoder):
+                x = layer(x, None, self_bias, cross[i], cross_bias, None if fuses is None else fuses[i])
+            return self._logits(self.drop(self.dec_norm(x)), pos)
         for i, layer in enumerate(self.decoder):
             h = layer.norm1(x)
             x = layer(x, layer.self_attn.keys_values(h), self_bias, layer.cross_attn.keys_values(enc.memory),

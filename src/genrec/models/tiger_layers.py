@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -57,6 +57,15 @@ def keep_mask(shape: tuple[int, ...] | torch.Size, p: float, device: torch.devic
     raw = np.random.SFC64(seed).random_raw((n + 3) // 4)  # (ceil(n/4),) uint64
     bits = torch.from_numpy(raw.view(np.int16)[:n])  # (n,) uniform over [-2^15, 2^15)
     return (bits >= drop_threshold(p)[0] - (_BITS >> 1)).view(shape)
+
+
+class MaskedBias(NamedTuple):
+    """The fused path's attention bias: a shared additive bias and the padded keys, filled with -inf in place
+    instead of materialising a (B, h, S, S) bias. Exact: the softmax gives those keys weight 0, so their
+    gradient is 0 either way."""
+
+    bias: torch.Tensor  # (1, h, T, S)
+    padded: torch.Tensor | None  # (B, 1, 1, S) True on keys to hide; None = every key visible
 
 
 class Dropout(nn.Module):
@@ -195,18 +204,26 @@ class Attention(nn.Module):
             return self(x, x, bias)
         b, s, _ = x.shape
         w = torch.cat([self.q.weight * self.head_dim ** -0.5, self.k.weight, self.v.weight])  # (3 * inner, d)
-        qkv = F.linear(x, w).view(b, s, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, h, S, dk)
-        return self._attend_fused(qkv[0], qkv[1], qkv[2], bias, out_scale)
+        q, k, v = F.linear(x, w).view(b, s, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return self._attend_fused(q, k, v, bias, out_scale)  # q, k, v: (B, h, S, dk)
 
-    def _attend_fused(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
-                      out_scale: float) -> torch.Tensor:
+    def _attend_fused(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      bias: torch.Tensor | MaskedBias | None, out_scale: float) -> torch.Tensor:
         """(B, h, T, dk) pre-scaled queries -> (B, T, d): softmax, cheap-mask dropout, values, output projection.
 
         Every query row has a visible key (the inputs guarantee it), so SDPA's all-masked-row passes are skipped.
+        Scores, softmax and dropout run in fp32 under autocast too: torch's CPU softmax (and its backward) on
+        bf16 rows of a few dozen keys is several times slower than the cast plus the fp32 softmax.
         """
-        s = q @ k.transpose(-1, -2)  # (B, h, T, S)
+        s = (q @ k.transpose(-1, -2)).float()  # (B, h, T, S)
+        padded = None
+        if isinstance(bias, MaskedBias):
+            bias, padded = bias
         if bias is not None:
-            s = s.add_(bias if bias.dtype == s.dtype else bias.to(s.dtype))  # matmul's backward never reads s
+            s = s.add_(bias.float())  # in place: neither the matmul's nor the cast's backward reads s
+        if padded is not None:
+            with torch.no_grad():  # softmax's backward gives these entries 0: nothing to differentiate
+                s.masked_fill_(padded, float("-inf"))
         p = torch.softmax(s, -1)
         if self.dropout > 0:
             p = p * keep_mask(p.shape, self.dropout, p.device)
@@ -245,11 +262,21 @@ class FeedForward(nn.Module):
         return F.linear(h, self.wo.weight * (out_scale * drop_scale(p)))
 
 
-def _set_fused(layer: nn.Module, fused: bool) -> None:
-    """Mark a layer and its attention, norms and feed-forward for the fused training kernels."""
-    for mod in layer.modules():
-        if isinstance(mod, (Attention, RMSNorm, FeedForward, Dropout)) or mod is layer:
+def set_fused(module: nn.Module, fused: bool) -> None:
+    """Mark the layers, attentions, norms, feed-forwards and dropouts in ``module`` for the fused training kernels."""
+    for mod in module.modules():
+        if isinstance(mod, (Attention, RMSNorm, FeedForward, Dropout, EncoderLayer, DecoderLayer)):
             mod.fused = fused
+
+
+def stacked_keys_values(attns: list[Attention], x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Keys and values of several attentions over one input (B, S, d) by a single matmul (the fused path reads
+    the encoder memory once for every decoder layer); each (B, h, S, dk)."""
+    a = attns[0]
+    b, s, _ = x.shape
+    w = torch.cat([t for at in attns for t in (at.k.weight, at.v.weight)])  # (2 * n * inner, d)
+    kv = F.linear(x, w).view(b, s, 2 * len(attns), a.heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    return [(kv[2 * i], kv[2 * i + 1]) for i in range(len(attns))]
 
 
 def check_kernels(cfg: TIGER.Config) -> bool:
@@ -267,7 +294,7 @@ class EncoderLayer(nn.Module):
         self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout, cfg.activation)
         self.drop = Dropout(cfg.dropout)
-        _set_fused(self, check_kernels(cfg))
+        set_fused(self, check_kernels(cfg))
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         if fused_training(self):  # dropout scales ride on the output projections
@@ -290,12 +317,13 @@ class DecoderLayer(nn.Module):
         self.norm3 = RMSNorm(d, cfg.norm_eps)
         self.ffn = FeedForward(d, cfg.d_ff, cfg.dropout, cfg.activation)
         self.drop = Dropout(cfg.dropout)
-        _set_fused(self, check_kernels(cfg))
+        set_fused(self, check_kernels(cfg))
 
-    def forward(self, x: torch.Tensor, self_kv: tuple[torch.Tensor, torch.Tensor], self_bias: torch.Tensor,
+    def forward(self, x: torch.Tensor, self_kv: tuple[torch.Tensor, torch.Tensor] | None, self_bias: torch.Tensor,
                 cross_kv: tuple[torch.Tensor, torch.Tensor], cross_bias: torch.Tensor,
                 fuse: Fuse | None = None) -> torch.Tensor:
-        """``self_kv`` must already contain this call's own positions (teacher forcing or the cache + new).
+        """``self_kv`` must already contain this call's own positions (teacher forcing or the cache + new); the
+        fused path takes None for self-attention over ``x`` itself (teacher forcing).
 
         ``fuse(query, z)`` (optional) may replace the cross-attention output ``z`` (B, T, d) given the normed
         query (B, T, d): GLASS mixes in a second cross-attention there; TIGER passes nothing. The cross keys may
@@ -304,7 +332,10 @@ class DecoderLayer(nn.Module):
         if fused_training(self):
             p = self.drop.p
             sc = drop_scale(p)
-            x = masked_residual(x, self.self_attn.attend(self.norm1(x), *self_kv, self_bias, sc), p)
+            h = self.norm1(x)
+            y = self.self_attn.self_attend(h, self_bias, sc) if self_kv is None else \
+                self.self_attn.attend(h, *self_kv, self_bias, sc)
+            x = masked_residual(x, y, p)
             h = self.norm2(x)
             z = self.cross_attn.attend(h, *cross_kv, cross_bias, sc if fuse is None else 1.0)
             x = masked_residual(x, z, p) if fuse is None else x + self.drop(fuse(h, z))
@@ -316,5 +347,6 @@ class DecoderLayer(nn.Module):
         return x + self.drop(self.ffn(self.norm3(x)))
 
 
-__all__ = ["KERNELS", "Attention", "DecoderLayer", "Dropout", "EncoderLayer", "FeedForward", "Fuse", "RMSNorm",
-           "drop_threshold", "keep_mask", "relative_buckets"]
+__all__ = ["KERNELS", "Attention", "DecoderLayer", "Dropout", "EncoderLayer", "FeedForward", "Fuse", "MaskedBias",
+           "RMSNorm",
+           "drop_threshold", "keep_mask", "relative_buckets", "set_fused", "stacked_keys_values"]
