@@ -79,8 +79,8 @@ class FixedMasks:
         self.g = torch.Generator().manual_seed(seed)
         self.masks: list[torch.Tensor] = []
 
-    def __call__(self, shape, p, device):
-        m = torch.rand(tuple(shape), generator=self.g) >= p
+    def __call__(self, shape, p, device, dtype=torch.bool):
+        m = (torch.rand(tuple(shape), generator=self.g) >= p).to(dtype)
         self.masks.append(m)
         return m
 
@@ -123,6 +123,8 @@ def test_keep_masks_are_seeded_and_unbiased():
     b = keep_mask((1000, 1000), 0.1, torch.device("cpu"))
     c = keep_mask((1000, 1000), 0.1, torch.device("cpu"))
     assert a.dtype == torch.bool and torch.equal(a, b) and not torch.equal(a, c)
+    torch.manual_seed(5)
+    assert torch.equal(keep_mask((1000, 1000), 0.1, torch.device("cpu"), torch.bfloat16), a.to(torch.bfloat16))
     keep = float(a.float().mean())
     assert abs(keep - (1 - t / 65536)) < 0.002  # 1e6 draws: about 7 standard deviations
     assert abs(keep * scale - 1.0) < 0.003  # the scale makes the expected output the input

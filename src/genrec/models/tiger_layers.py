@@ -43,20 +43,23 @@ def drop_threshold(p: float) -> tuple[int, float]:
     return t, _BITS / (_BITS - t)
 
 
-def keep_mask(shape: tuple[int, ...] | torch.Size, p: float, device: torch.device) -> torch.Tensor:
-    """A bool dropout keep-mask, True with probability ``1 - round(p * 2^16) / 2^16``.
+def keep_mask(shape: tuple[int, ...] | torch.Size, p: float, device: torch.device,
+              dtype: torch.dtype = torch.bool) -> torch.Tensor:
+    """A dropout keep-mask, 1 with probability ``1 - round(p * 2^16) / 2^16``, in ``dtype`` (that of the tensor it
+    multiplies: torch's CPU kernels are several times slower when a bool operand meets a float one).
 
     On the CPU, numpy's SFC64 makes four 16-bit draws per 64-bit word, seeded by one draw of torch's default
     generator (``torch.manual_seed`` and checkpointed RNG state govern it); this is about 8x cheaper than
     ``bernoulli_``. Other devices draw with torch (their generators are fast already).
     """
     if device.type != "cpu" or torch.compiler.is_compiling():
-        return torch.rand(shape, device=device) >= p
+        return (torch.rand(shape, device=device) >= p).to(dtype)
     n = math.prod(shape)
     seed = int(torch.randint(0, 2**62, (1,)))
     raw = np.random.SFC64(seed).random_raw((n + 3) // 4)  # (ceil(n/4),) uint64
     bits = torch.from_numpy(raw.view(np.int16)[:n])  # (n,) uniform over [-2^15, 2^15)
-    return (bits >= drop_threshold(p)[0] - (_BITS >> 1)).view(shape)
+    out = torch.empty(n, dtype=dtype)
+    return torch.ge(bits, drop_threshold(p)[0] - (_BITS >> 1), out=out).view(shape)
 
 
 class MaskedBias(NamedTuple):
@@ -80,7 +83,7 @@ class Dropout(nn.Module):
             return x
         if not self.fused:
             return F.dropout(x, self.p, True)
-        return x * keep_mask(x.shape, self.p, x.device) * drop_threshold(self.p)[1]
+        return x * keep_mask(x.shape, self.p, x.device, x.dtype) * drop_threshold(self.p)[1]
 
 
 def fused_training(module: nn.Module) -> bool:
@@ -90,7 +93,7 @@ def fused_training(module: nn.Module) -> bool:
 
 def masked_residual(x: torch.Tensor, y: torch.Tensor, p: float) -> torch.Tensor:
     """``x + dropout(y)`` on the fused path, for a ``y`` whose linear layer already carries the scale."""
-    return x + y * keep_mask(y.shape, p, y.device) if p > 0 else x + y
+    return x + y * keep_mask(y.shape, p, y.device, y.dtype) if p > 0 else x + y
 
 
 def drop_scale(p: float) -> float:
@@ -226,7 +229,7 @@ class Attention(nn.Module):
                 s.masked_fill_(padded, float("-inf"))
         p = torch.softmax(s, -1)
         if self.dropout > 0:
-            p = p * keep_mask(p.shape, self.dropout, p.device)
+            p = p * keep_mask(p.shape, self.dropout, p.device, p.dtype)
             out_scale *= drop_threshold(self.dropout)[1]
         y = p @ v  # (B, h, T, dk)
         b, _, t, _ = y.shape
@@ -256,9 +259,9 @@ class FeedForward(nn.Module):
         p = self.drop.p
         h = self.wi(x)  # (B, S, d_ff)
         if p > 0 and self.act is F.relu:
-            h = _ReluKeep.apply(h, keep_mask(h.shape, p, h.device))
+            h = _ReluKeep.apply(h, keep_mask(h.shape, p, h.device, h.dtype))
         else:
-            h = self.act(h) * keep_mask(h.shape, p, h.device) if p > 0 else self.act(h)
+            h = self.act(h) * keep_mask(h.shape, p, h.device, h.dtype) if p > 0 else self.act(h)
         return F.linear(h, self.wo.weight * (out_scale * drop_scale(p)))
 
 
