@@ -204,3 +204,18 @@ def test_length_sorted_evaluation_ranks_every_query_as_sample_order_does(toy_dat
     b = evaluate_generator(model, seqs, test, [1, 5], beam_size=5, batch_size=7)
     assert len(set(test.hist_end.tolist())) > 3  # the order really changes
     assert np.array_equal(a.ranks, b.ranks) and a.metrics == b.metrics
+
+
+def test_fused_bf16_training_tracks_the_fp32_reference():
+    """Under bf16 autocast the fused path (fp32 norm statistics, fp32 softmax) stays close to fp32 training."""
+    ref, fused = pair(seed=11)
+    ref.train(), fused.train()
+    args = batch(seed=12)
+    a, ga = loss_and_grads(ref, *args)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        b, gb = loss_and_grads(fused, *args)
+    finite = torch.isfinite(a)
+    assert torch.allclose(a[finite], b.float()[finite], atol=0.05, rtol=0.05)
+    for name in ga:
+        cos = torch.nn.functional.cosine_similarity(ga[name].flatten(), gb[name].float().flatten(), dim=0)
+        assert cos > 0.98, (name, float(cos))

@@ -134,8 +134,31 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fused_training(self) and x.dtype == self.weight.dtype:
-            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+            return _RMSNormTo.apply(x, self.weight, self.eps, compute_dtype(x))
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class _RMSNormTo(torch.autograd.Function):
+    """RMSNorm (fp32 math) whose output is already in the matmul dtype: one autograd node and a handful of passes
+    where the reference norm, its composite backward and autocast's casts take a dozen small ops each way."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):  # the statistics stay fp32 (vecdot autocasts)
+            r = torch.rsqrt(torch.linalg.vecdot(x, x, dim=-1).unsqueeze(-1).div_(x.shape[-1]).add_(eps))  # (..., 1)
+            ctx.save_for_backward(x, w, r)
+            return torch.mul(x * r, w, out=torch.empty(x.shape, dtype=dtype, device=x.device))  # (..., d)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
+        x, w, r = ctx.saved_tensors
+        with torch.autocast(x.device.type, enabled=False):
+            xhat = x * r  # (..., d)
+            gw = g * w  # (..., d) fp32
+            dot = torch.linalg.vecdot(gw, xhat, dim=-1).unsqueeze(-1).div_(x.shape[-1])  # (..., 1)
+            gx = torch.addcmul(gw, xhat, dot, value=-1.0).mul_(r)
+            gweight = (g * xhat).reshape(-1, x.shape[-1]).sum(0)  # (d,)
+        return gx, gweight, None, None
 
 
 def relative_buckets(rel: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int) -> torch.Tensor:
