@@ -65,6 +65,26 @@ def test_step_is_vectorised_and_marks_invalid(small_table):
     assert not trie.allowed(torch.tensor([-1]), 0).any()
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dense_allowed_tables_equal_the_csr_scatter(seed, monkeypatch):
+    """The dense per-depth table (default) and the CSR scatter (tables over the size limit) give the same masks."""
+    rng = np.random.default_rng(seed)
+    n = 200
+    table = SIDTable.build(rng.permutation(1000)[:n] + 1, rng.integers(0, 6, (n, 2)), [6, 6])
+    trie = SIDTrie.from_table(table)
+    for depth in range(trie.depth):
+        count = trie.levels[depth].offsets.shape[0] - 1
+        nodes = torch.as_tensor(rng.integers(-1, count, 64))  # -1: an invalid prefix allows nothing
+        for width in (None, 4, trie.width, trie.width + 3):  # narrower, exact and wider logit rows
+            w = trie.codebook_sizes[depth] if width is None else width
+            assert torch.equal(trie.allowed(nodes, depth, width), trie._allowed_csr(nodes, depth, w))
+    monkeypatch.setattr("genrec.sid.trie.DENSE_LIMIT", 0)
+    small = SIDTrie.from_table(table)
+    assert small.dense_allowed(0) is None  # over the limit: the scatter path, same answers
+    nodes = torch.tensor([0, -1, 0])
+    assert torch.equal(small.allowed(nodes, 0), trie.allowed(nodes, 0))
+
+
 def test_duplicate_sids_are_rejected():
     with pytest.raises(DataError, match="share a semantic id"):
         SIDTrie.from_codes(np.array([[0, 1], [0, 1]]), np.array([1, 2]))

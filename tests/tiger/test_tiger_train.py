@@ -56,12 +56,14 @@ def test_tiny_tiger_learns_the_next_item_rule(tmp_path, toy_data, table):
     assert any("valid/ndcg@5" in r for r in lines)
 
 
-def test_resume_reproduces_an_uninterrupted_run(tmp_path, toy_data, table):
-    cfg = tiny_cfg(model={"dropout": 0.2}, epochs=2, batch_size=32, eval_every=1)
+@pytest.mark.parametrize("kernels", ["reference", "fused"])  # fused: its dropout masks follow torch's RNG state
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, toy_data, table, kernels):
+    model = {"dropout": 0.2, "kernels": kernels}
+    cfg = tiny_cfg(model=model, epochs=2, batch_size=32, eval_every=1)
     ref = GeneratorTrainer(cfg, tmp_path / "a", toy_data, table, OPTS)
     ref.fit()
     steps = ref.state["global_step"]
-    cut = tiny_cfg(model={"dropout": 0.2}, epochs=2, batch_size=32, eval_every=1, max_steps=steps // 2 + 1)
+    cut = tiny_cfg(model=model, epochs=2, batch_size=32, eval_every=1, max_steps=steps // 2 + 1)
     first = GeneratorTrainer(cut, tmp_path / "b", toy_data, table, OPTS)
     assert not first.fit()["finished"]
     assert latest_state(tmp_path / "b")["step_in_epoch"] > 0  # stopped mid-epoch

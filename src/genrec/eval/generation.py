@@ -75,29 +75,35 @@ def history_matrix(seqs: UserSequences, rows: np.ndarray, ends: np.ndarray, max_
 @torch.no_grad()
 def evaluate_generator(model: Any, seqs: UserSequences, samples: EvalSamples, ks: list[int], beam_size: int = 20,
                        batch_size: int = 256, constrained: bool = True, filter_invalid: bool = True,
-                       select: Sequence[str] | None = None) -> GenerationEval:
+                       select: Sequence[str] | None = None, length_sorted: bool = True) -> GenerationEval:
     """Beam-search every evaluation query and score the target's beam position (the metrics in ``select``,
     default all).
 
     ``model`` is any generator with ``generate(histories, users, beam_size, k, constrained) -> BeamResult``
-    and a ``max_len`` history window.
+    and a ``max_len`` history window. With ``length_sorted`` the queries are searched in the order of their
+    history length, so a call's histories are padded to a similar length (in sample order, 64% of the
+    encoder's item slots on the Beauty test users were padding); ranks come back in sample order, and a
+    query's beams do not depend on its batch beyond float rounding.
     """
     if len(samples) == 0:
         raise ConfigError("evaluate_generator: no evaluation queries")
     bad = [k for k in ks if k > beam_size]
     if bad:
         raise ConfigError(f"eval.ks {bad} exceed the beam size {beam_size}; a generator ranks only its beams")
+    lengths = np.minimum(samples.hist_end, int(model.max_len))
+    order = np.argsort(lengths, kind="stable") if length_sorted else np.arange(len(samples))
     ranks, invalid, total = [], 0, 0
     for i in range(0, len(samples), batch_size):
-        rows = samples.rows[i:i + batch_size]
-        ends = samples.hist_end[i:i + batch_size]
+        rows = samples.rows[order[i:i + batch_size]]
+        ends = samples.hist_end[order[i:i + batch_size]]
         hist = torch.from_numpy(history_matrix(seqs, rows, ends, model.max_len))  # (b, L)
         targets = seqs.items[seqs.offsets[rows] + ends]  # (b,)
         res = model.generate(hist, seqs.user_ids[rows], beam_size=beam_size, k=beam_size, constrained=constrained)
         ranks.append(beam_ranks(res.items, targets, filter_invalid))
         invalid += int((~res.valid).sum())
         total += res.valid.numel()
-    r = np.concatenate(ranks)
+    r = np.empty(len(samples))
+    r[order] = np.concatenate(ranks)  # back to sample order
     rate = invalid / max(total, 1)
     fams = select_metrics(select, GENERATION)
     metrics = metrics_from_ranks(r, ks, fams)

@@ -14,9 +14,12 @@ next item's SID one position at a time (spec §2.2-2.3). Design points:
 - **T5 details kept:** pre-norm RMSNorm blocks without biases, bucketed relative position bias shared across
   the layers of a stack (bidirectional in the encoder, causal in the decoder), ReLU feed-forward, dropout on
   embeddings, residual branches, attention weights and the final stack outputs.
-- **Incremental decoding.** ``step_fn`` caches every decoder layer's self-attention keys/values and the
-  cross-attention keys/values of the encoder output; all cached tensors lead with the row dimension so
-  ``beam_search`` can reorder them with ``index_select``.
+- **Incremental decoding.** ``step_fn`` caches every decoder layer's self-attention keys/values (per beam row,
+  reordered by ``beam_search``) and the cross-attention keys/values of the encoder output, once per user: the
+  beams of a user are one attention over that user's memory (``beam_memory: shared``), where copying the
+  memory for every beam and step (``per_row``, the original path, kept as the reference) cost most of a search.
+  The two agree to float rounding (about 1e-6 in the scores), not bit for bit.
+- **Training kernels** (``kernels``): ``reference`` or ``fused`` (see :mod:`genrec.models.tiger_layers`).
 """
 
 from __future__ import annotations
@@ -35,10 +38,15 @@ from genrec.models.base import Generator, GeneratorBatch, SIDLogits
 from genrec.models.registry import register
 from genrec.models.tiger_layers import (
     DecoderLayer,
+    Dropout,
     EncoderLayer,
     Fuse,
+    MaskedBias,
     RMSNorm,
+    check_kernels,
     relative_buckets,
+    set_fused,
+    stacked_keys_values,
 )
 from genrec.sid.beam import BeamResult, beam_search, list_length, reorder_tensors
 from genrec.sid.codebook import SIDTable
@@ -47,6 +55,7 @@ from genrec.sid.trie import SIDTrie
 PAD = 0
 BOS = 1
 NUM_SPECIAL = 2
+BEAM_MEMORY = ("shared", "per_row")
 _HASH_MULT = 2654435761  # Knuth's multiplicative hash constant; spreads consecutive user ids over buckets
 
 
@@ -57,11 +66,20 @@ class Encoded(NamedTuple):
     mask: torch.Tensor  # (B, S) bool, True on real tokens
 
 
-class DecodeState(NamedTuple):
-    """Per-row decoding state; every tensor leads with the row dim (B, then B*beam) for beam reordering."""
+class UserMemory:
+    """Cross-attention keys/values of the encoder memory, one row per user: a plain object, so beam reordering
+    (:func:`~genrec.sid.beam.reorder_tensors`) passes it through instead of copying it for every beam."""
 
-    cross: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (k, v) of the memory, each (R, h, S, dk)
-    cross_bias: torch.Tensor  # (R, 1, 1, S) 0 on real memory tokens, -inf on padding
+    def __init__(self, cross: list[tuple[torch.Tensor, torch.Tensor]], bias: torch.Tensor) -> None:
+        self.cross = cross  # per layer (k, v), each (B, h, S, dk)
+        self.bias = bias  # (B, 1, 1, S) 0 on real memory tokens, -inf on padding
+
+
+class DecodeState(NamedTuple):
+    """Per-row decoding state; the tensors lead with the row dim (B, then B*beam) for beam reordering."""
+
+    memory: UserMemory  # per user, never reordered
+    row_user: torch.Tensor  # (R,) the user of each row
     cache: list[tuple[torch.Tensor, torch.Tensor]]  # per layer self-attention (k, v), each (R, h, t, dk)
 
 
@@ -86,6 +104,8 @@ class TIGER(Generator):
         relative_buckets: int = 32  # T5 relative position bias
         relative_max_distance: int = 128
         tie_embeddings: bool = False  # score codes with the (scaled) input token embeddings, as T5 v1.0 does
+        kernels: str = "reference"  # training kernels: reference | fused (cheap dropout masks, fewer passes)
+        beam_memory: str = "shared"  # shared: beams read their user's encoder memory | per_row: copy it per beam
 
     def __init__(self, cfg: Config, num_items: int, max_len: int = 20) -> None:
         super().__init__()
@@ -93,6 +113,8 @@ class TIGER(Generator):
             raise ConfigError("model: sid_length and codebook_size must be >= 1")
         if cfg.num_user_buckets < 0:
             raise ConfigError("model.num_user_buckets must be >= 0")
+        if cfg.beam_memory not in BEAM_MEMORY:
+            raise ConfigError(f"model.beam_memory: '{cfg.beam_memory}' is not one of {list(BEAM_MEMORY)}")
         self.cfg = cfg
         self.num_items = num_items
         self.max_len = max_len
@@ -107,12 +129,14 @@ class TIGER(Generator):
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers))
         self.enc_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.dec_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.fused_kernels = check_kernels(cfg)  # (GLASS's ``fused`` names its gated layers)
+        self.drop = Dropout(cfg.dropout, self.fused_kernels)
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, m * c, bias=False)
         # item id -> SID (-1 = no SID; row 0 is padding) and which codes exist at each position
         self.register_buffer("item_sids", torch.full((num_items + 1, m), -1, dtype=torch.long))
         self.register_buffer("code_valid", torch.ones(m, c, dtype=torch.bool))
         self._trie: SIDTrie | None = None
+        set_fused(self, self.fused_kernels)  # the final norms too
 
     @property
     def user_token(self) -> bool:
@@ -200,7 +224,11 @@ class TIGER(Generator):
         s = enc_tokens.shape[1]
         pos = torch.arange(s, device=enc_tokens.device)
         bias = self._rel_bias(self.enc_rel, pos, pos, True)  # (1, h, S, S)
-        bias = bias + _key_bias(enc_mask)  # (B, h, S, S)
+        if self.fused_kernels and self.training:  # padded keys are filled in place, per layer
+            padded = None if bool(enc_mask.all()) else ~enc_mask[:, None, None, :]  # (B, 1, 1, S)
+            bias = MaskedBias(bias, padded)
+        else:
+            bias = bias + _key_bias(enc_mask)  # (B, h, S, S)
         emb = self.tokens(enc_tokens)  # (B, S, d)
         x = self.drop(emb if extra is None else emb + extra.to(emb.dtype))  # (B, S, d)
         for layer in self.encoder:
@@ -232,6 +260,11 @@ class TIGER(Generator):
         self_bias = self._rel_bias(self.dec_rel, pos, pos, False).masked_fill(~causal, float("-inf"))
         cross_bias = _key_bias(enc.mask)  # (B, 1, 1, S)
         x = self.drop(self.tokens(dec_input))  # (B, T, d)
+        if self.fused_kernels and self.training and len(self.decoder):  # one norm and one q/k/v matmul per self-attention
+            cross = stacked_keys_values([layer.cross_attn for layer in self.decoder], enc.memory)
+            for i, layer in enumerate(self.decoder):
+                x = layer(x, None, self_bias, cross[i], cross_bias, None if fuses is None else fuses[i])
+            return self._logits(self.drop(self.dec_norm(x)), pos)
         for i, layer in enumerate(self.decoder):
             h = layer.norm1(x)
             x = layer(x, layer.self_attn.keys_values(h), self_bias, layer.cross_attn.keys_values(enc.memory),
@@ -259,7 +292,19 @@ class TIGER(Generator):
         h, dk = self.cfg.num_heads, self.cfg.head_dim
         empty = enc.memory.new_zeros(b, h, 0, dk)
         cross = [layer.cross_attn.keys_values(enc.memory) for layer in self.decoder]
-        return DecodeState(cross, _key_bias(enc.mask), [(empty, empty) for _ in self.decoder])
+        return DecodeState(UserMemory(cross, _key_bias(enc.mask)), torch.arange(b, device=enc.memory.device),
+                           [(empty, empty) for _ in self.decoder])
+
+    def row_memory(self, state: DecodeState) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """Cross keys/values and key bias for the state's R rows: the users' own when each user's rows are one
+        consecutive run of equal length (beam search; :meth:`Attention.attend` groups the queries), else a
+        copy per row (``beam_memory: per_row``, or rows in another order)."""
+        mem, users = state.memory, state.row_user
+        b, r = mem.bias.shape[0], users.shape[0]
+        runs = torch.arange(b, device=users.device).repeat_interleave(r // b) if r % b == 0 else None
+        if runs is not None and torch.equal(users, runs) and (r == b or self.cfg.beam_memory == "shared"):
+            return mem.cross, mem.bias
+        return [(k[users], v[users]) for k, v in mem.cross], mem.bias[users]
 
     def step(self, codes: torch.Tensor, state: DecodeState, fuses: Sequence[Fuse | None] | None = None
              ) -> tuple[torch.Tensor, DecodeState]:
@@ -278,15 +323,16 @@ class TIGER(Generator):
         dev = codes.device
         self_bias = self._rel_bias(self.dec_rel, torch.tensor([t], device=dev), torch.arange(t + 1, device=dev),
                                    False)  # (1, h, 1, t+1)
+        cross, cross_bias = self.row_memory(state)
         x = self.drop(self.tokens(tok))  # (R, 1, d)
         cache = []
-        for i, (layer, (k_old, v_old), cross) in enumerate(zip(self.decoder, state.cache, state.cross)):
+        for i, (layer, (k_old, v_old), kv_mem) in enumerate(zip(self.decoder, state.cache, cross)):
             k_new, v_new = layer.self_attn.keys_values(layer.norm1(x))  # (R, h, 1, dk)
             kv = (torch.cat([k_old, k_new], 2), torch.cat([v_old, v_new], 2))  # (R, h, t+1, dk)
             cache.append(kv)
-            x = layer(x, kv, self_bias, cross, state.cross_bias, None if fuses is None else fuses[i])
+            x = layer(x, kv, self_bias, kv_mem, cross_bias, None if fuses is None else fuses[i])
         logits = self._logits(self.drop(self.dec_norm(x)), torch.tensor([t], device=dev))[:, 0]  # (R, C)
-        return logits, DecodeState(state.cross, state.cross_bias, cache)
+        return logits, DecodeState(state.memory, state.row_user, cache)
 
     def step_fn(self, enc_tokens: torch.Tensor, enc_mask: torch.Tensor):
         """Encode once and return ``(step, initial_state)`` for :func:`genrec.sid.beam.beam_search`."""

@@ -4,7 +4,9 @@ Depth ``d`` holds the nodes reached after ``d`` tokens (the root is node 0 of de
 block: the children of node ``n`` are edges ``offsets[d][n]:offsets[d][n+1]`` with (sorted) token ids
 ``tokens[d]`` and child node ids ``children[d]`` at depth ``d+1``. Because nodes are numbered in lexicographic
 order of their prefixes, the edge keys ``parent * V + token`` are globally sorted, so following a token is one
-``searchsorted`` for all beams, and masking is one scatter. Nodes at the last depth are items (``leaf_items``).
+``searchsorted`` for all beams, and masking is one gather from a dense (nodes x width) table of allowed tokens
+per depth, built on first use (the CSR scatter when that table would pass ``DENSE_LIMIT`` entries). Nodes at
+the last depth are items (``leaf_items``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from genrec.errors import DataError
 from genrec.sid.codebook import SIDTable
 
 INVALID = -1  # node id of a prefix that is not in the trie
+DENSE_LIMIT = 1 << 26  # bool entries (64 MiB) a depth's dense allowed-token table may take
 
 
 class TrieLevel(NamedTuple):
@@ -35,6 +38,7 @@ class SIDTrie:
         self.leaf_items = leaf_items  # (num_leaves,) item id of each node at the last depth
         self.codebook_sizes = tuple(codebook_sizes)
         self.width = max(self.codebook_sizes)  # key stride; >= every token id
+        self._dense: dict[int, torch.Tensor | None] = {}  # depth -> (num_nodes_d, width) allowed tokens
 
     @classmethod
     def from_codes(cls, codes: np.ndarray | torch.Tensor, item_ids: np.ndarray | torch.Tensor,
@@ -95,8 +99,31 @@ class SIDTrie:
         Invalid nodes (-1) allow nothing. ``width`` defaults to this position's codebook size; a wider mask
         (a decoder with a larger logit row) is False beyond it.
         """
-        lv = self.levels[depth]
         w = self.codebook_sizes[depth] if width is None else width
+        table = self.dense_allowed(depth)
+        if table is None:
+            return self._allowed_csr(node_ids, depth, w)
+        mask = table[node_ids.clamp_min(0)] & (node_ids >= 0)[:, None]  # (B, self.width)
+        if w <= self.width:
+            return mask[:, :w]
+        return torch.cat([mask, mask.new_zeros(mask.shape[0], w - self.width)], 1)
+
+    def dense_allowed(self, depth: int) -> torch.Tensor | None:
+        """(num_nodes_d, width) bool: the tokens each node at ``depth`` may take (None when over ``DENSE_LIMIT``)."""
+        if depth not in self._dense:
+            lv = self.levels[depth]
+            n = lv.offsets.shape[0] - 1
+            table = None
+            if n * self.width <= DENSE_LIMIT:
+                table = torch.zeros(n, self.width, dtype=torch.bool, device=self.device)
+                parent = torch.repeat_interleave(torch.arange(n, device=self.device), lv.offsets.diff())  # (E,)
+                table[parent, lv.tokens] = True
+            self._dense[depth] = table
+        return self._dense[depth]
+
+    def _allowed_csr(self, node_ids: torch.Tensor, depth: int, w: int) -> torch.Tensor:
+        """:meth:`allowed` by a scatter over the CSR edges of the given nodes (no dense table)."""
+        lv = self.levels[depth]
         b = node_ids.shape[0]
         valid = node_ids >= 0
         nodes = node_ids.clamp_min(0)
