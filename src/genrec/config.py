@@ -74,6 +74,9 @@ class TrainConfig(OptimConfig):
     num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default
     progress: bool = True
     tensorboard: bool = True
+    # seconds between plain progress lines while an epoch runs when standard error is not a terminal (a log file,
+    # a pipe, CI); 0 = the per-epoch lines only. On a terminal train.progress shows a bar instead.
+    progress_interval: float = 60.0
 
 
 @dataclass
@@ -238,7 +241,7 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
         cfg.stages = list(stages)
     if "source" in raw:
         cfg.source = str(raw["source"])
-    for key in ("max_steps", "max_seconds", "checkpoint_every", "num_threads"):  # 0 = off; below 0 means nothing
+    for key in ("max_steps", "max_seconds", "checkpoint_every", "num_threads", "progress_interval"):  # 0 = off
         if getattr(cfg.train, key) < 0:
             raise ConfigError(f"{where}: train.{key} must be >= 0 (0 = off), got {getattr(cfg.train, key)!r}")
     return cfg

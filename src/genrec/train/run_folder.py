@@ -26,6 +26,7 @@ from genrec.errors import CheckpointError, ConfigError
 from genrec.eval.record import git_commit  # noqa: F401 (re-exported through train.base)
 from genrec.io import write_json_atomic
 from genrec.models.pretrained import STAGE1_KEY, apply_pretrained, fill_stage1
+from genrec.progress import say
 from genrec.runs.checkpoint import (
     SUMMARY_KEYS,
     latest_checkpoint,
@@ -37,7 +38,7 @@ from genrec.runs.checkpoint import (
 from genrec.runs.layout import BEST_DIR, CHECKPOINT_DIR, CONFIG_FILE, best_weights_path, results_path  # noqa: F401
 from genrec.runs.record import new_run_record, read_record
 from genrec.train import distributed as dist_utils
-from genrec.train.logging import MetricLogger
+from genrec.train.logging import MetricLogger, flat_settings
 
 
 def resolve_device(name: str) -> torch.device:
@@ -90,6 +91,20 @@ def non_finite_loss(value: float, step: int, device: torch.device, bf16: bool) -
 def lower_is_better(metric: str) -> bool:
     """Losses are minimised, everything else (AUC, GAUC, NDCG, HR, MRR) is maximised."""
     return "loss" in metric.lower()
+
+
+# train settings that steer one call, not what the weights learn: continuing a finished run may change them
+CALL_KNOBS = ("epochs", "device", "num_threads", "progress", "progress_interval", "tensorboard", "max_steps",
+              "max_seconds", "checkpoint_every")
+
+
+def record_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``KEY is A, recorded B`` for each record field (dotted, ``config.train.lr``) that differs, leaving out the
+    call knobs (:data:`CALL_KNOBS`) and where the run was made (``genrec_version``, ``data_path``)."""
+    skip = {"genrec_version", "data_path", *(f"config.train.{k}" for k in CALL_KNOBS)}
+    a, b = flat_settings(old), flat_settings(new)
+    return [f"{k.removeprefix('config.')} is {b.get(k)!r}, recorded {a.get(k)!r}" for k in sorted(a.keys() | b.keys())
+            if k not in skip and a.get(k) != b.get(k)]
 
 
 def initial_state() -> dict[str, Any]:
@@ -148,6 +163,12 @@ class RunFolder:
 
     def check_or_write_config(self, write: bool = True) -> None:
         """Refuse a folder that holds another run; otherwise (re)write the record atomically."""
+        rec = self.checked_record()
+        if write and self.main:
+            write_json_atomic(self.run_dir / CONFIG_FILE, rec)
+
+    def checked_record(self) -> dict[str, Any]:
+        """This run's record (JSON form); raises when the folder holds another run (guarded keys, model)."""
         path = self.run_dir / CONFIG_FILE
         rec = json.loads(json.dumps(self.run_record(), default=str))  # compare in JSON form (tuples -> lists)
         if path.exists():
@@ -162,18 +183,18 @@ class RunFolder:
             if old_model != new_model:
                 raise CheckpointError(f"{path}: the model settings differ from this run folder's; "
                                       "use another --out folder")
-        if write and self.main:
-            write_json_atomic(path, rec)
+        return rec
 
     def open_run(self, resume: bool = True, write: bool = True) -> None:
-        """Create the folder, check/write config.json, resume from the latest checkpoint (or, starting fresh,
-        initialise the model from its stage-1 artifact, if it names one), open the logger.
+        """Create the folder, check config.json, resume from the latest checkpoint (or, starting fresh,
+        initialise the model from its stage-1 artifact, if it names one), write the record, open the logger.
 
+        A finished run keeps the record its weights were trained under (:meth:`continues_finished`).
         ``write=False`` opens an existing run read-only (evaluation): nothing is written or logged.
         """
         if write and self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.check_or_write_config(write=write)
+        rec = self.checked_record()
         if resume:
             path = latest_checkpoint(self.ckpt_root)
             if path is not None:
@@ -182,8 +203,46 @@ class RunFolder:
                 self.resumed_from = path
         if write and self.resumed_from is None:  # a fresh run: start from the stage-1 artifact, if any
             apply_pretrained(self.model)
+        finished = self.resumed_from is not None and self.state.get("finished")
+        keep = finished and not self.continues_finished(rec)
+        if write and self.main and not keep:
+            write_json_atomic(self.run_dir / CONFIG_FILE, rec)
+        if write and self.main and self.resumed_from is not None and not finished:
+            st = self.state
+            say(f"resuming {self.run_dir} from {self.resumed_from.name} (epoch {st['epoch'] + 1}, "
+                f"step {st['global_step']})")
         self.logger = MetricLogger(self.run_dir, tensorboard=self.cfg.train.tensorboard,
                                    enabled=self.main and write)
+        if write and self.logger.tb is not None:
+            self.logger.hparams(flat_settings(self.cfg.to_dict()), [f"valid/{self.stop_metric}"])
+
+    def continues_finished(self, rec: dict[str, Any]) -> bool:
+        """Whether this call trains a finished run on: ``train.epochs`` raised past the epochs it trained, every
+        other setting as recorded, and the run ended because its epochs ran out. Otherwise the run stays as it is
+        (its best weights are evaluated again) and keeps its record, or, when more epochs were asked of a run
+        that stopped early or of other settings, this raises a one-line error saying how to start afresh."""
+        st, old = self.state, read_record(self.run_dir)
+        old_train = (old.get("config") or {}).get("train") or {}
+        epochs = self.cfg.train.epochs
+        if "epochs" not in old_train or epochs <= st["epoch"]:
+            if self.main:
+                say(f"{self.run_dir} holds a run finished at epoch {st['epoch']}; evaluating its best weights "
+                    "(raise train.epochs to train it on)")
+            return False
+        fresh = "; to start afresh use --no-resume (resume=False) or another --out folder"
+        patience = old_train.get("patience") or 0
+        if st["epoch"] < old_train["epochs"] or (patience and st["bad_evals"] >= patience):
+            raise CheckpointError(f"{self.run_dir}: this run stopped early at epoch {st['epoch']} of "
+                                  f"{old_train['epochs']} (no better validation {self.stop_metric} in {patience} "
+                                  f"validations), so train.epochs={epochs} does not continue it{fresh}")
+        changed = record_changes(old, rec)
+        if changed:
+            raise CheckpointError(f"{self.run_dir}: continuing this finished run to train.epochs={epochs} keeps "
+                                  f"its other settings, but {changed[0]}{fresh}")
+        st["finished"] = False
+        if self.main:
+            say(f"continuing the finished {st['epoch']}-epoch run in {self.run_dir} to {epochs} epochs")
+        return True
 
     def log(self, **values: Any) -> None:
         if self.logger is not None:
