@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -335,7 +336,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config_from_dict(raw, str(path) if path else "config")
 
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "configs"  # the recipes of the source tree (may be absent)
+# The bundled recipes: package data (``genrec/configs``, in a source checkout a link to the top-level ``configs/``
+# folder, copied into the wheel), so an installed genrec finds them too.
+RECIPES_DIR = Path(str(importlib.resources.files("genrec") / "configs"))
 
 
 def recipe_names() -> list[str]:
