@@ -36,10 +36,12 @@ def test_a_finished_run_asked_for_fewer_epochs_keeps_its_weights_and_record(toy,
     cfg = config_from_dict(tiny_cfg("sasrec", train={"epochs": 2}))
     first = train_run(cfg, tmp_path / "run", dataset=toy)
     record = (tmp_path / "run" / "config.json").read_bytes()
-    again = train_run(config_from_dict(tiny_cfg("sasrec", train={"epochs": 1})), tmp_path / "run", dataset=toy)
+    fewer = config_from_dict(tiny_cfg("sasrec", train={"epochs": 1, "lr": 0.01}))
+    again = train_run(fewer, tmp_path / "run", dataset=toy)
     assert (tmp_path / "run" / "config.json").read_bytes() == record
     assert again["metrics"] == first["metrics"] and latest_state(tmp_path / "run")["epoch"] == 2
-    assert "holds a run finished at epoch 2; evaluating its best weights" in capsys.readouterr().err
+    assert ("holds a run finished at epoch 2; evaluating its best weights (raise train.epochs to train it on; "
+            "ignored here: train.lr is 0.01, recorded 0.001)") in capsys.readouterr().err
 
 
 def test_more_epochs_after_an_early_stop_are_refused_in_one_line(toy_dir, tmp_path, capsys, monkeypatch):

@@ -100,11 +100,12 @@ CALL_KNOBS = ("epochs", "device", "num_threads", "progress", "progress_interval"
 
 def record_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``KEY is A, recorded B`` for each record field (dotted, ``config.train.lr``) that differs, leaving out the
-    call knobs (:data:`CALL_KNOBS`) and where the run was made (``genrec_version``, ``data_path``)."""
-    skip = {"genrec_version", "data_path", *(f"config.train.{k}" for k in CALL_KNOBS)}
+    call knobs (:data:`CALL_KNOBS`, in any section: ``rerank.epochs`` too) and where the run was made
+    (``genrec_version``, ``data_path``)."""
     a, b = flat_settings(old), flat_settings(new)
     return [f"{k.removeprefix('config.')} is {b.get(k)!r}, recorded {a.get(k)!r}" for k in sorted(a.keys() | b.keys())
-            if k not in skip and a.get(k) != b.get(k)]
+            if k not in ("genrec_version", "data_path") and k.rsplit(".", 1)[-1] not in CALL_KNOBS
+            and a.get(k) != b.get(k)]
 
 
 def initial_state() -> dict[str, Any]:
@@ -203,9 +204,9 @@ class RunFolder:
                 self.resumed_from = path
         if write and self.resumed_from is None:  # a fresh run: start from the stage-1 artifact, if any
             apply_pretrained(self.model)
-        finished = self.resumed_from is not None and self.state.get("finished")
-        keep = finished and not self.continues_finished(rec)
-        if write and self.main and not keep:
+        finished = bool(self.resumed_from is not None and self.state.get("finished"))
+        continuing = write and finished and self.continues_finished(rec)  # every process: they train on together
+        if write and self.main and (continuing or not finished):
             write_json_atomic(self.run_dir / CONFIG_FILE, rec)
         if write and self.main and self.resumed_from is not None and not finished:
             st = self.state
@@ -224,10 +225,14 @@ class RunFolder:
         st, old = self.state, read_record(self.run_dir)
         old_train = (old.get("config") or {}).get("train") or {}
         epochs = self.cfg.train.epochs
-        if "epochs" not in old_train or epochs <= st["epoch"]:
+        if "epochs" not in old_train:  # a record of its own (stage 1): its guarded keys decide
+            return False
+        changed = record_changes(old, rec)
+        if epochs <= st["epoch"]:
+            ignored = f"; ignored here: {', '.join(changed[:3])}" if changed else ""
             if self.main:
                 say(f"{self.run_dir} holds a run finished at epoch {st['epoch']}; evaluating its best weights "
-                    "(raise train.epochs to train it on)")
+                    f"(raise train.epochs to train it on{ignored})")
             return False
         fresh = "; to start afresh use --no-resume (resume=False) or another --out folder"
         patience = old_train.get("patience") or 0
@@ -235,7 +240,6 @@ class RunFolder:
             raise CheckpointError(f"{self.run_dir}: this run stopped early at epoch {st['epoch']} of "
                                   f"{old_train['epochs']} (no better validation {self.stop_metric} in {patience} "
                                   f"validations), so train.epochs={epochs} does not continue it{fresh}")
-        changed = record_changes(old, rec)
         if changed:
             raise CheckpointError(f"{self.run_dir}: continuing this finished run to train.epochs={epochs} keeps "
                                   f"its other settings, but {changed[0]}{fresh}")
