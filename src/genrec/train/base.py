@@ -26,8 +26,9 @@ steps after which the run is complete, e.g. ``pretrain.max_steps``; 0 = none), `
 
 The loop checkpoints atomically (``train.checkpoint_every`` steps and every epoch end), stops at
 ``train.max_steps`` with a step checkpoint a later run resumes exactly, validates every ``train.eval_every``
-epochs, keeps the best weights, stops early on patience, and shows a progress bar (``train.progress``; off
-when the output is not a terminal). Under ``torchrun`` each process trains on its slice of every batch; the
+epochs, keeps the best weights, stops early on patience, and says how it goes on standard error
+(:mod:`genrec.progress`): a bar on a terminal or a plain line every ``train.progress_interval`` seconds in a log
+(``train.progress``), and one line per epoch with the loss, the validation metric and the best so far. Under ``torchrun`` each process trains on its slice of every batch; the
 loss is all-reduced so the gradient equals the single-process one of the same global batch, the main process
 validates and broadcasts the early-stop flag, and only it writes files.
 """
