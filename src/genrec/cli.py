@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -192,31 +193,39 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in the run folder")
     t.set_defaults(func=_cmd_train)
 
-    e = sub.add_parser("evaluate", help="evaluate a trained run on its test (or validation) split")
-    e.add_argument("run_dir")
-    e.add_argument("--split", choices=["test", "valid"], default="test")
+    e = sub.add_parser("evaluate", help="evaluate a trained run on its test (or validation) split",
+                       description="Evaluate a run folder's best weights; reads the run, writes nothing to it.")
+    e.add_argument("run_dir", help="a run folder written by genrec train")
+    e.add_argument("--split", choices=["test", "valid"], default="test",
+                   help="which held-out events to evaluate on (default: test)")
     g = e.add_mutually_exclusive_group()
-    g.add_argument("--exclude-history", dest="exclude_history", action="store_true", default=None)
-    g.add_argument("--no-exclude-history", dest="exclude_history", action="store_false")
+    g.add_argument("--exclude-history", dest="exclude_history", action="store_true", default=None,
+                   help="retrievers: remove each user's earlier items from the ranking (default: the recipe's "
+                        "eval.exclude_history)")
+    g.add_argument("--no-exclude-history", dest="exclude_history", action="store_false",
+                   help="retrievers: rank earlier items too")
     e.add_argument("--unconstrained", action="store_true", help="generators: free (not trie-constrained) decoding")
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--json", action="store_true", help="print the results record (model, protocol, metrics) as JSON")
     e.set_defaults(func=_cmd_evaluate)
 
-    r = sub.add_parser("recommend", help="top-k items for a known user or a given history")
-    r.add_argument("run_dir")
+    r = sub.add_parser("recommend", help="top-k items for a known user or a given history",
+                       description="Top-k items of a retriever or next-item generator run, for a user of its "
+                                   "dataset (--user) or a history you give (--history).")
+    r.add_argument("run_dir", help="a run folder written by genrec train")
     r.add_argument("--user", help="external user id from the dataset")
     r.add_argument("--history", help="comma-separated external item ids, oldest first")
-    r.add_argument("-k", type=int, default=10)
+    r.add_argument("-k", type=int, default=10, help="how many items (default 10)")
     r.add_argument("--include-history", action="store_true", help="allow items already in the history")
-    r.add_argument("--json", action="store_true")
+    r.add_argument("--json", action="store_true", help="print a JSON list of {item, score, title}")
     r.set_defaults(func=_cmd_recommend)
 
     m = sub.add_parser("models", help="list registered models, their kinds and recipes")
     m.set_defaults(func=_cmd_models)
 
     q = sub.add_parser("quickstart", help="synthetic data -> SASRec + HSTU -> metrics table")
-    q.add_argument("--out", default="runs/quickstart")
-    q.add_argument("--set", nargs="*", metavar="SECTION.KEY=VALUE")
+    q.add_argument("--out", default="runs/quickstart", help="folder for the two runs (default runs/quickstart)")
+    q.add_argument("--set", nargs="*", metavar="SECTION.KEY=VALUE", help="overrides for both recipes, "
+                   "e.g. train.epochs=2")
     q.set_defaults(func=_cmd_quickstart)
     return p
 
@@ -228,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that left shows here, not in the interpreter's last flush
+        return code
     except GenrecError as exc:
         if args.debug:
             raise
@@ -242,6 +253,23 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"genrec: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+BROKEN_PIPE = 141  # 128 + SIGPIPE: what `cat` or `grep` return when the reader of their output leaves
+
+
+def _reader_gone() -> int:
+    """Output piped into a reader that stopped early (``genrec evaluate --json | head``): that is the reader's
+    choice, not an error. Standard output is pointed at the null device so the interpreter's final flush cannot
+    fail again, and the exit code is the one a Unix tool killed by SIGPIPE reports."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):  # stdout is no real file (a capture)
+        pass
+    return BROKEN_PIPE
 
 
 def _exit(code: int) -> None:

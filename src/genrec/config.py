@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,9 @@ class TrainConfig(OptimConfig):
     num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default
     progress: bool = True
     tensorboard: bool = True
+    # seconds between plain progress lines while an epoch runs when standard error is not a terminal (a log file,
+    # a pipe, CI); 0 = the per-epoch lines only. On a terminal train.progress shows a bar instead.
+    progress_interval: float = 60.0
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -256,7 +260,7 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
         cfg.stages = list(stages)
     if "source" in raw:
         cfg.source = str(raw["source"])
-    for key in ("max_steps", "max_seconds", "checkpoint_every", "num_threads"):  # 0 = off; below 0 means nothing
+    for key in ("max_steps", "max_seconds", "checkpoint_every", "num_threads", "progress_interval"):  # 0 = off
         if getattr(cfg.train, key) < 0:
             raise ConfigError(f"{where}: train.{key} must be >= 0 (0 = off), got {getattr(cfg.train, key)!r}")
     return cfg
@@ -350,7 +354,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config_from_dict(raw, str(path) if path else "config")
 
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "configs"  # the recipes of the source tree (may be absent)
+# The bundled recipes: package data (``genrec/configs``, in a source checkout a link to the top-level ``configs/``
+# folder, copied into the wheel), so an installed genrec finds them too.
+RECIPES_DIR = Path(str(importlib.resources.files("genrec") / "configs"))
 
 
 def recipe_names() -> list[str]:

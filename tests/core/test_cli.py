@@ -106,3 +106,44 @@ def test_models_lists_every_recipe_under_its_model(capsys):
         if len(parts) == 3 and parts[2] != "-":
             listed.update(r.strip() for r in parts[2].split(","))
     assert set(recipe_names()) <= listed, sorted(set(recipe_names()) - listed)
+
+
+def _options_without_help(parser, name: str) -> list[str]:
+    import argparse
+
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub, sp in action.choices.items():
+                if sub != "serve":  # serve/cli.py: its own room
+                    out += _options_without_help(sp, f"{name} {sub}")
+        elif not action.help and not isinstance(action, argparse._HelpAction):
+            out.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    return out
+
+
+def test_every_option_says_what_it_does():
+    """Before: `genrec evaluate --help` and `genrec recommend --help` described none of their options."""
+    from genrec.cli import build_parser
+
+    assert _options_without_help(build_parser(), "genrec") == []
+
+
+def test_json_into_a_reader_that_left_ends_quietly(toy_dir, tmp_path):
+    """`genrec evaluate RUN --json | head -c 0`: before, a BrokenPipeError traceback and exit code 120."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    assert main(["train", "--data", str(toy_dir), "--out", str(tmp_path / "run"), "--set", *FAST,
+                 "train.epochs=1"]) == 0
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"), "OMP_NUM_THREADS": "1"}
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before genrec writes a byte
+    try:
+        r = subprocess.run([sys.executable, "-m", "genrec.cli", "evaluate", str(tmp_path / "run"), "--json"],
+                           stdout=write_end, stderr=subprocess.PIPE, env=env, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert r.returncode == 141 and r.stderr == "", r.stderr[-2000:]

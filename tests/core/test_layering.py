@@ -1,6 +1,6 @@
 """One house, one direction: imports only go down the floors, and runs/train/eval/serve never name a model.
 
-Floors, lowest first: ``errors.py`` and ``io.py`` (the ground floor) < ``data/`` < ``config.py`` < ``nn/`` <
+Floors, lowest first: ``errors.py``, ``io.py`` and ``progress.py`` (the ground floor) < ``data/`` < ``config.py`` < ``nn/`` <
 ``sid/`` < ``models/`` < ``objectives/`` < ``runs/`` < ``eval/`` < ``train/`` < ``serve/`` < the command line
 (``cli.py`` and every ``*/cli.py`` sub-command). A module may import its own floor and any floor below it.
 ``runs/`` (the run-folder layout, checkpoints, the run record, ``open_run``) sits below ``eval/`` because
@@ -28,7 +28,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[2] / "src" / "genrec"
 FLOORS = ("ground", "data", "config", "nn", "sid", "models", "objectives", "runs", "eval", "train", "serve",
           "cli")
-GROUND = ("errors", "io")
+GROUND = ("errors", "io", "progress")
 
 # (importing file under src/genrec, imported module) -> the part of the work that removes the edge
 ALLOWED_EDGES: dict[tuple[str, str], str] = {}

@@ -1,5 +1,5 @@
-"""The shared training loop's parts: the optimiser and schedule factory, the one family of optimiser knobs, the
-progress bar every kind shows, and the train/ import order."""
+"""The shared training loop's parts: the optimiser and schedule factory, the one family of optimiser knobs and the
+train/ import order (what the loop shows while it runs: test_progress.py)."""
 
 import subprocess
 import sys
@@ -13,8 +13,6 @@ from genrec.errors import ConfigError
 from genrec.nn.optim import adamw, build_optimizer, lr_schedule
 from genrec.train.pretrain import PretrainConfig, parse_pretrain_config
 from genrec.train.rerank import RerankConfig, parse_rerank_config
-from genrec.train.trainer import Trainer
-from tests.conftest import tiny_cfg
 
 
 def test_schedules_are_pure_functions_of_the_step():
@@ -39,35 +37,6 @@ def test_optimizer_knobs_are_one_family_across_sections():
         group = build_optimizer([torch.nn.Parameter(torch.zeros(2))], section).param_groups[0]
         assert (group["lr"], group["betas"], group["weight_decay"]) == (0.002, (0.9, 0.99), 0.1)
     assert adamw([torch.nn.Parameter(torch.zeros(2))], 0.1).param_groups[0]["betas"] == (0.9, 0.999)  # torch's
-
-
-@pytest.mark.parametrize("progress", [True, False])
-def test_the_loop_shows_one_bar_per_epoch_when_asked(toy, tmp_path, monkeypatch, progress):
-    import tqdm.auto
-
-    bars = []
-
-    class Bar:
-        def __init__(self, **kw):
-            bars.append({**kw, "updates": 0})
-
-        def update(self, n):
-            bars[-1]["updates"] += n
-
-        def set_postfix(self, **kw):
-            pass
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
-    tr = Trainer(config_from_dict(tiny_cfg("sasrec", train={"progress": progress})), tmp_path / "r", toy)
-    tr.fit()
-    if not progress:
-        assert bars == []
-        return
-    steps = [len(tr.epoch_batches(e)) for e in range(2)]
-    assert [(b["total"], b["updates"], b["disable"]) for b in bars] == [(n, n, None) for n in steps]
 
 
 def test_stages_do_not_import_the_run_entry_points():

@@ -13,7 +13,8 @@ from typing import Any
 
 from genrec.errors import ConfigError
 
-_READER_FLAGS = ("user_col", "item_col", "time_col", "rating_col", "behavior_col", "sep", "time_format", "time_window")
+_READER_FLAGS = ("user_col", "item_col", "time_col", "rating_col", "behavior_col", "sep", "time_format", "no_header",
+                 "names", "time_window")
 _PREPARE_FLAGS = ("min_rating", "dedup", "user_core", "item_core", "session_gap", "max_session_len", "behavior_order")
 
 
@@ -111,13 +112,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("--name", help="dataset name in the manifest (default: output folder name)")
     p.add_argument("--force", action="store_true", help="replace a prepared dataset already in --out")
     g = p.add_argument_group("generic reader columns")
-    g.add_argument("--user-col")
-    g.add_argument("--item-col")
-    g.add_argument("--time-col")
-    g.add_argument("--rating-col")
-    g.add_argument("--behavior-col")
+    g.add_argument("--user-col", help="the column holding user ids (a header name, or a position with --no-header)")
+    g.add_argument("--item-col", help="the column holding item ids")
+    g.add_argument("--time-col", help="the column holding event times (see --time-format)")
+    g.add_argument("--rating-col", help="optional: a numeric rating column (for --min-rating)")
+    g.add_argument("--behavior-col", help="optional: a behavior-type column (e.g. pv, cart, buy)")
     g.add_argument("--sep", help="field separator (default: sniffed; 'tab' for TAB)")
     g.add_argument("--time-format", help="unix_s (default), unix_ms, iso, or a strptime format")
+    g.add_argument("--no-header", action="store_true", default=None,
+                   help="the file has no header row (e.g. MovieLens u.data): columns are named 1, 2, 3, ... by "
+                        "position, so --user-col 1 --item-col 2 --time-col 4")
+    g.add_argument("--names", type=_list, help="the columns of a file without a header row, comma-separated, "
+                                               "e.g. user,item,rating,ts (implies --no-header)")
     p.add_argument("--time-window", help="taobao: START,END unix seconds to keep, or 'none'")
     f = p.add_argument_group("filters and sessions")
     f.add_argument("--min-rating", type=float, help="drop interactions rated below this")
@@ -141,10 +147,10 @@ def register(subparsers: Any) -> None:
     fe.set_defaults(func=cmd_fetch)
 
     sy = sub.add_parser("synth", help="write a prepared synthetic dataset")
-    sy.add_argument("--out", required=True)
-    sy.add_argument("--users", type=int, default=1000)
-    sy.add_argument("--items", type=int, default=500)
-    sy.add_argument("--seed", type=int, default=0)
-    sy.add_argument("--name")
+    sy.add_argument("--out", required=True, help="output folder")
+    sy.add_argument("--users", type=int, default=1000, help="number of users (default 1000)")
+    sy.add_argument("--items", type=int, default=500, help="number of items (default 500)")
+    sy.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    sy.add_argument("--name", help="dataset name in the manifest (default synthetic-USERSu-ITEMSi-sSEED)")
     sy.add_argument("--force", action="store_true", help="replace a prepared dataset already in --out")
     sy.set_defaults(func=cmd_synth)

@@ -24,6 +24,7 @@ from genrec.data.multibehavior import SessionSplit
 from genrec.data.schema import Dataset
 from genrec.errors import ConfigError, DataError
 from genrec.io import write_json_atomic
+from genrec.progress import stage
 from genrec.sid.codebook import SIDTable, tensor_fingerprint
 from genrec.sid.cooccurrence import cooccurrence_embeddings, cooccurrence_vectors, item_categories
 from genrec.sid.embed import CFLoader, ItemEmbeddings, load_npy, text_embeddings
@@ -119,7 +120,7 @@ def fit_quantizer(cfg: SIDConfig, x: torch.Tensor) -> tuple[Any, dict[str, Any]]
 
         torch.manual_seed(cfg.seed)
         q = RQVAE(RQVAEConfig(input_dim=int(x.shape[1]), num_levels=cfg.levels, codebook_size=cfg.codebook_size))
-        hist = q.fit(x, epochs=cfg.rqvae_epochs, seed=cfg.seed, log_every=0)
+        hist = q.fit(x, epochs=cfg.rqvae_epochs, seed=cfg.seed, log_every=0, progress=True)
         last = hist[-1]
         return q, {"epochs": len(hist), "final_loss": last.loss, "final_recon_loss": last.recon_loss,
                    "final_epoch_usage": list(last.usage)}
@@ -137,10 +138,14 @@ def build_sid_table(cfg: SIDConfig, dataset: Dataset, out_dir: str | Path | None
                     cf_loader: CFLoader | None = None) -> SIDTable:
     """Embed, quantize and make unique; writes the SID folder when ``out_dir`` is given."""
     t0 = time.time()
-    emb = item_embeddings(cfg, dataset, cf_loader=cf_loader)
+    with stage(f"sid build: item embeddings ({cfg.embeddings})"):
+        emb = item_embeddings(cfg, dataset, cf_loader=cf_loader)
     t_embed = time.time() - t0
-    q, fit_log = fit_quantizer(cfg, emb.vectors)
-    table = SIDTable.from_quantizer(q, emb.item_ids, emb.vectors)
+    n, dim = emb.vectors.shape
+    with stage(f"sid build: {cfg.quantizer} on {n:,} x {dim} ({cfg.levels} levels x {cfg.codebook_size} codes)"):
+        q, fit_log = fit_quantizer(cfg, emb.vectors)
+    with stage("sid build: unique SIDs"):
+        table = SIDTable.from_quantizer(q, emb.item_ids, emb.vectors)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from genrec.data.cli import command_group
 def _cmd_build(args: argparse.Namespace) -> int:
     from genrec.config import load_config, resolve_recipe
     from genrec.data.loading import load_data
+    from genrec.progress import duration, say, stage
     from genrec.sid.build import HEALTH_FILE, build_sid_table
     from genrec.train.run import run_cf_embeddings
 
@@ -20,8 +22,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.data:
         overrides.append(f"data.path={args.data}")
     cfg = load_config(resolve_recipe(args.config), overrides)
-    dataset = load_data(cfg.data)
+    with stage("sid build: load dataset"):
+        dataset = load_data(cfg.data)
+    t0 = time.time()
     table = build_sid_table(cfg.sid, dataset, args.out, cf_loader=run_cf_embeddings)
+    say(f"sid build: done in {duration(time.time() - t0)}")
     print(f"SID table for {dataset.num_items:,} items -> {args.out} "
           f"({cfg.sid.embeddings} embeddings, {cfg.sid.quantizer}, {table.length} positions)")
     print(table.health().summary())
@@ -49,5 +54,5 @@ def register(subparsers: Any) -> None:
     b.set_defaults(func=_cmd_build)
     h = sub.add_parser("health", help="per-level code usage, entropy, collisions of a SID table")
     h.add_argument("table", help="a SID folder or a .parquet/.json table")
-    h.add_argument("--json", action="store_true")
+    h.add_argument("--json", action="store_true", help="print the report as JSON")
     h.set_defaults(func=_cmd_health)

@@ -19,6 +19,7 @@ from torch import nn
 
 from genrec.errors import ConfigError
 from genrec.nn.optim import adamw
+from genrec.progress import Progress
 from genrec.sid.codebook import tensor_fingerprint
 from genrec.sid.rqkmeans import kmeans, sq_distances
 
@@ -158,8 +159,11 @@ class RQVAE(nn.Module):
         return RQVAEOutput(x_hat, q.codes, recon + q.loss, recon, q.loss)
 
     def fit(self, x: torch.Tensor, *, epochs: int = 100, batch_size: int = 1024, lr: float = 1e-3,
-            seed: int = 0, weight_decay: float = 1e-4, log_every: int = 10) -> list[EpochLog]:
-        """Train on item embeddings ``x`` (N, D); returns one log record per epoch (also sent to ``logging``)."""
+            seed: int = 0, weight_decay: float = 1e-4, log_every: int = 10, progress: bool = False
+            ) -> list[EpochLog]:
+        """Train on item embeddings ``x`` (N, D); returns one log record per epoch (also sent to ``logging``).
+        ``progress``: a bar over the epochs on a terminal, a plain line now and then elsewhere
+        (:class:`genrec.progress.Progress`)."""
         if x.ndim != 2 or x.shape[1] != self.config.input_dim:
             raise ConfigError(f"rqvae: expected inputs of shape (N, {self.config.input_dim}), got {tuple(x.shape)}")
         gen = torch.Generator().manual_seed(seed)  # batch order and dead-code picks; weights are set at init
@@ -172,6 +176,7 @@ class RQVAE(nn.Module):
         opt = adamw(self.parameters(), lr, weight_decay=weight_decay)
         history: list[EpochLog] = []
         n = xs.shape[0]
+        shown = Progress("rqvae", epochs, unit="epoch") if progress else None
         for epoch in range(epochs):
             self.train()
             self._resets = 0
@@ -195,9 +200,14 @@ class RQVAE(nn.Module):
                 tot[2] += out.quant_loss.item() * w
             usage = tuple(float(u) for u in seen.float().mean(1))
             history.append(EpochLog(epoch, tot[0], tot[1], tot[2], usage, self._resets))
+            if shown is not None:
+                shown.update(1)
+                shown.set_postfix(loss=f"{tot[0]:.4f}", usage=" ".join(f"{u:.2f}" for u in usage))
             if log_every and (epoch % log_every == 0 or epoch == epochs - 1):
                 log.info("rqvae epoch %d loss %.4f recon %.4f quant %.4f usage %s resets %d", epoch, tot[0], tot[1],
                          tot[2], " ".join(f"{u:.2f}" for u in usage), self._resets)
+        if shown is not None:
+            shown.close()
         self.eval()
         return history
 

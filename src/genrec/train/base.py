@@ -26,8 +26,9 @@ steps after which the run is complete, e.g. ``pretrain.max_steps``; 0 = none), `
 
 The loop checkpoints atomically (``train.checkpoint_every`` steps and every epoch end), stops at
 ``train.max_steps`` with a step checkpoint a later run resumes exactly, validates every ``train.eval_every``
-epochs, keeps the best weights, stops early on patience, and shows a progress bar (``train.progress``; off
-when the output is not a terminal). Under ``torchrun`` each process trains on its slice of every batch; the
+epochs, keeps the best weights, stops early on patience, and says how it goes on standard error
+(:mod:`genrec.progress`): a bar on a terminal or a plain line every ``train.progress_interval`` seconds in a log
+(``train.progress``), and one line per epoch with the loss, the validation metric and the best so far. Under ``torchrun`` each process trains on its slice of every batch; the
 loss is all-reduced so the gradient equals the single-process one of the same global batch, the main process
 validates and broadcasts the early-stop flag, and only it writes files.
 """
@@ -43,6 +44,7 @@ import torch
 from torch import nn
 
 from genrec.nn.optim import LRSchedule
+from genrec.progress import Progress, duration, say
 from genrec.train import distributed as dist_utils
 from genrec.train.run_folder import (  # noqa: F401 (re-exported: the names trainers import from here)
     BEST_DIR,
@@ -142,7 +144,7 @@ class TrainerBase(RunFolder):
                 continue
             loss_sum, loss_n = loss_sum + value, loss_n + 1
             if self.log_steps:
-                self.log(train_loss=value, **extra, epoch=epoch)
+                self.log(train_loss=value, **extra, epoch=round(epoch + (bi + 1) / len(batches), 4))
             if tc.checkpoint_every and st["global_step"] % tc.checkpoint_every == 0:
                 self.add_train_seconds(self._t_mark)
                 self._t_mark = time.time()
@@ -165,13 +167,13 @@ class TrainerBase(RunFolder):
             return True
         return self._end_epoch(epoch, loss_sum, loss_n, t_epoch, complete=ending == "budget")
 
-    def _progress_bar(self, total: int, initial: int, epoch: int) -> Any:
-        if not (self.cfg.train.progress and self.main):
+    def _progress_bar(self, total: int, initial: int, epoch: int) -> Progress | None:
+        """The epoch's progress (main process, ``train.progress``): a bar on a terminal, else a plain line every
+        ``train.progress_interval`` seconds; the epoch's summary line (:meth:`_report_epoch`) follows it."""
+        tc = self.cfg.train
+        if not (tc.progress and self.main):
             return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", leave=False,
-                    dynamic_ncols=True, disable=None)
+        return Progress(f"epoch {epoch + 1}/{tc.epochs}", total, initial=initial, interval=tc.progress_interval)
 
     def _train_step(self, batch: Any) -> tuple[float | None, dict[str, Any]]:
         """Shard, learning rate, loss, all-reduce, one optimiser update; (logged loss or None, log fields)."""
@@ -228,19 +230,38 @@ class TrainerBase(RunFolder):
         tc, st = self.cfg.train, self.state
         st["epoch"], st["step_in_epoch"] = epoch + 1, 0
         rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss_epoch": loss_sum / max(loss_n, 1),
-                               "epoch_seconds": round(time.time() - t_epoch, 3)}
-        stop = False
+                               "epoch_seconds": round(time.time() - t_epoch, 3),
+                               "lr": self.optimizer.param_groups[0]["lr"]}
+        stop, validated, value = False, False, None
         if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
             res = self.validate() if self.main else None
             if res is not None:
                 metrics, value = res
                 rec.update({f"valid/{k}": v for k, v in metrics.items()})
                 rec["improved"] = self.observe(value, epoch + 1)
-                stop = self.should_stop
+                stop, validated = self.should_stop, True
             stop = dist_utils.broadcast_flag(stop, self.device)
         rec.update(self.on_epoch_end(epoch))
         self.log(**rec)
+        if self.main:
+            self._report_epoch(rec, value, validated, time.time() - t_epoch, stop)
         if complete or stop or st["epoch"] >= tc.epochs:
             st["finished"] = True
         self._save(f"epoch-{st['epoch']:05d}")
         return complete or stop
+
+    def _report_epoch(self, rec: dict[str, Any], value: Any, validated: bool, seconds: float, stop: bool) -> None:
+        """The epoch's summary line on standard error (every kind, terminal or log): ``epoch 3/200  loss 2.4123
+        valid ndcg@10 0.0612 (best 0.0634 @ epoch 2)  41.2 s``, the validation part when one ran."""
+        st, tc = self.state, self.cfg.train
+        metric = self.stop_metric.removeprefix("valid_")  # GAMER's valid_loss
+        parts = [f"epoch {rec['epoch']}/{tc.epochs}", f"loss {rec['train_loss_epoch']:.4f}"]
+        if validated:
+            shown = "n/a" if value is None or not math.isfinite(float(value)) else f"{float(value):.4f}"
+            best = "none yet" if st["best_metric"] is None else f"{st['best_metric']:.4f} @ epoch {st['best_epoch']}"
+            parts.append(f"valid {metric} {shown} (best {best})")
+        parts.append(duration(seconds))
+        say("  ".join(parts))
+        if stop:
+            say(f"early stop: valid {metric} has not improved in {tc.patience} validations; "
+                f"the best weights are from epoch {st['best_epoch']}")

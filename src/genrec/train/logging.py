@@ -1,4 +1,8 @@
-"""Metric logs: one JSON object per line (machine-readable) and TensorBoard scalars (optional)."""
+"""Metric logs: one JSON object per line (machine-readable) and TensorBoard scalars and hyper-parameters
+(optional).
+
+Every record carries ``step`` (optimiser steps so far) and ``epoch`` in one convention, the epochs completed:
+a step record inside the third epoch says ``2.25``, the record that closes it ``3``."""
 
 from __future__ import annotations
 
@@ -35,7 +39,29 @@ class MetricLogger:
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     self.tb.add_scalar(k, v, step)
 
+    def hparams(self, values: dict[str, Any], metrics: list[str]) -> None:
+        """The run's settings in TensorBoard's HPARAMS tab, beside ``metrics`` (scalar tags logged later, e.g.
+        ``valid/ndcg@10``), written into the run's own event file."""
+        if self.tb is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        flat = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v) for k, v in values.items()}
+        for summary in hparams(flat, dict.fromkeys(metrics, 0.0)):
+            self.tb._get_file_writer().add_summary(summary)  # the run's event file, not a new sub-folder
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.flush()
             self.tb.close()
+
+
+def flat_settings(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 0.001}}`` -> ``{"train.lr": 0.001}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(flat_settings(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

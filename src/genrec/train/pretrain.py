@@ -161,7 +161,7 @@ def _loop_config(cfg: PretrainConfig, loop: TrainConfig | None) -> TrainConfig:
     return TrainConfig(**optim_knobs(cfg), epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
                        device=cfg.device, patience=0, bf16=False, max_steps=lp.max_steps, max_seconds=lp.max_seconds,
                        checkpoint_every=lp.checkpoint_every, progress=lp.progress, tensorboard=lp.tensorboard,
-                       num_threads=lp.num_threads)
+                       num_threads=lp.num_threads, progress_interval=lp.progress_interval)
 
 
 class PretrainTrainer(TrainerBase):

@@ -28,6 +28,7 @@ from genrec.eval.record import git_commit  # noqa: F401 (re-exported through tra
 from genrec.io import write_json_atomic
 from genrec.models.pretrained import STAGE1_KEY, apply_pretrained, fill_stage1
 from genrec.nn.precision import BF16, FP32, autocast, resolve_precision
+from genrec.progress import say
 from genrec.runs import lock
 from genrec.runs.checkpoint import (
     SUMMARY_KEYS,
@@ -39,7 +40,7 @@ from genrec.runs.checkpoint import (
 from genrec.runs.layout import BEST_DIR, CHECKPOINT_DIR, CONFIG_FILE, best_weights_path, results_path  # noqa: F401
 from genrec.runs.record import new_run_record, read_record
 from genrec.train import distributed as dist_utils
-from genrec.train.logging import MetricLogger
+from genrec.train.logging import MetricLogger, flat_settings
 
 
 def resolve_device(name: str) -> torch.device:
@@ -93,6 +94,21 @@ def non_finite_loss(value: float, step: int, fp32_switch: str = "") -> FloatingP
 def lower_is_better(metric: str) -> bool:
     """Losses are minimised, everything else (AUC, GAUC, NDCG, HR, MRR) is maximised."""
     return "loss" in metric.lower()
+
+
+# train settings that steer one call, not what the weights learn: continuing a finished run may change them
+CALL_KNOBS = ("epochs", "device", "num_threads", "progress", "progress_interval", "tensorboard", "max_steps",
+              "max_seconds", "checkpoint_every")
+
+
+def record_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``KEY is A, recorded B`` for each record field (dotted, ``config.train.lr``) that differs, leaving out the
+    call knobs (:data:`CALL_KNOBS`, in any section: ``rerank.epochs`` too) and where the run was made
+    (``genrec_version``, ``data_path``)."""
+    a, b = flat_settings(old), flat_settings(new)
+    return [f"{k.removeprefix('config.')} is {b.get(k)!r}, recorded {a.get(k)!r}" for k in sorted(a.keys() | b.keys())
+            if k not in ("genrec_version", "data_path") and k.rsplit(".", 1)[-1] not in CALL_KNOBS
+            and a.get(k) != b.get(k)]
 
 
 def initial_state() -> dict[str, Any]:
@@ -151,8 +167,8 @@ class RunFolder:
         e.g. evaluation-only settings)."""
         return old == new
 
-    def check_or_write_config(self, write: bool = True) -> None:
-        """Refuse a folder that holds another run; otherwise (re)write the record atomically."""
+    def checked_record(self) -> dict[str, Any]:
+        """This run's record (JSON form); raises when the folder holds another run (guarded keys, model)."""
         path = self.run_dir / CONFIG_FILE
         rec = json.loads(json.dumps(self.run_record(), default=str))  # compare in JSON form (tuples -> lists)
         if path.exists():
@@ -167,19 +183,19 @@ class RunFolder:
             if old_model != new_model:
                 raise CheckpointError(f"{path}: the model settings differ from this run folder's; "
                                       "use another --out folder")
-        if write and self.main:
-            write_json_atomic(path, rec)
+        return rec
 
     def open_run(self, resume: bool = True, write: bool = True) -> None:
-        """Create the folder and take its writer's lock, check/write config.json, resume from the newest
-        checkpoint that verifies (or, starting fresh, initialise the model from its stage-1 artifact, if it
-        names one), open the logger.
+        """Create the folder and take its writer's lock, check config.json, resume from the newest checkpoint that
+        verifies (or, starting fresh, initialise the model from its stage-1 artifact, if it names one), write the
+        record, open the logger.
 
+        A finished run keeps the record its weights were trained under (:meth:`continues_finished`).
         ``write=False`` opens an existing run read-only (evaluation): nothing is written or logged, no lock.
         """
         if write:
             self._lock_run_folder()
-        self.check_or_write_config(write=write)
+        rec = self.checked_record()
         if resume:
             found = self._resume(repoint=write and self.main)
             if found is not None:
@@ -187,8 +203,49 @@ class RunFolder:
                 self.state = {**initial_state(), **loaded}
         if write and self.resumed_from is None:  # a fresh run: start from the stage-1 artifact, if any
             apply_pretrained(self.model)
+        finished = bool(self.resumed_from is not None and self.state.get("finished"))
+        continuing = write and finished and self.continues_finished(rec)  # every process: they train on together
+        if write and self.main and (continuing or not finished):
+            write_json_atomic(self.run_dir / CONFIG_FILE, rec)
+        if write and self.main and self.resumed_from is not None and not finished:
+            st = self.state
+            say(f"resuming {self.run_dir} from {self.resumed_from.name} (epoch {st['epoch'] + 1}, "
+                f"step {st['global_step']})")
         self.logger = MetricLogger(self.run_dir, tensorboard=self.cfg.train.tensorboard,
                                    enabled=self.main and write)
+        if write and self.logger.tb is not None:
+            self.logger.hparams(flat_settings(self.cfg.to_dict()), [f"valid/{self.stop_metric}"])
+
+    def continues_finished(self, rec: dict[str, Any]) -> bool:
+        """Whether this call trains a finished run on: ``train.epochs`` raised past the epochs it trained, every
+        other setting as recorded, and the run ended because its epochs ran out. Otherwise the run stays as it is
+        (its best weights are evaluated again) and keeps its record, or, when more epochs were asked of a run
+        that stopped early or of other settings, this raises a one-line error saying how to start afresh."""
+        st, old = self.state, read_record(self.run_dir)
+        old_train = (old.get("config") or {}).get("train") or {}
+        epochs = self.cfg.train.epochs
+        if "epochs" not in old_train:  # a record of its own (stage 1): its guarded keys decide
+            return False
+        changed = record_changes(old, rec)
+        if epochs <= st["epoch"]:
+            ignored = f"; ignored here: {', '.join(changed[:3])}" if changed else ""
+            if self.main:
+                say(f"{self.run_dir} holds a run finished at epoch {st['epoch']}; evaluating its best weights "
+                    f"(raise train.epochs to train it on{ignored})")
+            return False
+        fresh = "; to start afresh use --no-resume (resume=False) or another --out folder"
+        patience = old_train.get("patience") or 0
+        if st["epoch"] < old_train["epochs"] or (patience and st["bad_evals"] >= patience):
+            raise CheckpointError(f"{self.run_dir}: this run stopped early at epoch {st['epoch']} of "
+                                  f"{old_train['epochs']} (no better validation {self.stop_metric} in {patience} "
+                                  f"validations), so train.epochs={epochs} does not continue it{fresh}")
+        if changed:
+            raise CheckpointError(f"{self.run_dir}: continuing this finished run to train.epochs={epochs} keeps "
+                                  f"its other settings, but {changed[0]}{fresh}")
+        st["finished"] = False
+        if self.main:
+            say(f"continuing the finished {st['epoch']}-epoch run in {self.run_dir} to {epochs} epochs")
+        return True
 
     def _lock_run_folder(self) -> None:
         """One writer per run folder: the main process takes the lock; every rank learns whether it got it, so a

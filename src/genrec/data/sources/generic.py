@@ -7,6 +7,7 @@ ids are read as text (leading zeros survive), the time column is parsed with the
 
 from __future__ import annotations
 
+import csv
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -124,11 +125,14 @@ def read_generic(
     behavior_col: str | None = None,
     sep: str | None = None,
     time_format: str = "unix_s",
+    no_header: bool = False,
+    names: list[str] | None = None,
 ) -> RawLog:
     """Read a CSV/TSV (plain/.gz/zip) or Parquet file with the given column mapping.
 
     ``time_format``: ``unix_s``, ``unix_ms``, ``iso`` or a strptime format such as ``%Y-%m-%d %H:%M``
-    (times without a zone are UTC).
+    (times without a zone are UTC). A text file without a header row (MovieLens ``u.data``): ``no_header``
+    names its columns ``1``, ``2``, ... by position, or ``names`` gives them (and implies no header).
     """
     _check_options(user_col, item_col, time_col, time_format)
     p = _io.require_file(path)
@@ -136,16 +140,20 @@ def read_generic(
                "behavior": behavior_col}  # fmt: skip
     wanted = {role: col for role, col in mapping.items() if col}
     parquet = _is_parquet(p)
+    if parquet and (no_header or names):
+        raise ConfigError(f"{p}: --no-header / --names are for CSV/TSV files; a Parquet file names its columns")
     if not parquet:
         sep = _SEPS.get(sep, sep) if sep else _sniff_sep(p)
         if len(sep) != 1:
             raise ConfigError(f"sep must be a single character, got {sep!r}")
-    table = _read_table(p, wanted, None if parquet else sep)
+    headerless = _headerless_names(p, sep, names) if (no_header or names) and sep else None
+    table = _read_table(p, wanted, None if parquet else sep, headerless)
 
     def col(role: str) -> pa.Array:
         return _as_array(table.column(wanted[role]))
 
-    ts = parse_time(col("timestamp"), time_format, str(p), time_col, csv=not parquet)  # type: ignore[arg-type]
+    # row numbers name file lines: below a header row (csv=True) or from the first line
+    ts = parse_time(col("timestamp"), time_format, str(p), time_col, csv=not (parquet or headerless))  # type: ignore[arg-type]
     rating = None
     if rating_col:
         try:
@@ -164,6 +172,7 @@ def read_generic(
             "columns": {k: v for k, v in wanted.items()},
             "time_format": time_format,
             **({} if parquet else {"sep": sep}),
+            **({"header": False} if headerless else {}),
         },
         label=str(p),
     )
@@ -175,7 +184,10 @@ def _check_options(
     """Config errors for a missing column option or an unknown time format, before any file is opened."""
     missing_opts = [k for k, v in (("user_col", user_col), ("item_col", item_col), ("time_col", time_col)) if not v]
     if missing_opts:
-        raise ConfigError(f"generic source needs {', '.join(missing_opts)} (which columns hold user, item, time)")
+        flags = ", ".join("--" + k.replace("_", "-") for k in missing_opts)
+        raise ConfigError(f"generic source needs {flags} (the columns that hold user, item and time; a file "
+                          f"without a header row: add --no-header and give column numbers, or --names; "
+                          f"in Python: {', '.join(missing_opts)})")
     if not time_format:
         raise ConfigError("time_format must not be empty")
     if time_format not in TIME_FORMATS and "%" not in time_format:
@@ -184,8 +196,20 @@ def _check_options(
         )
 
 
-def _read_table(p: Path, wanted: dict[str, str], sep: str | None) -> pa.Table:
-    """The mapped columns of a Parquet file (``sep`` None) or a delimited text file, ids read as text.
+def _headerless_names(p: Path, sep: str, names: list[str] | None) -> list[str]:
+    """The column names of a text file without a header row: ``names``, or ``1..N`` by position."""
+    fields = len(next(csv.reader([_io.first_line(p).lstrip("\ufeff")], delimiter=sep)))
+    if not names:
+        return [str(k) for k in range(1, fields + 1)]
+    if len(names) != fields:
+        raise ConfigError(f"--names gives {len(names)} columns ({', '.join(names)}) but {p} has {fields} fields "
+                          "per row")
+    return list(names)
+
+
+def _read_table(p: Path, wanted: dict[str, str], sep: str | None, headerless: list[str] | None = None) -> pa.Table:
+    """The mapped columns of a Parquet file (``sep`` None) or a delimited text file, ids read as text;
+    ``headerless``: the names of a text file's columns when it has no header row.
 
     The header is checked first, so a misspelt column is named before the whole file is parsed.
     """
@@ -193,12 +217,13 @@ def _read_table(p: Path, wanted: dict[str, str], sep: str | None) -> pa.Table:
         with _io.data_errors(str(p), "not a readable parquet file"):
             columns = pq.read_schema(p).names
     else:
-        columns = _io.header_columns(p, sep)
+        columns = headerless or _io.header_columns(p, sep)
     for col in wanted.values():
         if col not in columns:
             listed = ", ".join(columns)
             listed = listed if len(listed) <= 300 else listed[:300] + "..."
-            raise ConfigError(f"file {p} has no column '{col}' (columns: {listed})")
+            hint = "; the file has no header row" if headerless else ""
+            raise ConfigError(f"file {p} has no column '{col}' (columns: {listed}){hint}")
     cols = list(dict.fromkeys(wanted.values()))
     if sep is None:
         with _io.data_errors(str(p), "not a readable parquet file"):
@@ -209,7 +234,7 @@ def _read_table(p: Path, wanted: dict[str, str], sep: str | None) -> pa.Table:
         types = {wanted[role]: pa.string() for role in text_roles if role in wanted}
         if "rating" in wanted:
             types[wanted["rating"]] = pa.float64()
-        table = _io.read_csv(p, delimiter=sep, include_columns=cols, column_types=types)
+        table = _io.read_csv(p, delimiter=sep, include_columns=cols, column_types=types, column_names=headerless)
     if table.num_rows == 0:
         raise DataError(f"{p}: no data rows")
     return table
