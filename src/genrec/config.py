@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from genrec.config_checks import check_ranges
 from genrec.data.multibehavior_config import MultiBehaviorConfig  # a recipe section kept beside its data
 from genrec.errors import ConfigError
 
@@ -260,9 +261,7 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
         cfg.stages = list(stages)
     if "source" in raw:
         cfg.source = str(raw["source"])
-    for key in ("max_steps", "max_seconds", "checkpoint_every", "num_threads", "progress_interval"):  # 0 = off
-        if getattr(cfg.train, key) < 0:
-            raise ConfigError(f"{where}: train.{key} must be >= 0 (0 = off), got {getattr(cfg.train, key)!r}")
+    check_ranges(cfg, where)
     return cfg
 
 
@@ -287,7 +286,10 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         at = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{p}: invalid YAML{at}") from None
     data = data or {}
-    if not isinstance(data, dict) or "extends" not in data:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping of sections (model:, data:, train:, ...), "
+                          f"not a {type(data).__name__}")
+    if "extends" not in data:
         return data
     data = dict(data)
     parent = data.pop("extends")

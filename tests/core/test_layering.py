@@ -61,6 +61,8 @@ def room_of(module: str) -> str | None:
         return "cli"
     if parts[1] in GROUND:
         return "ground"
+    if parts[1] == "config_checks":  # the config floor's second file
+        return "config"
     if parts[1] in FLOORS:
         return parts[1]
     raise AssertionError(f"{module}: no floor assigned; add it to FLOORS or GROUND in {Path(__file__).name}")
