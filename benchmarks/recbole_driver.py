@@ -86,7 +86,7 @@ def recbole_config(args: argparse.Namespace, settings: dict) -> dict:
         "loss_type": "CE", "train_neg_sample_args": None, "learning_rate": settings["lr"],
         "train_batch_size": settings["train_batch_size"], "epochs": args.epochs, "eval_step": 1,
         "stopping_step": settings["patience"], "metrics": ["Hit", "NDCG", "MRR"], "topk": [5, 10],
-        "valid_metric": "NDCG@10", "eval_batch_size": settings["eval_batch_size"],
+        "valid_metric": "NDCG@10", "eval_batch_size": settings["eval_batch_size"], "metric_decimal_place": 6,
         "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
         "use_gpu": False, "seed": settings["seed"], "reproducibility": True, "show_progress": False,
         "checkpoint_dir": str(Path(args.data_dir) / "saved"), "log_wandb": False, "state": "WARNING",

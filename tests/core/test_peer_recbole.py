@@ -157,3 +157,25 @@ def test_recbole_loads_the_files_as_written(files, tmp_path):
     for part in ("valid", "test"):
         assert rec["check"][part]["targets_identical"] and rec["check"][part]["histories_identical"]
     assert rec["check"]["items"] == 60 and len(rec["curve"]) == 1 and rec["test"]["ndcg@10"] >= 0
+
+
+def test_an_earlier_recbole_record_is_compared_and_named_so(toy_dir, tmp_path):
+    """--recbole-result: RecBole's record of an earlier invocation is compared with a fresh genrec run, genrec stops
+    at RecBole's best validation value (below the target), and the record says where RecBole's numbers come from."""
+    fake = {"train_seconds": [30.0, 30.0], "valid_seconds": [3.0, 3.0], "peak_rss_mib": 900.0,
+            "curve": [[33.0, 20.0, 0.001], [66.0, 40.0, 0.002]], "test": {"ndcg@10": 0.002},
+            "check": {"users": 120, "items": 60}}
+    (tmp_path / "rb.json").write_text(json.dumps(fake))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    rec_path = tmp_path / "record.json"
+    cmd = [sys.executable, "benchmarks/peer_recbole.py", "--quick", "--data", str(toy_dir), "--threads", "1",
+           "--env", str(tmp_path / "no-env"), "--recbole-result", str(tmp_path / "rb.json"), "--record",
+           str(rec_path), "--set", "model.d_model=16", "model.num_layers=1", "objective.num_negatives=16"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "genrec stops at it" in r.stdout and "| seconds_per_epoch | 30.00 |" in r.stdout
+    rec = json.loads(rec_path.read_text())
+    assert rec["protocol"]["recbole_run"].startswith("an earlier invocation")
+    ttq = rec["metrics"]["time_to_quality"]
+    assert ttq["level"] == min(0.002, rec["metrics"]["best_valid_ndcg@10"]["genrec"])
+    assert rec["metrics"]["peak_rss_mib"]["recbole"] == 900.0 and rec["metrics"]["seconds_per_epoch"]["ratio"] > 0
