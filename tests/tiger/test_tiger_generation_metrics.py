@@ -10,6 +10,7 @@ import pytest
 from genrec.data.sequences import UserSequences
 from genrec.errors import ConfigError
 from genrec.eval.generation import beam_ranks, generation_metrics, history_matrix
+from tests.tiger.conftest import NUM_ITEMS, tiny_model
 
 BEAMS = np.array([[5, 3, 9, 1],
                   [-1, 7, -1, 2],  # invalid SIDs in slots 0 and 2
@@ -40,3 +41,22 @@ def test_history_matrix_keeps_the_last_window():
                          items=np.array([1, 2, 3, 4, 5, 6, 7]), timestamps=np.arange(7))
     h = history_matrix(seqs, np.array([0, 1, 0]), np.array([4, 1, 2]), max_len=3)
     assert h.tolist() == [[2, 3, 4], [6, 0, 0], [1, 2, 0]]
+
+
+def test_recommend_returns_k_items_when_the_history_is_longer_than_the_beam():
+    """Before: the beam was widened only by the distinct items of the short window while the whole history was
+    removed afterwards, so `genrec recommend` on a long history returned fewer than k items without a word."""
+    from genrec.eval.generation import generate_top_k
+
+    model = tiny_model()
+    rng = np.random.default_rng(0)
+    for n_hist in (6, 7, 8):
+        histories = [rng.permutation(np.arange(1, NUM_ITEMS + 1))[:n_hist].astype(np.int64) for _ in range(6)]
+        for k in (1, 2, NUM_ITEMS - n_hist):
+            lists = generate_top_k(model, histories, k, True, beam_size=3, short_len=2)
+            for h, rows in zip(histories, lists):
+                items = [i for i, _ in rows]
+                assert len(items) == k and len(set(items)) == k and not set(items) & set(h.tolist())
+    # more than the catalogue holds: every unseen item once, no more
+    h = np.arange(1, 9, dtype=np.int64)
+    assert sorted(i for i, _ in generate_top_k(model, [h], 5, True, 3, 2)[0]) == [9, 10]

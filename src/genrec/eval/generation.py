@@ -160,13 +160,32 @@ def generate_top_k(model: Any, histories: list[np.ndarray], k: int, exclude_hist
 
     The one recommendation path for generators (``genrec recommend`` and the served artifact): each history is
     cut to the model's window (``model.max_len``: GLASS reads a long window beyond the short one). With
-    ``exclude_history`` the items already in the history are dropped from the beam list afterwards, so the beam
-    is widened by the distinct items of the short window to still fill ``k`` slots when it can. Histories that
-    need the same beam width are searched in one batch; the width depends only on the history itself, so the
-    answer for a history does not depend on what it is batched with.
+    ``exclude_history`` every item of the full history is dropped from the beam list afterwards. The first
+    search widens the beam by the distinct items of the short window (cheap, and enough for most users); a
+    history that still has fewer than ``k`` items left is searched again with the beam widened by every
+    distinct item of its full history, which returns exactly ``k`` whenever the catalogue holds ``k`` unseen
+    items (a trie-constrained beam of width w yields w distinct items). Widths depend only on the history
+    itself, so a history's answer does not depend on what it is batched with.
     """
-    widths = [min(max(beam_size, k + (len(set(h[-short_len:].tolist())) if exclude_history else 0)),
-                  int(model.num_items)) for h in histories]
+    n_items = int(model.num_items)
+    seen = [set(h.tolist()) if exclude_history else set() for h in histories]
+    widths = [min(max(beam_size, k + (len(set(h[-short_len:].tolist())) if exclude_history else 0)), n_items)
+              for h in histories]
+    out = _beam_lists(model, histories, widths, seen, k, users)
+    short = [b for b, rows in enumerate(out) if len(rows) < min(k, n_items - len(seen[b])) and
+             widths[b] < n_items]
+    if short:  # the full history's distinct items, not only the window's, are removed: widen by all of them
+        wide = [min(max(beam_size, k + len(seen[b])), n_items) for b in short]
+        again = _beam_lists(model, [histories[b] for b in short], wide, [seen[b] for b in short], k,
+                            None if users is None else users[short])
+        for b, rows in zip(short, again):
+            out[b] = rows
+    return out
+
+
+def _beam_lists(model: Any, histories: list[np.ndarray], widths: list[int], seen: list[set[int]], k: int,
+                users: np.ndarray | None) -> list[list[tuple[int, float]]]:
+    """One constrained beam search per distinct width; each list keeps the first ``k`` unseen valid items."""
     out: list[list[tuple[int, float]]] = [[] for _ in histories]
     for beam in sorted(set(widths)):
         idx = [b for b, w in enumerate(widths) if w == beam]
@@ -174,9 +193,8 @@ def generate_top_k(model: Any, histories: list[np.ndarray], k: int, exclude_hist
         res = model.generate(windows, None if users is None else users[idx], beam_size=beam, k=beam,
                              constrained=True)
         for row, b in enumerate(idx):
-            seen = set(histories[b].tolist()) if exclude_history else set()
             for item, score, ok in zip(res.items[row].tolist(), res.scores[row].tolist(), res.valid[row].tolist()):
-                if ok and item not in seen:
+                if ok and item not in seen[b]:
                     out[b].append((int(item), float(score)))
                 if len(out[b]) == k:
                     break
