@@ -63,6 +63,7 @@ PROTOCOL_KEYS = {
     "gamer": ["task", "split", "evaluated_on", "behavior_levels", "headline_behavior", "targets", "candidates",
               "candidate_mode", "history_window", "min_history", "ks", "early_stopping", "best_epoch"],
 }
+PROTOCOL_KEYS = {kind: [*keys, "tie_order"] for kind, keys in PROTOCOL_KEYS.items()}  # stamped by results_record
 PROTOCOL_KEYS["generator"] = PROTOCOL_KEYS["retriever"]
 TRAINING_ONLY = {"metrics_other_exclusion", "metrics_other_decoding", "sid_health", "device"}
 

@@ -30,7 +30,7 @@ def test_training_improves_validation_and_writes_results(toy, tmp_path, model):
     m = res["metrics"]
     assert m["num_queries"] == 120
     assert m["hr@10"] > 0.3  # the toy's next item is predictable; random would give ~10/60
-    assert res["protocol"]["candidates"] == "full catalogue"
+    assert res["protocol"]["candidates"] == "full catalogue" and res["protocol"]["tie_order"] == "stable"
     assert res["data_fingerprint"] == toy.fingerprint
     saved = json.loads((tmp_path / "run" / "results" / "test.json").read_text())
     assert saved["metrics"] == m

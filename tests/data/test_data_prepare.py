@@ -188,3 +188,22 @@ def test_output_path_that_is_a_file(raw_log, tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(DataError, match="f: exists and is not a folder"):
         prepare(raw_log([("a", "x", 1)]), tmp_path / "f", name="t")
+
+
+def test_tie_order_hstu_applies_the_reference_codes_rule(raw_log, tmp_path):
+    """`tie_order: hstu` orders each user's same-second events as the HSTU code's MovieLens preprocessing does (one
+    non-stable sort of the whole log by time, then grouping by user); the default keeps the file's order."""
+    rng = np.random.default_rng(0)
+    n = 3000
+    users, ts = rng.integers(0, 5, n), rng.integers(0, 40, n)  # many events share a second
+    rows = [(f"u{u}", f"i{k}", 1_000 + int(t)) for k, (u, t) in enumerate(zip(users, ts))]
+    stable, hstu = run(raw_log(rows), tmp_path, "s"), run(raw_log(rows), tmp_path, "h", tie_order="hstu")
+    by_time = np.argsort(1_000 + ts, kind="quicksort")
+    want = [rows[k] for u in range(5) for k in by_time if users[k] == u]
+    assert ext_rows(hstu) == want
+    assert ext_rows(stable) == sorted(rows, key=lambda r: (r[0], r[2]))  # Python's sort is stable: file order
+    assert ext_rows(hstu) != ext_rows(stable) and sorted(ext_rows(hstu)) == sorted(ext_rows(stable))
+    assert hstu.manifest["params"]["tie_order"] == "hstu" and "tie_order" not in stable.manifest["params"]
+    assert hstu.fingerprint != stable.fingerprint
+    with pytest.raises(ConfigError, match="tie_order must be one of stable, hstu"):
+        run(raw_log(rows), tmp_path, "x", tie_order="random")

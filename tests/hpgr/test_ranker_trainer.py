@@ -81,7 +81,7 @@ def test_results_record_has_the_protocol_and_metrics(trained, toy):
         assert key in res
     assert set(res["metrics"]) == {"auc", "gauc", "gauc_users", "logloss", "num_impressions", "positive_rate"}
     p = res["protocol"]
-    assert p["task"] == "ranking (CTR)" and p["evaluated_on"] == "test"
+    assert p["task"] == "ranking (CTR)" and p["evaluated_on"] == "test" and p["tie_order"] == "stable"
     assert p["labels"]["source"] == "ratings" and p["split"]["valid_frac"] == 0.1 and p["split"]["test_frac"] == 0.1
     assert json.loads((out / "results" / "test.json").read_text())["metrics"] == res["metrics"]
     # reopening the folder for `genrec evaluate` gives the same numbers and writes nothing

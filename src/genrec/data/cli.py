@@ -15,7 +15,8 @@ from genrec.errors import ConfigError
 
 _READER_FLAGS = ("user_col", "item_col", "time_col", "rating_col", "behavior_col", "sep", "time_format", "no_header",
                  "names", "time_window")
-_PREPARE_FLAGS = ("min_rating", "dedup", "user_core", "item_core", "session_gap", "max_session_len", "behavior_order")
+_PREPARE_FLAGS = ("min_rating", "dedup", "user_core", "item_core", "session_gap", "max_session_len", "behavior_order",
+                  "tie_order")
 
 
 def _summary(out: Path) -> str:
@@ -133,6 +134,9 @@ def register(subparsers: Any) -> None:
     f.add_argument("--session-gap", type=int, help="seconds of inactivity that end a session")
     f.add_argument("--max-session-len", type=int, help="cut sessions at this many events (0 = no cap)")
     f.add_argument("--behavior-order", type=_list, help="behavior levels lowest first, e.g. pv,fav,cart,buy")
+    f.add_argument("--tie-order", choices=["stable", "hstu"],
+                   help="events of one user with the same timestamp: stable = the file's order (default); "
+                        "hstu = the HSTU reference code's non-stable sort (its MovieLens tables)")
     p.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("stats", help="print statistics of a prepared dataset")

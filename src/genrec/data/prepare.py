@@ -48,8 +48,10 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "session_gap": 3600,
     "max_session_len": 50,
     "behavior_order": None,
+    "tie_order": "stable",
 }
 DEDUP_MODES = ("first", "last", "none")
+TIE_ORDERS = ("stable", "hstu")
 
 
 @dataclass
@@ -98,6 +100,8 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
     p = {**DEFAULT_PARAMS, **{k: v for k, v in params.items() if v is not None or k == "min_rating"}}
     if p["dedup"] not in DEDUP_MODES:
         raise ConfigError(f"dedup must be one of {', '.join(DEDUP_MODES)}, got {p['dedup']!r}")
+    if p["tie_order"] not in TIE_ORDERS:
+        raise ConfigError(f"tie_order must be one of {', '.join(TIE_ORDERS)}, got {p['tie_order']!r}")
     for key in ("user_core", "item_core"):
         if not isinstance(p[key], (int, np.integer)) or p[key] < 0:
             raise ConfigError(f"{key} must be an integer >= 0, got {p[key]!r}")
@@ -140,7 +144,9 @@ def prepare(raw: RawLog, out_dir: str | Path, *, name: str, overwrite: bool = Fa
 
     Parameters (all recorded in ``manifest["params"]``): ``min_rating``, ``dedup``
     (first|last|none), ``user_core``, ``item_core``, ``session_gap`` (s), ``max_session_len``,
-    ``behavior_order``. An existing prepared dataset in ``out_dir`` is replaced only with ``overwrite``
+    ``behavior_order``, ``tie_order`` (how events of one user with the same timestamp are ordered:
+    ``stable`` keeps the file's order, ``hstu`` is the HSTU reference code's non-stable sort, see
+    :func:`_canonical`). An existing prepared dataset in ``out_dir`` is replaced only with ``overwrite``
     (:func:`check_output`). Returns ``out_dir``.
     """
     p = check_params(params)
@@ -153,6 +159,8 @@ def prepare(raw: RawLog, out_dir: str | Path, *, name: str, overwrite: bool = Fa
     rounds = _filter(rows, p, counts, where)
     inter, user_ext, item_ext = _canonical(rows, p)
     all_params = {**raw.params, **p}
+    if all_params["tie_order"] == "stable":  # recorded only when not the default: older datasets keep their fingerprints
+        del all_params["tie_order"]
     counts.update({k: int(v) for k, v in raw.counts.items()})
     counts.update(
         users=len(user_ext),
@@ -297,14 +305,30 @@ def _filter(rows: _Rows, p: dict[str, Any], counts: dict[str, int], where: str) 
     return rounds
 
 
+def _event_order(user: np.ndarray, ts: np.ndarray, tie_order: str) -> np.ndarray:
+    """The permutation that sorts events by (user, time); ``tie_order`` decides events with equal timestamps.
+
+    ``stable``: the file's order (the default: reproducible on any machine). ``hstu``: the rule of the HSTU
+    reference code's MovieLens preprocessing (``ratings.sort_values(by="timestamp").groupby("user_id")``): one
+    non-stable quicksort of the whole log by timestamp, then grouping by user, which keeps that order. A
+    non-stable sort's permutation of ties depends on the whole array and on numpy's sort kernel, so this applies
+    the same rule, not necessarily the same permutation as the authors' machine; on MovieLens-1M about a quarter
+    of the test targets differ from the stable order.
+    """
+    if tie_order == "hstu":
+        by_time = np.argsort(ts, kind="quicksort")  # (N,) pandas' default for sort_values
+        return by_time[np.argsort(user[by_time], kind="stable")]  # groupby keeps the sorted order
+    return np.lexsort((np.arange(len(user)), ts, user))  # ties keep file order
+
+
 def _canonical(rows: _Rows, p: dict[str, Any]) -> tuple[Interactions, list[str], list[str]]:
-    """Dense 1..N ids, rows sorted by (user, time) with ties in file order, and sessions.
+    """Dense 1..N ids, rows sorted by (user, time) with ties by ``tie_order``, and sessions.
 
     Returns the table and the external id of each dense user and item id.
     """
     rows.user, user_ext = dense(rows.user, rows.user_names)
     rows.item, item_ext = dense(rows.item, rows.item_names)
-    rows.take(np.lexsort((np.arange(len(rows)), rows.ts, rows.user)))  # ties keep file order
+    rows.take(_event_order(rows.user, rows.ts, p["tie_order"]))
     session_id = sessionize(rows.user, rows.ts, p["session_gap"], p["max_session_len"] or None)
     inter = Interactions(
         user_id=rows.user,

@@ -37,12 +37,18 @@ def git_commit() -> str:
         return "unknown"
 
 
+def tie_order(dataset: Dataset) -> str:
+    """How the dataset ordered a user's events with equal timestamps (``stable`` unless prepared otherwise)."""
+    return str((dataset.manifest.get("params") or {}).get("tie_order", "stable"))
+
+
 def results_record(model_name: str, dataset: Dataset, protocol: dict[str, Any], metrics: dict[str, Any],
                    cfg: RunConfig | None, *, ids: dict[str, Any] | None = None,
                    sections: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """A results record stamped with the genrec version, source commit and date (``cfg=None``: no config)."""
     rec: dict[str, Any] = {"model": model_name, "dataset": dataset.manifest.get("name", ""),
-                           "data_fingerprint": dataset.fingerprint, **(ids or {}), "protocol": protocol,
+                           "data_fingerprint": dataset.fingerprint, **(ids or {}),
+                           "protocol": {**protocol, "tie_order": tie_order(dataset)},
                            "metrics": metrics, **extra}
     if cfg is not None:
         rec["config"] = cfg.to_dict()
