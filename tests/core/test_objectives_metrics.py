@@ -56,3 +56,25 @@ def test_unknown_objective():
 
     with pytest.raises(ConfigError, match="unknown objective"):
         build_objective(ObjectiveConfig(name="softmaxx"))
+
+
+@pytest.mark.parametrize("num_items", [30, 500])  # below and above R x D = 8 x 16: both per-position paths
+def test_per_position_negatives_read_from_one_product_equal_the_gathered_ones(num_items):
+    """Per-position sampled softmax on a small catalogue takes its negatives' logits from one (T, N+1) product;
+    loss and gradients equal the gathered (T, R, D) computation with the same draws."""
+    torch.manual_seed(0)
+    model = build_model({"name": "sasrec", "d_model": 16, "num_layers": 1}, num_items=num_items, max_len=5)
+    obj = SampledSoftmax(ObjectiveConfig(num_negatives=8, shared_negatives=False))
+    states = torch.nn.functional.normalize(torch.randn(12, 16), dim=-1).requires_grad_()
+    pos = torch.randint(1, num_items + 1, (12,))
+    loss = obj(model, states, pos, torch.Generator().manual_seed(3))
+    got = torch.autograd.grad(loss, [states, model.item_emb.weight])
+    neg = torch.randint(1, num_items + 1, (12, 8), generator=torch.Generator().manual_seed(3))
+    pos_logit = (states * model.item_vectors(pos)).sum(-1, keepdim=True) / obj.tau
+    neg_logit = torch.einsum("td,trd->tr", states, model.item_vectors(neg)) / obj.tau
+    neg_logit = neg_logit.masked_fill(pos[:, None] == neg, MASKED_LOGIT)
+    want_loss = -torch.log_softmax(torch.cat([pos_logit, neg_logit], 1), 1)[:, 0].sum()
+    want = torch.autograd.grad(want_loss, [states, model.item_emb.weight])
+    assert loss.item() == pytest.approx(want_loss.item(), rel=1e-5)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
