@@ -39,6 +39,7 @@ class ObjectiveConfig:
     num_negatives: int = 128
     temperature: float = 0.05
     shared_negatives: bool = True  # one negative set per batch (a matmul) instead of per position (a gather)
+    history_negatives: bool = False  # sampled_softmax: the position's own earlier items join its negatives
 
 
 @dataclass

@@ -78,3 +78,30 @@ def test_per_position_negatives_read_from_one_product_equal_the_gathered_ones(nu
     assert loss.item() == pytest.approx(want_loss.item(), rel=1e-5)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_history_negatives_add_each_positions_earlier_items_to_its_softmax():
+    from genrec.errors import ConfigError
+    from genrec.objectives.next_item import history_logits
+
+    torch.manual_seed(0)
+    model = build_model({"name": "sasrec", "d_model": 8, "num_layers": 1}, num_items=20, max_len=4)
+    items = torch.tensor([[5, 6, 7, 0], [9, 3, 9, 2]])  # (B, L), 0 = padding; row 1 repeats item 9
+    targets = torch.tensor([[6, 7, 8, 0], [3, 9, 2, 4]])
+    states = torch.nn.functional.normalize(torch.randn(2, 4, 8), dim=-1)
+    h = history_logits(model, states, items, targets)  # (B, L, L)
+    v = model.item_vectors(items)
+    for b in range(2):
+        for t in range(4):
+            for j in range(4):
+                visible = j <= t and items[b, j] > 0 and items[b, j] != targets[b, t]
+                want = (states[b, t] @ v[b, j]).item() if visible else MASKED_LOGIT
+                assert h[b, t, j].item() == pytest.approx(want, abs=1e-6)
+    assert h[1, 1, 0].item() == MASKED_LOGIT  # item 9 is position 1's target: a repeat is not a negative
+    valid = targets > 0
+    obj = SampledSoftmax(ObjectiveConfig(num_negatives=4, history_negatives=True))
+    plain = obj(model, states[valid], targets[valid], torch.Generator().manual_seed(1))
+    more = obj(model, states[valid], targets[valid], torch.Generator().manual_seed(1), h[valid])
+    assert more.item() > plain.item()  # extra negatives can only raise each position's loss
+    with pytest.raises(ConfigError, match="history_negatives needs objective.name sampled_softmax"):
+        build_objective(ObjectiveConfig(name="full_softmax", history_negatives=True))

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from genrec.config import config_from_dict
 from genrec.errors import CheckpointError, ConfigError
 from genrec.runs.open import open_run
-from genrec.train.run import recommend, train_run
+from genrec.train.run import open_run, recommend, train_run
 from genrec.train.trainer import Trainer
 from tests.conftest import tiny_cfg
 
@@ -165,3 +165,21 @@ def test_fused_adamw_is_a_switch_that_takes_the_default_step(toy, tmp_path):
     torch.testing.assert_close(steps[True], steps[False], rtol=0, atol=1e-6)  # the same update, rounded its way
     tr = Trainer(config_from_dict(tiny_cfg("sasrec", train={"epochs": 1, "fused": True})), tmp_path / "f", toy)
     assert tr.optimizer.defaults["fused"] and tr.fit()["finished"]
+
+
+@pytest.mark.parametrize("model", ["sasrec", "hstu"])
+def test_history_negatives_lower_the_unfiltered_rank_of_history_items(toy_dir, tmp_path, model):
+    """With the user's own items as negatives the trained model puts fewer of them in its unfiltered top 10,
+    and still learns the toy's next-item rule."""
+    from genrec.data.schema import load_dataset
+
+    ds, shown = load_dataset(toy_dir), []
+    for name, objective in (("a", {}), ("b", {"history_negatives": True})):
+        cfg = tiny_cfg(model, data={"path": str(toy_dir)}, train={"epochs": 8, "lr": 0.01}, objective=objective)
+        res = train_run(config_from_dict(cfg), tmp_path / name, dataset=ds)
+        assert res["metrics"]["hr@10"] > 0.5
+        run = open_run(tmp_path / name)
+        rows = [run.seqs.items[run.seqs.row(r)].tolist() for r in range(120)]
+        shown.append(sum(len(set(h) & {i for i, _ in recommend(run, h, None, k=10, exclude_history=False)})
+                         for h in rows))
+    assert shown[1] < shown[0], shown

@@ -34,9 +34,12 @@ class SampledSoftmax:
         self.R = cfg.num_negatives
         self.tau = cfg.temperature
         self.shared = cfg.shared_negatives
+        self.history_negatives = cfg.history_negatives
 
     def __call__(self, model: Retriever, states: torch.Tensor, positives: torch.Tensor,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, history_logit: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """``history_logit`` (T, L): raw logits of each position's earlier items (see :func:`history_logits`)."""
         T = states.shape[0]
         pos_v = model.item_vectors(positives)  # (T, D)
         pos_logit = (states * pos_v).sum(-1, keepdim=True) / self.tau  # (T, 1)
@@ -55,7 +58,8 @@ class SampledSoftmax:
                 neg_logit = torch.einsum("td,trd->tr", states, neg_v) / self.tau
             hit = positives[:, None] == neg
         neg_logit = neg_logit.masked_fill(hit, MASKED_LOGIT)
-        logits = torch.cat([pos_logit, neg_logit], dim=1)  # (T, 1+R)
+        parts = [pos_logit, neg_logit] if history_logit is None else [pos_logit, neg_logit, history_logit / self.tau]
+        logits = torch.cat(parts, dim=1)  # (T, 1+R[+L])
         return -F.log_softmax(logits.float(), dim=1)[:, 0].sum()
 
 
@@ -88,10 +92,30 @@ class BCE:
         return loss.sum()
 
 
+def history_logits(model: Retriever, states: torch.Tensor, items: torch.Tensor, targets: torch.Tensor
+                   ) -> torch.Tensor:
+    """(B, L, L) logits of each position's state against the items it has read (inputs at or before it).
+
+    The user's own history as negatives (``objective.history_negatives``): uniform sampling seldom draws a
+    history item, so a model trained with it learns to put the user's last items first, which the usual
+    history filter hides and an unfiltered evaluation (the TIGER paper's) punishes. Entries that are padding,
+    later than the position, or equal to its target (a repeat is a positive, not a negative) are masked.
+    """
+    hist_v = model.item_vectors(items)  # (B, L, D)
+    logits = states @ hist_v.transpose(1, 2)  # (B, L_query, L_history)
+    L = items.shape[1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=items.device).tril()  # history index <= position
+    keep = causal[None] & (items[:, None, :] > 0) & (items[:, None, :] != targets[:, :, None])
+    return logits.masked_fill(~keep, MASKED_LOGIT)
+
+
 OBJECTIVES = {"sampled_softmax": SampledSoftmax, "full_softmax": FullSoftmax, "bce": BCE}
 
 
 def build_objective(cfg: ObjectiveConfig):
     if cfg.name not in OBJECTIVES:
         raise ConfigError(f"objective.name: unknown objective '{cfg.name}' (known: {', '.join(OBJECTIVES)})")
+    if cfg.history_negatives and cfg.name != "sampled_softmax":
+        raise ConfigError(f"objective.history_negatives needs objective.name sampled_softmax (got '{cfg.name}'; "
+                          "full_softmax scores every item already)")
     return OBJECTIVES[cfg.name](cfg)

@@ -26,6 +26,7 @@ from genrec.models.base import RETRIEVER, Retriever
 from genrec.models.registry import build_model
 from genrec.nn.optim import build_optimizer
 from genrec.objectives import build_objective
+from genrec.objectives.next_item import history_logits
 from genrec.train.base import TrainerBase, fit_and_test
 
 
@@ -40,6 +41,9 @@ class _LossModule(nn.Module):
     def forward(self, batch, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         states = self.model.sequence_output(batch)  # (B, L, D)
         valid = batch.targets > 0  # (B, L)
+        if getattr(self.objective, "history_negatives", False):
+            hist = history_logits(self.model, states, batch.items, batch.targets)[valid]  # (T, L)
+            return self.objective(self.model, states[valid], batch.targets[valid], generator, hist), valid.sum()
         return self.objective(self.model, states[valid], batch.targets[valid], generator), valid.sum()
 
 
