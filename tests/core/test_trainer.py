@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from genrec.config import config_from_dict
 from genrec.errors import CheckpointError, ConfigError
 from genrec.runs.open import open_run
-from genrec.train.run import open_run, recommend, train_run
+from genrec.train.run import recommend, train_run
 from genrec.train.trainer import Trainer
 from tests.conftest import tiny_cfg
 
