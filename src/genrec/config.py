@@ -118,8 +118,11 @@ class RankingConfig:
     labels: str = "auto"  # auto | ratings | behaviors (auto: behaviors when the log has them, else ratings)
     rating_threshold: float = 4.0  # ratings: label = rating >= threshold
     positive_behaviors: list[str] = field(default_factory=lambda: ["fav", "cart", "buy"])  # behaviors logs
-    window: str = "day"  # behaviors: a pv is positive if a positive behavior follows in the same day | session
+    window: str = "day"  # behaviors: a pv is positive if a positive behavior follows in the same day | session;
+    # horizon: an impression_behaviors event is positive if a positive behavior follows within horizon_hours
     session_gap: int = 1800  # seconds, when window = session
+    impression_behaviors: list[str] | None = None  # window=horizon; None: every behavior not in positive_behaviors
+    horizon_hours: float | None = None  # window=horizon; None: 72 (impressions whose horizon passes the log's end drop)
     min_history: int = 1  # impressions with fewer earlier events are dropped
     valid_frac: float = 0.1  # validation = the last 10% of the training period
     test_frac: float = 0.1  # test = the last 10% of impressions
@@ -192,6 +195,10 @@ def _suggest(key: str, options: list[str], prefix: str = "") -> str:
 def _coerce(value: Any, target_type: Any, where: str) -> Any:
     t = target_type if isinstance(target_type, str) else getattr(target_type, "__name__", str(target_type))
     t = str(t)
+    if t.endswith(" | None"):  # an optional key: unset (as a run record writes it back), or of the type before
+        if value is None:
+            return None
+        t = t.removesuffix(" | None")
     try:
         if t in ("int",) and not isinstance(value, bool):
             if isinstance(value, float) and not value.is_integer():

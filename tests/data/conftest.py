@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import pytest
 
 from genrec.data.prepare import RawLog
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+# beside the checkout by default; GENREC_SHARED_DATA points elsewhere (a second working tree of the repository)
+SHARED_DATA = Path(os.environ.get("GENREC_SHARED_DATA") or Path(__file__).resolve().parents[2].parent / "shared" / "data")
 
 
 @pytest.fixture

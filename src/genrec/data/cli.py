@@ -32,6 +32,9 @@ def _summary(out: Path) -> str:
         lines.append("  " + "  ".join(f"{k} {v:,}" for k, v in dropped.items()))
     if manifest.get("behaviors"):
         lines.append(f"  behaviors {' < '.join(manifest['behaviors'])}")
+    held = manifest.get("published_split")
+    if held:
+        lines.append(f"  published held-out pairs {held['pairs']:,} of {held['rows']:,} -> {held['file']}")
     lines.append(f"  fingerprint {manifest['fingerprint']}")
     return "\n".join(lines)
 
@@ -107,7 +110,8 @@ def register(subparsers: Any) -> None:
                         ("prepare", "stats", "fetch", "synth"))
 
     p = sub.add_parser("prepare", help="raw log -> canonical parquet folder + manifest")
-    p.add_argument("source", help="reader name: movielens, amazon_p5, amazon_5core, taobao, generic")
+    p.add_argument("source", help="reader name: movielens, amazon_p5, amazon_5core, taobao, tmall_cml, "
+                                     "retailrocket_cml, generic")
     p.add_argument("input", help="input file or folder")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--name", help="dataset name in the manifest (default: output folder name)")
@@ -125,7 +129,9 @@ def register(subparsers: Any) -> None:
                         "position, so --user-col 1 --item-col 2 --time-col 4")
     g.add_argument("--names", type=_list, help="the columns of a file without a header row, comma-separated, "
                                                "e.g. user,item,rating,ts (implies --no-header)")
-    p.add_argument("--time-window", help="taobao: START,END unix seconds to keep, or 'none'")
+    p.add_argument("--time-window", help="taobao: START,END unix seconds to keep, or 'none'; tmall_cml, "
+                                         "retailrocket_cml: every row must lie inside (default: the dataset's "
+                                         "documented window), 'none' skips the check")
     f = p.add_argument_group("filters and sessions")
     f.add_argument("--min-rating", type=float, help="drop interactions rated below this")
     f.add_argument("--dedup", choices=["first", "last", "none"], help="repeated (user, item) pairs (default first)")

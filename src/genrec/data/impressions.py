@@ -5,7 +5,10 @@ Public logs rarely ship impressions with click labels, so two derivations are pr
 - from ratings (MovieLens): every rated item is an impression, labelled ``rating >= threshold``;
 - from multi-behaviour logs (Taobao): every ``pv`` is an impression, positive when the same user
   later favs / carts / buys the same item inside the same window (calendar day in the log's local
-  time by default, or the same session).
+  time by default, or the same session);
+- over a horizon (logs without page views, Tmall of CML): every ``fav`` / ``cart`` is an impression, positive
+  when the same user buys the item at most ``horizon`` seconds later; impressions whose horizon runs past the
+  end of the log are dropped (:func:`impressions_within_horizon`).
 
 A sample's history is every event of the user with a timestamp *strictly* before the impression, kept
 as a range of rows ``[hist_start, hist_end)`` of the (user, time)-sorted interactions table, so nothing
@@ -180,6 +183,79 @@ def impressions_from_behaviors(
     rows = np.flatnonzero(is_imp).astype(np.int64)
     label = last_engage[gid[rows]] >= ts[rows]
     return _samples(inter, rows, label, min_history, rule)
+
+
+def _levels(names: list[str], wanted: tuple[str, ...], what: str) -> list[int]:
+    missing = [b for b in wanted if b not in names]
+    if missing or not wanted:
+        raise ConfigError(f"impressions: {what} {list(wanted)} must be among the table's levels {names}")
+    return [names.index(b) for b in wanted]
+
+
+def impressions_within_horizon(
+    inter: Interactions,
+    behavior_names: list[str],
+    impressions: tuple[str, ...] = ("fav", "cart"),
+    positives: tuple[str, ...] = ("buy",),
+    horizon: int = 72 * 3600,
+    log_end: int | None = None,
+    min_history: int = 0,
+) -> ImpressionSamples:
+    """Each ``impressions`` event is a sample, positive iff the same user has a ``positives`` event on the same
+    item at a time in ``[t, t + horizon]`` (seconds; a buy in the impression's own second counts).
+
+    The label reads only that (user, item)'s events inside the window and the history only events before ``t``,
+    so no event after the window can reach a sample. ``log_end`` is the exclusive end of the observed log (None:
+    the last event + 1 s); an impression whose window is not wholly observed (``t + horizon >= log_end``) is
+    dropped, else the late ones would be biased to negative; the rule counts them (``dropped_incomplete_window``).
+    """
+    if inter.behavior is None:
+        raise DataError("impressions_within_horizon: the interactions table has no 'behavior' column")
+    names = list(behavior_names)
+    imp_levels = _levels(names, tuple(impressions), "impression behaviors")
+    pos_levels = _levels(names, tuple(positives), "positive behaviors")
+    if set(imp_levels) & set(pos_levels):
+        raise ConfigError(f"impressions: {list(impressions)} and positives {list(positives)} must not overlap")
+    if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon <= 0:
+        raise ConfigError(f"impressions: horizon must be a positive whole number of seconds, got {horizon!r}")
+    _check_sorted(inter)
+    beh, ts = inter.behavior.astype(np.int64), inter.timestamp
+    end = int(ts.max()) + 1 if log_end is None else int(log_end)
+    pair = dense_ids(inter.user_id, inter.item_id)  # (E,) one id per (user, item)
+    key = dense_ids(pair, ts)  # (E,) rank of (pair, time): one sorted axis for "first positive at or after"
+    pos_rows = np.flatnonzero(np.isin(beh, pos_levels))
+    pos_rows = pos_rows[np.argsort(key[pos_rows], kind="stable")]  # (P,) positives by (pair, time)
+    rows = np.flatnonzero(np.isin(beh, imp_levels)).astype(np.int64)
+    complete = ts[rows] + horizon < end
+    dropped = int(rows.size - complete.sum())
+    rows = rows[complete]
+    label = np.zeros(rows.size, dtype=bool)
+    if pos_rows.size:
+        j = np.searchsorted(key[pos_rows], key[rows], side="left")  # first positive of the pair at or after t
+        nxt = pos_rows[np.minimum(j, pos_rows.size - 1)]
+        label = (j < pos_rows.size) & (pair[nxt] == pair[rows]) & (ts[nxt] <= ts[rows] + horizon)
+    hours = horizon / 3600
+    rule: dict[str, Any] = {
+        "source": "behaviors", "impression": list(impressions), "positives": list(positives), "window": "horizon",
+        "horizon_seconds": int(horizon),
+        "label": f"positive iff the user {'/'.join(positives)}s the item at or after the impression, at most "
+                 f"{hours:g} h later",
+        "engagement_time": ">= impression time and <= impression time + horizon",
+        "log_end": end,
+        "censoring": "impressions with impression time + horizon >= log_end (window not wholly observed) dropped",
+        "dropped_incomplete_window": dropped,
+    }
+    return _samples(inter, rows, label, min_history, rule)
+
+
+def observed_end(manifest: dict[str, Any], inter: Interactions) -> tuple[int, str]:
+    """The exclusive end of the observed log and where it comes from: the window the reader stamped
+    (``params.time_window``), else the last event + 1 s. A stated end keeps the dropped impressions a property of
+    the dataset rather than of its last event."""
+    window = (manifest.get("params") or {}).get("time_window")
+    if window:
+        return int(window[1]), "the source's time_window"
+    return int(inter.timestamp.max()) + 1, "last event + 1 s"
 
 
 @dataclass

@@ -26,9 +26,10 @@ from genrec.data.columns import (
     resolve_behavior_order,
     to_seconds,
 )
-from genrec.data.filters import dedup, dense, kcore
+from genrec.data.filters import dedup, dense, kcore, map_pairs
 from genrec.data.schema import (
     CANONICAL_FILES,
+    HELDOUT_FILE,
     MANIFEST_FILE,
     Interactions,
     check_float_seconds,
@@ -74,6 +75,8 @@ class RawLog:
     params: dict[str, Any] = field(default_factory=dict)  # reader options worth recording
     counts: dict[str, int] = field(default_factory=dict)  # reader-level counts (e.g. dropped_time_window)
     label: str = ""  # how error messages name this log; defaults to the first source file
+    heldout: pa.Table | None = None  # a published held-out split: external ``user``, ``item`` pairs, no time
+    heldout_protocol: str = ""  # what those pairs are, for the manifest's ``published_split``
 
     @property
     def where(self) -> str:
@@ -170,13 +173,17 @@ def prepare(raw: RawLog, out_dir: str | Path, *, name: str, overwrite: bool = Fa
         core_rounds=rounds,
     )
     manifest = _manifest(raw, name, all_params, counts, rows.behaviors, inter)
+    heldout = None
+    if raw.heldout is not None:
+        heldout, manifest["published_split"] = map_pairs(raw.heldout, user_ext, item_ext, raw.heldout_protocol)
     items = build_items_table(item_ext, raw.items, where)
     users = pa.table({"user_id": pa.array(np.arange(1, len(user_ext) + 1)), "external_id": pa.array(user_ext)})
     try:
         check_output(out, overwrite, raw.sources)  # again at the write: the folder may have changed meanwhile
         # an old manifest must not vouch for half-rewritten tables if writing fails midway
         (out / MANIFEST_FILE).unlink(missing_ok=True)
-        return write_dataset(out, inter, items, manifest, users=users)
+        (out / HELDOUT_FILE).unlink(missing_ok=True)  # a replaced dataset keeps no held-out split of another
+        return write_dataset(out, inter, items, manifest, users=users, heldout=heldout)
     except OSError as exc:
         raise DataError(f"{out}: cannot write the dataset ({exc.strerror or exc})") from None
 
@@ -364,6 +371,9 @@ def _manifest(
     }
     if behaviors is not None:
         manifest["behaviors"] = behaviors
+        assert inter.behavior is not None
+        events = np.bincount(inter.behavior.astype(np.int64), minlength=len(behaviors))
+        manifest["behavior_counts"] = {b: int(n) for b, n in zip(behaviors, events)}
     manifest["created_by"] = f"genrec {__version__}"
     manifest["fingerprint"] = fingerprint_of(inter, params)
     return manifest

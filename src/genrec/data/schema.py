@@ -10,7 +10,9 @@ A prepared dataset is a folder with three files:
 - ``manifest.json``: sources (path + sha256), every preprocessing parameter, counts, behavior level
   names (when present) and a ``fingerprint`` that result files repeat.
 
-``users.parquet`` (``user_id, external_id``) is written too so recommendations can name real users.
+``users.parquet`` (``user_id, external_id``) is written too so recommendations can name real users, and
+``heldout.parquet`` (``user_id, item_id``) when the source ships a published held-out split without times (the
+manifest's ``published_split`` says what it is; :func:`load_heldout`).
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ INTERACTIONS_FILE = "interactions.parquet"
 ITEMS_FILE = "items.parquet"
 USERS_FILE = "users.parquet"
 MANIFEST_FILE = "manifest.json"
+HELDOUT_FILE = "heldout.parquet"
 
-CANONICAL_FILES = (INTERACTIONS_FILE, ITEMS_FILE, USERS_FILE, MANIFEST_FILE)
+CANONICAL_FILES = (INTERACTIONS_FILE, ITEMS_FILE, USERS_FILE, MANIFEST_FILE, HELDOUT_FILE)
 
 REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp")
 OPTIONAL_COLUMNS = {"behavior": np.int8, "rating": np.float32, "session_id": np.int64, "label": np.int8}
@@ -201,6 +204,7 @@ def write_dataset(
     items: pa.Table,
     manifest: dict[str, Any],
     users: pa.Table | None = None,
+    heldout: pa.Table | None = None,
 ) -> Path:
     """Write the canonical folder; the manifest is written last so a half-written folder is never valid."""
     out = Path(out_dir)
@@ -210,6 +214,8 @@ def write_dataset(
     pq.write_table(items, out / ITEMS_FILE)
     if users is not None:
         pq.write_table(users, out / USERS_FILE)
+    if heldout is not None:
+        pq.write_table(heldout, out / HELDOUT_FILE)
     tmp = out / (MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str))
     tmp.replace(out / MANIFEST_FILE)
@@ -254,3 +260,22 @@ def load_dataset(path: str | Path) -> Dataset:
         raise DataError(f"{root / ITEMS_FILE}: file not found") from None
     users = pq.read_table(root / USERS_FILE) if (root / USERS_FILE).exists() else None
     return Dataset(interactions=inter, items=items, users=users, manifest=manifest, path=root)
+
+
+def load_heldout(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(user_id, item_id)`` (P,) int64 of a prepared folder's published held-out split (``heldout.parquet``).
+
+    Kept apart from the interactions because the pairs have no time: they are the source's own test targets,
+    never events of a sequence. A folder without one is a one-line error naming it.
+    """
+    root = Path(path)
+    manifest = json.loads((root / MANIFEST_FILE).read_text()) if (root / MANIFEST_FILE).exists() else {}
+    hpath = root / HELDOUT_FILE
+    if "published_split" not in manifest or not hpath.exists():
+        raise DataError(f"{root}: no published held-out split here (its source ships none, or it was prepared "
+                        f"without one)")
+    try:
+        table = pq.read_table(hpath)
+        return (table.column("user_id").to_numpy().astype(np.int64), table.column("item_id").to_numpy().astype(np.int64))
+    except (pa.ArrowInvalid, OSError, KeyError) as exc:
+        raise DataError(f"{hpath}: not a readable held-out table ({exc})") from None

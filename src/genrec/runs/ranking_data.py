@@ -2,7 +2,9 @@
 temporal split, a model's side features, and batches of them (spec §6.1, Track C).
 
 Impressions come from ``ranking.labels`` (ratings: label = rating >= threshold; behaviors: a page view is
-positive when the user favs/carts/buys the item later in the same day or session). The split is global and
+positive when the user favs/carts/buys the item later in the same day or session, or, with
+``ranking.window: horizon``, a fav/cart is positive when the user buys the item within ``ranking.horizon_hours``,
+impressions whose horizon passes the log's end dropped). The split is global and
 temporal: test = the last ``ranking.test_frac`` of impressions by time, validation = the last
 ``ranking.valid_frac`` of the training period. Every sample's history is its user's events strictly before
 the impression. The ranker trainer trains on this and :func:`genrec.runs.open.open_run` rebuilds it to evaluate
@@ -17,13 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from genrec.config import RunConfig
+from genrec.config import RankingConfig, RunConfig
 from genrec.data.impressions import (
     ImpressionSamples,
     ImpressionSplit,
     impressions_from_behaviors,
     impressions_from_ratings,
+    impressions_within_horizon,
     make_impression_batch,
+    observed_end,
     temporal_split,
 )
 from genrec.data.schema import Dataset, Interactions
@@ -84,10 +88,15 @@ def build_ranking_data(cfg: RunConfig, dataset: Dataset) -> RankingData:
     mode = resolve_label_mode(cfg, dataset)
     if mode == "ratings":
         imps = impressions_from_ratings(inter, threshold=rc.rating_threshold, min_history=rc.min_history)
+    elif inter.behavior is None or not dataset.behavior_names:
+        raise DataError("ranking.labels=behaviors but the dataset has no behavior column; "
+                        "use ranking.labels=ratings or prepare a multi-behavior log")
+    elif rc.window == "horizon":
+        imps = _horizon_impressions(rc, dataset)
     else:
-        if inter.behavior is None or not dataset.behavior_names:
-            raise DataError("ranking.labels=behaviors but the dataset has no behavior column; "
-                            "use ranking.labels=ratings or prepare a multi-behavior log")
+        if rc.impression_behaviors is not None or rc.horizon_hours is not None:
+            raise ConfigError("ranking.impression_behaviors and ranking.horizon_hours are for ranking.window: "
+                              f"horizon, not window: {rc.window}")
         imps = impressions_from_behaviors(
             inter, dataset.behavior_names,
             impression=getattr(rc, "impression_behavior", "pv"),
@@ -100,12 +109,40 @@ def build_ranking_data(cfg: RunConfig, dataset: Dataset) -> RankingData:
     if len(imps) == 0:
         raise DataError(f"no impressions with at least ranking.min_history={rc.min_history} earlier events")
     split = temporal_split(imps, valid_frac=rc.valid_frac, test_frac=rc.test_frac)
+    if imps.rule.get("window") == "horizon":
+        split.params["label_windows_crossing_a_cut"] = _crossings(imps, split)
     for which in ("train", "valid", "test"):
         y = imps.label[getattr(split, which)]
         if y.size == 0 or y.min() == y.max():
             raise DataError(f"the {which} impressions ({y.size}) hold a single label class, so AUC is undefined; "
                             "change ranking.valid_frac / ranking.test_frac or the label rule")
     return RankingData(inter, imps, split, mode)
+
+
+def _horizon_impressions(rc: RankingConfig, dataset: Dataset) -> ImpressionSamples:
+    """``ranking.window: horizon``: fav/cart impressions labelled by a buy within ``ranking.horizon_hours``."""
+    names = list(dataset.behavior_names or [])
+    hours = 72.0 if rc.horizon_hours is None else rc.horizon_hours
+    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not hours > 0:
+        raise ConfigError(f"ranking.horizon_hours must be a positive number of hours, got {hours!r}")
+    impressions = rc.impression_behaviors
+    if impressions is None:
+        impressions = [b for b in names if b not in rc.positive_behaviors]
+    end, end_source = observed_end(dataset.manifest, dataset.interactions)
+    imps = impressions_within_horizon(dataset.interactions, names, impressions=tuple(impressions),
+                                      positives=tuple(rc.positive_behaviors), horizon=int(round(hours * 3600)),
+                                      log_end=end, min_history=rc.min_history)
+    imps.rule.update(horizon_hours=hours, log_end_from=end_source)
+    return imps
+
+
+def _crossings(imps: ImpressionSamples, split: ImpressionSplit) -> dict[str, int]:
+    """How many training (validation) labels read a buy window reaching past ``t_valid`` (``t_test``): the
+    split cuts impression times, so a late training impression's label may look into the next part's period."""
+    horizon = int(imps.rule["horizon_seconds"])
+    ends = imps.timestamp + horizon  # (S,) last second each label reads
+    return {"train_past_t_valid": int((ends[split.train] >= split.params["t_valid"]).sum()),
+            "valid_past_t_test": int((ends[split.valid] >= split.params["t_test"]).sum())}
 
 
 def impression_features(dataset: Dataset, data: RankingData) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ from typing import Any
 from genrec.data.prepare import DEFAULT_PARAMS, RawLog, prepare
 from genrec.data.sources.amazon_5core import read_amazon_5core
 from genrec.data.sources.amazon_p5 import read_amazon_p5
+from genrec.data.sources.cml import RETAILROCKET, TMALL, read_retailrocket_cml, read_tmall_cml
 from genrec.data.sources.generic import read_generic
 from genrec.data.sources.movielens import read_movielens
 from genrec.data.sources.taobao import BEHAVIOR_ORDER, read_taobao
@@ -68,6 +69,20 @@ SOURCES: dict[str, SourceSpec] = {
             "Taobao UserBehavior.csv (user,item,category,behavior,timestamp; pv<fav<cart<buy), "
             "filtered to the official 2017-11-25..12-03 window",
             {"session_gap": 3600, "behavior_order": list(BEHAVIOR_ORDER)},
+        ),
+        SourceSpec(
+            "tmall_cml",
+            read_tmall_cml,
+            "Tmall multi-behavior log of CML/KHGT as staged CSV (interactions.csv.gz: user_id,item_id,behavior,"
+            "timestamp; fav<cart<buy, page views missing) with its published held-out purchases (test_buy.csv.gz)",
+            {"session_gap": 3600, "behavior_order": list(TMALL.behaviors)},
+        ),
+        SourceSpec(
+            "retailrocket_cml",
+            read_retailrocket_cml,
+            "RetailRocket multi-behavior log of CML/SSLRec as staged CSV (view<cart<buy, same layout as "
+            "tmall_cml) with its published held-out purchases",
+            {"session_gap": 3600, "behavior_order": list(RETAILROCKET.behaviors)},
         ),
         SourceSpec(
             "generic",

@@ -37,7 +37,8 @@ def most_frequent(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.
     return rk[first], rv[first]
 
 
-def _parse_window(time_window: object) -> tuple[int, int] | None:
+def parse_window(time_window: object) -> tuple[int, int] | None:
+    """``(start, end)`` unix seconds from ``"start,end"`` or a pair; None for None / False / ``"none"``."""
     if time_window is None or time_window is False or time_window == "none":
         return None
     if isinstance(time_window, str):
@@ -62,7 +63,7 @@ def read_taobao(path: str | Path, *, time_window: object = OFFICIAL_WINDOW) -> R
             raise DataError(f"{p}: no UserBehavior*.csv(.gz) in this folder")
         p = cands[0]
     p = _io.require_file(p)
-    window = _parse_window(time_window)
+    window = parse_window(time_window)
     table = _io.read_csv(p, column_names=_NAMES, column_types=_TYPES, quote_char=False)
     if table.num_rows == 0:
         raise DataError(f"{p}: no rows")
