@@ -315,12 +315,10 @@ def _filter(rows: _Rows, p: dict[str, Any], counts: dict[str, int], where: str) 
 def _event_order(user: np.ndarray, ts: np.ndarray, tie_order: str) -> np.ndarray:
     """The permutation that sorts events by (user, time); ``tie_order`` decides events with equal timestamps.
 
-    ``stable``: the file's order (the default: reproducible on any machine). ``hstu``: the rule of the HSTU
-    reference code's MovieLens preprocessing (``ratings.sort_values(by="timestamp").groupby("user_id")``): one
-    non-stable quicksort of the whole log by timestamp, then grouping by user, which keeps that order. A
-    non-stable sort's permutation of ties depends on the whole array and on numpy's sort kernel, so this applies
-    the same rule, not necessarily the same permutation as the authors' machine; on MovieLens-1M about a quarter
-    of the test targets differ from the stable order.
+    ``stable``: the file's order (the default). ``hstu``: the HSTU reference code's MovieLens rule
+    (``ratings.sort_values(by="timestamp").groupby("user_id")``): a non-stable quicksort of the whole log, then
+    grouping by user. Its permutation of ties depends on the array and numpy's sort kernel: the same rule, not
+    necessarily the authors' permutation. On MovieLens-1M it changes about a quarter of the test targets.
     """
     if tie_order == "hstu":
         by_time = np.argsort(ts, kind="quicksort")  # (N,) pandas' default for sort_values
