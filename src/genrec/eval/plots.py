@@ -303,6 +303,5 @@ def plot_pgsa_kept(records: list[str | Path], out: str | Path) -> Path:
     ax.set_ylabel("kept columns / N")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    ax.set_title("PGSA: share of the history it keeps (union of the top-K windows; counts on the points)",
-                 fontsize="medium")
+    ax.set_title("PGSA: kept share of the history (kept columns on the points)", fontsize="medium")
     return _save(fig, Path(out) / "pgsa-kept-share.png")
