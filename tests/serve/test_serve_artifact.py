@@ -68,7 +68,8 @@ def test_export_is_self_contained(served, art, monkeypatch):
     assert man["format_version"] == 1 and man["genrec_version"] == genrec.__version__
     assert man["files"]["sid_table"] is None
     assert man["data_fingerprint"] == json.loads((served.data_dir / "manifest.json").read_text())["fingerprint"]
-    assert {p.name for p in served.art_dir.iterdir()} == {MANIFEST, "model.safetensors", "config.json", "items.json"}
+    assert {p.name for p in served.art_dir.iterdir()} == {MANIFEST, "model.safetensors", "config.json", "items.json",
+                                                        "README.md"}
     assert art.title("i7") == "Toy item 7" and art.kinds == ("retriever",)
     assert art.metadata()["test_metrics"]["hr@10"] >= 0
 

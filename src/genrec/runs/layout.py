@@ -10,6 +10,7 @@
       best/model.safetensors   the best validation weights
       metrics.jsonl, tb/       training and validation logs (JSON lines, TensorBoard)
       results/test.json        the results record written at the end of training
+      results.json             the test record of a multi-behavior variant run (``python -m genrec.train.gamer``)
       sid/                     a generator's copy of the SID table it was trained with
       sids.json                a multi-behavior generator's SID table (built from the training sessions)
 """
@@ -31,6 +32,7 @@ BEST_WEIGHTS = "model.safetensors"
 METRICS_LOG = "metrics.jsonl"
 TB_DIR = "tb"
 RESULTS_DIR = "results"
+VARIANT_RESULTS = "results.json"  # a multi-behavior variant run's test record (default candidate mode)
 SID_DIR = "sid"
 SESSION_SID_FILE = "sids.json"
 

@@ -31,6 +31,7 @@ import torch
 
 import genrec
 from genrec.errors import GenrecError
+from genrec.serve.card import ModelCard
 from genrec.serve.export import export_run
 from genrec.serve.format import (  # noqa: F401  (re-exported: the names users and tests import from here)
     FORMAT,
@@ -161,7 +162,7 @@ def load_artifact(path: str | Path, device: str = "cpu") -> Artifact:
 # -- the Python API ---------------------------------------------------------------------------------
 
 
-class Artifact:
+class Artifact(ModelCard):
     """A loaded artifact: ``recommend`` / ``recommend_batch`` for retrievers and generators, ``score`` for rankers.
 
     Requests are validated in :meth:`prepare` (cheap, raises :class:`RequestError`) and computed in

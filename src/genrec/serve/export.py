@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import genrec
+from genrec.serve.card import write_card
 from genrec.serve.format import (
     CONFIG_FILE,
     FORMAT,
@@ -60,14 +61,15 @@ def export_run(run_dir: str | Path, out: str | Path, weights: str = "best", over
         if (run_dir / SID_TABLE_FILE).exists():  # written by generator runs (none exist yet)
             shutil.copyfile(run_dir / SID_TABLE_FILE, tmp / SID_TABLE_FILE)
             files["sid_table"] = SID_TABLE_FILE
-        test = {}
+        test, res = {}, None
         res_path = results_path(run_dir)
         if res_path.exists():
             try:
                 res = json.loads(res_path.read_text())
                 test = {"test_metrics": res.get("metrics"), "test_protocol": res.get("protocol")}
             except json.JSONDecodeError:
-                test = {}
+                test, res = {}, None
+        files["card"] = write_card(tmp, run, run_dir.resolve().name, weights, res)
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,

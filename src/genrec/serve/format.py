@@ -24,6 +24,7 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 ITEMS_FILE = "items.json"
 SID_TABLE_FILE = "sid_table.safetensors"
+CARD_FILE = "README.md"  # the model card (slot "card"; absent from artifacts exported before it existed)
 REQUIRED_SLOTS = ("weights", "config", "items")
 MAX_TIMESTAMP = 2**62  # keeps every time difference inside int64
 UNKNOWN_MODES = ("ignore", "reject")
