@@ -27,7 +27,7 @@ def test_compare_two_runs_prints_their_test_metrics_stamps_and_seeds(runs, capsy
     assert code == 0, err
     header, rule, *rows = out.strip().splitlines()
     assert header.split() == ["name", "model", "data", "task", "split", "evaluated_on", "candidates",
-                              "exclude_history", "seeds", "ndcg@10", "hr@10", "mrr"]
+                              "exclude_history", "tie_order", "seeds", "ndcg@10", "hr@10", "mrr"]
     assert set(rule) <= {"-", " "} and len(rows) == 2
     for row, run in zip(rows, (runs.sasrec, runs.hstu)):
         m = _test_metrics(run)
