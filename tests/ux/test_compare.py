@@ -116,3 +116,16 @@ def test_compare_names_what_is_not_a_run(runs, capsys, tmp_path):
     assert code == 2 and "run folders inside it" in err and runs.sasrec.name in err
     code, _, err = _run(capsys, "compare", runs.sasrec, "--metrics", "auc")
     assert code == 2 and "auc" in err and "ndcg@10" in err
+
+
+def test_a_record_without_the_tie_order_stamp_was_stable_and_another_order_is_refused(capsys, tmp_path):
+    rec = json.loads((RESULTS / "sasrec-beauty__beauty.json").read_text())
+    assert "tie_order" not in rec["protocol"]  # written before the stamp existed
+    stamped = tmp_path / "stable.json"
+    stamped.write_text(json.dumps({**rec, "protocol": {**rec["protocol"], "tie_order": "stable"}}))
+    other = tmp_path / "hstu-order.json"
+    other.write_text(json.dumps({**rec, "protocol": {**rec["protocol"], "tie_order": "hstu"}}))
+    code, _, err = _run(capsys, "compare", RESULTS / "sasrec-beauty__beauty.json", stamped, "--metrics", "ndcg@10")
+    assert code == 0, err
+    code, _, err = _run(capsys, "compare", RESULTS / "sasrec-beauty__beauty.json", other)
+    assert code == 2 and "'tie_order'" in err and "hstu" in err

@@ -49,6 +49,8 @@ class Entry:
             return self.data_fingerprint or None
         if key == "candidates" and "candidate_mode" in self.protocol:  # GAMER: how ranked is said apart
             return self.protocol["candidate_mode"]
+        if key == "tie_order":  # records from before the stamp ordered ties the stable way
+            return self.protocol.get(key, "stable")
         return self.protocol.get(key)
 
 
