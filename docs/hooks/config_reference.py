@@ -168,6 +168,8 @@ def models() -> list[str]:
     out = ["## `model:`", "", MODEL_INTRO, ""]
     for name in sorted(MODELS):
         cls = MODELS[name]
+        if not cls.__module__.startswith("genrec.models."):
+            continue  # registered by a user or a test, not shipped with genrec
         out += section(f"`{name}` ({', '.join(cls.kinds)})", "model", cls.Config, model_allowed(cls.Config),
                        _first_paragraph(cls), 3)
     return out
