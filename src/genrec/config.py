@@ -37,7 +37,7 @@ class DataConfig:
 class ObjectiveConfig:
     name: str = "sampled_softmax"  # sampled_softmax | full_softmax | bce
     num_negatives: int = 128  # sampled_softmax: uniform negatives per batch (or per position)
-    temperature: float = 0.05  # logits are divided by it (every objective)
+    temperature: float = 0.05  # retriever logits are divided by it (all three objectives)
     shared_negatives: bool = True  # one negative set per batch (a matmul) instead of per position (a gather)
 
 
