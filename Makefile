@@ -1,5 +1,6 @@
 # Fresh machine, two commands:  `make quickstart`  and  `make test`.
 # Both create .venv, install the CPU build of PyTorch and genrec with its dev extras, then run.
+# `make docs` builds the documentation site into site/ (the dev extras include MkDocs).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 # several-GB CUDA download, e.g. make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: setup quickstart test lint
+.PHONY: setup quickstart test lint docs
 setup: $(VENV)/.genrec-setup
 
 $(VENV)/.genrec-setup: pyproject.toml
@@ -25,4 +26,9 @@ test: setup
 	$(VENV)/bin/pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks docs/hooks
+
+# The documentation site (mkdocs.yml) into site/; --strict: a broken link or a stale generated page fails.
+# The test suite runs the same build (tests/core/test_docs_site.py).
+docs: setup
+	$(VENV)/bin/mkdocs build --strict

@@ -29,15 +29,15 @@ class DataConfig:
     valid_frac: float = 0.1  # temporal split only
     test_frac: float = 0.1  # temporal split only
     synthetic_users: int = 1000  # used when path is empty
-    synthetic_items: int = 500
-    synthetic_seed: int = 0
+    synthetic_items: int = 500  # used when path is empty
+    synthetic_seed: int = 0  # seed of the synthetic generator
 
 
 @dataclass
 class ObjectiveConfig:
     name: str = "sampled_softmax"  # sampled_softmax | full_softmax | bce
-    num_negatives: int = 128
-    temperature: float = 0.05
+    num_negatives: int = 128  # sampled_softmax: uniform negatives per batch (or per position)
+    temperature: float = 0.05  # retriever logits are divided by it (all three objectives)
     shared_negatives: bool = True  # one negative set per batch (a matmul) instead of per position (a gather)
     history_negatives: bool = False  # sampled_softmax: the position's own earlier items join its negatives
 
@@ -47,9 +47,9 @@ class OptimConfig:
     """The optimiser knobs (AdamW, ``genrec.nn.optim``) shared by every section that trains: ``train:``,
     ``pretrain:`` (HPGR stage 1) and ``rerank:``, so ``lr`` and its kin mean the same thing everywhere."""
 
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.98)
+    lr: float = 1e-3  # AdamW learning rate (the peak, under a schedule)
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    betas: tuple[float, float] = (0.9, 0.98)  # AdamW moment decays
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     # torch's fused AdamW kernel: 1.16x / 1.22x faster SASRec / HSTU Beauty steps on a CPU (BENCHMARKS.md 13),
     # but not bit-identical to the default (for-each) update, so off unless a recipe asks
@@ -71,9 +71,9 @@ class TrainConfig(OptimConfig):
     with a log line elsewhere); ``fp32`` = never. ``bf16: false`` keeps meaning fp32 everywhere, so it cannot be
     combined with ``precision: bf16``."""
 
-    epochs: int = 100
-    batch_size: int = 128
-    seed: int = 42
+    epochs: int = 100  # passes over the training data (early stopping may end sooner)
+    batch_size: int = 128  # sequences per step
+    seed: int = 42  # initialisation, batch order, negatives and dropout
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     bf16: bool = True  # under precision auto: autocast to bf16 on CUDA only; false = fp32 everywhere
     precision: str = "auto"  # auto | fp32 | bf16 (see the class doc)
@@ -85,10 +85,10 @@ class TrainConfig(OptimConfig):
     # stop this call after this many seconds of training (0 = no limit) with a checkpoint a later call resumes
     # exactly: a run longer than one session or one short GPU loan is the same command, repeated
     max_seconds: float = 0.0
-    length_bucketing: bool = True
+    length_bucketing: bool = True  # sequences of similar length share a batch (less padding)
     num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default
-    progress: bool = True
-    tensorboard: bool = True
+    progress: bool = True  # progress bar / plain progress lines (the per-epoch lines stay)
+    tensorboard: bool = True  # also log to RUN_DIR/tb/ (metrics.jsonl is always written)
     # seconds between plain progress lines while an epoch runs when standard error is not a terminal (a log file,
     # a pipe, CI); 0 = the per-epoch lines only. On a terminal train.progress shows a bar instead.
     progress_interval: float = 60.0
@@ -102,9 +102,9 @@ class TrainConfig(OptimConfig):
 
 @dataclass
 class EvalConfig:
-    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20, 50, 200])
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20, 50, 200])  # cut-offs K of the @K metrics
     exclude_history: bool = True  # remove the user's earlier items from the ranking (as HSTU does)
-    batch_size: int = 256
+    batch_size: int = 256  # users scored per evaluation batch
     # metric families computed and recorded (genrec.eval.metrics: hr (alias hit), recall, ndcg, mrr, invalid_rate,
     # auc, gauc, logloss); empty = every metric of the run's kind. train.early_stop_metric must be among them
     # (checked when the trainer starts).
@@ -126,7 +126,7 @@ class RankingConfig:
     min_history: int = 1  # impressions with fewer earlier events are dropped
     valid_frac: float = 0.1  # validation = the last 10% of the training period
     test_frac: float = 0.1  # test = the last 10% of impressions
-    eval_batch_size: int = 1024
+    eval_batch_size: int = 1024  # impressions scored per evaluation batch
 
 
 @dataclass
@@ -137,13 +137,14 @@ class SIDConfig:
     embeddings: str = "text"  # text | cf | file | cooccurrence (leave-one-out training sessions + categories)
     source_run: str = ""  # cf: a trained genrec run folder whose item embedding table is quantized
     embeddings_file: str = ""  # file: a .npy array (num_items, D) for items 1..num_items
+    # text: item columns joined into the text that is embedded (those the items table has)
     text_fields: list[str] = field(default_factory=lambda: ["title", "brand", "categories", "genres", "price"])
     quantizer: str = "rqvae"  # rqvae | rqkmeans
-    levels: int = 3
-    codebook_size: int = 256
+    levels: int = 3  # codes per item (quantizer levels), before a collision code is added
+    codebook_size: int = 256  # codes per level
     first_codebook_size: int = 0  # level-1 codes when different (GLASS codebook resizing); 0 = codebook_size
-    rqvae_epochs: int = 200
-    seed: int = 0
+    rqvae_epochs: int = 200  # rqvae: training epochs of the quantizer
+    seed: int = 0  # seed of the quantizer (and of the co-occurrence embeddings)
     cache_dir: str = "data_cache/embeddings"  # text embeddings are cached here by text fingerprint
 
 
@@ -161,7 +162,7 @@ class GeneratorConfig:
 
 @dataclass
 class RunConfig:
-    model: dict[str, Any] = field(default_factory=lambda: {"name": "sasrec"})
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "sasrec"})  # name + the model's keys
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -239,6 +240,8 @@ def dataclass_from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
 
 
 def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
+    """A :class:`RunConfig` from a recipe mapping (sections left out keep their defaults); an unknown section or
+    key, a wrongly typed value or one out of range raises :class:`~genrec.errors.ConfigError` naming it."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import make_toy, tiny_cfg
 
@@ -58,3 +59,29 @@ def user_history(run):
         return [ext[i] for i in items[:-1]], times[:-1], ext[items[-1]], times[-1]
 
     return f
+
+
+class StubRanker(torch.nn.Module):
+    """A model of kind "ranker" whose score is known in advance: candidate id / 2 + history length."""
+
+    kinds = ("ranker",)
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    @property
+    def device(self):
+        return self.w.device
+
+    def score_candidates(self, batch, candidates):
+        return candidates.float() * 0.5 + batch.lengths[:, None].float()
+
+
+@pytest.fixture(scope="session")
+def ranker_art(art):
+    """The served artifact with its model swapped for :class:`StubRanker` (no ranker exports yet in tests)."""
+    from genrec.serve.artifact import Artifact
+
+    return Artifact(art.root, {**art.manifest, "kinds": ["ranker"]}, art.config, StubRanker(), art.external_ids,
+                    art.titles)

@@ -168,27 +168,12 @@ def test_integer_ids_compare_as_strings(art):
         numeric.recommend([101, True])
 
 
-def test_score_dispatches_on_kinds(art):
+def test_score_dispatches_on_kinds(art, ranker_art):
     with pytest.raises(NotARankerError) as e:
         art.score(["i1"], ["i2", "i3"])
     _one_line_error(e, "model 'hstu' is not a ranker")
 
-    class StubRanker(torch.nn.Module):
-        kinds = ("ranker",)
-
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-
-        @property
-        def device(self):
-            return self.w.device
-
-        def score_candidates(self, batch, candidates):
-            return candidates.float() * 0.5 + batch.lengths[:, None].float()
-
-    ranker = Artifact(art.root, {**art.manifest, "kinds": ["ranker"]}, art.config, StubRanker(),
-                      art.external_ids, art.titles)
+    ranker = ranker_art
     out = ranker.score(["i1", "i2"], ["i3", "i9", "nope", "i5"])
     assert [i for i, _ in out] == ["i9", "i5", "i3"] and out[0][1] == 2 + 4.5
     assert out.ignored_unknown == ["nope"]

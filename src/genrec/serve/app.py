@@ -2,73 +2,45 @@
 
 Errors are answered as ``{"detail": "<one line>"}`` (plus machine-readable extras where useful):
 400 for malformed bodies and requests the model cannot answer as asked, 413 for oversized
-bodies, 422 for wrongly typed fields, 503 with ``Retry-After`` when the queue is full. Every
-handler converts its own failures, so nothing a client sends can take the process down.
+bodies, 422 for wrongly typed or out-of-range fields, 503 with ``Retry-After`` when the queue is full. Every
+handler converts its own failures, so nothing a client sends can take the process down. The bodies are the
+models of :mod:`genrec.serve.schema`, which ``/openapi.json`` documents; ``/docs`` renders that schema as a
+page that loads nothing from the network.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: the request models are built per artifact (``k`` bounded by
+# its catalogue), and FastAPI reads a handler's annotations as objects, which a local class only is when they
+# are evaluated at definition time.
 import logging
 import signal
 import threading
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import genrec
 from genrec.errors import GenrecError
 from genrec.serve.artifact import Artifact, Query, Recommendations, RequestError
 from genrec.serve.batcher import BatchSettings, MicroBatcher, Overloaded
+from genrec.serve.docs_page import docs_page
+from genrec.serve.schema import (
+    HealthResponse,
+    MetadataResponse,
+    RecommendResponse,
+    ScoreRequest,
+    error_responses,
+    recommend_request,
+    request_examples,
+)
 
 log = logging.getLogger("genrec.serve")
-ItemId = StrictStr | StrictInt
 DEFAULT_MAX_BODY_BYTES = 4 << 20
 DRAIN_LIMIT_BYTES = 64 << 20  # an oversized body up to this size is read (and dropped) before its 413 is sent
-
-
-class RecommendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    history: list[ItemId] = Field(description="external item ids, oldest first (strings or integers, "
-                                              "compared as strings)")
-    timestamps: list[StrictInt] | None = Field(None, description="unix seconds, one per history item")
-    behaviors: list[ItemId] | None = Field(None, description="behavior per history item (checked, not used "
-                                                             "by current models)")
-    query_time: StrictInt | None = Field(None, description="request time in unix seconds (default: the "
-                                                           "last timestamp)")
-    k: StrictInt = Field(10, description="number of items to return, 1..num_items")
-    exclude_history: StrictBool = Field(True, description="never recommend items already in the history")
-    unknown_items: Literal["ignore", "reject"] = Field(
-        "ignore", description="ignore: drop unknown ids and list them; reject: answer 400 listing them")
-
-
-class ScoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    history: list[ItemId]
-    candidates: list[ItemId]
-    timestamps: list[StrictInt] | None = None
-    query_time: StrictInt | None = None
-    unknown_items: Literal["ignore", "reject"] = "ignore"
-
-
-class ScoredItem(BaseModel):
-    item: str
-    score: float
-    title: str | None = None
-
-
-class RecommendResponse(BaseModel):
-    items: list[ScoredItem]
-    ignored_unknown: list[str]
-    truncated: bool = Field(description="the history was longer than max_len; its most recent items were used")
-    history_used: int = Field(description="number of history items the model read")
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
@@ -179,7 +151,8 @@ def create_app(artifact: Artifact, settings: BatchSettings | None = None,
             await batcher.stop()
 
     app = FastAPI(title=f"genrec: {artifact.model_name}", version=genrec.__version__, lifespan=lifespan,
-                  description="Recommendations from an exported genrec artifact. See docs/serving.md.")
+                  description="Recommendations from an exported genrec artifact. See docs/serving.md.",
+                  docs_url=None, redoc_url=None)  # FastAPI's pages load from a CDN: /docs is ours
     app.state.artifact = artifact
     app.state.batcher = batcher
     app.add_middleware(_BodyGuard, max_bytes=max_body_bytes, batcher=batcher)
@@ -227,38 +200,70 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 def _add_routes(app: FastAPI, artifact: Artifact, batcher: MicroBatcher[Query, Recommendations],
                 settings: BatchSettings) -> None:
-    """The four endpoints; the handlers' names are the OpenAPI operation ids, so they stay as they are."""
+    """The endpoints the artifact's kinds can answer (``/recommend`` for retrievers and generators, ``/score``
+    for rankers), ``/health``, ``/metadata`` and ``/docs``; the handlers' names are the OpenAPI operation ids,
+    so they stay as they are."""
+    from genrec.models.base import GENERATOR, RANKER, RETRIEVER
 
-    @app.post("/recommend", response_model=RecommendResponse, response_model_exclude_none=True,
-              responses={400: {"description": "bad request (message in detail)"},
-                         503: {"description": "queue full; retry after Retry-After seconds"}})
-    async def recommend(req: RecommendRequest) -> Any:
-        """Top-k items for a history of external item ids (micro-batched with concurrent requests)."""
-        q = artifact.prepare(req.history, req.k, req.timestamps, req.exclude_history, req.unknown_items,
-                             req.query_time, req.behaviors)
-        recs = await batcher.submit(q)
-        return JSONResponse(_response(artifact, recs))
+    recommend_ex, score_ex = request_examples(list(artifact.external_ids), artifact.num_items)
+    if RETRIEVER in artifact.kinds or GENERATOR in artifact.kinds:
+        request = recommend_request(artifact.num_items)
 
-    @app.post("/score", response_model=RecommendResponse, response_model_exclude_none=True,
-              responses={400: {"description": "not a ranking model, or bad request"}})
-    async def score(req: ScoreRequest) -> Any:
-        """Scores of the given candidates for a history (models of kind "ranker" only)."""
-        artifact.require_ranker()  # refuse retrievers before touching the model thread
-        recs = await batcher.run_alone(artifact.score, req.history, req.candidates, req.timestamps,
-                                       req.unknown_items, req.query_time)
-        return JSONResponse(_response(artifact, recs))
+        @app.post("/recommend", response_model=RecommendResponse, response_model_exclude_none=True,
+                  responses=error_responses(400, 413, 422, 503),
+                  openapi_extra=_examples(request.__name__, recommend_ex))
+        async def recommend(req: request) -> Any:  # type: ignore[valid-type]
+            """Top-k items for a history of external item ids (micro-batched with concurrent requests)."""
+            q = artifact.prepare(req.history, req.k, req.timestamps, req.exclude_history, req.unknown_items,
+                                 req.query_time, req.behaviors)
+            recs = await batcher.submit(q)
+            return JSONResponse(_response(artifact, recs))
+    else:
+        _not_served(app, "/recommend", f"model '{artifact.model_name}' is not a retriever or generator (kinds: "
+                                       f"{', '.join(artifact.kinds)}); use POST /score")
 
-    @app.get("/health")
+    if RANKER in artifact.kinds:
+        @app.post("/score", response_model=RecommendResponse, response_model_exclude_none=True,
+                  responses=error_responses(400, 413, 422, 503), openapi_extra=_examples("ScoreRequest", score_ex))
+        async def score(req: ScoreRequest) -> Any:
+            """Scores of the given candidates for a history, best first (models of kind "ranker")."""
+            recs = await batcher.run_alone(artifact.score, req.history, req.candidates, req.timestamps,
+                                           req.unknown_items, req.query_time)
+            return JSONResponse(_response(artifact, recs))
+    else:
+        _not_served(app, "/score", f"model '{artifact.model_name}' is not a ranker (kinds: "
+                                   f"{', '.join(artifact.kinds)}); use POST /recommend")
+
+    @app.get("/health", response_model=HealthResponse, responses=error_responses(503))
     async def health() -> Any:
         """200 while the service accepts requests, 503 while it starts or shuts down."""
         if not batcher.running:
             return _error(503, "not accepting requests (starting or shutting down)", headers={"Retry-After": "1"})
-        return {"status": "ok", "queue_depth": batcher.queue_depth}
+        return JSONResponse({"status": "ok", "queue_depth": batcher.queue_depth})
 
-    @app.get("/metadata")
+    @app.get("/metadata", response_model=MetadataResponse)
     async def metadata() -> Any:
         """Which model answers, its catalogue size and window, and the batching settings and counters."""
-        return {**artifact.metadata(), "batching": {**settings.to_dict(), "stats": batcher.stats()}}
+        return JSONResponse({**artifact.metadata(), "batching": {**settings.to_dict(), "stats": batcher.stats()}})
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(docs_page(app.openapi()))
+
+
+def _not_served(app: FastAPI, path: str, message: str) -> None:
+    """A route this artifact's kind cannot answer: unlisted in the schema, 404 with a message saying why."""
+
+    @app.post(path, include_in_schema=False)
+    async def not_served() -> JSONResponse:
+        return _error(404, message)
+
+
+def _examples(model: str, examples: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` giving a JSON request body its examples (FastAPI keeps the generated schema)."""
+    schema = {"$ref": f"#/components/schemas/{model}"}
+    return {"requestBody": {"content": {"application/json": {"schema": schema, "examples": examples}},
+                            "required": True}}
 
 
 def run_server(app: FastAPI, *, host: str, port: int, log_level: str = "info", access_log: bool = True,
