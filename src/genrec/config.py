@@ -118,8 +118,7 @@ class RankingConfig:
     labels: str = "auto"  # auto | ratings | behaviors (auto: behaviors when the log has them, else ratings)
     rating_threshold: float = 4.0  # ratings: label = rating >= threshold
     positive_behaviors: list[str] = field(default_factory=lambda: ["fav", "cart", "buy"])  # behaviors logs
-    window: str = "day"  # behaviors: a pv is positive if a positive behavior follows in the same day | session;
-    # horizon: an impression_behaviors event is positive if a positive behavior follows within horizon_hours
+    window: str = "day"  # behaviors: a pv is positive if a positive behavior follows in the same day | session | horizon (within horizon_hours)
     session_gap: int = 1800  # seconds, when window = session
     impression_behaviors: list[str] | None = None  # window=horizon; None: every behavior not in positive_behaviors
     horizon_hours: float | None = None  # window=horizon; None: 72 (impressions whose horizon passes the log's end drop)
