@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import genrec.models  # noqa: F401  (registers the built-in models)
+from genrec.config import ObjectiveConfig
 from genrec.data.sequences import SeqBatch
 from genrec.models.base import (
     GENERATOR,
@@ -137,7 +138,7 @@ def test_retriever_loss_is_sum_and_count(name):
     model = build_model({"name": name, **SMALL}, V, L).eval()
     batch = _batch()
     batch.targets = torch.roll(batch.items, -1, 1) * (torch.arange(L)[None] < batch.lengths[:, None] - 1)
-    objective = SampledSoftmax(SimpleNamespace(num_negatives=8, temperature=0.05, shared_negatives=True))
+    objective = SampledSoftmax(ObjectiveConfig(num_negatives=8, temperature=0.05, shared_negatives=True))
     s, n = _LossModule(model, objective)(batch, torch.Generator().manual_seed(3))
     assert int(n) == int((batch.targets > 0).sum()) == 7 and torch.isfinite(s) and s > 0
 
