@@ -17,6 +17,8 @@ from genrec.runs.checkpoint import load_checkpoint
 from genrec.train.trainer import Trainer
 from tests.conftest import assert_same_weights, latest_weights, tiny_cfg
 
+pytestmark = pytest.mark.reliability
+
 FULL = tiny_cfg("hstu", train={"epochs": 3, "checkpoint_every": 2})
 STOP = tiny_cfg("hstu", train={"epochs": 3, "checkpoint_every": 2, "max_steps": 5})
 

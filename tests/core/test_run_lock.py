@@ -19,6 +19,8 @@ from genrec.runs.lock import acquire, release
 from genrec.train.trainer import Trainer
 from tests.conftest import tiny_cfg
 
+pytestmark = pytest.mark.reliability
+
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 ENV = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
 HOLD = "import sys; from genrec.runs.lock import acquire; acquire(sys.argv[1]); print('held', flush=True); sys.stdin.read()"

@@ -16,6 +16,8 @@ from genrec.data.schema import load_dataset
 from genrec.data.sources import prepare_source
 from genrec.errors import DataError
 
+pytestmark = pytest.mark.reliability
+
 NOW = int(time.time())
 GENERIC = ["--user-col", "u", "--item-col", "i", "--time-col", "t"]
 
