@@ -75,3 +75,15 @@ def test_the_installed_entry_point_prints_one_line_for_a_bug(tmp_path):
                        env={"PYTHONPATH": str(ROOT / "src")}, cwd=tmp_path)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     assert "internal error" in r.stderr and "ValueError: xxxxx" in r.stderr and "--debug" in r.stderr
+
+
+def test_the_reliability_page_lists_the_whole_corpus():
+    """docs/reliability.md names every test file marked ``reliability`` (what `make reliability` runs)."""
+    import re
+
+    page = (ROOT / "docs" / "reliability.md").read_text()
+    listed = set(re.findall(r"`(tests/[\w/]+\.py)`", page.split("## The corpus", 1)[1]))
+    marked = {str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
+              if "pytestmark = pytest.mark.reliability" in p.read_text()}
+    assert listed == marked
+    assert "reliability:" in (ROOT / "Makefile").read_text() and "-m reliability" in (ROOT / "Makefile").read_text()

@@ -75,7 +75,7 @@ READERS = [("generic", "log.csv", {"user_col": "u", "item_col": "i", "time_col":
            ("taobao", "UserBehavior.csv", {}), ("amazon_5core", "reviews_X_5.json", {})]  # fmt: skip
 
 
-@fuzz(12)
+@fuzz(40)
 @given(data=st.binary(max_size=300), which=st.sampled_from(range(len(READERS))), wrap=st.sampled_from(["", "gz"]))
 def test_random_bytes_never_escape_as_a_traceback(data: bytes, which: int, wrap: str) -> None:
     source, name, kw = READERS[which]
@@ -130,7 +130,7 @@ def csv_files(draw) -> tuple[str, str, dict]:
     return text, draw(st.sampled_from(["log.csv", "log.tsv", "log.csv.gz"])), kw
 
 
-@fuzz(60)
+@fuzz(100)
 @given(case=csv_files())
 def test_random_csv_shapes_end_in_a_dataset_or_one_line(case: tuple[str, str, dict]) -> None:
     text, name, kw = case
@@ -154,7 +154,7 @@ def parquet_tables(draw) -> pa.Table:
     return pa.table(cols)
 
 
-@fuzz(40)
+@fuzz(60)
 @given(table=parquet_tables(), time_format=st.sampled_from(["unix_s", "unix_ms", "iso"]))
 def test_random_parquet_columns_end_in_a_dataset_or_one_line(table: pa.Table, time_format: str) -> None:
     with scratch() as d:
