@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 # several-GB CUDA download, e.g. make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: setup quickstart test lint docs
+.PHONY: setup quickstart test lint docs reliability
 setup: $(VENV)/.genrec-setup
 
 $(VENV)/.genrec-setup: pyproject.toml
@@ -24,6 +24,10 @@ quickstart: setup
 
 test: setup
 	$(VENV)/bin/pytest -q
+
+# the fault corpus (docs/reliability.md): refused inputs, damaged runs, crashes and the fuzz tests
+reliability: setup
+	$(VENV)/bin/pytest -q -m reliability
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks docs/hooks

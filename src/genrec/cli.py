@@ -1,4 +1,5 @@
-"""``genrec`` command line. User errors print one line and exit 2; ``--debug`` shows tracebacks."""
+"""``genrec`` command line. Whatever a command raises ends as one line on stderr (``genrec.errors.error_report``:
+exit 2 for the user's input, 1 for a failed run or a bug); ``--debug`` shows tracebacks."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 from pathlib import Path
 
 from genrec import __version__
-from genrec.errors import GenrecError
+from genrec.errors import EXIT_INTERRUPTED, GenrecError, error_report
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -240,21 +241,17 @@ def main(argv: list[str] | None = None) -> int:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a reader that left shows here, not in the interpreter's last flush
         return code
-    except GenrecError as exc:
-        if args.debug:
-            raise
-        print(f"genrec: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("genrec: interrupted", file=sys.stderr)
-        return 130
-    except (FloatingPointError, MemoryError) as exc:
-        if args.debug:
-            raise
-        print(f"genrec: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return _reader_gone()
+    except Exception as exc:  # the one policy (genrec.errors.error_report): one line, never a traceback
+        if args.debug:
+            raise
+        line, code = error_report(exc)
+        print(line, file=sys.stderr)
+        return code
 
 
 BROKEN_PIPE = 141  # 128 + SIGPIPE: what `cat` or `grep` return when the reader of their output leaves

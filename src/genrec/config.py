@@ -265,8 +265,7 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
     if "stages" in raw:
         stages = raw["stages"] or []
         stages = [stages] if isinstance(stages, str) else stages
-        bad = [s for s in stages if s not in STAGES]
-        if bad or not isinstance(stages, list):
+        if not isinstance(stages, list) or any(s not in STAGES for s in stages):
             raise ConfigError(f"{where}: stages {stages!r}: each must be one of {list(STAGES)}")
         cfg.stages = list(stages)
     if "source" in raw:

@@ -9,6 +9,7 @@ import pickle
 from pathlib import Path
 
 import pytest
+import torch
 
 from genrec.config import config_from_dict
 from genrec.data.schema import sha256_file
@@ -16,6 +17,8 @@ from genrec.errors import CheckpointError
 from genrec.runs.checkpoint import load_checkpoint
 from genrec.train.trainer import Trainer
 from tests.conftest import assert_same_weights, latest_weights, tiny_cfg
+
+pytestmark = pytest.mark.reliability
 
 FULL = tiny_cfg("hstu", train={"epochs": 3, "checkpoint_every": 2})
 STOP = tiny_cfg("hstu", train={"epochs": 3, "checkpoint_every": 2, "max_steps": 5})
@@ -181,3 +184,43 @@ def test_evaluation_and_export_of_the_latest_weights_verify_them(toy_dir, tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model.safetensors: sha256 does not match" in err[0], err
     assert main(["export", str(out), "--out", str(tmp_path / "art")]) == 0  # the best weights are another file
+
+
+def test_the_best_weights_carry_a_checksum_that_evaluation_checks(toy_dir, tmp_path, capsys):
+    """``best/model.safetensors`` (what evaluation, export and the end of training read) is checksummed too: a
+    bit flipped on disk is one line naming the file, not a silent evaluation of other weights."""
+    from genrec.cli import main
+    from genrec.runs.checkpoint import save_best_weights, verify_best_weights
+
+    out = tmp_path / "r"
+    sets = ["model.name=sasrec", "model.d_model=16", "model.num_layers=1", "data.max_len=20", "train.epochs=2",
+            "train.progress=false", "train.tensorboard=false", f"data.path={toy_dir}"]
+    assert main(["train", "--out", str(out), "--set", *sets]) == 0
+    best = out / "best" / "model.safetensors"
+    sums = json.loads((out / "best" / "checksums.json").read_text())
+    assert sums == {"sha256": {"model.safetensors": sha256_file(best)}} and verify_best_weights(best)
+    flip_last_bit(best)
+    capsys.readouterr()
+    for argv in (["evaluate", str(out)], ["export", str(out), "--out", str(tmp_path / "art")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{best}: sha256 does not match checksums.json" in err[0], err
+    assert main(["export", str(out), "--out", str(tmp_path / "art"), "--weights", "latest"]) == 0
+    flip_last_bit(best)  # back as written
+    (out / "best" / "checksums.json").unlink()  # a run written before best weights had checksums
+    assert not verify_best_weights(best) and main(["evaluate", str(out)]) == 0
+    # killed while replacing them: the sums name the new file and the one it replaces, so either verifies
+    from genrec.runs.open import open_run
+
+    model = open_run(out).model
+    save_best_weights(model, best)
+    old_bytes, old = best.read_bytes(), sha256_file(best)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    save_best_weights(model, best)
+    new = sha256_file(best)
+    best.write_bytes(old_bytes)  # the rename of the new file never happened
+    with pytest.raises(CheckpointError, match="sha256 does not match"):
+        verify_best_weights(best)
+    (out / "best" / "checksums.json").write_text(json.dumps({"sha256": {"model.safetensors": new}, "replacing": old}))
+    assert verify_best_weights(best)

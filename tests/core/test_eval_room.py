@@ -155,6 +155,15 @@ def test_open_run_gives_each_kind_its_evaluation_data(runs):
     assert code == 2  # a ranker scores given candidates: a one-line error, not a traceback
 
 
+def test_recommend_on_a_ranker_says_it_scores_candidates_and_how(runs, capsys):
+    for how in (["--history", "i1,i2"], ["--user", "1"]):
+        capsys.readouterr()
+        assert main(["recommend", str(runs["ranker"]), *how]) == 2
+        err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+        assert len(err) == 1 and "is a ranker: it scores candidates you give" in err[0], err
+        assert "genrec export" in err[0] and "POST /score" in err[0] and ".score(history, candidates)" in err[0]
+
+
 def test_open_run_refuses_a_folder_without_a_record(tmp_path):
     with pytest.raises(CheckpointError, match="not a genrec run folder"):
         open_run(tmp_path)

@@ -19,6 +19,8 @@ from genrec.runs.lock import acquire, release
 from genrec.train.trainer import Trainer
 from tests.conftest import tiny_cfg
 
+pytestmark = pytest.mark.reliability
+
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 ENV = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
 HOLD = "import sys; from genrec.runs.lock import acquire; acquire(sys.argv[1]); print('held', flush=True); sys.stdin.read()"
@@ -132,3 +134,26 @@ def test_evaluation_takes_no_lock(toy_dir, tmp_path, capsys):
         assert main(["evaluate", str(out)]) == 0
     finally:
         holder.communicate("")
+
+
+def test_pretrain_no_resume_takes_the_lock_before_it_deletes_anything(tmp_path):
+    """``genrec pretrain --no-resume`` (resume=False) empties a stopped stage-1 folder to start over: it must not
+    do so while another process trains into that folder (before, the folder was emptied, then refused)."""
+    from genrec.config import TrainConfig
+    from genrec.train.pretrain import parse_pretrain_config, pretrain_run
+    from tests.hpgr.test_hpgr_stages import TINY_PRETRAIN, _dataset
+
+    ds, out = _dataset(), tmp_path / "stage1"
+    cfg = parse_pretrain_config({**TINY_PRETRAIN, "max_steps": 0, "epochs": 2})
+    loop = TrainConfig(max_steps=1, progress=False, tensorboard=False)
+    assert not pretrain_run(ds, 1_600_000_000, cfg, out, loop=loop)["finished"]  # stopped: a checkpoint to lose
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    holder = hold_lock(out)
+    try:
+        with pytest.raises(CheckpointError, match="already training into this run folder"):
+            pretrain_run(ds, 1_600_000_000, cfg, out, resume=False, loop=loop)
+        assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before and (out / "config.json").exists()
+    finally:
+        holder.communicate("")
+    pretrain_run(ds, 1_600_000_000, cfg, out, resume=False, loop=loop)  # alone, it starts over
+    assert can_lock_elsewhere(out)  # and gives the lock back

@@ -16,6 +16,8 @@ from genrec.data.schema import load_dataset
 from genrec.data.sources import prepare_source
 from genrec.errors import DataError
 
+pytestmark = pytest.mark.reliability
+
 NOW = int(time.time())
 GENERIC = ["--user-col", "u", "--item-col", "i", "--time-col", "t"]
 
@@ -174,3 +176,64 @@ def test_two_processes_building_the_synthetic_cache_at_once_both_load_it(tmp_pat
 
     monkeypatch.setattr(synthetic, "generate", meanwhile)
     assert loading.load_data(cfg).num_users == 30
+
+
+# -- a reader's error never aborts the process at exit --------------------------------------------------------
+
+
+@pytest.mark.parametrize("wrap", ["plain", "gz", "zip"])
+def test_arrow_reads_native_streams_only(tmp_path, monkeypatch, wrap):
+    """Issue 21: a non-numeric CSV time was the right one-line error, then now and then (about 1 run in 100 on a
+    loaded machine) ``terminate called without an active exception`` and exit 134. The stack at exit showed why:
+    an arrow worker thread released the Python file object it had read (``~PyReadableFile`` -> take the GIL) while
+    the interpreter was finalizing. So every arrow reader is handed a stream arrow owns, never a Python object."""
+    import gzip as gz
+    import zipfile
+
+    import pyarrow.csv as pcsv
+    import pyarrow.json as pjson
+
+    from genrec.data.sources.amazon_5core import read_amazon_5core
+
+    seen: list[type] = []
+
+    def spy(real):
+        def read(source, *a, **kw):
+            seen.append(type(source))
+            return real(source, *a, **kw)
+
+        return read
+
+    monkeypatch.setattr(pcsv, "read_csv", spy(pcsv.read_csv))
+    monkeypatch.setattr(pjson, "read_json", spy(pjson.read_json))
+
+    def put(name: str, text: str):
+        data = text.encode()
+        if wrap == "zip":
+            path = tmp_path / f"{name}.zip"
+            with zipfile.ZipFile(path, "w") as zf:
+                zf.writestr(name, data)
+            return path
+        path = tmp_path / (name + (".gz" if wrap == "gz" else ""))
+        path.write_bytes(gz.compress(data) if wrap == "gz" else data)
+        return path
+
+    bad = put("log.csv", "u,i,t\n1,a,1600000000\n1,b,abc\n")
+    with pytest.raises(DataError, match="'abc' is not a number"):
+        generic(bad, tmp_path / "o")
+    ragged = put("rag.csv", "u,i,t\n1,a,1600000000\n1,b,1600000001,9\n")
+    with pytest.raises(DataError, match="row 3: expected 3 fields, got 4"):
+        generic(ragged, tmp_path / "o")
+    review = '{"reviewerID": "u", "asin": "a", "overall": 5.0, "unixReviewTime": 1600000000}\n'
+    assert len(read_amazon_5core(put("reviews_X_5.json", review))) == 1
+    assert len(seen) >= 4
+    assert all(issubclass(t, pa.NativeFile) and not issubclass(t, pa.PythonFile) for t in seen), seen
+
+
+def test_a_corrupt_gzip_read_by_arrow_is_still_one_line(tmp_path):
+    import gzip as gz
+
+    path = tmp_path / "log.csv.gz"
+    path.write_bytes(gz.compress(b"u,i,t\n" + b"1,a,1600000000\n" * 500)[:60])
+    with pytest.raises(DataError, match=r"log.csv.gz: .*corrupt or truncated compressed data"):
+        generic(path, tmp_path / "o")

@@ -43,7 +43,7 @@ def normalize_ids(arr: pa.Array) -> pa.Array:
         return pc.cast(arr, pa.int64())
     if pa.types.is_floating(t):
         vals = arr.to_numpy(zero_copy_only=False)
-        if np.all(np.floor(vals) == vals):
+        if np.all((np.abs(vals) < 2**63) & (np.floor(vals) == vals)):  # whole and inside int64 (not inf)
             return pa.array(vals.astype(np.int64))
         return pc.cast(arr, pa.string())
     if pa.types.is_dictionary(t):

@@ -155,7 +155,7 @@ def check_float_seconds(values: np.ndarray, where: str, row: Callable[[int], str
     bad = ~np.isnan(values) & ~(np.abs(values) < MAX_SECONDS)
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{where}: {row(k)}: timestamp {values[k]!r} is not a unix time in seconds")
+        raise DataError(f"{where}: {row(k)}: timestamp {float(values[k])!r} is not a unix time in seconds")
 
 
 def check_timestamps(seconds: np.ndarray, where: str, row: Callable[[int], str], hint: str = "") -> None:

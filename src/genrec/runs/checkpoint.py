@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from genrec.data.schema import sha256_file
 from genrec.errors import CheckpointError
+from genrec.io import write_json_atomic
 from genrec.runs.layout import (
     CKPT_OPTIM,
     CKPT_STATE,
@@ -57,6 +58,46 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp))
     os.replace(tmp, path)
+
+
+def save_best_weights(model: torch.nn.Module, path: Path) -> None:
+    """The best validation weights, with their sha256 in ``checksums.json`` beside them.
+
+    The sums first name the new file and the one it replaces, then the new one alone, so a process killed at any
+    instant leaves weights that verify; a bit flipped on disk later is found when they are read."""
+    sums_path = path.parent / CKPT_SUMS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    new = sha256_file(tmp)
+    if path.exists():
+        current = (_best_sums(sums_path) or [sha256_file(path)])[0]
+        write_json_atomic(sums_path, {"sha256": {path.name: new}, "replacing": current})
+    os.replace(tmp, path)
+    write_json_atomic(sums_path, {"sha256": {path.name: new}})
+
+
+def _best_sums(sums_path: Path) -> list[str] | None:
+    """The sha256 values ``checksums.json`` accepts for the best weights; None when there is none (older run)."""
+    if not sums_path.exists():
+        return None
+    try:
+        doc = json.loads(sums_path.read_text())
+        return [next(iter(doc["sha256"].values())), *([doc["replacing"]] if doc.get("replacing") else [])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, StopIteration):
+        raise CheckpointError(f"{sums_path}: unreadable") from None
+
+
+def verify_best_weights(path: Path) -> bool:
+    """Check the best weights against their ``checksums.json``; False when they have none (written before checksums
+    existed), a one-line :class:`CheckpointError` naming the file when they do not match."""
+    accepted = _best_sums(path.parent / CKPT_SUMS)
+    if accepted is None:
+        return False
+    if sha256_file(path) not in accepted:
+        raise CheckpointError(f"{path}: sha256 does not match {CKPT_SUMS} (the file changed after it was written); "
+                              "the latest checkpoint is intact: `genrec export RUN --weights latest`, or train again")
+    return True
 
 
 def _read_weights(model: torch.nn.Module, path: Path, strict: bool = True) -> dict[str, torch.Tensor]:
@@ -323,6 +364,7 @@ def trained_weights(run_dir: Path, weights: str = "best") -> Path:
     against its checksums, when it has them: evaluation and export never read damaged weights silently)."""
     best = best_weights_path(run_dir)
     if weights == "best" and best.exists():
+        verify_best_weights(best)
         return best
     ck = latest_checkpoint(checkpoint_root(run_dir))
     if ck is None:

@@ -7,7 +7,7 @@
       checkpoints/<name>/      model.safetensors, optimizer.pt, state.json, checksums.json (their sha256);
                                checkpoints/latest names the newest, the one before it is kept too
       .lock                    held (flock) by the process writing the run folder
-      best/model.safetensors   the best validation weights
+      best/model.safetensors   the best validation weights, with best/checksums.json (their sha256)
       metrics.jsonl, tb/       training and validation logs (JSON lines, TensorBoard)
       results/test.json        the results record written at the end of training
       results.json             the test record of a multi-behavior variant run (``python -m genrec.train.gamer``)

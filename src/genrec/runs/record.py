@@ -33,12 +33,30 @@ def new_run_record(cfg: RunConfig, kinds: tuple[str, ...] | list[str], dataset: 
     }
 
 
+# what ``genrec export`` writes beside its own config.json (genrec.serve.format.MANIFEST; serve sits above runs)
+ARTIFACT_MANIFEST = "artifact.json"
+
+
 def read_record(run_dir: str | Path) -> dict[str, Any]:
-    """``RUN_DIR/config.json``; a folder without one is not a run folder."""
+    """``RUN_DIR/config.json``; a folder without one, an exported artifact (whose ``config.json`` is a bare
+    config) or a record cut short (a full disk, a copy interrupted) is refused in one line naming what it is."""
     path = config_path(run_dir)
+    if (Path(run_dir) / ARTIFACT_MANIFEST).exists():
+        raise CheckpointError(f"{run_dir}: an exported serving artifact, not a run folder: serve it with "
+                              f"`genrec serve {run_dir}` (or genrec.serve.load_artifact), or evaluate the run "
+                              "folder it was exported from")
     if not path.exists():
         raise CheckpointError(f"{run_dir}: not a genrec run folder (no {CONFIG_FILE})")
-    return json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise CheckpointError(f"{path}: the run record is not valid JSON (truncated or damaged? {exc}); "
+                              "restore it, or train into another --out folder") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the run record ({exc.strerror})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise CheckpointError(f"{path}: not a genrec run record (no 'config' mapping)")
+    return record
 
 
 def record_config(record: dict[str, Any], run_dir: str | Path) -> RunConfig:

@@ -37,6 +37,7 @@ from genrec.models.hpgr_sem import SessionEncoder
 from genrec.models.pretrained import FORMAT, write_artifact
 from genrec.nn.optim import build_optimizer
 from genrec.objectives.mim import MIMConfig, MIMLoss, mask_items
+from genrec.runs import lock
 from genrec.train import distributed as dist_utils
 from genrec.train.base import CHECKPOINT_DIR, CONFIG_FILE, TrainerBase
 
@@ -187,11 +188,18 @@ class PretrainTrainer(TrainerBase):
         self.generators["mim"] = torch.Generator().manual_seed(cfg.seed)  # masks and negatives, run-long
         self.step_budget = cfg.max_steps
         self._orders: tuple[np.random.Generator, int] | None = None
-        if not resume and self.main:  # start over: drop a stopped run's record and checkpoints (not an artifact)
-            shutil.rmtree(self.run_dir / CHECKPOINT_DIR, ignore_errors=True)
-            (self.run_dir / CONFIG_FILE).unlink(missing_ok=True)
+        if not resume:  # start over: drop a stopped run's record and checkpoints (not an artifact), holding the
+            self._lock_run_folder()  # writer's lock first: a folder another process trains into is never emptied
+            if self.main:
+                shutil.rmtree(self.run_dir / CHECKPOINT_DIR, ignore_errors=True)
+                (self.run_dir / CONFIG_FILE).unlink(missing_ok=True)
         dist_utils.barrier()
-        self.open_run(resume)
+        held = self._lock
+        try:
+            self.open_run(resume)
+        finally:
+            if held is not None:
+                lock.release(held)  # the hold taken above; open_run took its own, given back by close()
         for key, value in (("epoch_losses", []), ("mim_sum", 0.0), ("mim_count", 0)):
             self.state.setdefault(key, value)
         if "probe_initial" not in self.state:

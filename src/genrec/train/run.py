@@ -131,7 +131,13 @@ def recommend(run: LoadedRun, history_items: list[int], history_times: list[int]
 
     Generators return their constrained beam (score = the SID's log-probability); ``user`` feeds their
     hashed user token (none for an anonymous history)."""
-    if run.kind in (RANKER, MULTI_BEHAVIOR):
+    if run.kind == RANKER:
+        name = run.cfg.model["name"]
+        raise GenrecError(f"recommend: '{name}' is a ranker: it scores candidates you give, it does not rank the "
+                          f"catalogue; export the run (genrec export {run.run_dir} --out ART) and score candidates "
+                          "with POST /score of `genrec serve ART`, or genrec.serve.load_artifact(ART).score(history, "
+                          "candidates)")
+    if run.kind == MULTI_BEHAVIOR:
         raise GenrecError(f"recommend: '{run.cfg.model['name']}' is a {run.kind.replace('_', '-')} model; "
                           "recommend needs a retriever or a next-item generator")
     if not history_items:

@@ -34,8 +34,9 @@ from genrec.runs.checkpoint import (
     SUMMARY_KEYS,
     load_weights,
     resume_checkpoint,
+    save_best_weights,
     save_checkpoint,
-    save_weights,
+    verify_best_weights,
 )
 from genrec.runs.layout import BEST_DIR, CHECKPOINT_DIR, CONFIG_FILE, best_weights_path, results_path  # noqa: F401
 from genrec.runs.record import new_run_record, read_record
@@ -293,6 +294,7 @@ class RunFolder:
     def load_best(self) -> bool:
         """Load the best validation weights when there are any; returns whether it did."""
         if self.best_path.exists():
+            verify_best_weights(self.best_path)
             load_weights(self.model, self.best_path)
             return True
         return False
@@ -314,8 +316,7 @@ class RunFolder:
         if improved:
             st["best_metric"], st["best_epoch"], st["bad_evals"] = value, epoch, 0
             if self.main:
-                self.best_path.parent.mkdir(parents=True, exist_ok=True)
-                save_weights(self.model, self.best_path)
+                save_best_weights(self.model, self.best_path)
         else:
             st["bad_evals"] += 1
         return improved

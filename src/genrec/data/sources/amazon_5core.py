@@ -75,7 +75,7 @@ def read_amazon_5core(path: str | Path, *, meta: str | Path | None = None) -> Ra
     fpath, member = _locate(Path(path))
     where = _io.label(fpath, member)
     opts = pjson.ParseOptions(explicit_schema=_SCHEMA, unexpected_field_behavior="ignore")
-    with _io.open_binary(fpath, member) as f, _io.data_errors(where, "not valid JSON lines"):
+    with _io.arrow_input(fpath, member) as f, _io.data_errors(where, "not valid JSON lines"):
         table = pjson.read_json(f, parse_options=opts)
     if table.num_rows == 0:
         raise DataError(f"{where}: no reviews")

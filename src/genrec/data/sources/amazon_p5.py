@@ -107,7 +107,7 @@ def attach_dates(user: np.ndarray, item: np.ndarray, path: Path) -> tuple[np.nda
 
 def read_item_text(path: Path) -> pa.Table:
     """``external_id`` (P5 id), ``asin``, ``title``, ``categories`` from ``*_item_text.jsonl.gz``."""
-    with _io.open_binary(path) as f, _io.data_errors(str(path), "not valid JSON lines"):
+    with _io.arrow_input(path) as f, _io.data_errors(str(path), "not valid JSON lines"):
         t = pjson.read_json(f)
     if "p5_item_id" not in t.column_names:
         raise DataError(f"{path}: no column 'p5_item_id' (columns: {', '.join(t.column_names)})")
