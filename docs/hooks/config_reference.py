@@ -132,21 +132,11 @@ def section(title: str, prefix: str, cls: type, allowed: dict[str, str], intro: 
 
 
 def allowed_values() -> dict[str, str]:
-    """``section.key`` -> what the config checks accept (keys without a check are absent)."""
-    from genrec.config import PRECISIONS
-    from genrec.config_checks import BOUNDS
-    from genrec.data.multibehavior_config import CANDIDATE_MODES, WINDOW_MODES
+    """``section.key`` -> what the config checks accept, from the rule table the loader applies."""
+    from genrec.config_checks import RULES
 
-    def num(x: float) -> str:
-        return str(int(x)) if float(x).is_integer() else str(x)
-
-    out = {f"{s}.{k}": (">= " if inclusive else "> ") + num(low) for s, k, low, inclusive in BOUNDS}
-    out.update({
-        "train.betas": "each in [0, 1)", "eval.ks": "non-empty, each >= 1",
-        "train.precision": " | ".join(PRECISIONS) + " (bf16 needs bf16: true)",
-        "multibehavior.session_gap": ">= 0", "multibehavior.augment": ">= 0", "multibehavior.min_history": ">= 0",
-        "multibehavior.warmup_ratio": "in [0, 1)", "multibehavior.candidates": " | ".join(CANDIDATE_MODES),
-        "multibehavior.train_windows": " | ".join(WINDOW_MODES),
+    out = {key: rule.need for key, rule in RULES.items()}
+    out.update({  # sections checked by their own dataclasses' check() methods
         "pretrain.mim.mask_ratio": "in [0, 1]", "pretrain.mim.session_mask_prob": "in [0, 1]",
         "pretrain.mim.temperature": "> 0", "pretrain.mim.num_negatives": ">= 1",
         "rerank.top_k": ">= 2", "rerank.num_negatives": ">= 1 and < top_k", "rerank.epochs": ">= 1",

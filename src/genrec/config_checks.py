@@ -55,6 +55,11 @@ def _names(v: Any) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) and x.strip() for x in v) and len(set(v)) == len(v)
 
 
+def optional(rule: Rule) -> Rule:
+    """``rule``, or unset (None: the section's documented default applies)."""
+    return Rule(f"{rule.need} (or null)", lambda v: v is None or rule.ok(v), rule.bad)
+
+
 BOOL = Rule("true or false", lambda v: isinstance(v, bool), "maybe")
 FINITE = Rule("a finite number", _number, float("nan"))
 SEED = Rule("an integer in [0, 2**63)", lambda v: _number(v) and v >= 0, -1)
@@ -72,6 +77,7 @@ RULES: dict[str, Rule] = {
     "data.synthetic_items": at_least(1), "data.synthetic_seed": SEED,
     "objective.name": one_of("sampled_softmax", "full_softmax", "bce"), "objective.num_negatives": at_least(1),
     "objective.temperature": at_least(0, inclusive=False), "objective.shared_negatives": BOOL,
+    "objective.history_negatives": BOOL,
     "train.lr": at_least(0, inclusive=False), "train.weight_decay": at_least(0), "train.betas": BETAS,
     "train.grad_clip": at_least(0), "train.fused": BOOL, "train.epochs": at_least(1), "train.batch_size": at_least(1),
     "train.seed": SEED, "train.device": DEVICE, "train.bf16": BOOL, "train.precision": PRECISION,
@@ -81,9 +87,10 @@ RULES: dict[str, Rule] = {
     "train.progress_interval": at_least(0),
     "eval.ks": KS, "eval.exclude_history": BOOL, "eval.batch_size": at_least(1), "eval.metrics": NAMES,
     "ranking.labels": one_of("auto", "ratings", "behaviors"), "ranking.rating_threshold": FINITE,
-    "ranking.positive_behaviors": NAMES, "ranking.window": one_of("day", "session"),
+    "ranking.positive_behaviors": NAMES, "ranking.window": one_of("day", "session", "horizon"),
     "ranking.session_gap": at_least(0), "ranking.min_history": at_least(0), "ranking.valid_frac": fraction(),
     "ranking.test_frac": fraction(), "ranking.eval_batch_size": at_least(1),
+    "ranking.impression_behaviors": optional(NAMES), "ranking.horizon_hours": optional(at_least(0, inclusive=False)),
     "sid.embeddings": one_of("text", "cf", "file", "cooccurrence"), "sid.text_fields": NAMES,
     "sid.quantizer": one_of("rqvae", "rqkmeans"), "sid.levels": at_least(1), "sid.codebook_size": at_least(1),
     "sid.first_codebook_size": at_least(0), "sid.rqvae_epochs": at_least(0), "sid.seed": SEED,
