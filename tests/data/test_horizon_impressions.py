@@ -168,8 +168,8 @@ def test_ranking_data_stamps_the_rule_and_the_split():
     again = config_from_dict(_ranking_cfg().to_dict()).ranking  # a run record's unset keys read back as unset
     assert again.horizon_hours is None and again.impression_behaviors is None
     assert _ranking_cfg(horizon_hours="48").ranking.horizon_hours == 48.0
-    with pytest.raises(ConfigError, match="horizon_hours must be a positive"):
-        build_ranking_data(_ranking_cfg(horizon_hours=0), ds)
+    with pytest.raises(ConfigError, match="ranking.horizon_hours must be > 0"):  # refused when the recipe loads
+        _ranking_cfg(horizon_hours=0)
     with pytest.raises(ConfigError, match="are for ranking.window: horizon, not window: day"):
         build_ranking_data(_ranking_cfg(window="day", horizon_hours=24), ds)
 
