@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     import importlib
 
-    for room in ("genrec.data.cli", "genrec.sid.cli", "genrec.serve.cli"):
+    for room in ("genrec.data.cli", "genrec.sid.cli", "genrec.serve.cli", "genrec.tune.cli"):
         try:
             mod = importlib.import_module(room)
         except ModuleNotFoundError as exc:  # optional room (e.g. serving extras not installed)
