@@ -35,7 +35,7 @@ def write_spec(tmp_path: Path, name: str = "spec.yaml", **spec) -> Path:
 def test_a_grid_writes_every_trial_and_a_best_recipe_that_trains(toy_dir, tmp_path, capsys):
     spec = write_spec(tmp_path)
     out = tmp_path / "search"
-    assert main(["tune", str(spec), "--data", str(toy_dir), "--out", str(out)]) == 0
+    assert main(["tune", str(spec), "--data", str(toy_dir), "--out", str(out), "--set", "train.num_threads=1"]) == 0
     printed = capsys.readouterr().out
     trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     assert [t["trial"] for t in trials] == ["0000", "0001", "0002", "0003"]
@@ -46,6 +46,8 @@ def test_a_grid_writes_every_trial_and_a_best_recipe_that_trains(toy_dir, tmp_pa
         assert t["value"] == t["valid"]["ndcg@10"] and t["seconds"] >= 0
         assert not results_path(out / "trials" / t["trial"]).exists()  # never evaluated on test
         assert not {"metrics", "test", "metrics_other_exclusion"} & set(t)
+        trained = json.loads((out / "trials" / t["trial"] / "config.json").read_text())["config"]["train"]
+        assert trained["num_threads"] == 1  # --set: how the trials ran, not kept in best.yaml
     best = max(trials, key=lambda t: t["value"])
     # best.yaml = the base recipe (with --data) + the best overrides, a recipe `genrec train` loads
     want = load_config(tmp_path / "base.yaml", [f"data.path={toy_dir}"])
@@ -154,3 +156,10 @@ def test_a_search_folder_refuses_another_space_and_drops_a_torn_line(toy_dir, tm
     other = write_spec(tmp_path, "other.yaml", grid={"model.dropout": [0.2]})
     with pytest.raises(ConfigError, match="holds a search with other params"):
         run_search(other, out, data=str(toy_dir))
+
+
+def test_per_call_settings_may_not_change_what_a_trial_learns(tmp_path, capsys):
+    spec = write_spec(tmp_path)
+    assert main(["tune", str(spec), "--out", str(tmp_path / "search"), "--set", "train.lr=0.1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--set train.lr" in err[0] and "fixed:" in err[0], err

@@ -5,12 +5,22 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import yaml
+
+from genrec.errors import ConfigError
+
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from genrec.tune.records import TRIALS_FILE, format_table
     from genrec.tune.search import run_search
 
-    res = run_search(args.spec, args.out, data=args.data, limit=args.limit)
+    settings = {}
+    for item in args.set or []:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"--set {item}: expected section.key=value")
+        settings[key.strip()] = yaml.safe_load(value)
+    res = run_search(args.spec, args.out, data=args.data, limit=args.limit, settings=settings)
     print(f"{len(res.trials)} of {res.total} trials, sorted by validation {res.metric} "
           f"({'lower' if res.minimize else 'higher'} is better); every trial: {res.out / TRIALS_FILE}")
     print(format_table(res.trials, res.metric, res.minimize))
@@ -31,4 +41,7 @@ def register(subparsers: Any) -> None:
     t.add_argument("--data", help="prepared dataset folder (overrides data.path of the recipe)")
     t.add_argument("--out", required=True, help="search folder; run the same command again to resume")
     t.add_argument("--limit", type=int, metavar="N", help="train at most N more trials in this call")
+    t.add_argument("--set", nargs="*", metavar="train.KEY=VALUE",
+                   help="how this call runs its trials, e.g. train.num_threads=1 (device, threads, progress, "
+                        "tensorboard, checkpoint_every); not kept in best.yaml")
     t.set_defaults(func=_cmd_tune)

@@ -44,6 +44,17 @@ from genrec.tune.samplers import Point, grid_size, overrides_of, propose
 from genrec.tune.spec import SearchSpec, build_config, check_values, load_spec, merge_overrides
 
 _TASKS = {RETRIEVER: RETRIEVAL, RANKER: CTR, GENERATOR: GENERATION}
+# how this machine runs the trials, not what they learn: settable per call (``--set``), kept out of best.yaml
+RUN_SETTINGS = ("train.device", "train.num_threads", "train.progress", "train.progress_interval", "train.tensorboard",
+                "train.checkpoint_every")
+
+
+def check_run_settings(settings: dict[str, Any]) -> None:
+    """Refuse a per-call setting that would change what a trial learns (that belongs in the spec)."""
+    for key in settings:
+        if key not in RUN_SETTINGS:
+            raise ConfigError(f"--set {key}: only settings that leave what a trial learns alone may be given per call "
+                              f"({', '.join(RUN_SETTINGS)}); put {key} in the spec's fixed:")
 
 
 @dataclass
@@ -99,11 +110,14 @@ def _check_same_search(out: Path, spec: SearchSpec, base: dict[str, Any]) -> Non
         write_json_atomic(path, ident)
 
 
-def run_search(spec_path: str | Path, out: str | Path, data: str | None = None, limit: int | None = None
-               ) -> SearchResult:
+def run_search(spec_path: str | Path, out: str | Path, data: str | None = None, limit: int | None = None,
+               settings: dict[str, Any] | None = None) -> SearchResult:
     """Run (or go on with) the search of ``spec_path`` into ``out``; ``data`` overrides ``data.path``;
-    ``limit`` caps the trials trained by this call. Returns every recorded trial and the best."""
+    ``limit`` caps the trials trained by this call; ``settings`` (:data:`RUN_SETTINGS` only, e.g.
+    ``{"train.num_threads": 1}``) say how this call runs its trials. Returns every recorded trial and the best."""
     spec = load_spec(spec_path)
+    settings = dict(settings or {})
+    check_run_settings(settings)
     base, metric = search_base(spec, data)
     minimize = lower_is_better(metric)
     out = Path(out)
@@ -123,7 +137,7 @@ def run_search(spec_path: str | Path, out: str | Path, data: str | None = None, 
             point = _trial_point(spec, i, out, done, minimize)
             say(f"trial {tid} ({i + 1}/{total}): " + " ".join(f"{k}={v}" for k, v in
                                                                 overrides_of(spec.params, point).items()))
-            rec = run_trial(spec, tid, point, base, out, metric, datasets)
+            rec = run_trial(spec, tid, point, merge_overrides(base, settings), out, metric, datasets)
             append_trial(out, rec)
             done[tid] = rec
             ran += 1
