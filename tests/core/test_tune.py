@@ -15,7 +15,7 @@ from genrec.train.base import TrainerBase
 from genrec.tune import search as search_mod
 from genrec.tune.records import read_trials
 from genrec.tune.samplers import propose, random_point
-from genrec.tune.search import run_search
+from genrec.tune.search import run_search, search_base
 from genrec.tune.spec import load_spec, merge_overrides
 from tests.conftest import assert_same_weights, latest_weights, tiny_cfg
 
@@ -163,3 +163,23 @@ def test_per_call_settings_may_not_change_what_a_trial_learns(tmp_path, capsys):
     assert main(["tune", str(spec), "--out", str(tmp_path / "search"), "--set", "train.lr=0.1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--set train.lr" in err[0] and "fixed:" in err[0], err
+
+
+def test_a_baseline_trial_trains_the_base_recipe_first(toy_dir, tmp_path):
+    spec = write_spec(tmp_path, grid={"model.dropout": [0.3]}, baseline=True)
+    res = run_search(spec, tmp_path / "search", data=str(toy_dir))
+    assert [(t["trial"], t["overrides"]) for t in res.trials] == [("0000", {}), ("0001", {"model.dropout": 0.3})]
+    recorded = json.loads((tmp_path / "search" / "trials" / "0000" / "config.json").read_text())["config"]
+    assert recorded["model"] == load_config(tmp_path / "base.yaml").model  # no dropout set: the model default
+    randoms = load_spec(write_spec(tmp_path, "r.yaml", random=RANDOM, trials=4, baseline=True))
+    plain = load_spec(write_spec(tmp_path, "p.yaml", random=RANDOM, trials=3))
+    assert [propose(randoms, i, [], False) for i in range(4)] == [{}] + [propose(plain, i, [], False) for i in range(3)]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs" / "search").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_the_shipped_search_specs_name_only_config_keys_and_valid_values(path):
+    spec = load_spec(path)
+    base, metric = search_base(spec, None)  # every key checked, every choice and range end built into the recipe
+    assert metric == "ndcg@10" and spec.budget["seconds"] > 0 and spec.baseline
+    assert len({json.dumps(propose(spec, i, [], False), sort_keys=True) for i in range(spec.trials)}) == spec.trials

@@ -110,8 +110,9 @@ def write_best(out: Path, recipe: dict[str, Any], best: dict[str, Any], metric: 
     return path
 
 
-def _short(overrides: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in overrides.items())
+def describe(overrides: dict[str, Any]) -> str:
+    """``key=value ...``, or what no overrides mean (the baseline trial)."""
+    return " ".join(f"{k}={v}" for k, v in overrides.items()) or "(the base recipe as it is)"
 
 
 def format_table(trials: list[dict[str, Any]], metric: str, minimize: bool) -> str:
@@ -124,5 +125,5 @@ def format_table(trials: list[dict[str, Any]], metric: str, minimize: bool) -> s
     for rank, t in enumerate(sorted(trials, key=order), 1):
         v = "-" if t.get("value") is None else f"{t['value']:.4f}"
         lines.append(f"{rank:>4} {t['trial']:>5} {t['status']:>8} {v:>10} {str(t.get('best_epoch') or '-'):>7} "
-                     f"{t.get('epochs') or 0:>6} {t.get('seconds') or 0:>8.0f}  {_short(t.get('overrides') or {})}")
+                     f"{t.get('epochs') or 0:>6} {t.get('seconds') or 0:>8.0f}  {describe(t.get('overrides') or {})}")
     return "\n".join(lines)

@@ -26,7 +26,8 @@ def grid_points(params: list[Param]) -> list[Point]:
 
 
 def grid_size(spec: SearchSpec) -> int:
-    return math.prod(len(p.values) for p in spec.params)
+    """Every combination (and the baseline trial, when the spec asks for one)."""
+    return math.prod(len(p.values) for p in spec.params) + spec.baseline
 
 
 def _draw(p: Param, rng: np.random.Generator) -> Any:
@@ -98,7 +99,13 @@ def optuna_point(spec: SearchSpec, index: int, history: list[tuple[Point, float]
 
 
 def propose(spec: SearchSpec, index: int, history: list[tuple[Point, float]], minimize: bool) -> Point:
-    """The point trial ``index`` trains (``history`` is read by TPE only)."""
+    """The point trial ``index`` trains (``history`` is read by TPE only). With ``baseline:`` trial 0 is the base
+    recipe (the empty point) and trial ``i`` draws what trial ``i - 1`` would without it."""
+    if spec.baseline:
+        if index == 0:
+            return {}
+        index -= 1
+        history = [(p, v) for p, v in history if p]  # the base recipe is no point of the space
     if spec.method == "grid":
         return grid_points(spec.params)[index]
     if spec.method == "random":
@@ -110,5 +117,6 @@ def overrides_of(params: list[Param], point: Point) -> dict[str, Any]:
     """The ``{dotted key: value}`` overrides a point stands for, in the spec's order."""
     out: dict[str, Any] = {}
     for p in params:
-        out.update(p.overrides(point[p.name]))
+        if p.name in point:  # the baseline's empty point sets nothing
+            out.update(p.overrides(point[p.name]))
     return out

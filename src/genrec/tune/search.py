@@ -35,6 +35,7 @@ from genrec.tune.records import (
     TRIALS_DIR,
     append_trial,
     best_trial,
+    describe,
     read_trials,
     trial_id,
     valid_metrics_at,
@@ -135,8 +136,7 @@ def run_search(spec_path: str | Path, out: str | Path, data: str | None = None, 
             if limit is not None and ran >= limit:
                 break
             point = _trial_point(spec, i, out, done, minimize)
-            say(f"trial {tid} ({i + 1}/{total}): " + " ".join(f"{k}={v}" for k, v in
-                                                                overrides_of(spec.params, point).items()))
+            say(f"trial {tid} ({i + 1}/{total}): {describe(overrides_of(spec.params, point))}")
             rec = run_trial(spec, tid, point, merge_overrides(base, settings), out, metric, datasets)
             append_trial(out, rec)
             done[tid] = rec

@@ -7,6 +7,7 @@
     budget: {seconds: 600, epochs: 60}   # per trial: training seconds (across resumes) and/or epochs
     fixed: {train.num_threads: 1}   # overrides every trial gets (and best.yaml keeps)
     trials: 12                      # how many trials (grid: the first N combinations; default all)
+    baseline: true                  # trial 0000 = the base recipe as it is (counts as one of the trials)
     seed: 0
     random:                         # or grid: (lists only) or optuna: (same forms as random:)
       train.lr: {log_uniform: [3.0e-4, 3.0e-3]}
@@ -37,7 +38,7 @@ from genrec.errors import ConfigError
 
 METHODS = ("grid", "random", "optuna")
 RANGES = ("choice", "uniform", "log_uniform", "int")
-SPEC_KEYS = ("recipe", "metric", "budget", "fixed", "trials", "seed", "startup_trials", *METHODS)
+SPEC_KEYS = ("recipe", "metric", "budget", "fixed", "trials", "seed", "startup_trials", "baseline", *METHODS)
 BUDGET_KEYS = ("seconds", "epochs")
 TOP_LEVEL = ("stages", "source")  # config keys without a section
 SIGNIFICANT = 6  # sampled floats keep 6 significant digits: readable recipes, and the same value on every replay
@@ -82,6 +83,7 @@ class SearchSpec:
     trials: int = 0  # 0 = every grid combination
     seed: int = 0
     startup_trials: int = 0  # optuna: random trials before TPE; 0 = a third of the trials (at least 2)
+    baseline: bool = False  # trial 0000 trains the base recipe as it is (under the same budget), before the rest
 
     def identity(self) -> dict[str, Any]:
         """What must not change between two calls of one search (``trials`` may grow: the search goes on)."""
@@ -210,7 +212,7 @@ def parse_spec(raw: Any, spec_path: Path) -> SearchSpec:
     spec = SearchSpec(spec_path, recipe, base, method, [_parse_param(str(k), v, method, where) for k, v in space.items()],
                       metric=str(raw.get("metric") or ""), budget={k: float(v) for k, v in budget.items()},
                       fixed=dict(fixed), trials=_count(raw, "trials", where), seed=_count(raw, "seed", where),
-                      startup_trials=_count(raw, "startup_trials", where))
+                      startup_trials=_count(raw, "startup_trials", where), baseline=_flag(raw, "baseline", where))
     if method != "grid" and not spec.trials:
         raise ConfigError(f"{where}: {method} search needs 'trials: N'")
     for key in [*spec.fixed, *(k for p in spec.params for k in p.keys())]:
@@ -222,6 +224,13 @@ def _count(raw: dict[str, Any], key: str, where: str) -> int:
     value = raw.get(key, 0)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{where}: '{key}' must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def _flag(raw: dict[str, Any], key: str, where: str) -> bool:
+    value = raw.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
     return value
 
 
