@@ -126,7 +126,7 @@ def run_search(spec_path: str | Path, out: str | Path, data: str | None = None, 
     try:
         _check_same_search(out, spec, base)
         done = read_trials(out)
-        total = min(spec.trials, grid_size(spec)) if spec.method == "grid" and spec.trials else spec.trials or grid_size(spec)
+        total = min(spec.trials or grid_size(spec), grid_size(spec)) if spec.method == "grid" else spec.trials
         datasets: dict[tuple[Any, ...], Dataset] = {}
         ran = 0
         for i in range(total):
