@@ -183,3 +183,14 @@ def test_the_shipped_search_specs_name_only_config_keys_and_valid_values(path):
     base, metric = search_base(spec, None)  # every key checked, every choice and range end built into the recipe
     assert metric == "ndcg@10" and spec.budget["seconds"] > 0 and spec.baseline
     assert len({json.dumps(propose(spec, i, [], False), sort_keys=True) for i in range(spec.trials)}) == spec.trials
+
+
+def test_an_optuna_search_replays_its_recorded_trials_after_a_restart(toy_dir, tmp_path):
+    pytest.importorskip("optuna", reason="the optional 'tune' extra (Optuna) is not installed")
+    space = {"train.lr": {"log_uniform": [1.0e-3, 1.0e-2]}, "objective": RANDOM["objective"]}
+    spec = write_spec(tmp_path, optuna=space, trials=3, seed=1, startup_trials=1)
+    first = run_search(spec, tmp_path / "a", data=str(toy_dir), limit=2)  # stopped after 2 trials
+    rest = run_search(spec, tmp_path / "a", data=str(toy_dir))  # the third is proposed from the recorded two
+    once = run_search(spec, tmp_path / "b", data=str(toy_dir))
+    assert [t["point"] for t in rest.trials] == [t["point"] for t in once.trials]
+    assert [t["value"] for t in rest.trials] == [t["value"] for t in once.trials] and len(first.trials) == 2
