@@ -8,7 +8,8 @@
       .lock              one search per folder
 
 A trial line holds its id, point, overrides, validation metric and value, the validation metrics of its best
-epoch, best epoch, epochs trained, training seconds and status (``complete``: ran to ``train.epochs`` or
+epoch, best epoch, epochs trained, training seconds (across resumes), the wall seconds of the call that
+finished it and status (``complete``: ran to ``train.epochs`` or
 patience; ``budget``: stopped by the spec's per-trial budget; ``failed``: the recipe refused the point or the
 loss diverged). It never holds a test metric.
 """
