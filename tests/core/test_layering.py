@@ -1,4 +1,4 @@
-"""One house, one direction: imports only go down the floors, and runs/train/eval/serve never name a model.
+"""One house, one direction: imports only go down the floors, and runs/train/eval/tune/serve never name a model.
 
 Floors, lowest first: ``errors.py``, ``io.py`` and ``progress.py`` (the ground floor) < ``data/`` < ``config.py`` < ``nn/`` <
 ``sid/`` < ``models/`` < ``objectives/`` < ``runs/`` < ``eval/`` < ``train/`` < ``tune/`` < ``serve/`` < the command line

@@ -12,6 +12,8 @@ from genrec.config import config_from_dict, load_config
 from genrec.errors import ConfigError
 from genrec.runs.layout import results_path
 from genrec.train.base import TrainerBase
+from genrec.train.run import train_run
+from genrec.train.run_folder import validation_only
 from genrec.tune import search as search_mod
 from genrec.tune.records import read_trials
 from genrec.tune.samplers import propose, random_point
@@ -194,3 +196,13 @@ def test_an_optuna_search_replays_its_recorded_trials_after_a_restart(toy_dir, t
     once = run_search(spec, tmp_path / "b", data=str(toy_dir))
     assert [t["point"] for t in rest.trials] == [t["point"] for t in once.trials]
     assert [t["value"] for t in rest.trials] == [t["value"] for t in once.trials] and len(first.trials) == 2
+
+
+def test_validation_only_trains_without_testing_and_ends_with_its_block(toy, tmp_path):
+    cfg = config_from_dict(tiny_cfg("sasrec", train={"epochs": 1}))
+    with validation_only():
+        res = train_run(cfg, tmp_path / "run", dataset=toy)
+    assert res == {"summary": res["summary"], "validation_only": True} and res["summary"]["finished"]
+    assert not results_path(tmp_path / "run").exists()
+    tested = train_run(config_from_dict(tiny_cfg("sasrec", train={"epochs": 1})), tmp_path / "run", dataset=toy)
+    assert "ndcg@10" in tested["metrics"] and results_path(tmp_path / "run").exists()  # outside: tested as ever
