@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     import importlib
 
-    for room in ("genrec.data.cli", "genrec.sid.cli", "genrec.eval.cli", "genrec.serve.cli"):
+    for room in ("genrec.data.cli", "genrec.sid.cli", "genrec.eval.cli", "genrec.tune.cli", "genrec.serve.cli"):
         try:
             mod = importlib.import_module(room)
         except ModuleNotFoundError as exc:  # optional room (e.g. serving extras not installed)

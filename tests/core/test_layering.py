@@ -1,7 +1,7 @@
-"""One house, one direction: imports only go down the floors, and runs/train/eval/serve never name a model.
+"""One house, one direction: imports only go down the floors, and runs/train/eval/tune/serve never name a model.
 
 Floors, lowest first: ``errors.py``, ``io.py`` and ``progress.py`` (the ground floor) < ``data/`` < ``config.py`` < ``nn/`` <
-``sid/`` < ``models/`` < ``objectives/`` < ``runs/`` < ``eval/`` < ``train/`` < ``serve/`` < the command line
+``sid/`` < ``models/`` < ``objectives/`` < ``runs/`` < ``eval/`` < ``train/`` < ``tune/`` < ``serve/`` < the command line
 (``cli.py`` and every ``*/cli.py`` sub-command). A module may import its own floor and any floor below it.
 ``runs/`` (the run-folder layout, checkpoints, the run record, ``open_run``) sits below ``eval/`` because
 evaluation, training and serving all open run folders.
@@ -26,8 +26,8 @@ from typing import NamedTuple
 import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "src" / "genrec"
-FLOORS = ("ground", "data", "config", "nn", "sid", "models", "objectives", "runs", "eval", "train", "serve",
-          "cli")
+FLOORS = ("ground", "data", "config", "nn", "sid", "models", "objectives", "runs", "eval", "train", "tune",
+          "serve", "cli")
 GROUND = ("errors", "io", "progress")
 
 # (importing file under src/genrec, imported module) -> the part of the work that removes the edge
@@ -35,7 +35,7 @@ ALLOWED_EDGES: dict[tuple[str, str], str] = {}
 
 # (file under src/genrec, model registry name written as a string literal) -> the part that removes it
 ALLOWED_NAMES: dict[tuple[str, str], str] = {}
-NAME_ROOMS = ("runs", "train", "eval", "serve")
+NAME_ROOMS = ("runs", "train", "eval", "tune", "serve")
 
 
 class Edge(NamedTuple):

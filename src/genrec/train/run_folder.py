@@ -14,8 +14,9 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -53,19 +54,38 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+_VALIDATION_ONLY: ContextVar[bool] = ContextVar("genrec_validation_only", default=False)
+
+
+@contextmanager
+def validation_only() -> Iterator[None]:
+    """Inside this block every run trains and selects on validation and never touches the test split:
+    :func:`fit_and_test` returns the training summary instead of a test record and writes no results file.
+    A recipe search (:mod:`genrec.tune`) trains its trials under it, so no trial can see a test metric."""
+    token = _VALIDATION_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _VALIDATION_ONLY.reset(token)
+
+
 def fit_and_test(trainer: Any, out: str | Path,
                  extras: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Train (or resume) ``trainer``, then evaluate its best weights on the test split.
 
     The one ending every trainer shares: a non-main DDP rank returns its summary only; a run cut short by
-    ``train.max_steps`` or ``train.max_seconds`` says so instead of evaluating; otherwise ``extras(trainer, record)`` may add keys
-    (other decodings, SID health, ...) and the record goes to ``OUT/results/test.json``.
+    ``train.max_steps`` or ``train.max_seconds`` says so instead of evaluating; under :func:`validation_only`
+    a finished run returns ``{"summary", "validation_only": True}`` and is not tested; otherwise
+    ``extras(trainer, record)`` may add keys (other decodings, SID health, ...) and the record goes to
+    ``OUT/results/test.json``.
     """
     summary = trainer.fit()
     if not getattr(trainer, "main", True):
         return {"summary": summary}
     if not summary.get("finished"):
         return {"summary": summary, "stopped_early_by": summary.get("interrupted_by", "train.max_steps")}
+    if _VALIDATION_ONLY.get():
+        return {"summary": summary, "validation_only": True}
     trainer.load_best()
     res = trainer.evaluate("test")
     if extras is not None:

@@ -1,0 +1,1 @@
+"""Recipe search on validation (``genrec tune``): grid, seeded random, or Optuna TPE (the ``tune`` extra)."""
