@@ -98,7 +98,7 @@ class HSTURanker(Ranker):
         time_bucket_fn: str = "sqrt"  # "sqrt" (production default) or "log"
         num_behaviors: int = 8  # behaviour levels the action embedding can hold
         head_hidden: int = 0  # hidden width of the CTR MLP; 0 = d_model // 2
-        cross_features: bool = False  # True = the candidate token adds MTGR's candidate cross-feature embeddings
+        cross_features: bool = False  # True = the candidate token adds the sum of MTGR's cross-feature embeddings
 
     def __init__(self, cfg: Config, num_items: int, max_len: int) -> None:
         super().__init__()
@@ -167,7 +167,7 @@ class HSTURanker(Ranker):
         sequence with one entry (or None) per layer. 0 drops a column; the mask stays multiplicative.
         """
         N, C = batch.items.shape[1], candidates.shape[1]
-        x, real = self.embed(batch, candidates, features)
+        x, real = self.embed(batch, candidates, features=features)
         base = target_aware_mask(batch.lengths, N, C)  # (B, N+C, N+C)
         per_layer = (list(column_mask) if isinstance(column_mask, Sequence) and not isinstance(column_mask, torch.Tensor)
                      else [column_mask] * len(self.layers))
