@@ -2,9 +2,9 @@
 
 Off (the default): the same weights from a seed, features ignored, no feature tables (the bit-for-bit comparison
 with the pre-refactor models is ``tests/core/test_hstu_block.py``). On: a candidate's features reach its score and
-no other candidate's, on every HPGR path; the trainer computes them once and a reopened run reproduces its
-numbers. That no feature reads a later event is ``tests/hpgr/test_features.py`` (the features, and a ranker's score
-of an earlier impression).
+no other candidate's, on every HPGR path. Elsewhere: the trainer feeds them and a reopened run reproduces its
+numbers (``tests/hpgr/test_ranker_trainer.py``); no feature and no ranker's score of an impression reads a later
+event (``tests/hpgr/test_features.py``).
 """
 
 from __future__ import annotations
@@ -12,16 +12,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from genrec.config import config_from_dict
 from genrec.data.features import CROSS_FEATURES
 from genrec.data.sequences import SeqBatch
-from genrec.eval.evaluate import evaluate_run
 from genrec.models.hpgr import HPGRRanker
 from genrec.models.hstu_ranker import HSTURanker
 from genrec.models.mtgr import MTGR
 from genrec.models.registry import build_model
-from genrec.train.ranker import RankerTrainer, train_ranker_run
-from tests.hpgr.test_ranker_trainer import raw_cfg, toy  # noqa: F401  (toy: the module's dataset fixture)
 
 V, N, B, C = 40, 12, 4, 3
 HPGR_PATHS = [{"pgsa": False}, {"impl": "dense"}, {"impl": "dense", "rows": "candidate"}, {"impl": "gather"},
@@ -115,13 +111,3 @@ def test_hpgr_paths_agree_with_features_and_all_kept_is_the_hstu_ranker():
                               atol=1e-5)
         assert not torch.allclose(sparse[0].score(batch, cands, features=f), want, atol=1e-4)
 
-
-def test_trainer_feeds_the_switch_and_a_reopened_run_reproduces(toy, tmp_path):  # noqa: F811
-    on = raw_cfg(train={"epochs": 1})
-    on["model"]["cross_features"] = True
-    tr = RankerTrainer(config_from_dict(on), tmp_path / "probe", toy)
-    assert tr.needs_features and set(CROSS_FEATURES) <= set(tr.features)
-    assert RankerTrainer(config_from_dict(raw_cfg(train={"epochs": 1})), tmp_path / "off", toy).features is None
-    res = train_ranker_run(config_from_dict(on), tmp_path / "run", dataset=toy)
-    assert evaluate_run(tmp_path / "run", "test")["metrics"] == res["metrics"]  # the reopened run reads them too
-    assert res["metrics"]["auc"] > 0.8
