@@ -1,11 +1,13 @@
 """MTGR impression features: hand-computed values, brute-force equality, and no leakage from events at or
-after an impression's time (nor from events after the test cut-off)."""
+after an impression's time (nor from events after the test cut-off), also through the score of every ranker that
+reads them (MTGR, and the HSTU ranker and HPGR with ``model.cross_features``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from genrec.data.features import (
     CROSS_FEATURES,
@@ -18,9 +20,15 @@ from genrec.data.features import (
     rate_bucket,
     user_profile_table,
 )
-from genrec.data.impressions import impressions_from_behaviors, impressions_from_ratings, temporal_split
+from genrec.data.impressions import (
+    impressions_from_behaviors,
+    impressions_from_ratings,
+    make_impression_batch,
+    temporal_split,
+)
 from genrec.data.schema import Dataset, Interactions
 from genrec.errors import ConfigError
+from genrec.models.registry import build_model
 
 BEH = ["pv", "fav", "cart", "buy"]
 
@@ -194,6 +202,34 @@ def test_events_after_cutoff_change_nothing_before_it():
     after = _keyed(pert, new, lambda t: t < cutoff)
     assert before == after and len(before) > 100
 
+
+
+def _scores(model, ds: Dataset) -> dict[tuple[int, int, int], float]:
+    """(user, item, time) -> the ranker's score of that impression, its features and history as the trainer's."""
+    imps = impressions_from_ratings(ds.interactions)
+    feats = {k: torch.from_numpy(v) for k, v in impression_features(ds, imps, 10_000).items()}
+    batch, cands, _ = make_impression_batch(ds.interactions, imps, np.arange(len(imps)), 20)
+    with torch.no_grad():
+        s = model.score(batch, cands, features=feats)[:, 0].tolist()
+    return {(int(u), int(i), int(t)): v for u, i, t, v in zip(imps.user_id, imps.item_id, imps.timestamp, s)}
+
+
+@pytest.mark.parametrize("name,kw", [("mtgr", {"feat_dim": 4}), ("hstu_ranker", {"cross_features": True}),
+                                     ("hpgr", {"cross_features": True, "top_k": 3})])
+def test_a_rankers_score_of_an_impression_reads_no_later_event(name, kw):
+    """End to end for every ranker that takes the features: change every event after t0 (and add some at t0) and
+    every impression at or before t0 keeps its score; a later one does not."""
+    ds = _random_dataset(seed=3)
+    torch.manual_seed(0)
+    model = build_model({"name": name, "d_model": 16, "num_layers": 1, "num_heads": 2, **kw}, ds.num_items, 20).eval()
+    imps = impressions_from_ratings(ds.interactions)
+    t0 = int(np.median(imps.timestamp))
+    base, pert = _scores(model, ds), _scores(model, _perturbed(ds, t0, seed=5, at_t0=True))
+    early = [k for k in base if k[2] <= t0]
+    assert len(early) > 50 and set(early) <= set(pert)
+    assert np.allclose([base[k] for k in early], [pert[k] for k in early], rtol=0, atol=1e-6)
+    late = [k for k in base if k[2] > t0 and k in pert]
+    assert not np.allclose([base[k] for k in late], [pert[k] for k in late], rtol=0, atol=1e-6)
 
 def test_behavior_log_positives_are_engagement_events():
     H = 3600

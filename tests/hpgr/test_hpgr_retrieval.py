@@ -320,6 +320,15 @@ def test_rerank_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path, retrieve
     assert res["metrics"] == full["metrics"] and res["beta"] == full["beta"]
 
 
+
+def test_rerank_refuses_a_ranker_that_asks_for_impression_features(tmp_path, retriever_and_artifact):
+    """hpgr passes the class check (its default takes no features); model.cross_features turns them on, and the
+    retrieval track has no impressions to compute them from."""
+    ds, ret, art = retriever_and_artifact
+    rr = parse_rerank_config({**TINY_RERANK, "model": {**TINY_RERANK["model"], "cross_features": True}})
+    with pytest.raises(ConfigError, match="model.cross_features"):
+        rerank_run(ret, art, rr, tmp_path / "rr")
+
 def test_rerank_settings_are_checked():
     with pytest.raises(ConfigError):
         parse_rerank_config({"top_k": 10, "num_negatives": 10})

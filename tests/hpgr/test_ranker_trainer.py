@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from genrec.config import config_from_dict
+from genrec.data.features import CROSS_FEATURES
 from genrec.data.schema import Dataset, load_dataset, write_dataset
 from genrec.errors import CheckpointError, ConfigError
 from genrec.eval.evaluate import evaluate_run
@@ -243,3 +244,16 @@ def test_features_hook_feeds_models_that_ask(toy, tmp_path, monkeypatch):
     assert CALLS["features"] == [(toy.fingerprint, len(data.imps), data.t_test)]  # once, cut at the test start
     assert CALLS["train"] > 0 and CALLS["eval"] > 0  # the training step and the evaluation both read features
     assert res["metrics"]["num_impressions"] == len(data.part("test"))
+
+
+def test_trainer_feeds_the_switch_and_a_reopened_run_reproduces(toy, tmp_path):
+    """model.cross_features on the HSTU ranker: the trainer computes the impression features (off: it does not),
+    trains on them, and `genrec evaluate` reopens the run with them to the same numbers."""
+    on = raw_cfg(train={"epochs": 1})
+    on["model"]["cross_features"] = True
+    tr = RankerTrainer(config_from_dict(on), tmp_path / "probe", toy)
+    assert tr.needs_features and set(CROSS_FEATURES) <= set(tr.features)
+    assert RankerTrainer(config_from_dict(raw_cfg(train={"epochs": 1})), tmp_path / "off", toy).features is None
+    res = train_ranker_run(config_from_dict(on), tmp_path / "run", dataset=toy)
+    assert evaluate_run(tmp_path / "run", "test")["metrics"] == res["metrics"]  # the reopened run reads them too
+    assert res["metrics"]["auc"] > 0.8

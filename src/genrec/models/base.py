@@ -76,13 +76,25 @@ class Retriever(Model):
         return self.item_vectors(torch.arange(self.num_items + 1, device=self.device))
 
 
+class ConfigCapability:
+    """A capability that a config switch decides (``model.<key>``): the switch's value on a model, its default
+    on the class, so a check that reads the class before building a model (a re-rank's) still gets a bool."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __get__(self, model: Model | None, owner: type) -> bool:
+        return bool(getattr(owner.Config if model is None else model.cfg, self.key))
+
+
 class Ranker(Model):
     """CTR rankers: ``score(batch, candidates) -> (B, C)`` logits; trained with :func:`genrec.objectives.ctr_bce`.
 
     Capabilities:
 
     - ``needs_features``: ``score`` / ``score_candidates`` take ``features={name: (B, ...) tensor}`` (the
-      impression side features of :func:`genrec.data.features.impression_features`);
+      impression side features of :func:`genrec.data.features.impression_features`); a
+      :class:`ConfigCapability` when a config switch turns them on (the HSTU ranker's ``model.cross_features``);
     - ``accepts_pretrained``: ``model.pretrained`` may name an HPGR stage-1 artifact that initialises the model
       (what a two-stage re-rank over a retriever needs).
     """

@@ -30,6 +30,7 @@ from genrec.models.hpgr_sem import (  # noqa: F401  (re-exported)
 from genrec.models.hstu_ranker import ColumnMask, HSTURanker
 from genrec.models.pretrained import Pretrained, PretrainedSettings, check_stage1, model_stage1, stage1_sem
 from genrec.models.registry import register
+from genrec.nn.cross_features import Features, per_candidate_rows
 from genrec.nn.hstu_block import DenseAttention, HSTUBlock
 from genrec.nn.sparse import IMPLS, ROWS, WINDOWS, PGSAAttention, kept_columns, pgsa_relevance, pgsa_weights
 
@@ -104,7 +105,8 @@ class HPGRRanker(HSTURanker):
     Relevance ``r_j = <Ê[c], Ê[i_j]>`` comes from a frozen copy of the pre-trained table
     (``freeze_relevance``), or from the ranker's own table, detached, when there is no pre-training (a
     frozen *random* table would pick random anchors) or ``freeze_relevance=False``. Top-K never passes
-    gradients either way.
+    gradients either way. ``model.cross_features`` (the HSTU ranker's switch) adds the candidate cross features to
+    the candidate token only; the relevance and the PGSA selection still read item ids alone.
     """
 
     accepts_pretrained = True
@@ -203,10 +205,10 @@ class HPGRRanker(HSTURanker):
             else None
         return self.sem(batch.items, batch.timestamps, sids, batch.lengths).events
 
-    def embed(self, batch: SeqBatch, candidates: torch.Tensor,
-              sem: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(self, batch: SeqBatch, candidates: torch.Tensor, sem: torch.Tensor | None = None,
+              features: Features = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The ranker's inputs, plus ``W_sem u_j`` on the history tokens when the SEM is used."""
-        x, real = super().embed(batch, candidates)  # (B, N+C, D), (B, N+C)
+        x, real = super().embed(batch, candidates, features)  # (B, N+C, D), (B, N+C)
         if self.sem is None:
             return x, real
         assert self.sem_proj is not None
@@ -215,8 +217,8 @@ class HPGRRanker(HSTURanker):
         hist = x[:, :N] + self.sem_proj(sem.to(x.dtype)) * real[:, :N, None]
         return torch.cat([hist, x[:, N:]], dim=1), real
 
-    def candidate_outputs(self, batch: SeqBatch, candidates: torch.Tensor,
-                          column_mask: ColumnMask = None) -> torch.Tensor:
+    def candidate_outputs(self, batch: SeqBatch, candidates: torch.Tensor, column_mask: ColumnMask = None,
+                          features: Features = None) -> torch.Tensor:
         """(B, C, D) encoder outputs at the candidates, PGSA in every layer (one mask for all layers).
 
         impl="dense": the ranker's own masked attention with the PGSA weights as its ``column_mask``.
@@ -226,7 +228,7 @@ class HPGRRanker(HSTURanker):
         impl="gather", rows="candidate": causal history pass plus the candidate row on its kept columns.
         """
         if not self.cfg.pgsa:
-            return super().candidate_outputs(batch, candidates, column_mask)
+            return super().candidate_outputs(batch, candidates, column_mask, features)
         if column_mask is not None:
             raise ValueError("hpgr: PGSA builds its own column mask; pass column_mask only with model.pgsa=false")
         cfg = self.cfg
@@ -234,15 +236,16 @@ class HPGRRanker(HSTURanker):
         C = candidates.shape[1]
         flat, cand = _per_candidate(batch, candidates)  # (B*C, N), (B*C, 1): the mask depends on the candidate
         w = self.column_weights(flat, cand[:, 0])  # (B*C, N)
+        flat_features = per_candidate_rows(features, C)  # (B*C, 1) each, as the candidates
         if cfg.impl == "dense":
             if cfg.rows == "candidate":  # history rows are candidate-free: one shared pass
-                return super().candidate_outputs(batch, candidates, w.view(B, C, N))
-            return super().candidate_outputs(flat, cand, w).reshape(B, C, -1)
+                return super().candidate_outputs(batch, candidates, w.view(B, C, N), features)
+            return super().candidate_outputs(flat, cand, w, flat_features).reshape(B, C, -1)
         sem = None
         if self.sem is not None:
             sem = self.sem_features(batch)  # (B, N, Dp), once per user, not per candidate
             sem = sem.repeat_interleave(C, dim=0) if C > 1 else sem
-        x, real = self.embed(flat, cand, sem)  # (B*C, N+1, D)
+        x, real = self.embed(flat, cand, sem, flat_features)  # (B*C, N+1, D)
         if cfg.rows == "candidate":
             attention = PGSAAttention(w, flat.lengths, self.max_len, "candidate", "gather")
             for layer in self.layers:

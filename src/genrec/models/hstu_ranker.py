@@ -13,6 +13,12 @@ inference of §3.4; layer semantics follow the authors' production modules (spec
   sees the real history and itself, history rows never see candidates, candidates never see each
   other. So ``C`` candidates are scored in one pass and each gets the score it would get alone.
 
+Equal inputs (``model.cross_features``, default off): the candidate token also gets the sum of the embeddings of
+the candidate cross features MTGR reads (:data:`genrec.data.features.CROSS_FEATURES`, each from events strictly
+before the impression), so the rankers can be compared with the same inputs. Summed, not MTGR's concatenation
+through an MLP: every other attribute of an HSTU token (item, position, time gap, action) is an added
+embedding, and a sum adds no layer of its own, so a row with and a row without them differ in the features only.
+
 Deviations: one CTR head (MLP on the candidate output) instead of the multi-task module; the action
 encoder is one embedding per behaviour level (plus a learned "unknown action" for candidates)
 instead of summed multi-hot action bits; no contextual prefix tokens and no local attention window.
@@ -27,9 +33,15 @@ import torch
 from torch import nn
 
 from genrec.data.sequences import SeqBatch
-from genrec.models.base import Ranker
+from genrec.models.base import ConfigCapability, Ranker
 from genrec.models.registry import register
 from genrec.nn.attention import with_column_mask
+from genrec.nn.cross_features import (
+    Features,
+    cross_feature_embeddings,
+    cross_feature_tables,
+    slice_candidates,
+)
 from genrec.nn.embedding import item_embedding
 from genrec.nn.hstu_block import DenseAttention, HSTUBlock, head_widths
 
@@ -69,6 +81,8 @@ def time_bucket(delta: torch.Tensor, num_buckets: int, fn: str = "sqrt") -> torc
 class HSTURanker(Ranker):
     """Target-aware HSTU pCTR model: ``score(batch, candidates) -> (B, C)`` logits."""
 
+    needs_features = ConfigCapability("cross_features")  # impression features only when the switch is on
+
     @dataclass
     class Config:
         d_model: int = 64
@@ -84,6 +98,7 @@ class HSTURanker(Ranker):
         time_bucket_fn: str = "sqrt"  # "sqrt" (production default) or "log"
         num_behaviors: int = 8  # behaviour levels the action embedding can hold
         head_hidden: int = 0  # hidden width of the CTR MLP; 0 = d_model // 2
+        cross_features: bool = False  # True = the candidate token adds the sum of MTGR's cross-feature embeddings
 
     def __init__(self, cfg: Config, num_items: int, max_len: int) -> None:
         super().__init__()
@@ -107,13 +122,21 @@ class HSTURanker(Ranker):
         )
         hidden = cfg.head_hidden or max(1, d // 2)
         self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        if cfg.cross_features:  # built last, so a seed draws every other weight as it does with the switch off
+            self.cross_emb = cross_feature_tables(d)
+            for emb in self.cross_emb.values():
+                nn.init.normal_(emb.weight, std=0.02)
 
     @property
     def device(self) -> torch.device:
         return self.item_emb.weight.device
 
-    def embed(self, batch: SeqBatch, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, N+C, D) inputs of history then candidates, and the (B, N+C) bool mask of real tokens."""
+    def embed(self, batch: SeqBatch, candidates: torch.Tensor,
+              features: Features = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N+C, D) inputs of history then candidates, and the (B, N+C) bool mask of real tokens.
+
+        ``features`` (``model.cross_features`` only): the candidates' cross features, (B,) or (B, C) each.
+        """
         N = batch.items.shape[1]
         dev = batch.items.device
         ar = torch.arange(N, device=dev)
@@ -127,20 +150,24 @@ class HSTURanker(Ranker):
         unknown = torch.full_like(candidates, self.cfg.num_behaviors + 1)
         zero = torch.zeros_like(candidates)
         cand = self.item_emb(candidates) + self.pos_emb(zero) + self.time_emb(zero) + self.action_emb(unknown)
+        if self.cfg.cross_features:
+            B, C = candidates.shape
+            for e in cross_feature_embeddings(self.cross_emb, features, B, C, dev, self.registry_name):
+                cand = cand + e  # (B, C, D)
         x = torch.cat([hist * valid[..., None], cand], dim=1)  # (B, N+C, D)
         real = torch.cat([valid, candidates > 0], dim=1)  # (B, N+C)
         return self.input_dropout(x) * real[..., None], real
 
-    def candidate_outputs(self, batch: SeqBatch, candidates: torch.Tensor,
-                          column_mask: ColumnMask = None) -> torch.Tensor:
-        """(B, C, D) encoder outputs at the candidate tokens.
+    def candidate_outputs(self, batch: SeqBatch, candidates: torch.Tensor, column_mask: ColumnMask = None,
+                          features: Features = None) -> torch.Tensor:
+        """(B, C, D) encoder outputs at the candidate tokens (``features``: as :meth:`embed`).
 
         ``column_mask`` is the hook for PGSA-style sparse attention: weights on the history columns,
         (B, N) for all rows or (B, C, N) for the candidate rows only; one tensor for every layer or a
         sequence with one entry (or None) per layer. 0 drops a column; the mask stays multiplicative.
         """
         N, C = batch.items.shape[1], candidates.shape[1]
-        x, real = self.embed(batch, candidates)
+        x, real = self.embed(batch, candidates, features=features)
         base = target_aware_mask(batch.lengths, N, C)  # (B, N+C, N+C)
         per_layer = (list(column_mask) if isinstance(column_mask, Sequence) and not isinstance(column_mask, torch.Tensor)
                      else [column_mask] * len(self.layers))
@@ -155,8 +182,12 @@ class HSTURanker(Ranker):
         return x[:, N:]
 
     def score(self, batch: SeqBatch, candidates: torch.Tensor, column_mask: ColumnMask = None,
-              micro_batch: int | None = None) -> torch.Tensor:
-        """(B, C) logits for candidates (B, C); ``micro_batch`` splits C into chunks (M-FALCON's b_m)."""
+              micro_batch: int | None = None, features: Features = None) -> torch.Tensor:
+        """(B, C) logits for candidates (B, C); ``micro_batch`` splits C into chunks (M-FALCON's b_m).
+
+        ``features``: the impression features (:func:`genrec.data.features.impression_features`), read only
+        with ``model.cross_features``; missing ones read as "no earlier data".
+        """
         if candidates.dim() == 1:
             candidates = candidates[:, None]
         C = candidates.shape[1]
@@ -165,7 +196,9 @@ class HSTURanker(Ranker):
                 raise ValueError("score: micro_batch needs a (B, C, N) candidate-row column_mask or none")
             return torch.cat([
                 self.score(batch, candidates[:, i : i + micro_batch],
-                           None if column_mask is None else column_mask[:, i : i + micro_batch])
+                           None if column_mask is None else column_mask[:, i : i + micro_batch],
+                           features=slice_candidates(features, i, i + micro_batch))
                 for i in range(0, C, micro_batch)
             ], dim=1)
-        return self.head(self.candidate_outputs(batch, candidates, column_mask)).squeeze(-1)  # (B, C)
+        kw = {"features": features} if self.cfg.cross_features else {}
+        return self.head(self.candidate_outputs(batch, candidates, column_mask, **kw)).squeeze(-1)  # (B, C)

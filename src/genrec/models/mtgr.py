@@ -43,13 +43,17 @@ from genrec.errors import ConfigError
 from genrec.models.base import Ranker
 from genrec.models.hstu_ranker import time_bucket
 from genrec.models.registry import register
+from genrec.nn.cross_features import (
+    Features,
+    candidate_feature,
+    cross_feature_embeddings,
+    cross_feature_tables,
+)
 from genrec.nn.hstu_block import DenseAttention, HSTUBlock, head_widths
 
 # token groups
 GROUP_U, GROUP_S, GROUP_R, GROUP_C = 0, 1, 2, 3
 NUM_GROUPS = 4
-
-Features = dict[str, torch.Tensor] | None
 
 _P_VALUE, _P_FIELD = 1_000_003, 7_919
 
@@ -144,7 +148,7 @@ class MTGR(Ranker):
         self.profile_emb = nn.Embedding(cfg.profile_buckets + 1, d)  # 0 = missing value
         self.field_emb = nn.Embedding(cfg.max_profile_fields, d)
         self.cat_emb = nn.Embedding(cfg.category_buckets + 1, df)  # 0 = no category
-        self.cross_emb = nn.ModuleDict({name: nn.Embedding(v, df) for name, v in CROSS_FEATURES.items()})
+        self.cross_emb = cross_feature_tables(df)
         self.cand_mlp = _mlp(di + df + len(CROSS_FEATURES) * df, d)
         for emb in (self.item_emb, self.time_emb, self.action_emb, self.profile_emb, self.field_emb, self.cat_emb,
                     *self.cross_emb.values()):
@@ -193,18 +197,6 @@ class MTGR(Ranker):
         return self.item_emb.weight.device
 
     # ------------------------------------------------------------------ features
-    def _cand_feature(self, features: Features, name: str, B: int, C: int) -> torch.Tensor:
-        """(B, C) int64 ids of a per-candidate feature; zeros when absent."""
-        dev = self.device
-        if not features or name not in features or features[name] is None:
-            return torch.zeros(B, C, dtype=torch.long, device=dev)
-        t = torch.as_tensor(features[name], device=dev).long()
-        if t.dim() == 1:
-            t = t[:, None]
-        if t.dim() != 2 or t.shape[0] != B or t.shape[1] != C:
-            raise ValueError(f"mtgr: feature '{name}' has shape {tuple(t.shape)}, expected ({B},) or ({B}, {C})")
-        return t
-
     def _profile_ids(self, features: Features, B: int) -> torch.Tensor:
         """(B, F) hashed profile ids (0 = missing); one all-missing field when no profile is given."""
         dev = self.device
@@ -252,13 +244,10 @@ class MTGR(Ranker):
         fields = torch.cat([self.item_emb(batch.items), self.time_emb(tb), self.action_emb(act)], dim=-1)
         xh = torch.where(recent[..., None], self.seq_mlp[1](fields), self.seq_mlp[0](fields))
         # C: candidate tokens with item side features and cross features
-        cat = self._cand_feature(features, "cand_category", B, C)
+        cat = candidate_feature(features, "cand_category", B, C, dev, "mtgr")
         cat = torch.where(cat > 0, 1 + (cat * _P_VALUE) % cfg.category_buckets, torch.zeros_like(cat))
-        parts = [self.item_emb(candidates), self.cat_emb(cat)]
-        for name, vocab in CROSS_FEATURES.items():
-            ids = (self._cand_feature(features, name, B, C).clamp(0, vocab - 1) if cfg.cross_features
-                   else torch.zeros(B, C, dtype=torch.long, device=dev))
-            parts.append(self.cross_emb[name](ids))
+        parts = [self.item_emb(candidates), self.cat_emb(cat),
+                 *cross_feature_embeddings(self.cross_emb, features if cfg.cross_features else None, B, C, dev, "mtgr")]
         xc = self.cand_mlp(torch.cat(parts, dim=-1))
         x = torch.cat([xu, xh, xc], dim=1)  # (B, T, D)
         groups = torch.cat([

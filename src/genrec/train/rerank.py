@@ -156,6 +156,9 @@ class RerankTrainer(TrainerBase):
         self.split = split_from_config(self.seqs, base.data)
         self.exclude_history = base.eval.exclude_history
         ranker = build_model(model, retriever.dataset.num_items, base.data.max_len)  # rcfg.check() vetted its class
+        if ranker.needs_features:  # a config switch turned them on; a retriever's candidates have no impressions
+            raise ConfigError("rerank: the ranker asks for impression features (model.cross_features); "
+                              "the retrieval track has none, set it to false")
         beta0 = 1.0 / float(base.objective.temperature)  # the retriever's own logit scale
         self.model = Reranker(ranker, rcfg.fuse, beta0).to(self.device)
         self.optimizer = build_optimizer([p for p in self.model.parameters() if p.requires_grad], rcfg)
