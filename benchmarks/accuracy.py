@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_result  # noqa: E402
+from common import ablation_suffix, write_result  # noqa: E402
 
 from genrec.config import load_config  # noqa: E402
 from genrec.errors import GenrecError  # noqa: E402
@@ -70,18 +70,6 @@ def evaluate_as_is(cfg, run_dir: Path) -> dict:
                                       "metrics": other["metrics"]}
     res["train"] = trainer.summary()
     return res
-
-
-def ablation_suffix(recipe_stem: str, ablation_stem: str) -> str:
-    """The ablation's name without the dash-separated words it shares with the recipe's, from the left.
-
-    Whole words, so glass-ml100k-cpu + glass-ml100k-cr gives "cr" (a character-wise prefix would eat the "c").
-    """
-    base, abl = recipe_stem.split("-"), ablation_stem.split("-")
-    n = 0
-    while n < min(len(base), len(abl) - 1) and base[n] == abl[n]:
-        n += 1
-    return "-".join(abl[n:])
 
 
 def main() -> None:

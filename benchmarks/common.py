@@ -45,6 +45,18 @@ def command_line() -> str:
     return "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
 
 
+def ablation_suffix(recipe_stem: str, ablation_stem: str) -> str:
+    """The ablation's name without the dash-separated words it shares with the recipe's, from the left.
+
+    Whole words, so glass-ml100k-cpu + glass-ml100k-cr gives "cr" (a character-wise prefix would eat the "c").
+    """
+    base, abl = recipe_stem.split("-"), ablation_stem.split("-")
+    n = 0
+    while n < min(len(base), len(abl) - 1) and base[n] == abl[n]:
+        n += 1
+    return "-".join(abl[n:])
+
+
 def write_result(name: str, record: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {**record, "command": command_line(), "date": time.strftime("%Y-%m-%d"), "commit": commit(),

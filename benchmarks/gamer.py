@@ -54,9 +54,11 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def variant_name(data: str, recipe: str, ablation: str | None) -> str:
+    """``gamer-<data>-<recipe>[-<ablation>]``; the ablation without the leading words it shares with the recipe
+    (gamer-tmall-cpu + gamer-tmall-nocross gives ...-gamer-tmall-cpu-nocross)."""
     name = f"gamer-{Path(data).name}-{Path(recipe).stem}"
     if ablation:
-        name += "-" + Path(ablation).stem.replace("gamer-taobao-", "")
+        name += "-" + common.ablation_suffix(Path(recipe).stem, Path(ablation).stem)
     return name
 
 

@@ -217,7 +217,7 @@ def test_benchmark_script_runs_seeds_resumes_and_reports(tmp_path, capsys):
               "generator": {"beam_size": 5}, "sid": {"table": str(tmp_path / "sids.json")},
               "multibehavior": {"session_gap": 1800, "augment": 1}}
     (tmp_path / "gamer-toy.yaml").write_text(yaml.safe_dump(recipe))
-    (tmp_path / "gamer-taobao-nocross.yaml").write_text("extends: gamer-toy.yaml\nsource: x\nmodel: {cross_layers: 0}\n")
+    (tmp_path / "gamer-toy-nocross.yaml").write_text("extends: gamer-toy.yaml\nsource: x\nmodel: {cross_layers: 0}\n")
     (tmp_path / "recency.yaml").write_text(yaml.safe_dump({"model": {"name": "recency"}, "data": {"max_len": 10},
                                                            "eval": {"ks": [1, 5]}, "generator": {"beam_size": 5},
                                                            "multibehavior": {"session_gap": 1800}}))
@@ -259,7 +259,7 @@ def test_benchmark_script_runs_seeds_resumes_and_reports(tmp_path, capsys):
         f.unlink()  # keep the report-table count below about the variants above
     # an ablation's own keys over the recipe, and the deterministic heuristic (one evaluation)
     assert bench.main(["--recipe", str(tmp_path / "gamer-toy.yaml"), "--ablation",
-                       str(tmp_path / "gamer-taobao-nocross.yaml"), "--seeds", "3", *common]) == 0
+                       str(tmp_path / "gamer-toy-nocross.yaml"), "--seeds", "3", *common]) == 0
     abl = json.loads((tmp_path / "res" / "gamer-data-gamer-toy-nocross.json").read_text())
     assert abl["config"]["model"]["cross_layers"] == 0 and abl["config"]["source"] == "test"
     assert bench.main(["--recipe", str(tmp_path / "recency.yaml"), "--seeds", "1", "2", "3", *common]) == 0

@@ -7,7 +7,8 @@ It lives beside the data it shapes (:mod:`genrec.data.multibehavior`) and import
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from genrec.errors import ConfigError
 
@@ -29,6 +30,7 @@ class MultiBehaviorConfig:
     warmup_ratio: float = 0.04  # linear warmup over this fraction of all steps, then cosine decay to 0
     early_stop: str = "valid_loss"  # valid_loss (GAMER) or "<behavior>/<metric>", e.g. buy/ndcg@10
     valid_max_users: int = 0  # 0 = every validation user; else a fixed seeded subset
+    length_bucketing: bool = False  # training sequences of similar length share a batch; off = one plain shuffle
 
     def check(self) -> None:
         """A ConfigError naming the first ``multibehavior.*`` value the protocol cannot use."""
@@ -39,6 +41,15 @@ class MultiBehaviorConfig:
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"multibehavior.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
         _at_least("min_history", self.min_history, 0)
+
+
+def with_defaults(recorded: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A run record's ``multibehavior`` section with every key it lacks at its default.
+
+    A run recorded before a key existed ran with that key's default, so it still matches a recipe that leaves the
+    key at its default (an older run folder resumes) and differs from one that turns it on.
+    """
+    return None if recorded is None else {**asdict(MultiBehaviorConfig()), **recorded}
 
 
 def _at_least(key: str, value: int, low: int, unit: str = "") -> None:

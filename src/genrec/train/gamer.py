@@ -38,8 +38,9 @@ from genrec.data.multibehavior import (
     session_split,
     training_sequences,
 )
+from genrec.data.multibehavior_config import with_defaults
 from genrec.data.schema import Dataset
-from genrec.data.sequences import pad_windows
+from genrec.data.sequences import batch_order, pad_windows
 from genrec.errors import ConfigError, DataError
 from genrec.eval.metrics import MULTI_TARGET, check_stop_metric
 from genrec.eval.multibehavior import (
@@ -173,8 +174,10 @@ class GamerTrainer(TrainerBase):
                 "num_parameters": sum(p.numel() for p in self.model.parameters())}
 
     def compatible(self, key: str, old: Any, new: Any) -> bool:
-        if key == "multibehavior" and training_options(old) == training_options(new):
-            return True  # only evaluation settings differ: the trained model can be re-tested
+        if key == "multibehavior":
+            old, new = with_defaults(old), with_defaults(new)  # a key added later ran at its default
+            if training_options(old) == training_options(new):
+                return True  # only evaluation settings differ: the trained model can be re-tested
         return super().compatible(key, old, new)
 
     # -- batches ----------------------------------------------------------------------------------------
@@ -219,9 +222,12 @@ class GamerTrainer(TrainerBase):
         return total / max(count, 1)
 
     def epoch_batches(self, epoch: int) -> list[np.ndarray]:
-        bs = self.cfg.train.batch_size
-        order = np.random.default_rng([self.cfg.train.seed, epoch]).permutation(len(self.train_seqs))
-        return [order[i:i + bs] for i in range(0, len(order), bs)]
+        # Without bucketing this is one permutation cut into batches (the recorded runs); with it, sequences of
+        # similar length share a batch, so short multi-behavior logs (Tmall: 7 events on average for a window of
+        # 21) stop paying for padding.
+        lengths = np.diff(self.train_seqs.offsets)  # (S,) interactions per training sequence
+        return batch_order(lengths, self.cfg.train.batch_size, np.random.default_rng([self.cfg.train.seed, epoch]),
+                           self.opts.length_bucketing)
 
     def step_loss(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = self.train_batch(rows)

@@ -33,8 +33,9 @@ import torch
 
 from genrec.config import RunConfig
 from genrec.data.multibehavior import BehaviorLevels, MultiBehaviorConfig, session_split, training_sequences
+from genrec.data.multibehavior_config import with_defaults
 from genrec.data.schema import Dataset
-from genrec.data.sequences import SeqBatch, pad_windows
+from genrec.data.sequences import SeqBatch, batch_order, pad_windows
 from genrec.errors import ConfigError
 from genrec.eval.metrics import MULTI_TARGET, check_stop_metric, select_metrics
 from genrec.eval.multibehavior import evaluate_behaviors, metrics_record, protocol_record
@@ -97,6 +98,10 @@ class MultiBehaviorProtocol:
     def num_examples(self) -> int:
         raise NotImplementedError
 
+    def example_lengths(self) -> np.ndarray:
+        """(num_examples,) events each training example reads (what ``multibehavior.length_bucketing`` sorts by)."""
+        raise NotImplementedError
+
     # -- the trainer's hooks ----------------------------------------------------------------------------
     def evaluation_setup(self, cfg: RunConfig) -> str:
         return self.mb.early_stop
@@ -110,15 +115,23 @@ class MultiBehaviorProtocol:
         self.schedule = lr_schedule("cosine", tc.lr, total_steps=self.total_steps, warmup_ratio=self.mb.warmup_ratio)
         self.adapter = behavior_ranker(self.model)
 
+    def compatible(self, key: str, old: Any, new: Any) -> bool:
+        if key == "multibehavior":  # a key added later ran at its default
+            return with_defaults(old) == with_defaults(new)
+        return super().compatible(key, old, new)  # type: ignore[misc]  (the trainer's, next in the bases)
+
     def run_record(self) -> dict[str, Any]:
         return {**RunFolder.run_record(self), "multibehavior": asdict(self.mb),
                 "sid_fingerprint": self.sids.fingerprint if self.sids is not None else None,
                 "num_train_examples": int(self.num_examples())}
 
     def epoch_batches(self, epoch: int) -> list[np.ndarray]:
-        bs = self.cfg.train.batch_size
-        order = np.random.default_rng([self.cfg.train.seed, epoch]).permutation(self.num_examples())
-        return [order[i:i + bs] for i in range(0, len(order), bs)]
+        """One permutation cut into batches, or (``multibehavior.length_bucketing``) examples of similar length
+        batched together."""
+        rng = np.random.default_rng([self.cfg.train.seed, epoch])
+        if not self.mb.length_bucketing:
+            return batch_order(np.zeros(self.num_examples(), np.int64), self.cfg.train.batch_size, rng, False)
+        return batch_order(self.example_lengths(), self.cfg.train.batch_size, rng, True)
 
     def _evaluate(self, which: str, behaviors: list[int] | None = None, max_users: int = 0):
         g = self.cfg.generator
@@ -169,6 +182,9 @@ class MultiBehaviorRetriever(MultiBehaviorProtocol, Trainer):
     def num_examples(self) -> int:
         return len(self.targets)
 
+    def example_lengths(self) -> np.ndarray:
+        return np.diff(self.windows.offsets)[self.targets]  # (T,) events of each window
+
     def train_batch(self, ids: np.ndarray) -> SeqBatch:
         """Windows ``targets[ids]`` -> inputs ``w[:-1]`` and next items ``w[1:]`` (no timestamps)."""
         items = self.seqs.items
@@ -199,6 +215,9 @@ class MultiBehaviorGenerator(MultiBehaviorProtocol, GeneratorTrainer):
 
     def num_examples(self) -> int:
         return len(self.examples)
+
+    def example_lengths(self) -> np.ndarray:
+        return np.minimum(self.examples.ends, self.cfg.data.max_len)  # (T,) history events of each target
 
 
 def multibehavior_trainer(cfg: RunConfig, run_dir: str | Path, dataset: Dataset, sids: SIDTable | None = None,
