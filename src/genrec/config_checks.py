@@ -103,7 +103,7 @@ RULES: dict[str, Rule] = {
     "multibehavior.candidates": one_of("behavior_history", "history", "behavior", "all"),
     "multibehavior.eval_behaviors": NAMES, "multibehavior.warmup_ratio": fraction(),
     "multibehavior.early_stop": matching(r"valid_loss|[^/\s]+/[^/\s]+", "valid_loss or BEHAVIOR/METRIC", "ndcg"),
-    "multibehavior.valid_max_users": at_least(0),
+    "multibehavior.valid_max_users": at_least(0), "multibehavior.length_bucketing": BOOL,
 }  # fmt: skip
 
 # keys whose value is free-form text (a path, a name resolved later): why each has no rule here
