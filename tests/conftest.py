@@ -108,3 +108,20 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def train_toy_run(data_dir: Path, out: Path, model: str = "sasrec", **sections) -> Path:
+    """Train a tiny recipe on the toy dataset written at ``data_dir`` into the run folder ``out``."""
+    from genrec.config import config_from_dict
+    from genrec.data.schema import load_dataset
+    from genrec.train.run import train_run
+
+    train_run(config_from_dict(tiny_cfg(model, data={"path": str(data_dir)}, **sections)), out,
+              dataset=load_dataset(data_dir))
+    return out
+
+
+def write_toy(root: Path) -> Path:
+    """The toy dataset written as a prepared folder under ``root``."""
+    ds = make_toy()
+    return write_dataset(root / "toy", ds.interactions, ds.items, ds.manifest, ds.users)

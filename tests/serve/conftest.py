@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import make_toy, tiny_cfg
+from tests.conftest import train_toy_run, write_toy
 
 
 @dataclass
@@ -20,16 +20,11 @@ class Served:
 
 @pytest.fixture(scope="session")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
-    from genrec.config import config_from_dict
-    from genrec.data.schema import load_dataset, write_dataset
     from genrec.serve.artifact import export_run
-    from genrec.train.run import train_run
 
     root = tmp_path_factory.mktemp("serve")
-    ds = make_toy()
-    data_dir = write_dataset(root / "toy", ds.interactions, ds.items, ds.manifest, ds.users)
-    cfg = config_from_dict(tiny_cfg("hstu", data={"path": str(data_dir)}, train={"epochs": 1}))
-    train_run(cfg, root / "run", dataset=load_dataset(data_dir))
+    data_dir = write_toy(root)
+    train_toy_run(data_dir, root / "run", "hstu", train={"epochs": 1})
     export_run(root / "run", root / "art")
     return Served(data_dir, root / "run", root / "art")
 

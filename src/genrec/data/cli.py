@@ -140,7 +140,7 @@ def register(subparsers: Any) -> None:
     f.add_argument("--session-gap", type=int, help="seconds of inactivity that end a session")
     f.add_argument("--max-session-len", type=int, help="cut sessions at this many events (0 = no cap)")
     f.add_argument("--behavior-order", type=_list, help="behavior levels lowest first, e.g. pv,fav,cart,buy")
-    f.add_argument("--tie-order", choices=["stable", "hstu"],
+    f.add_argument("--tie-order", choices=["stable", "hstu"],  # data.prepare.TIE_ORDERS (kept light: --help)
                    help="events of one user with the same timestamp: stable = the file's order (default); "
                         "hstu = the HSTU reference code's non-stable sort (its MovieLens tables)")
     p.set_defaults(func=cmd_prepare)

@@ -41,6 +41,7 @@ from genrec.data.schema import (
 from genrec.data.sessions import sessionize
 from genrec.errors import ConfigError, DataError
 
+DEFAULT_TIE_ORDER = "stable"  # a user's same-second events keep the file's order
 DEFAULT_PARAMS: dict[str, Any] = {
     "min_rating": None,
     "dedup": "first",
@@ -49,10 +50,10 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "session_gap": 3600,
     "max_session_len": 50,
     "behavior_order": None,
-    "tie_order": "stable",
+    "tie_order": DEFAULT_TIE_ORDER,
 }
 DEDUP_MODES = ("first", "last", "none")
-TIE_ORDERS = ("stable", "hstu")
+TIE_ORDERS = (DEFAULT_TIE_ORDER, "hstu")
 
 
 @dataclass
@@ -162,7 +163,7 @@ def prepare(raw: RawLog, out_dir: str | Path, *, name: str, overwrite: bool = Fa
     rounds = _filter(rows, p, counts, where)
     inter, user_ext, item_ext = _canonical(rows, p)
     all_params = {**raw.params, **p}
-    if all_params["tie_order"] == "stable":  # recorded only when not the default: older datasets keep their fingerprints
+    if all_params["tie_order"] == DEFAULT_TIE_ORDER:  # recorded only when not the default: old fingerprints hold
         del all_params["tie_order"]
     counts.update({k: int(v) for k, v in raw.counts.items()})
     counts.update(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from genrec.data.prepare import DEFAULT_TIE_ORDER
 from genrec.errors import GenrecError
 from genrec.runs.layout import CONFIG_FILE, VARIANT_RESULTS, results_path
 
@@ -50,7 +51,7 @@ class Entry:
         if key == "candidates" and "candidate_mode" in self.protocol:  # GAMER: how ranked is said apart
             return self.protocol["candidate_mode"]
         if key == "tie_order":  # records from before the stamp ordered ties the stable way
-            return self.protocol.get(key, "stable")
+            return self.protocol.get(key, DEFAULT_TIE_ORDER)
         return self.protocol.get(key)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import genrec
 from genrec.config import RunConfig
+from genrec.data.prepare import DEFAULT_TIE_ORDER
 from genrec.data.schema import Dataset
 from genrec.errors import ConfigError
 
@@ -39,7 +40,7 @@ def git_commit() -> str:
 
 def tie_order(dataset: Dataset) -> str:
     """How the dataset ordered a user's events with equal timestamps (``stable`` unless prepared otherwise)."""
-    return str((dataset.manifest.get("params") or {}).get("tie_order", "stable"))
+    return str((dataset.manifest.get("params") or {}).get("tie_order", DEFAULT_TIE_ORDER))
 
 
 def results_record(model_name: str, dataset: Dataset, protocol: dict[str, Any], metrics: dict[str, Any],
