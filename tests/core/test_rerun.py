@@ -53,6 +53,9 @@ def test_more_epochs_after_an_early_stop_are_refused_in_one_line(toy_dir, tmp_pa
     assert latest_state(run)["epoch"] == 2  # stopped by patience
     record = (run / "config.json").read_bytes()
     capsys.readouterr()
+    # the same command again is a finished run: its best weights are evaluated (before: refused as "more epochs")
+    assert main(["train", "--out", str(run), "--set", *sets, "train.epochs=5"]) == 0
+    assert "holds a run finished at epoch 2" in capsys.readouterr().err
     assert main(["train", "--out", str(run), "--set", *sets, "train.epochs=10"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "stopped early at epoch 2 of 5" in err[0] and "--no-resume" in err[0], err

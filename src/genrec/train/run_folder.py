@@ -248,7 +248,7 @@ class RunFolder:
         if "epochs" not in old_train:  # a record of its own (stage 1): its guarded keys decide
             return False
         changed = record_changes(old, rec)
-        if epochs <= st["epoch"]:
+        if epochs <= max(st["epoch"], old_train["epochs"]):  # nothing more asked than the run was given
             ignored = f"; ignored here: {', '.join(changed[:3])}" if changed else ""
             if self.main:
                 say(f"{self.run_dir} holds a run finished at epoch {st['epoch']}; evaluating its best weights "
