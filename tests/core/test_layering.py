@@ -61,7 +61,7 @@ def room_of(module: str) -> str | None:
         return "cli"
     if parts[1] in GROUND:
         return "ground"
-    if parts[1] == "config_checks":  # the config floor's second file
+    if parts[1] in ("config_checks", "config_sections"):  # the config floor's other files
         return "config"
     if parts[1] in FLOORS:
         return parts[1]
