@@ -67,6 +67,9 @@ NAMES = Rule("a list of distinct, non-empty names", _names, ["a", ""])
 KS = Rule("a non-empty list of cut-offs >= 1", lambda v: bool(v) and all(_number(k) and k >= 1 for k in v), [0, 10])
 BETAS = Rule("two numbers in [0, 1)", lambda v: len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v), [0.9, 1.5])
 DEVICE = matching(r"(auto|cpu|cuda|mps|xpu)(:\d+)?", "auto, cpu, cuda or cuda:N", "gpu")
+LR_SCALES = Rule("a mapping of parameter-name prefixes to multipliers > 0",
+                 lambda v: isinstance(v, dict) and all(isinstance(k, str) and k and _number(x) and x > 0
+                                                       for k, x in v.items()), {"item_emb": 0})
 PRECISION = one_of("auto", "fp32", "bf16")  # genrec.config.PRECISIONS (also checked by TrainConfig itself)
 
 # section.key -> rule. The mode lists repeat names owned by higher floors (objectives, runs, sid, data splits);
@@ -84,7 +87,8 @@ RULES: dict[str, Rule] = {
     "train.eval_every": at_least(1), "train.patience": at_least(0), "train.checkpoint_every": at_least(0),
     "train.max_steps": at_least(0), "train.max_seconds": at_least(0), "train.length_bucketing": BOOL,
     "train.num_threads": at_least(0), "train.progress": BOOL, "train.tensorboard": BOOL,
-    "train.progress_interval": at_least(0),
+    "train.progress_interval": at_least(0), "train.lr_schedule": one_of("constant", "cosine"),
+    "train.warmup_ratio": fraction(), "train.lr_scales": LR_SCALES, "train.lr_scale_epochs": at_least(0),
     "eval.ks": KS, "eval.exclude_history": BOOL, "eval.batch_size": at_least(1), "eval.metrics": NAMES,
     "ranking.labels": one_of("auto", "ratings", "behaviors"), "ranking.rating_threshold": FINITE,
     "ranking.positive_behaviors": NAMES, "ranking.window": one_of("day", "session", "horizon"),

@@ -81,6 +81,15 @@ class TrainConfig(OptimConfig):
     # seconds between plain progress lines while an epoch runs when standard error is not a terminal (a log file,
     # a pipe, CI); 0 = the per-epoch lines only. On a terminal train.progress shows a bar instead.
     progress_interval: float = 60.0
+    # the learning rate of retrievers and rankers over the run: constant, or cosine (linear warmup over
+    # warmup_ratio of the planned steps, train.epochs x batches per epoch, then cosine decay to 0 at the last one);
+    # generators and GAMER keep their own schedules (generator:, multibehavior:)
+    lr_schedule: str = "constant"
+    warmup_ratio: float = 0.0  # lr_schedule=cosine: share of the planned steps spent warming up linearly
+    # parameter-name prefix -> learning-rate multiplier, e.g. {item_emb: 0.1}: a pre-trained item table fine-tuned
+    # gently (HPGR spec 5.3(c)); retrievers and rankers
+    lr_scales: dict[str, float] = field(default_factory=dict)
+    lr_scale_epochs: int = 0  # epochs the lr_scales hold, then every parameter takes the full rate; 0 = all
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

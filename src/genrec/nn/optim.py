@@ -36,9 +36,35 @@ def adamw(params: Iterable[Any], lr: float, betas: tuple[float, float] = (0.9, 0
                              **({"fused": True} if fused else {}))
 
 
-def build_optimizer(params: Iterable[Any], knobs: Any) -> torch.optim.AdamW:
-    """AdamW from a section's optimiser knobs (``lr``, ``betas``, ``weight_decay`` and, if it has it, ``fused``)."""
+def build_optimizer(params: Iterable[Any] | torch.nn.Module, knobs: Any) -> torch.optim.AdamW:
+    """AdamW from a section's optimiser knobs (``lr``, ``betas``, ``weight_decay`` and, if it has them, ``fused``
+    and ``lr_scales``). Given a module, ``lr_scales`` ({name prefix: multiplier}) puts the parameters whose name
+    starts with a prefix into a group of their own whose rate is ``lr * multiplier`` (``lr_scale`` in the group:
+    the training loop keeps it under a schedule); without scales the one group is the module's parameters, in
+    order, as before."""
+    scales = dict(getattr(knobs, "lr_scales", None) or {})
+    if isinstance(params, torch.nn.Module):
+        params = scaled_groups(params, scales, knobs.lr) if scales else params.parameters()
+    elif scales:
+        raise ConfigError("train.lr_scales: this trainer does not take per-parameter learning rates; drop the key")
     return adamw(params, knobs.lr, tuple(knobs.betas), knobs.weight_decay, bool(getattr(knobs, "fused", False)))
+
+
+def scaled_groups(module: torch.nn.Module, scales: dict[str, float], lr: float) -> list[dict[str, Any]]:
+    """Parameter groups of ``module``: one per prefix of ``scales`` (first matching prefix wins), then the rest at
+    multiplier 1. A prefix that names no parameter is refused: a typo must not silently train at full rate."""
+    groups: dict[str, list[torch.nn.Parameter]] = {p: [] for p in scales}
+    rest: list[torch.nn.Parameter] = []
+    for name, p in module.named_parameters():
+        hit = next((pre for pre in scales if name == pre or name.startswith(pre + ".")), None)
+        (groups[hit] if hit is not None else rest).append(p)
+    empty = [pre for pre, ps in groups.items() if not ps]
+    if empty:
+        names = ", ".join(sorted({n.split(".")[0] for n, _ in module.named_parameters()}))
+        raise ConfigError(f"train.lr_scales: '{empty[0]}' names no parameter of the model (its parts: {names})")
+    out = [{"params": ps, "lr": lr * scales[pre], "lr_scale": float(scales[pre]), "base_scale": float(scales[pre])}
+           for pre, ps in groups.items()]
+    return out + [{"params": rest, "lr": lr, "lr_scale": 1.0, "base_scale": 1.0}] if rest else out
 
 
 def inverse_sqrt_lr(step: int, base_lr: float, warmup_steps: int, linear_warmup_steps: int = 0) -> float:
@@ -91,4 +117,5 @@ def lr_schedule(kind: str, base_lr: float, **knobs: Any) -> LRSchedule:
     return LRSchedule(kind, base_lr, **knobs)
 
 
-__all__ = ["SCHEDULES", "LRSchedule", "adamw", "build_optimizer", "cosine_lr", "inverse_sqrt_lr", "lr_schedule"]
+__all__ = ["SCHEDULES", "LRSchedule", "adamw", "build_optimizer", "cosine_lr", "inverse_sqrt_lr", "lr_schedule",
+           "scaled_groups"]

@@ -43,7 +43,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from genrec.nn.optim import LRSchedule
+from genrec.errors import ConfigError
+from genrec.nn.optim import LRSchedule, lr_schedule
 from genrec.progress import Progress, duration, say
 from genrec.train import distributed as dist_utils
 from genrec.train.run_folder import (  # noqa: F401 (re-exported: the names trainers import from here)
@@ -113,6 +114,7 @@ class TrainerBase(RunFolder):
             self._ddp = nn.parallel.DistributedDataParallel(_StepForward(self.model, self.step_loss), device_ids=dev,
                                                             find_unused_parameters=self.ddp_find_unused)
         stop, self.interrupted_by, self._t_call = False, "", time.time()
+        self._planned_schedule()
         while st["epoch"] < self.cfg.train.epochs and not stop:
             stop = self._run_epoch(st["epoch"])
         self.close()
@@ -121,10 +123,34 @@ class TrainerBase(RunFolder):
             out["interrupted_by"] = self.interrupted_by
         return out
 
+    def _planned_schedule(self) -> None:
+        """``train.lr_schedule: cosine`` over the planned steps (``train.epochs`` x the first epoch's batches), for
+        a trainer that sets no schedule of its own; one that does (generators, GAMER) refuses the key."""
+        kind = self.cfg.train.lr_schedule
+        if kind == "constant":
+            return
+        if self.schedule is not None:
+            raise ConfigError(f"train.lr_schedule={kind}: this trainer has its own learning-rate schedule; "
+                              f"drop the key (the generator: and multibehavior: sections set theirs)")
+        total = self.cfg.train.epochs * len(self.epoch_batches(0))
+        self.schedule = lr_schedule(kind, self.cfg.train.lr, total_steps=total, warmup_ratio=self.cfg.train.warmup_ratio)
+
+    def _scale_epoch(self, epoch: int) -> None:
+        """``train.lr_scales`` hold for the first ``train.lr_scale_epochs`` epochs (0 = all), then every group
+        takes the full rate; set from the epoch alone, so a resumed run sets what the uninterrupted one did."""
+        tc = self.cfg.train
+        active = not tc.lr_scale_epochs or epoch < tc.lr_scale_epochs
+        for g in self.optimizer.param_groups:
+            if "base_scale" in g:
+                g["lr_scale"] = g["base_scale"] if active else 1.0
+                if self.schedule is None or not self.schedule.varies:
+                    g["lr"] = tc.lr * g["lr_scale"]
+
     def _run_epoch(self, epoch: int) -> bool:
         """One epoch (or the rest of it, after a resume); returns whether training ends here."""
         tc, st = self.cfg.train, self.state
         batches = self.epoch_batches(epoch)
+        self._scale_epoch(epoch)
         start = st["step_in_epoch"]
         for done in batches[:start]:
             self.shard(done)  # replays randomness a trainer draws per global batch
@@ -209,7 +235,7 @@ class TrainerBase(RunFolder):
 
     def set_lr(self, lr: float) -> None:
         for g in self.optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
 
     def update(self, loss: torch.Tensor, value: float) -> None:
         """One optimiser step on ``loss``: zero the gradients, backward, clip to ``train.grad_clip`` (0 = off),

@@ -58,7 +58,7 @@ class RankerTrainer(TrainerBase):
         self.needs_features = self.model.needs_features
         self.features: dict[str, np.ndarray] | None = (
             impression_features(dataset, self.data) if self.needs_features else None)
-        self.optimizer = build_optimizer(self.model.parameters(), cfg.train)
+        self.optimizer = build_optimizer(self.model, cfg.train)
         self.train_idx = self.data.part("train")
         self.open_run(resume, write=not readonly)
 

@@ -65,7 +65,7 @@ class Trainer(TrainerBase):
             raise ConfigError(f"model '{cfg.model['name']}' is not a retriever; this trainer trains retrievers")
         self.objective = build_objective(cfg.objective)
         self.loss_module = _LossModule(self.model, self.objective)
-        self.optimizer = build_optimizer(self.model.parameters(), cfg.train)
+        self.optimizer = build_optimizer(self.model, cfg.train)
         self.setup_protocol()
         self.open_run(resume)
 
