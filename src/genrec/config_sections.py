@@ -124,6 +124,10 @@ class RankingConfig:
     valid_frac: float = 0.1  # validation = the last 10% of the training period
     test_frac: float = 0.1  # test = the last 10% of impressions
     eval_batch_size: int = 1024  # impressions scored per evaluation batch
+    # seeded subsets for a machine that cannot afford every impression (0 = all): a fixed sample of the training
+    # impressions and one of each of validation and test, the same for every model and seed (stamped in results)
+    train_sample: int = 0
+    eval_sample: int = 0
 
 
 @dataclass

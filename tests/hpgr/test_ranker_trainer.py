@@ -257,3 +257,27 @@ def test_trainer_feeds_the_switch_and_a_reopened_run_reproduces(toy, tmp_path):
     res = train_ranker_run(config_from_dict(on), tmp_path / "run", dataset=toy)
     assert evaluate_run(tmp_path / "run", "test")["metrics"] == res["metrics"]  # the reopened run reads them too
     assert res["metrics"]["auc"] > 0.8
+
+
+# -- seeded impression subsets (ranking.train_sample / eval_sample) ------------------------------------------
+def test_impression_subsets_are_fixed_samples_of_each_part_the_same_for_every_model_and_seed():
+    ds = make_ctr_toy()
+    full = build_ranking_data(config_from_dict(raw_cfg()), ds)
+    a = build_ranking_data(config_from_dict(raw_cfg(ranking={"train_sample": 100, "eval_sample": 40})), ds)
+    b = build_ranking_data(config_from_dict(raw_cfg(model={"name": "mtgr"}, train={"seed": 7},
+                                                    ranking={"train_sample": 200, "eval_sample": 40})), ds)
+    for which, n in (("train", 100), ("valid", 40), ("test", 40)):
+        got, whole = a.part(which), full.part(which)
+        assert len(got) == n < len(whole) and set(got) <= set(whole)
+        where = {int(v): i for i, v in enumerate(whole)}
+        assert np.all(np.diff([where[int(v)] for v in got]) > 0)  # kept in the part's own order
+        assert a.manifest()["split"][f"{which}_sample"] == {"kept": n, "of": len(whole), "seed": 20_260_101}
+    assert np.array_equal(a.part("test"), b.part("test")) and np.array_equal(a.part("valid"), b.part("valid"))
+    assert len(b.part("train")) == 200
+    huge = build_ranking_data(config_from_dict(raw_cfg(ranking={"eval_sample": 10**9})), ds)
+    assert np.array_equal(huge.part("test"), full.part("test")) and "test_sample" not in huge.manifest()["split"]
+
+
+def test_a_negative_sample_size_is_refused_when_the_config_loads():
+    with pytest.raises(ConfigError, match="ranking.eval_sample"):
+        config_from_dict(raw_cfg(ranking={"eval_sample": -1}))

@@ -35,6 +35,7 @@ from genrec.data.sequences import SeqBatch
 from genrec.errors import ConfigError, DataError
 
 LABEL_MODES = ("auto", "ratings", "behaviors")
+SAMPLE_SEED = 20_260_101  # ranking.train_sample / eval_sample: fixed, so every run draws the same impressions
 
 
 @dataclass
@@ -111,12 +112,25 @@ def build_ranking_data(cfg: RunConfig, dataset: Dataset) -> RankingData:
     split = temporal_split(imps, valid_frac=rc.valid_frac, test_frac=rc.test_frac)
     if imps.rule.get("window") == "horizon":
         split.params["label_windows_crossing_a_cut"] = _crossings(imps, split)
+    _subsample(split, {"train": rc.train_sample, "valid": rc.eval_sample, "test": rc.eval_sample})
     for which in ("train", "valid", "test"):
         y = imps.label[getattr(split, which)]
         if y.size == 0 or y.min() == y.max():
             raise DataError(f"the {which} impressions ({y.size}) hold a single label class, so AUC is undefined; "
                             "change ranking.valid_frac / ranking.test_frac or the label rule")
     return RankingData(inter, imps, split, mode)
+
+
+def _subsample(split: ImpressionSplit, sizes: dict[str, int]) -> None:
+    """Keep a seeded sample of ``sizes[part]`` impressions of each part (0 or more than it holds = all), in time
+    order. Each part draws from its own fixed stream, so every model, seed and ``train_sample`` scores the same
+    validation and test impressions; the sizes kept and held are stamped into the split's parameters."""
+    for i, (which, n) in enumerate(sizes.items()):
+        idx = getattr(split, which)
+        if n and n < len(idx):
+            keep = np.sort(np.random.default_rng([SAMPLE_SEED, i]).choice(len(idx), size=n, replace=False))
+            setattr(split, which, idx[keep])
+            split.params[f"{which}_sample"] = {"kept": int(n), "of": int(len(idx)), "seed": SAMPLE_SEED}
 
 
 def _horizon_impressions(rc: RankingConfig, dataset: Dataset) -> ImpressionSamples:
