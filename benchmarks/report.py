@@ -104,6 +104,15 @@ def pgsa_table(recs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pgsa_step_table(recs: list[dict]) -> str:
+    rows = [r for r in recs if r["_file"].startswith("pgsa-step__")]
+    lines = ["| N | dense step s | PGSA step s | speed-up | record |", "|" + " --- |" * 5]
+    for r in rows:
+        for n, m in r["metrics"]["by_history_length"].items():
+            lines.append(f"| {n} | {m['dense_s']:.3f} | {m['pgsa_s']:.3f} | {m['speedup']:.2f}x | `{r['_file']}` |")
+    return "\n".join(lines)
+
+
 def sid_health_table(recs: list[dict]) -> str:
     """One block per distinct SID table: GLASS's variants share one table per dataset, listed once."""
     tables: dict[tuple, list[dict]] = {}
@@ -271,6 +280,7 @@ def tables() -> dict[str, str]:
         "speed": speed_table(recs),
         "serve": serve_table(recs),
         "pgsa": pgsa_table(recs),
+        "pgsa-step": pgsa_step_table(recs),
         "beam": beam_table(recs, trained=False),
         "beam-trained": beam_table(recs, trained=True),
         "sid-health": sid_health_table(recs),
