@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from genrec.errors import ConfigError
 from genrec.models.gamer import GAMER, PrefixCache, SharedState
 from genrec.models.gamer_layers import SplitKV, masked_attention, split_attention
 from genrec.sid import SIDTable, reorder_tensors, score_sids
@@ -44,6 +45,20 @@ def histories(seed: int, n: int = 5) -> tuple[list[list[int]], list[list[int]]]:
             [g.integers(0, 4, k).tolist() for k in lengths])
 
 
+def both_paths(model: GAMER, *args, **kwargs):
+    """``generate`` with ``model.beam_memory`` per_row (the reference), then shared (the default)."""
+    out = []
+    for mode in ("per_row", "shared"):
+        model.cfg.beam_memory = mode
+        out.append(model.generate(*args, **kwargs))
+    return out
+
+
+def test_unknown_beam_memory_is_refused():
+    with pytest.raises(ConfigError, match="beam_memory"):
+        GAMER(GAMER.Config(**{**TINY, "beam_memory": "copy"}), num_items=NUM_ITEMS)
+
+
 CONFIGS = [
     {},  # GQA 4 heads over 2 key heads, 2 cross-level layers
     {"released_mask": True},  # empty cross-level rows are uniform over prompt and generated keys
@@ -66,8 +81,7 @@ def test_shared_prefix_beams_equal_the_per_row_reference(over, seed, dtype):
     spread = []
     for behavior in range(4):  # behavior 0 is the lowest level: no cross-level key at all
         for constrained in (True, False):
-            ref = model.generate(items, behaviors, behavior, beam_size=7, constrained=constrained, shared_prefix=False)
-            new = model.generate(items, behaviors, behavior, beam_size=7, constrained=constrained)
+            ref, new = both_paths(model, items, behaviors, behavior, beam_size=7, constrained=constrained)
             assert torch.equal(new.items, ref.items) and torch.equal(new.sids, ref.sids)
             assert torch.allclose(new.scores, ref.scores, **TOLERANCE[dtype])
             spread.append(float((ref.scores[:, 0] - ref.scores[:, -1]).min()))
@@ -82,8 +96,7 @@ def test_shared_prefix_beams_of_a_default_initialised_model():
     model.eval()
     items, behaviors = histories(11, n=9)
     for behavior in range(4):
-        ref = model.generate(items, behaviors, behavior, beam_size=10, shared_prefix=False)
-        new = model.generate(items, behaviors, behavior, beam_size=10)
+        ref, new = both_paths(model, items, behaviors, behavior, beam_size=10)
         assert torch.equal(new.items, ref.items)
         assert torch.allclose(new.scores, ref.scores, atol=1e-5, rtol=0)
 

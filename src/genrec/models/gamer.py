@@ -42,6 +42,7 @@ from genrec.data.sequences import pad_windows
 from genrec.errors import ConfigError, DataError
 from genrec.models.base import MULTI_BEHAVIOR, Generator, GeneratorBatch, SIDLogits
 from genrec.models.gamer_decode import (  # noqa: F401  (DecodeState re-exported: it used to live here)
+    BEAM_MEMORY,
     DecodeState,
     Decoding,
     PrefixCache,
@@ -97,6 +98,7 @@ class GAMER(Decoding, Generator):
         num_behaviors: int = 4
         codebook_size: int = 256  # token range per SID position; every level (collision level too) must fit
         sid_length: int = 4  # m
+        beam_memory: str = "shared"  # shared: beams read their user's prompt keys/values | per_row: copy them per beam
 
     def __init__(self, cfg: Config, num_items: int, max_len: int = 50) -> None:
         super().__init__()
@@ -108,6 +110,8 @@ class GAMER(Decoding, Generator):
             raise ConfigError("model: sid_length, codebook_size and num_behaviors must be >= 1")
         if cfg.temperature <= 0 or cfg.head_dim % 2:
             raise ConfigError("model: temperature must be > 0 and head_dim even (RoPE)")
+        if cfg.beam_memory not in BEAM_MEMORY:
+            raise ConfigError(f"model.beam_memory: '{cfg.beam_memory}' is not one of {list(BEAM_MEMORY)}")
         self.cfg = cfg
         self.num_items = num_items
         self.max_len = max_len  # history window in interactions
@@ -284,18 +288,15 @@ class GAMER(Decoding, Generator):
     def generate(self, items: Sequence[Sequence[int] | np.ndarray] | torch.Tensor,
                  behaviors: Sequence[Sequence[int] | np.ndarray] | torch.Tensor, behavior: int,
                  beam_size: int = 20, k: int | None = None, candidates: np.ndarray | None = None,
-                 constrained: bool = True, *, shared_prefix: bool = True) -> BeamResult:
-        """Top-``k`` next items with ``behavior`` per history, by beam search over ``candidates``' SIDs.
-
-        ``shared_prefix=False`` decodes with the per-row reference state (the prompt's cache copied per beam).
-        """
+                 constrained: bool = True) -> BeamResult:
+        """Top-``k`` next items with ``behavior`` per history, by beam search over ``candidates``' SIDs."""
         k = list_length(k, beam_size, "gamer.generate")
         was_training = self.training
         self.eval()
         try:
             it, bh = self.history_tensors(items, behaviors)
             prompts = self.prompt_tokens(it, bh, behavior)
-            step, state = self.step_fn(prompts, shared_prefix)
+            step, state = self.step_fn(prompts)
             res = beam_search(step, self.trie(candidates), prompts.shape[0], beam_size, state, constrained)
         finally:
             self.train(was_training)

@@ -3,16 +3,16 @@
 Split from :mod:`genrec.models.gamer` (which re-exports ``DecodeState``); :class:`Decoding` is a mixin of
 :class:`~genrec.models.gamer.GAMER`. Two states, one ``step``:
 
-- ``SharedState`` (the default, ``step_fn(prompts)``): the prompt's keys/values stay one row per user for the
-  whole search, in a plain object (:class:`PrefixCache`) that beam reordering passes through; only the
-  generated tokens' keys/values (at most ``m - 1`` per row) have B*beam rows. Each generated token attends to
-  [its user's prompt keys, read by grouping the user's beam rows (no copy) ; its own beam's generated keys]
-  (:func:`~genrec.models.gamer_layers.split_attention`). The prompt is hundreds of tokens and the generated
-  part 1-3, so the per-step copies of the old state (reorder, cache concatenation, key heads repeated for
+- ``SharedState`` (``model.beam_memory: shared``, the default): the prompt's keys/values stay one row per
+  user for the whole search, in a plain object (:class:`PrefixCache`) that beam reordering passes through; only
+  the generated tokens' keys/values (at most ``m - 1`` per row) have B*beam rows. Each generated token attends
+  to [its user's prompt keys, read by grouping the user's beam rows (no copy) ; its own beam's generated keys]
+  (:func:`~genrec.models.gamer_layers.split_attention`). The prompt is about a hundred tokens and the generated
+  part 1-3, so the per-step copies of the per-row state (reorder, cache concatenation, key heads repeated for
   grouped-query attention) are gone.
-- ``DecodeState`` (``step_fn(prompts, shared=False)``): every row carries the whole cache, reordered and
-  extended every step. The original path, kept as the reference the shared one is tested against; the two agree
-  to float rounding (about 1e-6 in the scores), not bit for bit.
+- ``DecodeState`` (``beam_memory: per_row``, or ``step_fn(prompts, shared=False)``): every row carries the
+  whole cache, reordered and extended every step. The original path, kept as the reference the shared one is
+  tested against; the two return the same beams, the scores equal to fp32 rounding (exactly equal in float64).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from genrec.errors import ConfigError, DataError
 from genrec.models.gamer_layers import LayerInputs, SplitKV
 from genrec.nn.rope import rope_cos_sin
 from genrec.sid.beam import beams_per_user
+
+BEAM_MEMORY = ("shared", "per_row")  # model.beam_memory, as TIGER's
 
 if TYPE_CHECKING:
     from genrec.models.gamer import GAMER
@@ -153,8 +155,10 @@ class Decoding:
             state = self._advance(codes[:, -1], t - 1, state)
         return self.position_logits(state.logits, t), state
 
-    def step_fn(self: GAMER, prompts: torch.Tensor, shared: bool = True):
+    def step_fn(self: GAMER, prompts: torch.Tensor, shared: bool | None = None):
         """Prefill the prompts and return ``(step, initial_state)`` for :func:`genrec.sid.beam.beam_search`;
-        ``shared=False`` gives the per-row reference state (the whole cache copied per beam and step)."""
+        ``shared`` (default: ``model.beam_memory == "shared"``) False gives the per-row reference state."""
         st = self.prefill(prompts)
+        if shared is None:
+            shared = self.cfg.beam_memory == "shared"
         return self.step, self.shared_state(st) if shared else st
