@@ -7,6 +7,7 @@ import torch
 
 from genrec.errors import ConfigError
 from genrec.sid import SIDTrie, beam_search, reorder_tensors, score_sids
+from genrec.sid.beam import beams_per_user
 from tests.sid.conftest import TableDecoder, prefer_invalid_step, random_table
 
 
@@ -108,3 +109,40 @@ def test_reorder_tensors_handles_nested_state():
     out = reorder_tensors(state, torch.tensor([3, 3, 0]))
     assert out["kv"][0].squeeze(1).tolist() == [3, 3, 0] and out["kv"][1][0].tolist() == [3, 3, 0]
     assert out["n"] == 3
+
+
+def test_reorder_tensors_passes_plain_objects_through():
+    """What a decoder keeps one row per user for the whole search lives in a plain object: never copied."""
+
+    class PerUser:
+        def __init__(self, x: torch.Tensor) -> None:
+            self.x = x
+
+    memory = PerUser(torch.arange(2))
+    out = reorder_tensors((memory, torch.arange(2)), torch.tensor([0, 0, 1, 1]))
+    assert out[0] is memory and out[1].tolist() == [0, 0, 1, 1]
+
+
+def test_beams_per_user_recognises_runs_of_rows_per_user():
+    assert beams_per_user(torch.tensor([0, 0, 0, 1, 1, 1]), 2) == 3
+    assert beams_per_user(torch.arange(4), 4) == 1
+    assert beams_per_user(torch.tensor([0, 1, 0, 1]), 2) is None  # interleaved
+    assert beams_per_user(torch.tensor([0, 0, 1]), 2) is None  # runs of unequal length
+    assert beams_per_user(torch.tensor([1, 1, 0, 0]), 2) is None  # users out of order
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_search_keeps_rows_in_runs_per_user_and_skips_the_last_reorder(small_table, beam):
+    """Every step's rows are runs per user (what a shared per-user state relies on); the state after the last
+    step is never read, so it is not reordered: depth - 1 reorders in all."""
+    trie = SIDTrie.from_table(small_table)
+    dec = TableDecoder(trie, 3, seed=2)
+    calls = []
+
+    def reorder(state, rows):
+        calls.append(beams_per_user(state["user"][rows], 3))  # the user of every row after the step
+        return reorder_tensors(state, rows)
+
+    res = beam_search(dec, trie, batch_size=3, beam_size=beam, state=dec.initial_state(), reorder_state=reorder)
+    assert calls == [beam] * (trie.depth - 1)
+    assert bool(res.valid.all())

@@ -24,7 +24,7 @@ average over every position, future ones included. By default their cross-level 
 codes of SID position ``t`` plus one extra column holding the log-sum-exp of every other token, so the
 beam search's ``log_softmax`` yields exactly the full-vocabulary log-probabilities (the extra column
 lies outside every codebook and is masked afterwards). Decoding uses the trained distribution
-(``logits / temperature``).
+(``logits / temperature``). Beams share their user's prompt keys/values (:mod:`genrec.models.gamer_decode`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,6 +41,13 @@ from torch import nn
 from genrec.data.sequences import pad_windows
 from genrec.errors import ConfigError, DataError
 from genrec.models.base import MULTI_BEHAVIOR, Generator, GeneratorBatch, SIDLogits
+from genrec.models.gamer_decode import (  # noqa: F401  (DecodeState re-exported: it used to live here)
+    BEAM_MEMORY,
+    DecodeState,
+    Decoding,
+    PrefixCache,
+    SharedState,
+)
 from genrec.models.gamer_layers import (  # noqa: F401  (re-exported: the layer pieces used to live here)
     Attention,
     Layer,
@@ -64,19 +71,8 @@ NUM_SPECIAL = 1
 LEVEL_PAD = 100  # level of padding: above every behavior, so no token reads a pad in the cross-level layer
 
 
-class DecodeState(NamedTuple):
-    """Per-row decoding state; every tensor leads with the row dim so beam search can reorder it."""
-
-    caches: list[tuple[torch.Tensor, ...]]  # per layer (k, v[, k_cross, v_cross]) each (R, kvh, S, dk)
-    key_real: torch.Tensor  # (R, S)
-    key_level: torch.Tensor  # (R, S)
-    next_pos: torch.Tensor  # (R,) RoPE position of the next token
-    behavior: torch.Tensor  # (R,) behavior id being generated
-    logits: torch.Tensor  # (R, V) next-token logits, already divided by the temperature
-
-
 @register("gamer")
-class GAMER(Generator):
+class GAMER(Decoding, Generator):
     """Decoder-only multi-behavior generator over semantic ids."""
 
     protocol = MULTI_BEHAVIOR
@@ -102,6 +98,7 @@ class GAMER(Generator):
         num_behaviors: int = 4
         codebook_size: int = 256  # token range per SID position; every level (collision level too) must fit
         sid_length: int = 4  # m
+        beam_memory: str = "shared"  # shared: beams read their user's prompt keys/values | per_row: copy them per beam
 
     def __init__(self, cfg: Config, num_items: int, max_len: int = 50) -> None:
         super().__init__()
@@ -113,6 +110,8 @@ class GAMER(Generator):
             raise ConfigError("model: sid_length, codebook_size and num_behaviors must be >= 1")
         if cfg.temperature <= 0 or cfg.head_dim % 2:
             raise ConfigError("model: temperature must be > 0 and head_dim even (RoPE)")
+        if cfg.beam_memory not in BEAM_MEMORY:
+            raise ConfigError(f"model.beam_memory: '{cfg.beam_memory}' is not one of {list(BEAM_MEMORY)}")
         self.cfg = cfg
         self.num_items = num_items
         self.max_len = max_len  # history window in interactions
@@ -269,60 +268,6 @@ class GAMER(Generator):
         if segment is not None:
             use = use & ((segment[:, 1:] == segment[:, :-1]) | (segment[:, :-1] == 0))
         return SIDLogits(logits, target, use)
-
-    # ---- incremental decoding -----------------------------------------------------------------------
-    def prefill(self, prompts: torch.Tensor) -> DecodeState:
-        """Run left-padded prompts (B, T) ending with a behavior token; cache every layer's keys/values."""
-        h, route, caches = self.hidden(prompts)
-        last = prompts[:, -1]
-        if bool(((last < self.beh_offset) | (last >= self.sid_offset)).any()):
-            raise DataError("gamer: every prompt must end with a behavior token (left-pad the prompts)")
-        logits = self.logits(h[:, -1]) / self.cfg.temperature  # (B, V)
-        return DecodeState(caches, route.real, route.level, route.positions[:, -1] + 1, route.behavior[:, -1],
-                           logits)
-
-    def _advance(self, codes: torch.Tensor, p: int, st: DecodeState) -> DecodeState:
-        """Feed the code chosen for SID position ``p`` (R,) and compute the logits of position ``p + 1``."""
-        c = self.cfg.codebook_size
-        tok = (self.sid_offset + p * c + codes.long())[:, None]  # (R, 1)
-        r = tok.shape[0]
-        level = self.behavior_levels[st.behavior][:, None]  # (R, 1)
-        key_real = torch.cat([st.key_real, torch.ones(r, 1, dtype=torch.bool, device=tok.device)], 1)  # (R, S)
-        key_level = torch.cat([st.key_level, level], 1)
-        self_allowed = key_real[:, None, :]  # (R, 1, S): every cached real key and itself
-        cross_allowed = (key_real & (key_level < level))[:, None, :]  # (R, 1, S)
-        beh = st.behavior[:, None] + 1  # (R, 1)
-        pos_in_item = torch.full_like(tok, p + 2)
-        cos, sin = rope_cos_sin(st.next_pos[:, None], self.cfg.head_dim, self.cfg.rope_theta)
-        li = LayerInputs(cos, sin, beh, beh, pos_in_item, self_allowed, cross_allowed)
-        x = self.tokens(tok)  # (R, 1, d)
-        caches = []
-        for layer, past in zip(self.layers, st.caches):
-            x, cache, _ = layer(x, li, past)
-            caches.append(cache)
-        logits = self.logits(self.norm(x)[:, 0]) / self.cfg.temperature  # (R, V)
-        return DecodeState(caches, key_real, key_level, st.next_pos + 1, st.behavior, logits)
-
-    def position_logits(self, logits: torch.Tensor, t: int) -> torch.Tensor:
-        """(R, V) full-vocabulary logits -> (R, C + 1): codes of SID position ``t`` + log-sum-exp of the rest."""
-        c = self.cfg.codebook_size
-        lo = self.sid_offset + t * c
-        rest = logits.float().clone()
-        rest[:, lo:lo + c] = float("-inf")
-        return torch.cat([logits[:, lo:lo + c].float(), torch.logsumexp(rest, dim=1, keepdim=True)], dim=1)
-
-    def step(self, codes: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
-        """``beam_search`` step: (R, t) codes so far -> (R, C + 1) scores of SID position t, new state."""
-        t = codes.shape[1]
-        if t >= self.cfg.sid_length:
-            raise ConfigError(f"gamer: asked for SID position {t} of {self.cfg.sid_length}")
-        if t > 0:
-            state = self._advance(codes[:, -1], t - 1, state)
-        return self.position_logits(state.logits, t), state
-
-    def step_fn(self, prompts: torch.Tensor):
-        """Prefill the prompts and return ``(step, initial_state)`` for :func:`genrec.sid.beam.beam_search`."""
-        return self.step, self.prefill(prompts)
 
     # ---- recommendation -----------------------------------------------------------------------------
     def history_tensors(self, items: Sequence[Sequence[int] | np.ndarray] | torch.Tensor,

@@ -64,6 +64,19 @@ def cross_level_mask(route: Route) -> torch.Tensor:
     return visible(route) & route.real[:, None, :] & route.real[:, :, None] & lower
 
 
+def mask_bias(allowed: torch.Tensor, any_ok: torch.Tensor, released: bool, dtype: torch.dtype) -> torch.Tensor:
+    """Additive bias of a boolean key mask (broadcast with ``any_ok``, whether the query row has an allowed key).
+
+    Released: ``finfo.min`` on every masked key, so a fully masked row is flat (uniform over every position).
+    Fixed: ``-inf`` on masked keys of rows that have an allowed key; empty rows stay finite (zeroed later).
+    """
+    if released:
+        blocked, fill = ~allowed, torch.finfo(dtype).min
+    else:
+        blocked, fill = ~allowed & any_ok, float("-inf")
+    return torch.zeros(blocked.shape, dtype=dtype, device=blocked.device).masked_fill(blocked, fill)
+
+
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
                      released: bool = False, dropout: float = 0.0, need_weights: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -78,13 +91,7 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed:
         k = k.repeat_interleave(groups, dim=1)  # (B, h, S, dk)
         v = v.repeat_interleave(groups, dim=1)
     any_ok = allowed.any(-1)  # (B, T)
-    if released:
-        bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(
-            ~allowed, torch.finfo(q.dtype).min)  # a fully masked row is flat: uniform over every position
-    else:
-        blocked = ~allowed & any_ok[..., None]  # empty rows stay finite here and are zeroed below
-        bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(blocked, float("-inf"))
-    bias = bias[:, None]  # (B, 1, T, S)
+    bias = mask_bias(allowed, any_ok[..., None], released, q.dtype)[:, None]  # (B, 1, T, S)
     weights = None
     if need_weights:
         scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5 + bias  # (B, h, T, S)
@@ -97,6 +104,62 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed:
         if not released:
             out = out * any_ok[:, None, :, None].to(out.dtype)
     return out, weights
+
+
+class SplitKV(NamedTuple):
+    """One attention's keys/values in shared-prefix decoding: the prompt's once per user (B rows, never copied
+    per beam), the generated tokens' per row. The R rows are B runs of ``g = R / B`` consecutive rows (the beams
+    of one user, as :func:`genrec.sid.beam.beam_search` keeps them); run ``i`` reads user ``i``'s prefix."""
+
+    prefix_k: torch.Tensor  # (B, kvh, S, dk)
+    prefix_v: torch.Tensor  # (B, kvh, S, dk)
+    prefix_allowed: torch.Tensor  # (B, S) bool: the prompt keys every generated token of the user may read
+    k: torch.Tensor  # (R, kvh, U, dk) generated tokens so far (the query tokens' own keys included)
+    v: torch.Tensor  # (R, kvh, U, dk)
+    see_generated: bool  # self-attention: causal over the generated tokens; cross-level: none (same level)
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> SplitKV:
+        """Append the keys/values (R, kvh, T, dk) of T new generated tokens."""
+        return self._replace(k=torch.cat([self.k, k], 2), v=torch.cat([self.v, v], 2))
+
+
+def split_attention(q: torch.Tensor, kv: SplitKV, released: bool = False) -> torch.Tensor:
+    """Queries (R, h, T, dk) of the newest T generated tokens over [prefix keys ; generated keys] -> (R, h, T, dk).
+
+    What :func:`masked_attention` computes over the concatenated keys (to float rounding), without a copy of
+    the prefix per row: a user's ``g * h / kvh * T`` query rows per key head share one matmul against its prefix
+    (grouped-query attention by grouping queries, not by repeating keys), and one softmax spans both parts.
+    """
+    r, h, t, dk = q.shape
+    b, kvh, s, _ = kv.prefix_k.shape
+    u, g, grp = kv.k.shape[2], r // b, h // kvh
+    rows = g * grp * t  # query rows per user and key head, ordered (beam, head in group, token)
+    qg = q.reshape(r, kvh, grp * t, dk) * dk ** -0.5  # (R, kvh, grp*T, dk) scaled: head j reads key head j // grp
+
+    def by_user(x: torch.Tensor) -> torch.Tensor:  # (R, kvh, grp*T, n) <-> (B, kvh, rows, n)
+        return x.reshape(b, g, kvh, grp * t, -1).transpose(1, 2).reshape(b, kvh, rows, -1)
+
+    def by_row(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(b, kvh, g, grp * t, -1).transpose(1, 2).reshape(r, kvh, grp * t, -1)
+
+    ok_p = kv.prefix_allowed[:, None, None, :]  # (B, 1, 1, S)
+    any_ok = ok_p.any(-1, keepdim=True) | kv.see_generated  # (B, 1, 1, 1): a generated token sees itself
+    causal = torch.arange(u, device=q.device)[None, :] <= (u - t + torch.arange(t, device=q.device))[:, None]
+    ok_s = (causal & kv.see_generated).repeat(g * grp, 1)[None, None]  # (1, 1, rows, U)
+    sp = (by_user(qg) @ kv.prefix_k.transpose(-1, -2)).add_(mask_bias(ok_p, any_ok, released, q.dtype))
+    ss = by_user(qg @ kv.k.transpose(-1, -2)).add_(mask_bias(ok_s, any_ok, released, q.dtype))
+    top = torch.maximum(sp.amax(-1, keepdim=True), ss.amax(-1, keepdim=True))  # (B, kvh, rows, 1)
+    ep, es = sp.sub_(top).exp_(), ss.sub_(top).exp_()  # (B, kvh, rows, S), (B, kvh, rows, U), in place
+    z = ep.sum(-1, keepdim=True) + es.sum(-1, keepdim=True)  # (B, kvh, rows, 1) softmax denominator
+    y = by_row((ep @ kv.prefix_v) / z) + by_row(es / z) @ kv.v  # (R, kvh, grp*T, dk)
+    if not released:
+        y = y * any_ok.to(y.dtype).repeat_interleave(g, 0)  # (R, 1, 1, 1): rows with no key give 0
+    return y.reshape(r, h, t, dk)
+
+
+def _one(past: tuple[Any, ...]) -> Any:
+    """A layer's cache slice for one attention: ``(k, v)``, or the ``SplitKV`` itself."""
+    return past[0] if len(past) == 1 and isinstance(past[0], SplitKV) else past
 
 
 class Attention(nn.Module):
@@ -122,14 +185,9 @@ class Attention(nn.Module):
             self.ev = nn.Embedding(nb, kvh * dk)
             self.gate = nn.Linear(d, d, bias=False)
 
-    def forward(self, x: torch.Tensor, beh: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                allowed: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None,
-                need_weights: bool = False
-                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
-        """x (B, T, d), beh (B, T) β_att, allowed (B, T, S) with S = cached + T keys.
-
-        Returns the output (B, T, d), the keys/values of all S positions (for the cache) and the weights.
-        """
+    def project(self, x: torch.Tensor, beh: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, d), beh (B, T) β_att -> q (B, h, T, dk), k and v (B, kvh, T, dk) of these T tokens."""
         b, t, _ = x.shape
         q = self.q(x).view(b, t, self.h, self.dk)
         k = self.k(x).view(b, t, self.kvh, self.dk)
@@ -140,16 +198,36 @@ class Attention(nn.Module):
             v = v + self.ev(beh).view(b, t, self.kvh, self.dk)
         q = apply_rope(self.q_norm(q).transpose(1, 2), cos, sin)  # (B, h, T, dk)
         k = apply_rope(self.k_norm(k).transpose(1, 2), cos, sin)  # (B, kvh, T, dk)
-        v = v.transpose(1, 2)  # (B, kvh, T, dk)
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)  # (B, kvh, S, dk)
-            v = torch.cat([past[1], v], dim=2)
-        y, w = masked_attention(q, k, v, allowed, self.released, self.dropout if self.training else 0.0,
-                                need_weights)
+        return q, k, v.transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, beh: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                allowed: torch.Tensor | None, past: tuple[torch.Tensor, torch.Tensor] | SplitKV | None = None,
+                need_weights: bool = False
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | tuple[SplitKV], torch.Tensor | None]:
+        """x (B, T, d), beh (B, T) β_att, allowed (B, T, S) with S = cached + T keys.
+
+        Returns the output (B, T, d), the keys/values of all S positions (for the cache) and the weights. With
+        ``past`` a :class:`SplitKV` (shared-prefix decoding, ``allowed`` unused) the cache is that ``SplitKV``
+        with this call's keys appended to its generated part, as a 1-tuple.
+        """
+        b, t, _ = x.shape
+        q, k, v = self.project(x, beh, cos, sin)
+        w = None
+        if isinstance(past, SplitKV):
+            cache: tuple[Any, ...] = (past.extend(k, v),)
+            y = split_attention(q, cache[0], self.released)
+        else:
+            if past is not None:
+                k = torch.cat([past[0], k], dim=2)  # (B, kvh, S, dk)
+                v = torch.cat([past[1], v], dim=2)
+            cache = (k, v)
+            assert allowed is not None
+            y, w = masked_attention(q, k, v, allowed, self.released, self.dropout if self.training else 0.0,
+                                    need_weights)
         y = self.o(y.transpose(1, 2).reshape(b, t, self.h * self.dk))  # (B, T, d)
         if self.cross:
             y = y * F.silu(self.gate(x))
-        return y, (k, v), w
+        return y, cache, w
 
 
 class LayerInputs(NamedTuple):
@@ -176,17 +254,20 @@ class Layer(nn.Module):
         self.ffn = RoutedFFN(experts, d + (cfg.behavior_dim if inject else 0), cfg.d_ff, d, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, li: LayerInputs, past: tuple[torch.Tensor, ...] | None = None,
-                need_weights: bool = False) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], dict[str, Any]]:
+    def forward(self, x: torch.Tensor, li: LayerInputs, past: tuple[Any, ...] | None = None,
+                need_weights: bool = False) -> tuple[torch.Tensor, tuple[Any, ...], dict[str, Any]]:
+        """``past``: the cached ``(k, v[, k_cross, v_cross])``, or ``(SplitKV[, SplitKV])`` in shared-prefix
+        decoding; the returned cache has the same form, with this call's tokens appended."""
         weights: dict[str, Any] = {}
+        n = 1 if past is not None and isinstance(past[0], SplitKV) else 2  # entries per attention
         a, kv_self, weights["self"] = self.self_attn(self.norm1(x), li.beh_att, li.cos, li.sin, li.self_allowed,
-                                                     None if past is None else past[:2], need_weights)
+                                                     None if past is None else _one(past[:n]), need_weights)
         x = x + self.drop(a)
         cache = kv_self
         if self.cross_attn is not None:
             assert self.norm_cross is not None
             c, kv_cross, weights["cross"] = self.cross_attn(self.norm_cross(x), li.beh_att, li.cos, li.sin,
-                                                            li.cross_allowed, None if past is None else past[2:],
+                                                            li.cross_allowed, None if past is None else _one(past[n:]),
                                                             need_weights)
             x = x + self.drop(c)
             cache = kv_self + kv_cross

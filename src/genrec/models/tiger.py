@@ -48,7 +48,7 @@ from genrec.models.tiger_layers import (
     set_fused,
     stacked_keys_values,
 )
-from genrec.sid.beam import BeamResult, beam_search, list_length, reorder_tensors
+from genrec.sid.beam import BeamResult, beam_search, beams_per_user, list_length, reorder_tensors
 from genrec.sid.codebook import SIDTable
 from genrec.sid.trie import SIDTrie
 
@@ -300,9 +300,8 @@ class TIGER(Generator):
         consecutive run of equal length (beam search; :meth:`Attention.attend` groups the queries), else a
         copy per row (``beam_memory: per_row``, or rows in another order)."""
         mem, users = state.memory, state.row_user
-        b, r = mem.bias.shape[0], users.shape[0]
-        runs = torch.arange(b, device=users.device).repeat_interleave(r // b) if r % b == 0 else None
-        if runs is not None and torch.equal(users, runs) and (r == b or self.cfg.beam_memory == "shared"):
+        g = beams_per_user(users, mem.bias.shape[0])
+        if g is not None and (g == 1 or self.cfg.beam_memory == "shared"):
             return mem.cross, mem.bias
         return [(k[users], v[users]) for k, v in mem.cross], mem.bias[users]
 

@@ -5,7 +5,11 @@ TIGER, GAMER and GLASS share this code. ``logits[:, v]`` scores code ``v`` of SI
 one shared vocabulary passes its level's slice). ``state`` carries whatever the decoder needs (encoder output,
 key/value caches); after every step the search calls ``reorder_state(state, rows)`` to keep the rows of the
 surviving beams (this also expands the first step's B rows into B*beam rows). The default reorders every
-tensor found in nested tuples/lists/dicts along dim 0.
+tensor found in nested tuples/lists/dicts along dim 0 and passes any other object through: a decoder keeps
+what is one row per user for the whole search (encoder memory, the prompt's key/value cache) in a plain
+object, so only the few generated tokens' state is copied per beam. The rows of a user always form one
+consecutive run of equal length (``beams_per_user``), so such a decoder can read its per-user part by grouping
+the rows instead of indexing it.
 
 Scores are the sum of the model's log-probabilities (log-softmax over the full logit row, before masking),
 so constrained and unconstrained searches rank with the same numbers. Per step the work is one masked
@@ -51,6 +55,16 @@ def reorder_tensors(state: Any, rows: torch.Tensor) -> Any:
     return state
 
 
+def beams_per_user(row_user: torch.Tensor, users: int) -> int | None:
+    """``g`` when the R rows (``row_user`` (R,), the user of each row) are ``users`` runs of ``g`` consecutive rows,
+    run ``i`` all of user ``i`` (how :func:`beam_search` keeps its rows), else None."""
+    r = row_user.shape[0]
+    if users < 1 or r % users:
+        return None
+    g = r // users
+    return g if torch.equal(row_user, torch.arange(users, device=row_user.device).repeat_interleave(g)) else None
+
+
 def beam_search(step_fn: StepFn, trie: SIDTrie, batch_size: int, beam_size: int = 20, state: Any = None,
                 constrained: bool = True, reorder_state: ReorderFn = reorder_tensors) -> BeamResult:
     """Top-``beam_size`` SIDs for each of ``batch_size`` users.
@@ -85,7 +99,8 @@ def beam_search(step_fn: StepFn, trie: SIDTrie, batch_size: int, beam_size: int 
         tokens = torch.cat([tokens[rows], tok.reshape(-1, 1)], dim=1)  # (B*k, t+1)
         scores = top.reshape(-1)
         nodes = trie.step(nodes[rows], tok.reshape(-1), t) if constrained else nodes[rows]
-        state = reorder_state(state, rows)
+        if t + 1 < trie.depth:  # the last step's state is never read: no reorder
+            state = reorder_state(state, rows)
         rows_in = k
     sids = tokens.view(b, rows_in, trie.depth)
     scores = scores.view(b, rows_in)
