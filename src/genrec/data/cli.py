@@ -110,8 +110,8 @@ def register(subparsers: Any) -> None:
                         ("prepare", "stats", "fetch", "synth"))
 
     p = sub.add_parser("prepare", help="raw log -> canonical parquet folder + manifest")
-    p.add_argument("source", help="reader name: movielens, amazon_p5, amazon_5core, taobao, tmall_cml, "
-                                     "retailrocket_cml, generic")
+    p.add_argument("source", help="reader name: movielens, amazon_p5, amazon_5core, seqrecbench, taobao, "
+                                     "tmall_cml, retailrocket_cml, generic")
     p.add_argument("input", help="input file or folder")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--name", help="dataset name in the manifest (default: output folder name)")

@@ -20,6 +20,7 @@ from genrec.data.sources.amazon_p5 import read_amazon_p5
 from genrec.data.sources.cml import RETAILROCKET, TMALL, read_retailrocket_cml, read_tmall_cml
 from genrec.data.sources.generic import read_generic
 from genrec.data.sources.movielens import read_movielens
+from genrec.data.sources.seqrecbench import read_seqrecbench
 from genrec.data.sources.taobao import BEHAVIOR_ORDER, read_taobao
 from genrec.errors import ConfigError
 
@@ -61,6 +62,13 @@ SOURCES: dict[str, SourceSpec] = {
             "amazon_5core",
             read_amazon_5core,
             "Amazon 2014 per-category 5-core review JSON lines (reviews_X_5.json, .gz or zip)",
+            {"session_gap": 86400},
+        ),
+        SourceSpec(
+            "seqrecbench",
+            read_seqrecbench,
+            "SeqRecBenchmark-processed logs as staged CSV (interactions.csv.gz: user_id,item_id,timestamp; "
+            "items.jsonl.gz titles), e.g. the Amazon 2014 Books sample; sha256 checked against SOURCE.md",
             {"session_gap": 86400},
         ),
         SourceSpec(

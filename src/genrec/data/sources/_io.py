@@ -19,6 +19,7 @@ from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from genrec.data.schema import check_float_seconds
@@ -274,3 +275,43 @@ def whole_seconds(values: pa.Array, where: str, row: Callable[[int], str]) -> pa
     check_float_seconds(vals, where, row)
     missing = np.isnan(vals)
     return pa.array(np.floor(np.where(missing, 0.0, vals)).astype(np.int64), mask=missing)
+
+
+# ---------------------------------------------------------------- strict readers of processed CSV files
+# A processed file has nothing left to clean, so a row that is off means a broken copy: these read every column as
+# text and stop at the first bad row with the file and line (the header is line 1) instead of dropping it.
+
+UNSIGNED_DIGITS = r"^[0-9]{1,18}$"
+
+
+def read_text_columns(path: Path, columns: tuple[str, ...]) -> pa.Table:
+    """The named columns as text (every other header column is ignored), the header checked first."""
+    header = header_columns(path, ",")
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise DataError(f"{path}: line 1: missing column(s) {', '.join(missing)} (header: {','.join(header)})")
+    table = read_csv(path, column_types={c: pa.string() for c in header}, include_columns=list(columns),
+                     quote_char=False)
+    if table.num_rows == 0:
+        raise DataError(f"{path}: no data rows")
+    return table
+
+
+def column_array(table: pa.Table, name: str) -> pa.Array:
+    col = table.column(name)
+    return col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+
+
+def first_bad_line(path: Path, ok: pa.Array, values: pa.Array, what: str) -> None:
+    """A DataError naming the file line (header = line 1) of the first row where ``ok`` is false."""
+    bad = ~ok.to_numpy(zero_copy_only=False)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path}: line {k + 2}: {what.format(value=values[k].as_py())}")
+
+
+def unsigned_integers(path: Path, table: pa.Table, name: str, what: str) -> np.ndarray:
+    """(n,) int64 of a column that must hold unsigned integers, or a DataError naming the first bad line."""
+    s = column_array(table, name)
+    first_bad_line(path, pc.match_substring_regex(s, UNSIGNED_DIGITS), s, f"{name} {{value!r}} is not {what}")
+    return pc.cast(s, pa.int64()).to_numpy(zero_copy_only=False)

@@ -38,7 +38,6 @@ INTERACTIONS_NAME = "interactions.csv.gz"
 HELDOUT_NAME = "test_buy.csv.gz"
 _COLUMNS = ("user_id", "item_id", "behavior", "timestamp")
 _HELDOUT_COLUMNS = ("user_id", "item_id")
-_DIGITS = r"^[0-9]{1,18}$"
 
 
 @dataclass(frozen=True)
@@ -76,47 +75,14 @@ def _files(path: Path) -> tuple[Path, Path | None]:
     return inter, (held if held.exists() and held != inter else None)
 
 
-def _read(path: Path, columns: tuple[str, ...]) -> pa.Table:
-    """The named columns as text (every other header column is ignored), the header checked first."""
-    header = _io.header_columns(path, ",")
-    missing = [c for c in columns if c not in header]
-    if missing:
-        raise DataError(f"{path}: line 1: missing column(s) {', '.join(missing)} (header: {','.join(header)})")
-    table = _io.read_csv(path, column_types={c: pa.string() for c in header}, include_columns=list(columns),
-                         quote_char=False)
-    if table.num_rows == 0:
-        raise DataError(f"{path}: no data rows")
-    return table
-
-
-def _column(table: pa.Table, name: str) -> pa.Array:
-    col = table.column(name)
-    return col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-
-
-def _first_bad(path: Path, ok: pa.Array, values: pa.Array, what: str) -> None:
-    """A DataError naming the file line (header = line 1) of the first row where ``ok`` is false."""
-    bad = ~ok.to_numpy(zero_copy_only=False)
-    if bad.any():
-        k = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{path}: line {k + 2}: {what.format(value=values[k].as_py())}")
-
-
-def _integers(path: Path, table: pa.Table, name: str, what: str) -> np.ndarray:
-    """(n,) int64 of a column that must hold unsigned integers, or a DataError naming the first bad line."""
-    s = _column(table, name)
-    _first_bad(path, pc.match_substring_regex(s, _DIGITS), s, f"{name} {{value!r}} is not {what}")
-    return pc.cast(s, pa.int64()).to_numpy(zero_copy_only=False)
-
-
 def _checked_times(path: Path, table: pa.Table, window: tuple[int, int] | None, tz_hours: int) -> np.ndarray:
     """(n,) int64 whole unix seconds, each inside ``window`` ([start, end)) unless it is None."""
-    ts = _integers(path, table, "timestamp", "whole unix seconds")
+    ts = _io.unsigned_integers(path, table, "timestamp", "whole unix seconds")
     if window is not None:
         inside = pa.array((ts >= window[0]) & (ts < window[1]))
         span = f"{_day(window[0], tz_hours)}..{_day(window[1] - 1, tz_hours)} (UTC{tz_hours:+d})"
-        _first_bad(path, inside, pa.array(ts), f"timestamp {{value}} lies outside the log's window {span}; "
-                   "time_window none skips this check")
+        _io.first_bad_line(path, inside, pa.array(ts), f"timestamp {{value}} lies outside the log's window {span}; "
+                           "time_window none skips this check")
     return ts
 
 
@@ -127,19 +93,19 @@ def read_cml(path: str | Path, log: CMLLog, time_window: object = "documented") 
     """
     inter_path, held_path = _files(Path(path))
     window = log.window if time_window == "documented" else parse_window(time_window)
-    table = _read(inter_path, _COLUMNS)
-    user = _integers(inter_path, table, "user_id", "an unsigned integer id")
-    item = _integers(inter_path, table, "item_id", "an unsigned integer id")
-    behavior = pc.utf8_trim_whitespace(_column(table, "behavior"))
+    table = _io.read_text_columns(inter_path, _COLUMNS)
+    user = _io.unsigned_integers(inter_path, table, "user_id", "an unsigned integer id")
+    item = _io.unsigned_integers(inter_path, table, "item_id", "an unsigned integer id")
+    behavior = pc.utf8_trim_whitespace(_io.column_array(table, "behavior"))
     known = pc.is_in(behavior, value_set=pa.array(log.behaviors, pa.string()))
-    _first_bad(inter_path, known, behavior, f"behavior {{value!r}} is not one of {', '.join(log.behaviors)}")
+    _io.first_bad_line(inter_path, known, behavior, f"behavior {{value!r}} is not one of {', '.join(log.behaviors)}")
     ts = _checked_times(inter_path, table, window, log.tz_hours)
     heldout = None
     params: dict[str, object] = {"time_window": list(window) if window else None, "published_split": None}
     if held_path is not None:
-        held = _read(held_path, _HELDOUT_COLUMNS)
-        heldout = pa.table({"user": _integers(held_path, held, "user_id", "an unsigned integer id"),
-                            "item": _integers(held_path, held, "item_id", "an unsigned integer id")})
+        held = _io.read_text_columns(held_path, _HELDOUT_COLUMNS)
+        heldout = pa.table({"user": _io.unsigned_integers(held_path, held, "user_id", "an unsigned integer id"),
+                            "item": _io.unsigned_integers(held_path, held, "item_id", "an unsigned integer id")})
         params["published_split"] = HELDOUT_NAME
     return RawLog(
         user=user,
