@@ -12,6 +12,8 @@ TIGER / GLASS runs) and :func:`build_session_sid_table` (multi-behavior runs) qu
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,9 @@ HEALTH_FILE = "health.json"
 BUILD_FILE = "build.json"
 EMBEDDINGS = ("text", "cf", "file", "cooccurrence")
 QUANTIZERS = ("rqvae", "rqkmeans")
+# The RQ-VAE is fit and encoded on this many torch threads whatever the process uses: its matmuls and loss sums
+# split their reductions by thread count, so the weights (and the table) would depend on the machine's setting.
+RQVAE_THREADS = 1
 
 
 def item_embeddings(cfg: SIDConfig, dataset: Dataset, sessions: SessionSplit | None = None,
@@ -134,18 +139,38 @@ def fit_quantizer(cfg: SIDConfig, x: torch.Tensor) -> tuple[Any, dict[str, Any]]
     raise ConfigError(f"sid.quantizer '{cfg.quantizer}' is not one of {list(QUANTIZERS)}")
 
 
+@contextmanager
+def quantizer_threads(cfg: SIDConfig) -> Iterator[int]:
+    """Run the block on the quantizer's torch threads (:data:`RQVAE_THREADS` for the RQ-VAE, else the process's
+    setting) and yield that count, restoring the setting after: the same seed then gives the same RQ-VAE table
+    on any thread count (two threads round the weights differently from one)."""
+    before = torch.get_num_threads()
+    threads = RQVAE_THREADS if cfg.quantizer == "rqvae" else before
+    if threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        if threads != before:
+            torch.set_num_threads(before)
+
+
 def build_sid_table(cfg: SIDConfig, dataset: Dataset, out_dir: str | Path | None = None,
                     cf_loader: CFLoader | None = None) -> SIDTable:
-    """Embed, quantize and make unique; writes the SID folder when ``out_dir`` is given."""
+    """Embed, quantize and make unique; writes the SID folder when ``out_dir`` is given. The torch threads the
+    quantizer ran on are recorded in the table's ``quantizer_params`` and ``build.json``."""
     t0 = time.time()
     with stage(f"sid build: item embeddings ({cfg.embeddings})"):
         emb = item_embeddings(cfg, dataset, cf_loader=cf_loader)
     t_embed = time.time() - t0
     n, dim = emb.vectors.shape
-    with stage(f"sid build: {cfg.quantizer} on {n:,} x {dim} ({cfg.levels} levels x {cfg.codebook_size} codes)"):
-        q, fit_log = fit_quantizer(cfg, emb.vectors)
-    with stage("sid build: unique SIDs"):
-        table = SIDTable.from_quantizer(q, emb.item_ids, emb.vectors)
+    with quantizer_threads(cfg) as threads:
+        with stage(f"sid build: {cfg.quantizer} on {n:,} x {dim} ({cfg.levels} levels x {cfg.codebook_size} codes)"):
+            q, fit_log = fit_quantizer(cfg, emb.vectors)
+        with stage("sid build: unique SIDs"):
+            table = SIDTable.from_quantizer(q, emb.item_ids, emb.vectors)
+    table.quantizer_params = {**table.quantizer_params, "threads": threads}
+    fit_log["threads"] = threads
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -140,7 +140,10 @@ class RQVAE(nn.Module):
                 self._reset_dead(level, r, gen)
             book = self.codebooks[level]  # (K, d)
             c = sq_distances(r.detach(), book.detach()).argmin(dim=1)  # (B,)
-            e = book[c]  # (B, d)
+            # Not ``book[c]``: that gradient is an index_put with accumulation, which on several CPU threads adds
+            # rows with atomics in a racing order (another table every run); the embedding gradient sums each
+            # code's rows in batch order, the order of the one-thread index_put, so one thread is unchanged.
+            e = F.embedding(c, book)  # (B, d)
             loss = loss + F.mse_loss(e, r.detach()) + self.config.beta * F.mse_loss(r, e.detach())
             if self.training:
                 self.last_used[level, c] = self.step
