@@ -92,8 +92,9 @@ def main() -> None:
     name = args.name or f"{stem}__{Path(args.data).name}"
     per_seed, train_secs = [], []
     for seed in args.seeds:
-        cfg = load_config(args.recipe, [*args.set, f"data.path={args.data}", f"train.seed={seed}",
-                                        "train.progress=false"], ablation=args.ablation)
+        # quiet by default; --set train.progress=true shows progress lines within long epochs
+        cfg = load_config(args.recipe, ["train.progress=false", *args.set, f"data.path={args.data}",
+                                        f"train.seed={seed}"], ablation=args.ablation)
         # a finished run folder is resumed (only re-evaluated), so time comes from the run's own record
         run_dir = Path(args.runs) / f"{name}-seed{seed}"
         staged = "pretrain" in cfg.stages  # two stages: the retriever run lives in RUN/finetune

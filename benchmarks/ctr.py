@@ -67,8 +67,9 @@ def main() -> None:
             if not (art / "pretrain.json").exists():
                 raise SystemExit(f"--pretrained-from: no stage-1 artifact at {art}; run that recipe's seed {seed} first")
             shared = ["stages=[finetune]", f"model.pretrained={art}"]
-        cfg = load_config(args.recipe, [*args.set, *shared, f"data.path={args.data}", f"train.seed={seed}",
-                                        "train.progress=false"])
+        # quiet by default; --set train.progress=true shows progress lines within long epochs
+        cfg = load_config(args.recipe, ["train.progress=false", *args.set, *shared, f"data.path={args.data}",
+                                        f"train.seed={seed}"])
         if model_kind(cfg) != RANKER:
             raise SystemExit(f"{args.recipe}: model '{cfg.model['name']}' is not a ranker; use benchmarks/accuracy.py")
         dataset = dataset if dataset is not None else load_data(cfg.data)
