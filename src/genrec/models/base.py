@@ -137,6 +137,7 @@ class SIDLogits(NamedTuple):
     logits: torch.Tensor  # (..., V) one row of logits per target token
     targets: torch.Tensor  # (...) the token (or code) to predict
     mask: torch.Tensor | None  # (...) bool, the positions that are trained on; None = every position
+    aux: torch.Tensor | None = None  # () a regulariser added to the loss sum as is (scaled by the model to its count)
 
 
 class Generator(Model):

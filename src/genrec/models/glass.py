@@ -11,7 +11,8 @@ through:
   ground truth in training, each beam's own token in beam search) the most recent ``retrieve_max`` long-window
   items with that code are embedded (sum of their SID-token embeddings + a learned recency bucket, A-L3/A-L4);
   every decoder layer (``gate_layers``, A-L5) attends to them with a second cross-attention and mixes the two
-  outputs with a gate ``g = sigmoid([Z_s; Z_r] W_g)`` (or a fixed ``fixed_gate``): ``Z = (1-g) Z_s + g Z_r``.
+  outputs with a gate ``g = sigmoid([Z_s; Z_r] W_g)`` (or a fixed ``fixed_gate``): ``Z = (1-g) Z_s + g Z_r``
+  (``gate_init``, ``gate_temperature``, ``gate_shape``, ``gate_penalty`` keep it unsaturated: :mod:`.glass_gate`).
   The first decoder position (predicting ``sid_1``) has no key and uses ``Z_s`` only.
 - **Semantic neighbour augmentation** (§4.6, ``neighbour_codes`` k > 0): a key with fewer than
   ``neighbour_min`` matches also takes items under its k nearest codes (prototype cosine).
@@ -40,6 +41,7 @@ from torch import nn
 
 from genrec.errors import ConfigError, DataError
 from genrec.models.base import GeneratorBatch, SIDLogits
+from genrec.models.glass_gate import GateSink, check_gate, gate_penalty, gate_values, learned_gates
 from genrec.models.registry import register
 from genrec.models.tiger import PAD, TIGER, DecodeState, Encoded, _key_bias
 from genrec.models.tiger_layers import Attention, RMSNorm, relative_buckets
@@ -57,9 +59,6 @@ from genrec.sid.sid_tier import (
     tier_histogram,
 )
 
-GATES = ("learned", "fixed")
-GATE_LAYERS = ("all", "last")
-GATE_EPS = 1e-4  # the learned gate lives in [eps, 1 - eps]: strictly inside (0, 1), both branches keep a gradient
 _TIER_CHUNK = 1 << 22  # (rows x long items x codes) gathered at once when building SID-Tier tables
 
 
@@ -111,6 +110,10 @@ class GLASS(TIGER):
         recency_buckets: int = 32  # learned recency embedding over T5-style log buckets (A-L4)
         gate: str = "learned"  # learned | fixed (§4.5, Fig. 4)
         fixed_gate: float = 0.5  # the gate value when gate = fixed
+        gate_init: str = "default"  # default | zero (W_g and its bias zero: g = 0.5 at the first step)
+        gate_temperature: float = 1.0  # g = sigmoid(logit / tau); tau > 1 flattens the sigmoid
+        gate_shape: str = "dim"  # dim (Linear(2d, d), the spec's) | token (Linear(2d, 1): one g per position)
+        gate_penalty: float = 0.0  # lambda * mean (logit / tau)^2 over the used gates, added to the mean loss
         gate_layers: str = "all"  # all | last decoder layer(s) get the second cross-attention (A-L5)
         neighbour_codes: int = 0  # semantic neighbour augmentation: k nearest codes; 0 = off (A-L6: k = 3)
         neighbour_min: int = 4  # ... used when fewer than tau exact matches (A-L6: tau = 4)
@@ -130,7 +133,7 @@ class GLASS(TIGER):
         self.fused = list(range(n_dec)) if cfg.gate_layers == "all" else [n_dec - 1]
         if cfg.hard_search:
             self.ret_attn = nn.ModuleList(Attention(d, cfg.num_heads, cfg.head_dim, cfg.dropout) for _ in self.fused)
-            self.gates = nn.ModuleList(nn.Linear(2 * d, d) for _ in self.fused) if cfg.gate == "learned" else None
+            self.gates = learned_gates(cfg, len(self.fused)) if cfg.gate == "learned" else None
             self.recency = nn.Embedding(cfg.recency_buckets, d)
             self.match_type = nn.Embedding(2, d)  # 0 = exact level-1 match, 1 = semantic neighbour
             self.ret_norm = RMSNorm(d, cfg.norm_eps)
@@ -264,17 +267,21 @@ class GLASS(TIGER):
         mask[:, 0] |= ~has  # an all-masked row would make attention NaN; its gate is zeroed instead
         return Retrieved(emb, mask, has, hs.index)
 
-    def _gate(self, j: int, z_s: torch.Tensor, z_r: torch.Tensor) -> torch.Tensor:
-        """(R, T, d) both cross-attention outputs -> gate in (0, 1), (R, T, d) or a scalar tensor."""
+    def _gate(self, j: int, z_s: torch.Tensor, z_r: torch.Tensor, sink: GateSink | None = None,
+              apply: torch.Tensor | None = None) -> torch.Tensor:
+        """(R, T, d) both cross-attention outputs -> gate in (0, 1): (R, T, d), (R, T, 1) or a scalar tensor.
+        ``sink`` (``gate_penalty``) collects each sigmoid argument with ``apply`` (R|1, T, 1), where it is used."""
         if self.gates is None:
             return z_s.new_tensor(self.cfg.fixed_gate)
-        g = GATE_EPS + (1 - 2 * GATE_EPS) * torch.sigmoid(self.gates[j](torch.cat([z_s, z_r], -1)))
+        logit, g = gate_values(self.gates[j], z_s, z_r, self.cfg.gate_temperature)  # (R, T, d|1) each
+        if sink is not None and apply is not None:
+            sink.append((logit, apply))
         if self.gate_log is not None:
             self.gate_log.append(g.detach())
         return g
 
     def _fuses(self, ret_kv: list[tuple[torch.Tensor, torch.Tensor]], ret_bias: torch.Tensor,
-               apply: torch.Tensor) -> list[Any]:
+               apply: torch.Tensor, sink: GateSink | None = None) -> list[Any]:
         """One fuse callable per decoder layer; ``apply`` (R|1, T, 1) says where the retrieved branch is used."""
         fuses: list[Any] = [None] * self.cfg.num_decoder_layers
         for j, layer_idx in enumerate(self.fused):
@@ -282,7 +289,7 @@ class GLASS(TIGER):
                 with _fp32(h):  # the whole branch in fp32, also under autocast (module doc)
                     h, z_s = h.float(), z_s.float()
                     z_r = self.ret_attn[j].attend(h, *ret_kv[j], ret_bias)  # (R, T, d)
-                    g = self._gate(j, z_s, z_r) * apply.to(z_s.dtype)
+                    g = self._gate(j, z_s, z_r, sink, on := apply.to(z_s.dtype)) * on
                     return z_s + g * (z_r - z_s)  # (1 - g) Z_s + g Z_r
             fuses[layer_idx] = fuse
         return fuses
@@ -296,12 +303,18 @@ class GLASS(TIGER):
         return self.encoder_inputs(batch.items, batch.users), self.item_sids[batch.targets]
 
     def sid_logits(self, inputs: tuple[GlassInputs, torch.Tensor]) -> SIDLogits:  # type: ignore[override]
-        """Teacher forcing as in TIGER; hard search is keyed by the true ``sid_1``."""
+        """Teacher forcing as in TIGER, hard search keyed by the true ``sid_1``; ``aux``: the gate penalty x count."""
         inp, target_sids = inputs
-        return SIDLogits(self.teacher_logits(inp, target_sids), target_sids, None)
+        if self.gates is None or self.cfg.gate_penalty == 0:
+            return SIDLogits(self.teacher_logits(inp, target_sids), target_sids, None)
+        sink: GateSink = []
+        logits = self.teacher_logits(inp, target_sids, sink)
+        aux = self.cfg.gate_penalty * gate_penalty(sink, logits) * target_sids.numel()
+        return SIDLogits(logits, target_sids, None, aux)
 
-    def teacher_logits(self, inp: GlassInputs, target_sids: torch.Tensor) -> torch.Tensor:
-        """Teacher forcing: (B, m) target SIDs -> (B, m, C) logits of every SID position."""
+    def teacher_logits(self, inp: GlassInputs, target_sids: torch.Tensor,
+                       sink: GateSink | None = None) -> torch.Tensor:
+        """Teacher forcing: (B, m) target SIDs -> (B, m, C) logits of every SID position (``sink``: see _gate)."""
         enc = self.encode_inputs(inp)
         dec_input = self.decoder_inputs(target_sids[:, :-1])  # (B, m)
         fuses = None
@@ -309,7 +322,7 @@ class GLASS(TIGER):
             ret = self.retrieve(inp.long, inp.long_len, target_sids[:, 0])
             pos = torch.arange(dec_input.shape[1], device=dec_input.device)
             apply = (pos[None, :] >= 1) & ret.has[:, None]  # (B, T): no key before sid_1 is known
-            fuses = self._fuses(self._ret_kv(ret), _key_bias(ret.mask), apply[..., None])
+            fuses = self._fuses(self._ret_kv(ret), _key_bias(ret.mask), apply[..., None], sink)
         return self.decode(enc, dec_input, fuses)
 
     # ---- incremental decoding -----------------------------------------------------------------------------
@@ -374,12 +387,7 @@ def _check(cfg: GLASS.Config) -> None:
         raise ConfigError(f"model.tier_norm '{cfg.tier_norm}' is not one of {list(TIER_NORMS)}")
     if cfg.tier_hidden < 1 or cfg.retrieve_max < 1 or cfg.recency_buckets < 2:
         raise ConfigError("model: tier_hidden and retrieve_max must be >= 1, recency_buckets >= 2")
-    if cfg.gate not in GATES:
-        raise ConfigError(f"model.gate '{cfg.gate}' is not one of {list(GATES)}")
-    if not 0.0 < cfg.fixed_gate < 1.0:
-        raise ConfigError(f"model.fixed_gate must lie in (0, 1), got {cfg.fixed_gate}")
-    if cfg.gate_layers not in GATE_LAYERS:
-        raise ConfigError(f"model.gate_layers '{cfg.gate_layers}' is not one of {list(GATE_LAYERS)}")
+    check_gate(cfg)
     if cfg.neighbour_codes < 0 or cfg.neighbour_min < 0:
         raise ConfigError("model.neighbour_codes and model.neighbour_min must be >= 0")
     if cfg.neighbour_codes >= cfg.codebook_size:

@@ -13,8 +13,12 @@ from genrec.models.base import SIDLogits
 
 
 def next_sid_loss(out: SIDLogits) -> tuple[torch.Tensor, torch.Tensor | int]:
-    """(sum, count) over the target tokens of ``out`` (every one, or those of ``out.mask``)."""
+    """(sum, count) over the target tokens of ``out`` (every one, or those of ``out.mask``), plus ``out.aux``
+    when the model adds a regulariser (already scaled to the count, so the trainer's mean carries it once)."""
     if out.mask is None:
         logits = out.logits.reshape(-1, out.logits.shape[-1])  # (N, V)
-        return F.cross_entropy(logits.float(), out.targets.reshape(-1), reduction="sum"), out.targets.numel()
-    return F.cross_entropy(out.logits[out.mask].float(), out.targets[out.mask], reduction="sum"), out.mask.sum()
+        loss = F.cross_entropy(logits.float(), out.targets.reshape(-1), reduction="sum")
+        count: torch.Tensor | int = out.targets.numel()
+    else:
+        loss, count = F.cross_entropy(out.logits[out.mask].float(), out.targets[out.mask], reduction="sum"), out.mask.sum()
+    return (loss if out.aux is None else loss + out.aux), count
