@@ -71,3 +71,12 @@ def test_a_trainer_with_its_own_schedule_refuses_the_key(toy, tmp_path):
     t.schedule = lr_schedule("inverse_sqrt", 1e-3, warmup_steps=10)  # as the generators set theirs
     with pytest.raises(ConfigError, match="train.lr_schedule=cosine: this trainer has its own"):
         t.fit()
+
+
+def test_a_generator_recipe_with_lr_schedule_is_refused_before_its_run_folder_opens(tmp_path):
+    from genrec.train.run import train_run
+
+    cfg = config_from_dict(tiny_cfg("tiger", train={"lr_schedule": "cosine"}))
+    with pytest.raises(ConfigError, match="train.lr_schedule=cosine: the generator 'tiger' has its own"):
+        train_run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

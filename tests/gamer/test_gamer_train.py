@@ -115,3 +115,8 @@ def test_command_line_run_writes_a_results_record(tmp_path, capsys):
     assert rec["multibehavior"]["augment"] == 1 and set(rec["metrics"]["per_behavior"]) == {"pv", "fav", "cart", "buy"}
     assert main(args[:4] + ["--set", "multibehavior.candidate=all"]) == 2
     assert "multibehavior.candidate" in capsys.readouterr().err
+    # a data folder that is not there: one line naming it, no traceback (the CLI's error policy)
+    (tmp_path / "r2.yaml").write_text(yaml.safe_dump({**recipe, "data": {"path": str(tmp_path / "nodata")}}))
+    assert main(["--config", str(tmp_path / "r2.yaml"), "--out", str(tmp_path / "run2")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nodata" in err and "Traceback" not in err

@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from genrec.config import apply_overrides, config_from_dict, load_yaml
     from genrec.data.schema import load_dataset
-    from genrec.errors import GenrecError
+    from genrec.errors import EXIT_INTERRUPTED, error_report
     from genrec.train.multibehavior_baselines import run_variant
 
     ap = argparse.ArgumentParser(prog="python -m genrec.train.gamer", description=main.__doc__)
@@ -286,9 +286,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_dict(apply_overrides(load_yaml(args.config), args.set), args.config)
         rec = run_variant(cfg, args.out, load_dataset(cfg.data.path), cfg.multibehavior, resume=not args.no_resume)
         dist_utils.finish()
-    except GenrecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("genrec: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # the CLI's one policy (genrec.errors.error_report): one line, never a traceback
+        line, code = error_report(exc)
+        print(line, file=sys.stderr)
+        return code
     if "metrics" not in rec:  # a torchrun process other than the main one: it trained, the main one reports
         return 0
     summary = rec.get("summary", {})

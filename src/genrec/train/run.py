@@ -56,6 +56,10 @@ def _train_any(cfg: RunConfig, out: str | Path, resume: bool, dataset: Dataset |
     if cfg.stages:
         raise ConfigError(f"stages {cfg.stages}: the two-stage pipeline is for HPGR-style rankers, "
                           f"not the {model_kind(cfg)} '{cfg.model['name']}'")
+    if kind in (GENERATOR, MULTI_BEHAVIOR) and cfg.train.lr_schedule != "constant":  # before a run folder opens
+        raise ConfigError(f"train.lr_schedule={cfg.train.lr_schedule}: the {model_kind(cfg)} "
+                          f"'{cfg.model['name']}' has its own learning-rate schedule; drop the key (the "
+                          "generator: and multibehavior: sections set theirs)")
     if kind == RANKER:
         from genrec.train.ranker import train_ranker_run
 
