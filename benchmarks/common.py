@@ -41,8 +41,33 @@ def commit() -> str:
         return "unknown"
 
 
+DEFAULT_RUNS = "runs/bench"  # every benchmark's --runs default
+REPO = RESULTS.parent.parent
+
+
+def shown_path(path: str | Path, runs: str | Path = DEFAULT_RUNS) -> str:
+    """A path as a committed record shows it: relative to the repository when it lies inside; a run folder
+    under a ``--runs`` root outside the repository as under the default root (where the same command without
+    ``--runs`` puts it), so no machine-specific path lands in a record."""
+    p, root = Path(path).resolve(), Path(runs).resolve()
+    if p.is_relative_to(REPO):
+        return str(p.relative_to(REPO))
+    return str(Path(DEFAULT_RUNS) / p.relative_to(root)) if p.is_relative_to(root) else str(path)
+
+
 def command_line() -> str:
-    return "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    """The command that wrote a record; a ``--runs`` root outside the repository is left out (it moves the run
+    folders, not the results)."""
+    args, out, i = sys.argv[1:], [], 0
+    while i < len(args):
+        a = args[i]
+        value = args[i + 1] if a == "--runs" and i + 1 < len(args) else a[7:] if a.startswith("--runs=") else None
+        if value is not None and not Path(value).resolve().is_relative_to(REPO):
+            i += 1 if a.startswith("--runs=") else 2
+            continue
+        out.append(a)
+        i += 1
+    return "python " + " ".join([os.path.relpath(sys.argv[0])] + out)
 
 
 def ablation_suffix(recipe_stem: str, ablation_stem: str) -> str:

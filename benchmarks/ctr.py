@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_result  # noqa: E402
+from common import shown_path, write_result  # noqa: E402
 
 from genrec.config import load_config  # noqa: E402
 from genrec.data.loading import load_data  # noqa: E402
@@ -84,7 +84,7 @@ def main() -> None:
         if "pretrain" in res:
             per_seed[-1]["pretrain_seconds"] = res["pretrain"].get("seconds")
         elif args.pretrained_from:
-            per_seed[-1]["pretrained_from"] = str(art)
+            per_seed[-1]["pretrained_from"] = shown_path(art, args.runs)
         m = res["metrics"]
         print(f"seed {seed}: " + " ".join(f"{k}={m[k]:.4f}" for k in METRICS), flush=True)
     keys = [k for k in per_seed[0]["metrics"] if k not in ("num_impressions", "gauc_users", "positive_rate")]

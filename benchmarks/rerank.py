@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_result  # noqa: E402
+from common import shown_path, write_result  # noqa: E402
 
 from genrec.config import apply_overrides, load_config  # noqa: E402
 from genrec.train.rerank import parse_rerank_config, rerank_run  # noqa: E402
@@ -92,7 +92,7 @@ def main() -> None:
         done = out / "results" / "test.json"
         res = json.loads(done.read_text()) if done.exists() else rerank_run(retriever, art, rcfg, out)
         last = res
-        per_seed.append({"seed": seed, "retriever": retriever, "pretrained": str(art),
+        per_seed.append({"seed": seed, "retriever": shown_path(retriever, args.runs), "pretrained": shown_path(art, args.runs),
                          "metrics_retriever": res["metrics_retriever"], "metrics_rerank": res["metrics"],
                          "target_in_top_k": res["target_in_top_k"], "best_epoch": res["protocol"]["best_epoch"],
                          "epochs_run": res["train"]["epoch"], "beta": res["beta"],
