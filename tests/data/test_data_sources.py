@@ -338,3 +338,13 @@ def test_a_movielens_folder_with_only_the_reconstructed_ml1m_file_is_read(tmp_pa
     assert raw.counts["missing_timestamps"] == 1 and raw.items is not None
     ds = load_dataset(prepare(raw, tmp_path / "out", name="ml-1m"))
     assert ds.manifest["counts"]["interactions"] == 2 and ds.manifest["counts"]["dropped_rows"] == 1
+
+
+def test_p5_keeps_repeated_pairs_as_the_published_split_does(tmp_path, write):
+    folder = tmp_path / "rep"
+    write(folder / "sequential_data.txt", "1 3 1 3 2\n2 2 4\n")  # user 1 buys item 3 twice
+    ds = load_dataset(prepare_source("amazon_p5", folder, tmp_path / "out", dates=False))
+    assert ds.manifest["params"]["dedup"] == "none" and ds.manifest["counts"]["dropped_duplicates"] == 0
+    assert len(ds.interactions) == 6
+    first = load_dataset(prepare_source("amazon_p5", folder, tmp_path / "first", dates=False, dedup="first"))
+    assert len(first.interactions) == 5 and first.manifest["params"]["dedup"] == "first"

@@ -134,7 +134,7 @@ def register(subparsers: Any) -> None:
                                          "documented window), 'none' skips the check")
     f = p.add_argument_group("filters and sessions")
     f.add_argument("--min-rating", type=float, help="drop interactions rated below this")
-    f.add_argument("--dedup", choices=["first", "last", "none"], help="repeated (user, item) pairs (default first)")
+    f.add_argument("--dedup", choices=["first", "last", "none"], help="repeated (user, item) pairs (default: the source's; first, none for amazon_p5)")
     f.add_argument("--user-core", type=int, help="iterative k-core: keep users with >= K interactions")
     f.add_argument("--item-core", type=int, help="iterative k-core: keep items with >= K interactions")
     f.add_argument("--session-gap", type=int, help="seconds of inactivity that end a session")

@@ -56,7 +56,7 @@ SOURCES: dict[str, SourceSpec] = {
             read_amazon_p5,
             "Amazon 2014 5-core sequences in the P5/TIGER format (sequential_data.txt folder), P5 item ids "
             "kept as internal ids, review dates and item text attached when present",
-            {"session_gap": 86400},
+            {"session_gap": 86400, "dedup": "none"},  # the published P5/TIGER splits keep repeated pairs
         ),
         SourceSpec(
             "amazon_5core",
