@@ -277,6 +277,8 @@ def tables() -> dict[str, str]:
         "glass": glass_table(recs),
         "beauty-other": other_exclusion_table(recs, "beauty", beauty_cols),
         "ml-100k": accuracy_table(recs, "ml-100k", ml_cols),
+        "ml-1m": accuracy_table(recs, "ml-1m", ml_cols),
+        "books": accuracy_table(recs, "books", ml_cols),
         "speed": speed_table(recs),
         "serve": serve_table(recs),
         "pgsa": pgsa_table(recs),
