@@ -113,6 +113,19 @@ def pgsa_step_table(recs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def cost_curve_table(recs: list[dict]) -> str:
+    rows = [r for r in recs if r["_file"].startswith("cost-curve__")]
+    lines = ["| L | HSTU s/step | SASRec s/step | HSTU / SASRec time | HSTU step MB | SASRec step MB | "
+             "HSTU / SASRec step memory | record |", "|" + " --- |" * 8]
+    for r in rows:
+        for n, m in r["metrics"]["by_history_length"].items():
+            lines.append(f"| {n} | {m['hstu_step_s']:.3f} | {m['sasrec_step_s']:.3f} | "
+                         f"{m['step_ratio_hstu_over_sasrec']:.2f}x | {m['hstu_step_extra_mb']:.0f} | "
+                         f"{m['sasrec_step_extra_mb']:.0f} | {m['step_memory_ratio_hstu_over_sasrec']:.2f}x | "
+                         f"`{r['_file']}` |")
+    return "\n".join(lines)
+
+
 def sid_health_table(recs: list[dict]) -> str:
     """One block per distinct SID table: GLASS's variants share one table per dataset, listed once."""
     tables: dict[tuple, list[dict]] = {}
@@ -283,6 +296,7 @@ def tables() -> dict[str, str]:
         "serve": serve_table(recs),
         "pgsa": pgsa_table(recs),
         "pgsa-step": pgsa_step_table(recs),
+        "cost-curve": cost_curve_table(recs),
         "beam": beam_table(recs, trained=False),
         "beam-trained": beam_table(recs, trained=True),
         "sid-health": sid_health_table(recs),
