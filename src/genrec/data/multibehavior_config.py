@@ -30,7 +30,7 @@ class MultiBehaviorConfig:
     warmup_ratio: float = 0.04  # linear warmup over this fraction of all steps, then cosine decay to 0
     early_stop: str = "valid_loss"  # valid_loss (GAMER) or "<behavior>/<metric>", e.g. buy/ndcg@10
     valid_max_users: int = 0  # 0 = every validation user; else a fixed seeded subset
-    length_bucketing: bool = False  # training sequences of similar length share a batch; off = one plain shuffle
+    length_bucketing: bool = False  # training batches and evaluation queries of similar length; off = file order
 
     def check(self) -> None:
         """A ConfigError naming the first ``multibehavior.*`` value the protocol cannot use."""

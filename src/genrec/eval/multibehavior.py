@@ -110,12 +110,15 @@ def query_histories(split: SessionSplit, queries: BehaviorQueries, max_len: int)
 def evaluate_behaviors(model: Any, split: SessionSplit, which: str = "test", behaviors: Sequence[int] | None = None,
                        ks: Sequence[int] = (1, 5, 10), beam_size: int = 20, batch_size: int = 128,
                        candidates: str = "behavior_history", min_history: int = 1, constrained: bool = True,
-                       max_users: int = 0, seed: int = 0, select: Sequence[str] | None = None) -> MultiBehaviorEval:
+                       max_users: int = 0, seed: int = 0, select: Sequence[str] | None = None,
+                       by_length: bool = False) -> MultiBehaviorEval:
     """Beam-search every (user, behavior) query of ``which`` and score it against its target set (the metric
     families in ``select``, default all).
 
     ``model`` needs ``generate(items, behaviors, behavior, beam_size, k, candidates, constrained)`` and a
     ``max_len`` history window. ``max_users > 0`` evaluates a fixed seeded subset of each behavior's users.
+    ``by_length`` searches queries in order of history length, each batch cut to its longest history, so a
+    prompt carries little padding (the lists are the model's same lists; scores move by float rounding).
     """
     if max(ks) > beam_size:
         raise ConfigError(f"eval ks {list(ks)} exceed the beam size {beam_size}; a generator ranks only its beams")
@@ -133,16 +136,20 @@ def evaluate_behaviors(model: Any, split: SessionSplit, which: str = "test", beh
             continue
         cand = candidate_items(split, int(b), candidates, which)
         sets = q.target_sets()
-        hist_items, hist_beh = query_histories(split, q, model.max_len)
-        ranked = []
+        hist_items, hist_beh = query_histories(split, q, model.max_len)  # (Q, L) right-padded
+        lengths = (hist_items > 0).sum(1)  # (Q,)
+        order = np.argsort(lengths, kind="stable") if by_length else np.arange(len(q))
+        ranked = np.zeros((len(q), beam_size), dtype=np.int64)  # (Q, beam) in query order
         for i in range(0, len(q), batch_size):
-            res = model.generate(torch.from_numpy(hist_items[i:i + batch_size]),
-                                 torch.from_numpy(hist_beh[i:i + batch_size]), int(b), beam_size=beam_size,
+            rows = order[i:i + batch_size]
+            width = max(int(lengths[rows].max()), 1) if by_length else hist_items.shape[1]
+            res = model.generate(torch.from_numpy(hist_items[rows, :width]),
+                                 torch.from_numpy(hist_beh[rows, :width]), int(b), beam_size=beam_size,
                                  k=beam_size, candidates=cand, constrained=constrained)
-            ranked.append(res.items.cpu().numpy())
+            ranked[rows] = res.items.cpu().numpy()
             invalid += int((~res.valid).sum())
             total += res.valid.numel()
-        m = mean_metrics(multi_target_metrics(np.concatenate(ranked), sets, ks, select))
+        m = mean_metrics(multi_target_metrics(ranked, sets, ks, select))
         m["num_candidates"] = int(cand.size)
         m["targets_in_candidates"] = float(np.mean([np.isin(s, cand).mean() for s in sets]))
         per[names[b]] = m
@@ -200,7 +207,7 @@ def behavior_eval(model: Any, cfg: RunConfig, opts: MultiBehaviorConfig, split: 
     con = g.constrained if constrained is None else constrained
     return evaluate_behaviors(model, split, which, behaviors, multi_behavior_ks(cfg), g.beam_size,
                               cfg.eval.batch_size, opts.candidates, opts.min_history, con, max_users, cfg.train.seed,
-                              select_metrics(cfg.eval.metrics, MULTI_TARGET))
+                              select_metrics(cfg.eval.metrics, MULTI_TARGET), by_length=opts.length_bucketing)
 
 
 def behavior_results(model: Any, cfg: RunConfig, opts: MultiBehaviorConfig, dataset: Dataset, split: SessionSplit,

@@ -137,7 +137,7 @@ class MultiBehaviorProtocol:
         g = self.cfg.generator
         return evaluate_behaviors(self.adapter, self.split, which, behaviors, self.ks, g.beam_size,
                                   self.cfg.eval.batch_size, self.mb.candidates, self.mb.min_history,
-                                  g.constrained, max_users, self.cfg.train.seed)
+                                  g.constrained, max_users, self.cfg.train.seed, by_length=self.mb.length_bucketing)
 
     def validate(self) -> tuple[dict[str, Any], float]:
         """The early-stopping metric on the validation sessions (one behavior, or all of them merged)."""
@@ -257,7 +257,8 @@ def evaluate_untrained(cfg: RunConfig, dataset: Dataset, options: MultiBehaviorC
     t0 = time.time()
     behaviors = [levels.id_of(n) for n in opts.eval_behaviors] or None
     ev = evaluate_behaviors(behavior_ranker(model), split, which, behaviors, ks, cfg.generator.beam_size,
-                            cfg.eval.batch_size, opts.candidates, opts.min_history, True, 0, cfg.train.seed)
+                            cfg.eval.batch_size, opts.candidates, opts.min_history, True, 0, cfg.train.seed,
+                            by_length=opts.length_bucketing)
     return _record(cfg, dataset, opts, levels, ev, which, model.ranked_by, cfg.data.max_len, ks,
                    eval_seconds=round(time.time() - t0, 2), train_seconds=0.0, num_parameters=0)
 
