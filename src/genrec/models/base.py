@@ -179,3 +179,20 @@ class Generator(Model):
 
 def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp(min=eps)
+
+
+SIMILARITIES = ("cosine", "dot")  # a retriever's ``model.similarity``
+
+
+def check_similarity(similarity: str, model: str) -> None:
+    if similarity not in SIMILARITIES:
+        from genrec.errors import ConfigError
+
+        raise ConfigError(f"model.similarity: '{similarity}' is not one of {', '.join(SIMILARITIES)} ({model})")
+
+
+def scoring_space(x: torch.Tensor, similarity: str) -> torch.Tensor:
+    """User states and item vectors as a retriever scores them: ``cosine`` L2-normalises both (HSTU's comparisons;
+    the objective divides the logits by its temperature), ``dot`` keeps them raw (RecTools' SASRec, the
+    eSASRec benchmark's SASRec+SS; temperature 1), so a vector's norm can carry popularity."""
+    return l2norm(x) if similarity == "cosine" else x

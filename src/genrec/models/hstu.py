@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from genrec.data.sequences import SeqBatch
-from genrec.models.base import Retriever, l2norm
+from genrec.models.base import Retriever, check_similarity, scoring_space
 from genrec.models.pretrained import (  # noqa: F401 (copy_pretrained_table: the frozen test oracle imports it here)
     Pretrained,
     PretrainedSettings,
@@ -45,9 +45,11 @@ class HSTU(Retriever):
         linear_dropout: float = 0.2  # dropout inside each layer, before W_o
         time_bias: bool = True
         position_bias: bool = True
+        similarity: str = "cosine"  # cosine | dot (see genrec.models.base.scoring_space)
 
     def __init__(self, cfg: Config, num_items: int, max_len: int) -> None:
         super().__init__(num_items, max_len)
+        check_similarity(cfg.similarity, "hstu")
         self.cfg = cfg
         d = cfg.d_model
         dqk, dv = head_widths(d, cfg.num_heads, cfg.dqk, cfg.dv)
@@ -84,7 +86,7 @@ class HSTU(Retriever):
         for layer in self.layers:
             x = layer(x, attention, timestamps=batch.timestamps, query_times=qt)
             x = x * valid[..., None]
-        return l2norm(x)
+        return scoring_space(x, self.cfg.similarity)
 
     def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
-        return l2norm(self.item_emb(ids))
+        return scoring_space(self.item_emb(ids), self.cfg.similarity)

@@ -2,7 +2,8 @@
 
 Inputs ``E[i] * sqrt(d) + P[j]``; blocks ``Q = LN(x); y = MHA(Q, x, x, causal); x = FFN(LN(Q + y))``
 with a point-wise feed-forward network with its own residual; a final LayerNorm; L2-normalised
-outputs and cosine scoring, so the loss and evaluation are exactly those used for HSTU.
+outputs and cosine scoring, so the loss and evaluation are exactly those used for HSTU (``similarity: dot``
+scores raw dot products instead, as RecTools' SASRec does).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrec.data.sequences import SeqBatch
-from genrec.models.base import Retriever, l2norm
+from genrec.models.base import Retriever, check_similarity, scoring_space
 from genrec.models.pretrained import Pretrained, PretrainedSettings, copy_item_table, retriever_stage1
 from genrec.models.registry import register
 from genrec.nn.embedding import item_embedding
@@ -78,9 +79,11 @@ class SASRec(Retriever):
         num_heads: int = 1
         d_ff: int = 0  # 0 = d_model, as in the reference configs
         dropout: float = 0.2
+        similarity: str = "cosine"  # cosine | dot (see genrec.models.base.scoring_space)
 
     def __init__(self, cfg: Config, num_items: int, max_len: int) -> None:
         super().__init__(num_items, max_len)
+        check_similarity(cfg.similarity, "sasrec")
         self.cfg = cfg
         d = cfg.d_model
         self.item_emb = item_embedding(num_items, d)  # (I+1, D), row 0 = padding
@@ -113,7 +116,7 @@ class SASRec(Retriever):
         x, valid, attn_mask = self._inputs(batch)
         for blk in self.blocks:
             x = blk(x, attn_mask) * valid[..., None]
-        return l2norm(self.final_ln(x))
+        return scoring_space(self.final_ln(x), self.cfg.similarity)
 
     def encode(self, batch: SeqBatch) -> torch.Tensor:
         """(B, D) state after the last real position; the last block computes only that row (the other rows of
@@ -122,7 +125,8 @@ class SASRec(Retriever):
         for blk in self.blocks[:-1]:
             x = blk(x, attn_mask) * valid[..., None]
         last = (batch.lengths - 1).clamp(min=0)  # (B,)
-        return l2norm(self.final_ln(self.blocks[-1](x, attn_mask, last)[:, 0]))  # (B, D)
+        state = self.final_ln(self.blocks[-1](x, attn_mask, last)[:, 0])  # (B, D)
+        return scoring_space(state, self.cfg.similarity)
 
     def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
-        return l2norm(self.item_emb(ids))
+        return scoring_space(self.item_emb(ids), self.cfg.similarity)

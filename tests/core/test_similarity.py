@@ -1,0 +1,42 @@
+"""``model.similarity``: cosine (default, L2-normalised states and items) or dot (raw vectors, RecTools' SASRec)
+for both retrievers; an unknown value is refused when the model is built."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from genrec.config import config_from_dict
+from genrec.data.sequences import SeqBatch
+from genrec.errors import ConfigError
+from genrec.models.registry import build_model
+from tests.conftest import tiny_cfg
+
+
+def _batch() -> SeqBatch:
+    items = torch.tensor([[3, 5, 7, 0], [2, 4, 0, 0]])
+    ts = torch.arange(8).view(2, 4) * 100
+    return SeqBatch(items=items, timestamps=ts, lengths=torch.tensor([3, 2]), query_time=torch.tensor([900, 900]))
+
+
+@pytest.mark.parametrize("name", ["sasrec", "hstu"])
+def test_dot_keeps_raw_vectors_and_cosine_normalises_them(name):
+    torch.manual_seed(0)
+    model = {"name": name, "d_model": 16, "num_layers": 1, "num_heads": 1, "dropout": 0.0}
+    cos = build_model(model, 10, 4).eval()
+    torch.manual_seed(0)
+    dot = build_model({**model, "similarity": "dot"}, 10, 4).eval()
+    ids = torch.arange(1, 11)
+    assert torch.allclose(cos.item_vectors(ids).norm(dim=-1), torch.ones(10), atol=1e-5)
+    raw = dot.item_vectors(ids)
+    assert not torch.allclose(raw.norm(dim=-1), torch.ones(10), atol=1e-3)
+    assert torch.allclose(cos.item_vectors(ids), raw / raw.norm(dim=-1, keepdim=True), atol=1e-6)  # same weights
+    with torch.no_grad():
+        s_cos, s_dot = cos.encode(_batch()), dot.encode(_batch())
+    assert torch.allclose(s_cos, s_dot / s_dot.norm(dim=-1, keepdim=True), atol=1e-5)
+
+
+def test_an_unknown_similarity_is_refused():
+    cfg = config_from_dict(tiny_cfg("sasrec"))
+    with pytest.raises(ConfigError, match="model.similarity: 'l1'"):
+        build_model({**cfg.model, "similarity": "l1"}, 10, 4)
