@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,13 +20,15 @@ from genrec.config import ObjectiveConfig, config_from_dict
 from genrec.data.sequences import SeqBatch
 from genrec.errors import ConfigError
 from genrec.models.registry import build_model
+from genrec.models.sasrec import SASRec
 from genrec.nn.jagged import Packing, length_groups
 from genrec.objectives.next_item import SampledSoftmax
 from genrec.train.run import train_run
 from genrec.train.trainer import Trainer, _LossModule
-from tests.conftest import tiny_cfg
+from tests.conftest import load_benchmark, tiny_cfg
 
 V, MAX_LEN = 50, 24
+ROOT = Path(__file__).resolve().parents[2]
 NO_DROPOUT = {"dropout": 0.0}
 MODELS = {
     "sasrec": {"name": "sasrec", "d_model": 16, "num_layers": 2, "num_heads": 2, **NO_DROPOUT},
@@ -158,9 +161,33 @@ def test_packed_training_with_dropout_runs_and_its_loss_is_finite(toy, tmp_path)
     assert len(losses) == 1 and all(math.isfinite(v) and v > 0 for v in losses)
 
 
-def test_packed_is_refused_in_one_line_where_there_is_no_packed_path(toy, tmp_path):
+def test_packed_is_refused_in_one_line_where_there_is_no_packed_path(toy, tmp_path, monkeypatch):
     raw = tiny_cfg("hstu_ranker", train={"packed": True})
     with pytest.raises(ConfigError, match="train.packed: only retrievers"):
         train_run(config_from_dict(raw), tmp_path / "r", dataset=toy)
+    monkeypatch.setattr(SASRec, "packs", False)  # a retriever without packed_output
+    with pytest.raises(ConfigError, match="train.packed: model 'sasrec' has no packed path"):
+        Trainer(config_from_dict(tiny_cfg("sasrec", train={"packed": True})), tmp_path / "s", toy)
     with pytest.raises(ConfigError, match="train.packed"):
         config_from_dict(tiny_cfg("sasrec", train={"packed": "yes"}))
+
+
+def test_benchmarks_report_packed_shares_and_step_times(toy_dir, tmp_path, monkeypatch):
+    """benchmarks/packed_speed.py --quick and benchmarks/padding.py on the toy data: a record each, the packed
+    token-wise layers compute no padding and attention less than the padded batches, the loss paths agree."""
+    speed, padding = load_benchmark("packed_speed"), load_benchmark("padding")
+    import common  # the benchmarks' helper module, importable once a benchmark is loaded
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    args = ["--recipe", str(ROOT / "configs" / "sasrec-ml100k.yaml"), "--data", str(toy_dir)]
+    (row,) = speed.main([*args, "--quick", "--set", "train.batch_size=32", "--name", "quick"])["metrics"]["rows"]
+    assert row["ms_per_step_padded"] > 0 and row["ms_per_step_packed"] > 0 and row["steps"] == 3
+    assert row["first_batch_loss_gap"] < 1e-4
+    assert row["packed_padding_share_tokenwise"] == 0.0
+    assert 0 <= row["packed_padding_share_attention"] <= 0.05 < row["padded_padding_share"]
+    (pad,) = padding.main([*args, "--name", "pad"])["metrics"]["rows"]
+    assert pad["train_padding_share_packed_attention"] <= 0.05 < pad["train_padding_share"]
+    assert pad["train_padding_share_packed_attention_pairs"] < pad["train_padding_share_attention_pairs"]
+    saved = json.loads((tmp_path / "results" / "quick.json").read_text())
+    for key in ("dataset", "model", "recipe", "protocol", "metrics", "seeds", "command", "date", "commit"):
+        assert key in saved

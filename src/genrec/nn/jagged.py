@@ -32,7 +32,6 @@ class LengthGroup:
     rows: torch.Tensor  # (G,) batch rows, longest first
     width: int  # Lg: the group's longest length
     gather: torch.Tensor  # (G*Lg,) packed token of each padded slot (0 on padding)
-    slots: torch.Tensor  # (Tg,) padded slot of each of the group's real tokens, in packed order
     causal: torch.Tensor  # (1, Lg, Lg) bool, key j <= query i
 
 
@@ -45,7 +44,7 @@ class Packing:
     index: torch.Tensor  # (T,) flat index in B*L of each real token
     positions: torch.Tensor  # (T,) its position inside its sequence
     groups: tuple[LengthGroup, ...]
-    order: torch.Tensor  # (T,) where packed token t lies in the concatenated group outputs
+    back: torch.Tensor  # (T,) where packed token t lies in the concatenated, flattened padded group outputs
 
     @classmethod
     def of(cls, lengths: torch.Tensor, width: int, max_padding: float = MAX_PADDING) -> Packing:
@@ -55,20 +54,17 @@ class Packing:
         offsets = np.concatenate([[0], np.cumsum(lens)])  # (B+1,)
         row_of = np.repeat(np.arange(len(lens)), lens)  # (T,)
         pos = np.arange(int(offsets[-1])) - offsets[row_of]  # (T,)
-        groups, taken = [], []
+        groups, back, base = [], np.zeros(int(offsets[-1]), np.int64), 0
         for rows in length_groups(lens, max_padding):
             w = int(lens[rows[0]])
             col = np.arange(w)[None, :]  # (1, Lg)
             real = col < lens[rows][:, None]  # (G, Lg)
             tok = offsets[rows][:, None] + col  # (G, Lg) packed token of each slot
-            taken.append(tok[real])
+            back[tok[real]] = base + np.flatnonzero(real.ravel())
+            base += real.size
             causal = torch.ones(w, w, dtype=torch.bool, device=dev).tril()[None]
-            groups.append(LengthGroup(_t(rows, dev), w, _t(np.where(real, tok, 0).ravel(), dev),
-                                      _t(np.flatnonzero(real.ravel()), dev), causal))
-        perm = np.concatenate(taken) if taken else np.zeros(0, np.int64)  # (T,) packed token of each output row
-        order = np.empty_like(perm)
-        order[perm] = np.arange(len(perm))
-        return cls(lengths, width, _t(row_of * width + pos, dev), _t(pos, dev), tuple(groups), _t(order, dev))
+            groups.append(LengthGroup(_t(rows, dev), w, _t(np.where(real, tok, 0).ravel(), dev), causal))
+        return cls(lengths, width, _t(row_of * width + pos, dev), _t(pos, dev), tuple(groups), _t(back, dev))
 
     @property
     def num_tokens(self) -> int:
@@ -76,7 +72,7 @@ class Packing:
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, ...) padded -> (T, ...) its real tokens."""
-        return x.reshape(-1, *x.shape[2:])[self.index]
+        return x.reshape(-1, *x.shape[2:]).index_select(0, self.index)  # index_select: a cheap backward
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
         """(T, ...) -> (B, L, ...) padded with zeros (for code that wants the padded layout)."""
@@ -88,10 +84,10 @@ class Packing:
         """Run ``fn(i, group, [x padded (G, Lg, ...) for x in xs]) -> (G, Lg, W)`` on every group; (T, W) back."""
         outs = []
         for i, g in enumerate(self.groups):
-            padded = [x[g.gather].view(len(g.rows), g.width, *x.shape[1:]) for x in xs]
+            padded = [x.index_select(0, g.gather).view(len(g.rows), g.width, *x.shape[1:]) for x in xs]
             o = fn(i, g, padded)  # (G, Lg, W)
-            outs.append(o.reshape(-1, o.shape[-1])[g.slots])  # (Tg, W)
-        return torch.cat(outs)[self.order]  # (T, W)
+            outs.append(o.reshape(-1, o.shape[-1]))  # (G*Lg, W)
+        return (outs[0] if len(outs) == 1 else torch.cat(outs)).index_select(0, self.back)  # (T, W)
 
     def padded_share(self) -> float:
         """Padding share of the slots attention computes (0 for the token-wise layers)."""
