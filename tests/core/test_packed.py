@@ -138,6 +138,8 @@ def test_packing_reads_real_tokens_in_row_major_order_and_groups_them():
     expect = torch.cat([x[b, : int(n)] * 10 + group_of[b] for b, n in enumerate(lengths.tolist()) if n])
     assert torch.equal(out, expect)
     assert Packing.of(lengths, 6, max_padding=1.0).padded_share() == pytest.approx(1 - 14 / 20)
+    with pytest.raises(ValueError, match="no real token"):
+        Packing.of(torch.tensor([0, 0]), 3)
 
 
 def test_a_packed_epoch_trains_finitely_to_the_padded_runs_weights(toy, tmp_path):

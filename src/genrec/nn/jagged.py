@@ -52,6 +52,8 @@ class Packing:
         lens = lengths.detach().cpu().numpy().astype(np.int64)  # (B,)
         dev = lengths.device
         offsets = np.concatenate([[0], np.cumsum(lens)])  # (B+1,)
+        if offsets[-1] == 0:
+            raise ValueError("Packing: the batch has no real token (every length is 0)")
         row_of = np.repeat(np.arange(len(lens)), lens)  # (T,)
         pos = np.arange(int(offsets[-1])) - offsets[row_of]  # (T,)
         groups, back, base = [], np.zeros(int(offsets[-1]), np.int64), 0
