@@ -3,7 +3,7 @@
 For each recipe two trainers start from the same weights (same seed), one padded (the default) and one with
 ``train.packed=true``; they take the real loop step (``TrainerBase._train_step``: forward, loss, backward, AdamW)
 on the same batches of epoch 0, interleaved (padded first on even steps, packed first on odd ones), after
-``--warmup`` untimed steps each. Before any step both compute the first batch's loss with dropout off, which must
+``--warmup`` untimed steps each; wall and process-CPU time are both kept. Before any step both compute the first batch's loss with dropout off, which must
 agree to float rounding; the timed batches' padding shares (token-wise layers and attention slots) are counted.
 
     python benchmarks/packed_speed.py --recipe configs/sasrec-ml100k.yaml --data data_cache/ml-100k --threads 1
@@ -65,30 +65,35 @@ def shares(tr: Trainer, batches: list[Any]) -> dict[str, float]:
         pk = Packing.of(b.lengths, b.items.shape[1])
         real += pk.num_tokens
         padded += b.items.numel()
-        grouped += sum(len(g.rows) * g.width for g in pk.groups)
+        grouped += len(pk.gather)
     return {"padded_padding_share": 1 - real / padded, "packed_padding_share_tokenwise": 0.0,
             "packed_padding_share_attention": 1 - real / grouped}
 
 
 def timed_steps(trs: dict[str, Trainer], steps: int, warmup: int) -> tuple[dict[str, list[float]], list[Any]]:
-    """Seconds per step of each side on the same batches, interleaved; warm-up steps are not kept."""
+    """Wall and process-CPU seconds per step of each side on the same batches, interleaved (keys ``padded``,
+    ``packed``, ``cpu_padded``, ``cpu_packed``); warm-up steps are not kept. On a shared machine the CPU time
+    leaves out the time the process waited for a core."""
     batches = trs["padded"].epoch_batches(0)
-    times: dict[str, list[float]] = {s: [] for s in SIDES}
+    times: dict[str, list[float]] = {k: [] for s in SIDES for k in (s, f"cpu_{s}")}
     for i in range(warmup + steps):
         rows = batches[i % len(batches)]
         for side in SIDES if i % 2 == 0 else SIDES[::-1]:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             value, _ = trs[side]._train_step(rows)
-            dt = time.perf_counter() - t0
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
             if value is None or value != value:
                 raise FloatingPointError(f"{side} step {i}: loss {value}")
             if i >= warmup:
                 times[side].append(dt)
+                times[f"cpu_{side}"].append(dc)
     return times, [batches[i % len(batches)] for i in range(warmup, warmup + steps)]
 
 
 def measure(recipe: str, data: str, overrides: list[str], steps: int, warmup: int) -> dict[str, Any]:
-    """One recipe's row: ms per step of each side (median and mean), the speed-up, the loss check, the shares."""
+    """One recipe's row: ms per step of each side (median and mean), the speed-ups (of the median step, of the mean
+    step, and in process-CPU time of the median step and of all timed steps together: an epoch's ratio), the loss
+    check, the shares."""
     trs = trainers(recipe, data, overrides)
     gap = loss_gap(trs, trs["padded"].epoch_batches(0)[0])
     times, batches = timed_steps(trs, steps, warmup)
@@ -98,6 +103,9 @@ def measure(recipe: str, data: str, overrides: list[str], steps: int, warmup: in
             "batch_size": trs["padded"].cfg.train.batch_size, "max_len": trs["padded"].cfg.data.max_len,
             "ms_per_step_padded": ms["padded"], "ms_per_step_packed": ms["packed"],
             "speedup_median": ms["padded"] / ms["packed"], "speedup_mean": mean["padded"] / mean["packed"],
+            "cpu_ms_per_step_padded": ms["cpu_padded"], "cpu_ms_per_step_packed": ms["cpu_packed"],
+            "cpu_speedup_median": ms["cpu_padded"] / ms["cpu_packed"],
+            "cpu_speedup_total": sum(times["cpu_padded"]) / sum(times["cpu_packed"]),
             "first_batch_loss_gap": gap, **shares(trs["padded"], batches)}
 
 
@@ -123,7 +131,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append(row)
         print(f"{Path(recipe).stem} on {row['dataset']}: padded {row['ms_per_step_padded']:.1f} ms, packed "
               f"{row['ms_per_step_packed']:.1f} ms per step ({row['speedup_median']:.2f}x median, "
-              f"{row['speedup_mean']:.2f}x mean, {steps} steps, {torch.get_num_threads()} thread(s)); padding "
+              f"{row['speedup_mean']:.2f}x mean, CPU time {row['cpu_speedup_median']:.2f}x median / "
+              f"{row['cpu_speedup_total']:.2f}x in all, {steps} steps, "
+              f"{torch.get_num_threads()} thread(s)); padding "
               f"{row['padded_padding_share']:.1%} padded, packed {row['packed_padding_share_tokenwise']:.1%} "
               f"token-wise / {row['packed_padding_share_attention']:.1%} attention; first-batch loss gap "
               f"{row['first_batch_loss_gap']:.1e}")

@@ -31,8 +31,11 @@ class LengthGroup:
 
     rows: torch.Tensor  # (G,) batch rows, longest first
     width: int  # Lg: the group's longest length
-    gather: torch.Tensor  # (G*Lg,) packed token of each padded slot (0 on padding)
     causal: torch.Tensor  # (1, Lg, Lg) bool, key j <= query i
+
+    @property
+    def slots(self) -> int:
+        return len(self.rows) * self.width
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,7 +47,8 @@ class Packing:
     index: torch.Tensor  # (T,) flat index in B*L of each real token
     positions: torch.Tensor  # (T,) its position inside its sequence
     groups: tuple[LengthGroup, ...]
-    back: torch.Tensor  # (T,) where packed token t lies in the concatenated, flattened padded group outputs
+    gather: torch.Tensor  # (S,) packed token of each slot of the groups' padded layouts, one after the other
+    back: torch.Tensor  # (T,) the slot of packed token t in that layout
 
     @classmethod
     def of(cls, lengths: torch.Tensor, width: int, max_padding: float = MAX_PADDING) -> Packing:
@@ -56,17 +60,18 @@ class Packing:
             raise ValueError("Packing: the batch has no real token (every length is 0)")
         row_of = np.repeat(np.arange(len(lens)), lens)  # (T,)
         pos = np.arange(int(offsets[-1])) - offsets[row_of]  # (T,)
-        groups, back, base = [], np.zeros(int(offsets[-1]), np.int64), 0
+        groups, gather, back, base = [], [], np.zeros(int(offsets[-1]), np.int64), 0
         for rows in length_groups(lens, max_padding):
             w = int(lens[rows[0]])
             col = np.arange(w)[None, :]  # (1, Lg)
             real = col < lens[rows][:, None]  # (G, Lg)
             tok = offsets[rows][:, None] + col  # (G, Lg) packed token of each slot
+            gather.append(np.where(real, tok, 0).ravel())
             back[tok[real]] = base + np.flatnonzero(real.ravel())
             base += real.size
-            causal = torch.ones(w, w, dtype=torch.bool, device=dev).tril()[None]
-            groups.append(LengthGroup(_t(rows, dev), w, _t(np.where(real, tok, 0).ravel(), dev), causal))
-        return cls(lengths, width, _t(row_of * width + pos, dev), _t(pos, dev), tuple(groups), _t(back, dev))
+            groups.append(LengthGroup(_t(rows, dev), w, torch.ones(w, w, dtype=torch.bool, device=dev).tril()[None]))
+        return cls(lengths, width, _t(row_of * width + pos, dev), _t(pos, dev), tuple(groups),
+                   _t(np.concatenate(gather), dev), _t(back, dev))
 
     @property
     def num_tokens(self) -> int:
@@ -84,17 +89,17 @@ class Packing:
     def per_group(self, fn: Callable[[int, LengthGroup, list[torch.Tensor]], torch.Tensor],
                   *xs: torch.Tensor) -> torch.Tensor:
         """Run ``fn(i, group, [x padded (G, Lg, ...) for x in xs]) -> (G, Lg, W)`` on every group; (T, W) back."""
+        sizes = [g.slots for g in self.groups]
+        laid = [x.index_select(0, self.gather).split(sizes) for x in xs]  # one gather per input, (S, ...) split
         outs = []
         for i, g in enumerate(self.groups):
-            padded = [x.index_select(0, g.gather).view(len(g.rows), g.width, *x.shape[1:]) for x in xs]
-            o = fn(i, g, padded)  # (G, Lg, W)
+            o = fn(i, g, [part[i].view(len(g.rows), g.width, *part[i].shape[1:]) for part in laid])  # (G, Lg, W)
             outs.append(o.reshape(-1, o.shape[-1]))  # (G*Lg, W)
         return (outs[0] if len(outs) == 1 else torch.cat(outs)).index_select(0, self.back)  # (T, W)
 
     def padded_share(self) -> float:
         """Padding share of the slots attention computes (0 for the token-wise layers)."""
-        slots = sum(len(g.rows) * g.width for g in self.groups)
-        return 1 - self.num_tokens / slots if slots else 0.0
+        return 1 - self.num_tokens / len(self.gather)
 
 
 def length_groups(lengths: np.ndarray, max_padding: float = MAX_PADDING) -> list[np.ndarray]:
