@@ -3,8 +3,9 @@
 For each recipe two trainers start from the same weights (same seed), one padded (the default) and one with
 ``train.packed=true``; they take the real loop step (``TrainerBase._train_step``: forward, loss, backward, AdamW)
 on the same batches of epoch 0, interleaved (padded first on even steps, packed first on odd ones), after
-``--warmup`` untimed steps each; wall and process-CPU time are both kept. Before any step both compute the first batch's loss with dropout off, which must
-agree to float rounding; the timed batches' padding shares (token-wise layers and attention slots) are counted.
+``--warmup`` untimed steps each; wall and process-CPU time are both kept. Before any step both compute the first
+batch's loss with dropout off, which must agree to float rounding; the timed batches' padding shares (token-wise
+layers and attention slots) are counted.
 
     python benchmarks/packed_speed.py --recipe configs/sasrec-ml100k.yaml --data data_cache/ml-100k --threads 1
 """
@@ -15,7 +16,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_result  # noqa: E402
+from common import interleaved_steps, write_result  # noqa: E402
 
 from genrec.config import load_config  # noqa: E402
 from genrec.data.loading import load_data  # noqa: E402
@@ -70,33 +70,13 @@ def shares(tr: Trainer, batches: list[Any]) -> dict[str, float]:
             "packed_padding_share_attention": 1 - real / grouped}
 
 
-def timed_steps(trs: dict[str, Trainer], steps: int, warmup: int) -> tuple[dict[str, list[float]], list[Any]]:
-    """Wall and process-CPU seconds per step of each side on the same batches, interleaved (keys ``padded``,
-    ``packed``, ``cpu_padded``, ``cpu_packed``); warm-up steps are not kept. On a shared machine the CPU time
-    leaves out the time the process waited for a core."""
-    batches = trs["padded"].epoch_batches(0)
-    times: dict[str, list[float]] = {k: [] for s in SIDES for k in (s, f"cpu_{s}")}
-    for i in range(warmup + steps):
-        rows = batches[i % len(batches)]
-        for side in SIDES if i % 2 == 0 else SIDES[::-1]:
-            t0, c0 = time.perf_counter(), time.process_time()
-            value, _ = trs[side]._train_step(rows)
-            dt, dc = time.perf_counter() - t0, time.process_time() - c0
-            if value is None or value != value:
-                raise FloatingPointError(f"{side} step {i}: loss {value}")
-            if i >= warmup:
-                times[side].append(dt)
-                times[f"cpu_{side}"].append(dc)
-    return times, [batches[i % len(batches)] for i in range(warmup, warmup + steps)]
-
-
 def measure(recipe: str, data: str, overrides: list[str], steps: int, warmup: int) -> dict[str, Any]:
     """One recipe's row: ms per step of each side (median and mean), the speed-ups (of the median step, of the mean
     step, and in process-CPU time of the median step and of all timed steps together: an epoch's ratio), the loss
     check, the shares."""
     trs = trainers(recipe, data, overrides)
     gap = loss_gap(trs, trs["padded"].epoch_batches(0)[0])
-    times, batches = timed_steps(trs, steps, warmup)
+    times, batches = interleaved_steps(trs, steps, warmup)
     ms = {s: 1000 * statistics.median(t) for s, t in times.items()}
     mean = {s: 1000 * statistics.fmean(t) for s, t in times.items()}
     return {"recipe": recipe, "dataset": trs["padded"].dataset.manifest.get("name"), "steps": steps,
