@@ -111,3 +111,25 @@ def counted_flops(fn: Callable[[], Any]) -> int:
     with FlopCounterMode(display=False) as fc:
         fn()
     return fc.get_total_flops()
+
+
+def interleaved_steps(trainers: dict[str, Any], steps: int, warmup: int) -> tuple[dict[str, list[float]], list[Any]]:
+    """Wall and process-CPU seconds of each trainer's loop step (``_train_step``) on the same batches of epoch 0
+    (the first trainer's), interleaved: the trainers in their order on even steps, reversed on odd ones. Keys
+    ``NAME`` (wall) and ``cpu_NAME`` (CPU time, which leaves out waiting for a core on a shared machine); warm-up
+    steps are not kept. Also returns the timed batches. A non-finite loss raises."""
+    names = list(trainers)
+    batches = trainers[names[0]].epoch_batches(0)
+    times: dict[str, list[float]] = {k: [] for n in names for k in (n, f"cpu_{n}")}
+    for i in range(warmup + steps):
+        rows = batches[i % len(batches)]
+        for name in names if i % 2 == 0 else names[::-1]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            value, _ = trainers[name]._train_step(rows)
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            if value is None or value != value:
+                raise FloatingPointError(f"{name} step {i}: loss {value}")
+            if i >= warmup:
+                times[name].append(dt)
+                times[f"cpu_{name}"].append(dc)
+    return times, [batches[i % len(batches)] for i in range(warmup, warmup + steps)]

@@ -17,7 +17,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import counted_flops, matmul_flops_per_second, write_result  # noqa: E402
+from common import counted_flops, interleaved_steps, matmul_flops_per_second, write_result  # noqa: E402
 
 from genrec.config import load_config  # noqa: E402
 from genrec.data.loading import load_data  # noqa: E402
@@ -60,19 +59,8 @@ def trainers(recipe: str, data: str, overrides: list[str], dataset: Any = None, 
 def timed_steps(trs: dict[str, Trainer], steps: int, warmup: int) -> tuple[dict[str, list[float]], list[Any]]:
     """Seconds per step of each trainer on the same batches, interleaved, and the timed batches; warm-up steps
     are not kept."""
-    batches = trs["fp32"].epoch_batches(0)
-    times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
-    for i in range(warmup + steps):
-        rows = batches[i % len(batches)]
-        for prec in PRECISIONS if i % 2 == 0 else PRECISIONS[::-1]:
-            t0 = time.perf_counter()
-            value, _ = trs[prec]._train_step(rows)
-            dt = time.perf_counter() - t0
-            if value is None or value != value:
-                raise FloatingPointError(f"{prec} step {i}: loss {value}")
-            if i >= warmup:
-                times[prec].append(dt)
-    return times, [batches[i % len(batches)] for i in range(warmup, warmup + steps)]
+    times, timed = interleaved_steps({p: trs[p] for p in PRECISIONS}, steps, warmup)
+    return {p: times[p] for p in PRECISIONS}, timed
 
 
 def step_flops(tr: Trainer, batches: list[Any]) -> list[int]:

@@ -51,6 +51,7 @@ class Retriever(Model):
     """Sequence retrievers (SASRec, HSTU, ...); trained by :mod:`genrec.objectives.next_item`."""
 
     kinds: ClassVar[tuple[str, ...]] = (RETRIEVER,)
+    packs: ClassVar[bool] = False  # has packed_output: trains on packed tokens under train.packed
 
     def __init__(self, num_items: int, max_len: int) -> None:
         super().__init__()
@@ -59,6 +60,11 @@ class Retriever(Model):
 
     def sequence_output(self, batch: SeqBatch) -> torch.Tensor:
         """(B, L, D) user state after each position (L2-normalised for cosine scoring)."""
+        raise NotImplementedError
+
+    def packed_output(self, batch: SeqBatch) -> torch.Tensor:
+        """(T, D) ``sequence_output`` at the batch's real positions (row-major, ``batch.mask``), computed without
+        padding in the token-wise layers (``packs`` models only)."""
         raise NotImplementedError
 
     def encode(self, batch: SeqBatch) -> torch.Tensor:

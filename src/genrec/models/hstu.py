@@ -27,12 +27,15 @@ from genrec.models.registry import register
 from genrec.nn.attention import causal_valid_mask
 from genrec.nn.embedding import item_embedding
 from genrec.nn.hstu_block import DenseAttention, HSTUBlock, head_widths
+from genrec.nn.jagged import JaggedAttention, Packing
 from genrec.nn.position import next_event_times
 
 
 @register("hstu")
 class HSTU(Retriever):
     """HSTU sequential retriever."""
+
+    packs = True
 
     @dataclass
     class Config(PretrainedSettings):
@@ -87,6 +90,17 @@ class HSTU(Retriever):
             x = layer(x, attention, timestamps=batch.timestamps, query_times=qt)
             x = x * valid[..., None]
         return scoring_space(x, self.cfg.similarity)
+
+    def packed_output(self, batch: SeqBatch) -> torch.Tensor:
+        """(T, D) states at the real positions: the layers run on packed tokens, attention per length group."""
+        pk = Packing.of(batch.lengths, batch.items.shape[1])
+        x = self.item_emb(pk.pack(batch.items)) * math.sqrt(self.cfg.d_model)
+        x = self.input_dropout(x + self.pos_emb.weight[pk.positions])  # (T, D)
+        qt = next_event_times(batch.timestamps, batch.lengths, batch.query_time)  # (B, L)
+        attention = JaggedAttention(pk, self.max_len, (batch.timestamps, qt))
+        for layer in self.layers:
+            x = layer(x, attention)
+        return l2norm(x)
 
     def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
         return scoring_space(self.item_emb(ids), self.cfg.similarity)

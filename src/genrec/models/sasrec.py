@@ -20,6 +20,7 @@ from genrec.models.base import Retriever, check_similarity, scoring_space
 from genrec.models.pretrained import Pretrained, PretrainedSettings, copy_item_table, retriever_stage1
 from genrec.models.registry import register
 from genrec.nn.embedding import item_embedding
+from genrec.nn.jagged import LengthGroup, Packing
 
 
 class PointWiseFFN(nn.Module):
@@ -67,10 +68,27 @@ class SASRecBlock(nn.Module):
         y = self.o(y.transpose(1, 2).reshape(B, Lq, D))
         return self.ffn(self.ln_ffn(qin + y))
 
+    def packed(self, x: torch.Tensor, pk: Packing) -> torch.Tensor:
+        """The same block on packed tokens: x (T, D) -> (T, D), attention per length group of ``pk``."""
+        T, D = x.shape
+        h, p = self.heads, self.attn_dropout if self.training else 0.0
+        qin = self.ln_attn(x)  # (T, D)
+        q, k, v = (lin(t).view(T, h, D // h) for lin, t in ((self.q, qin), (self.k, x), (self.v, x)))
+
+        def attend(i: int, g: LengthGroup, qkv: list[torch.Tensor]) -> torch.Tensor:
+            qg, kg, vg = (t.transpose(1, 2) for t in qkv)  # (G, h, Lg, D/h); left-aligned, so causal is enough
+            y = F.scaled_dot_product_attention(qg, kg, vg, dropout_p=p, is_causal=True)
+            return y.transpose(1, 2).reshape(len(g.rows), g.width, D)  # (G, Lg, D)
+
+        y = self.o(pk.per_group(attend, q, k, v))  # (T, D)
+        return self.ffn(self.ln_ffn(qin + y))
+
 
 @register("sasrec")
 class SASRec(Retriever):
     """Self-attentive sequential retriever."""
+
+    packs = True
 
     @dataclass
     class Config(PretrainedSettings):
@@ -117,6 +135,15 @@ class SASRec(Retriever):
         for blk in self.blocks:
             x = blk(x, attn_mask) * valid[..., None]
         return scoring_space(self.final_ln(x), self.cfg.similarity)
+
+    def packed_output(self, batch: SeqBatch) -> torch.Tensor:
+        """(T, D) states at the real positions; no padding token enters a token-wise layer."""
+        pk = Packing.of(batch.lengths, batch.items.shape[1])
+        x = self.item_emb(pk.pack(batch.items)) * math.sqrt(self.cfg.d_model) + self.pos_emb.weight[pk.positions]
+        x = self.input_dropout(x)  # (T, D)
+        for blk in self.blocks:
+            x = blk.packed(x, pk)
+        return l2norm(self.final_ln(x))
 
     def encode(self, batch: SeqBatch) -> torch.Tensor:
         """(B, D) state after the last real position; the last block computes only that row (the other rows of

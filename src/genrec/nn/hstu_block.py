@@ -5,12 +5,12 @@ Zhai et al., "Actions Speak Louder than Words" (ICML 2024, arXiv 2402.17152), an
 construction (see :class:`HSTUBlock`) and in the attention function passed to ``forward``:
 
     X~ = Norm_in(X);  u, v, q, k = split(X~ W [+ b]);  SiLU on u (or on all four)
-    O  = attention(q, k, v)                    # dense masked / PGSA gathered / (jagged: a later kernel)
+    O  = attention(q, k, v)                    # dense masked / PGSA gathered / jagged (packed tokens)
     Y  = X + out(u, O)                         # u*Norm(O) | [u, O, u*Norm(O)] | FFN(Norm(u*O))
 
 Attention functions (the seam a new kernel plugs into) follow :class:`AttentionFn`: they get the
 per-head projections in token layout and return token-layout outputs, with everything else they need
-(mask, ``norm_len``, lengths, PGSA weights, later jagged offsets) bound when they are built. The dense
+(mask, ``norm_len``, lengths, PGSA weights, the jagged packing) bound when they are built. The dense
 one is :class:`DenseAttention` here; PGSA's is ``genrec.nn.sparse.PGSAAttention``.
 """
 
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrec.nn.attention import causal_valid_mask, hstu_pointwise_attention
+from genrec.nn.jagged import JaggedAttention
 from genrec.nn.position import RelativeBucketedTimeAndPositionBias
 
 NORMS = ("plain", "layer", "group")
@@ -39,10 +40,11 @@ class AttentionFn(Protocol):
     """``attention(q, k, v, *, temperature, bias, dropout) -> o``, what :meth:`HSTUBlock.forward` calls.
 
     q, k: (..., h, dqk), v: (..., h, dv): the block's projections viewed per head in token layout, i.e.
-    (B, L, h, d) for a padded batch; a jagged implementation receives (T, h, d) and carries its own
-    offsets. Returns (..., h*dv) in the same layout. ``temperature``: divide the scores by it (None =
-    unscaled; where the division happens is the function's own, documented choice). ``bias``: an
-    additive (B, L, L) score bias shared by heads, or None. ``dropout``: the block's score dropout
+    (B, L, h, d) for a padded batch; a jagged implementation (``genrec.nn.jagged.JaggedAttention``)
+    receives (T, h, d) and carries its own packing. Returns (..., h*dv) in the same layout. ``temperature``:
+    divide the scores by it (None = unscaled; where the division happens is the function's own, documented
+    choice). ``bias``: an additive (B, L, L) score bias shared by heads (the jagged one: one per length
+    group), or None. ``dropout``: the block's score dropout
     (the identity when its p is 0 or in eval mode).
     """
 
@@ -188,7 +190,7 @@ class HSTUBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, attention: AttentionFn, *, groups: torch.Tensor | None = None,
                 timestamps: torch.Tensor | None = None, query_times: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (..., D) tokens ((B, L, D) padded); groups: (...) token groups for norm="group";
+        """x: (..., D) tokens ((B, L, D) padded, (T, D) packed); groups: (...) token groups for norm="group";
         timestamps, query_times: (B, L) for the relative bias. Returns (..., D)."""
         h, dqk, dv = self.h, self.dqk, self.dv
         lead = x.shape[:-1]
@@ -199,7 +201,12 @@ class HSTUBlock(nn.Module):
         u, v, q, k = torch.split(uvqk, [h * dv, h * dv, h * dqk, h * dqk], dim=-1)
         if not self.silu_qkv:
             u = F.silu(u)
-        bias = None if self.rab is None else self.rab(timestamps, query_times)  # (B, L, L)
+        if self.rab is None:
+            bias = None
+        elif isinstance(attention, JaggedAttention):  # packed tokens: one (G, Lg, Lg) bias per length group
+            bias = attention.relative_bias(self.rab)
+        else:
+            bias = self.rab(timestamps, query_times)  # (B, L, L)
         o = attention(q.view(*lead, h, dqk), k.view(*lead, h, dqk), v.view(*lead, h, dv),
                       temperature=self.temperature, bias=bias, dropout=self.attn_dropout)  # (..., h*dv)
         if self.output == "norm_after_gate":

@@ -31,20 +31,38 @@ from genrec.train.base import TrainerBase, fit_and_test
 
 
 class _LossModule(nn.Module):
-    """Model + objective in one forward: (sum of per-position losses, number of positions)."""
+    """Model + objective in one forward: (sum of per-position losses, number of positions).
 
-    def __init__(self, model: Retriever, objective) -> None:
+    ``packed``: the states come from ``model.packed_output`` at the batch's real positions (row-major, the order
+    ``states[valid]`` reads), so the objective sees the same rows in the same order and draws the same negatives.
+    """
+
+    def __init__(self, model: Retriever, objective, packed: bool = False) -> None:
         super().__init__()
         self.model = model
         self.objective = objective
+        self.packed = packed
 
     def forward(self, batch, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.packed:
+            return self._packed(batch, generator)
         states = self.model.sequence_output(batch)  # (B, L, D)
         valid = batch.targets > 0  # (B, L)
         if getattr(self.objective, "history_negatives", False):
             hist = history_logits(self.model, states, batch.items, batch.targets)[valid]  # (T, L)
             return self.objective(self.model, states[valid], batch.targets[valid], generator, hist), valid.sum()
         return self.objective(self.model, states[valid], batch.targets[valid], generator), valid.sum()
+
+    def _packed(self, batch, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        real = batch.mask  # (B, L)
+        states = self.model.packed_output(batch)  # (T, D) at the real positions
+        targets = batch.targets[real]  # (T,)
+        valid = targets > 0  # (T,)
+        if getattr(self.objective, "history_negatives", False):  # (B, L, L) logits: the padded layout, once
+            full = states.new_zeros(*real.shape, states.shape[-1]).index_put((real,), states)  # (B, L, D)
+            hist = history_logits(self.model, full, batch.items, batch.targets)[real][valid]  # (N, L)
+            return self.objective(self.model, states[valid], targets[valid], generator, hist), valid.sum()
+        return self.objective(self.model, states[valid], targets[valid], generator), valid.sum()
 
 
 class Trainer(TrainerBase):
@@ -63,8 +81,11 @@ class Trainer(TrainerBase):
         self.model: Retriever = build_model(cfg.model, dataset.num_items, cfg.data.max_len).to(self.device)
         if RETRIEVER not in self.model.kinds:
             raise ConfigError(f"model '{cfg.model['name']}' is not a retriever; this trainer trains retrievers")
+        if cfg.train.packed and not self.model.packs:
+            raise ConfigError(f"train.packed: model '{cfg.model['name']}' has no packed path (sasrec and hstu have "
+                              "one); set train.packed=false")
         self.objective = build_objective(cfg.objective)
-        self.loss_module = _LossModule(self.model, self.objective)
+        self.loss_module = _LossModule(self.model, self.objective, cfg.train.packed)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.setup_protocol()
         self.open_run(resume)
