@@ -56,10 +56,11 @@ def accuracy_table(recs: list[dict], dataset: str, cols: list[str]) -> str:
 
 def other_exclusion_table(recs: list[dict], dataset: str, cols: list[str]) -> str:
     rows = [r for r in recs if r.get("dataset") == dataset and "metrics_other_exclusion_mean" in r]
-    lines = ["| model | exclude_history | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 2)]
-    for r in sorted(rows, key=lambda r: r["model"]):
+    lines = ["| model | recipe | exclude_history | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 3)]
+    for r in sorted(rows, key=lambda r: (r["model"], r["recipe"])):
         o = r["metrics_other_exclusion_mean"]
-        lines.append(f"| {r['model']} | {o['exclude_history']} | " + " | ".join(f"{o['metrics'][c]:.4f}" for c in cols) + " |")
+        lines.append(f"| {r['model']} | `{Path(r['recipe']).name}` | {o['exclude_history']} | "
+                     + " | ".join(f"{o['metrics'][c]:.4f}" for c in cols) + " |")
     return "\n".join(lines)
 
 

@@ -224,3 +224,16 @@ def test_the_best_weights_carry_a_checksum_that_evaluation_checks(toy_dir, tmp_p
         verify_best_weights(best)
     (out / "best" / "checksums.json").write_text(json.dumps({"sha256": {"model.safetensors": new}, "replacing": old}))
     assert verify_best_weights(best)
+
+
+def test_a_key_added_after_a_run_was_recorded_is_unchanged_at_its_default():
+    """Continuing a finished run made before a key existed: the key at its default is what that run did."""
+    from genrec.config import config_from_dict
+    from genrec.train.run_folder import record_changes
+    from tests.conftest import tiny_cfg
+
+    new = {"config": config_from_dict(tiny_cfg("sasrec")).to_dict()}
+    old = {"config": {**new["config"], "train": {k: v for k, v in new["config"]["train"].items() if k != "packed"}}}
+    assert record_changes(old, new) == []
+    new["config"]["train"]["packed"] = True
+    assert record_changes(old, new) == ["train.packed is True, recorded None"]

@@ -80,3 +80,4 @@ def test_a_generator_recipe_with_lr_schedule_is_refused_before_its_run_folder_op
     with pytest.raises(ConfigError, match="train.lr_schedule=cosine: the generator 'tiger' has its own"):
         train_run(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+

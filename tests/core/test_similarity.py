@@ -40,3 +40,16 @@ def test_an_unknown_similarity_is_refused():
     cfg = config_from_dict(tiny_cfg("sasrec"))
     with pytest.raises(ConfigError, match="model.similarity: 'l1'"):
         build_model({**cfg.model, "similarity": "l1"}, 10, 4)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "hstu"])
+def test_the_packed_path_keeps_the_models_similarity(name):
+    torch.manual_seed(0)
+    model = build_model({"name": name, "d_model": 16, "num_layers": 1, "num_heads": 1, "dropout": 0.0,
+                         "similarity": "dot"}, 10, 4).eval()
+    batch = _batch()
+    with torch.no_grad():
+        padded = model.sequence_output(batch)[batch.mask]  # (T, D) real positions, row-major
+        packed = model.packed_output(batch)
+    assert torch.allclose(packed, padded, atol=1e-5)
+    assert not torch.allclose(packed.norm(dim=-1), torch.ones(len(packed)), atol=1e-3)

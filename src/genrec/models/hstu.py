@@ -100,7 +100,7 @@ class HSTU(Retriever):
         attention = JaggedAttention(pk, self.max_len, (batch.timestamps, qt))
         for layer in self.layers:
             x = layer(x, attention)
-        return l2norm(x)
+        return scoring_space(x, self.cfg.similarity)
 
     def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
         return scoring_space(self.item_emb(ids), self.cfg.similarity)

@@ -143,7 +143,7 @@ class SASRec(Retriever):
         x = self.input_dropout(x)  # (T, D)
         for blk in self.blocks:
             x = blk.packed(x, pk)
-        return l2norm(self.final_ln(x))
+        return scoring_space(self.final_ln(x), self.cfg.similarity)
 
     def encode(self, batch: SeqBatch) -> torch.Tensor:
         """(B, D) state after the last real position; the last block computes only that row (the other rows of

@@ -125,11 +125,20 @@ CALL_KNOBS = ("epochs", "device", "num_threads", "progress", "progress_interval"
 def record_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``KEY is A, recorded B`` for each record field (dotted, ``config.train.lr``) that differs, leaving out the
     call knobs (:data:`CALL_KNOBS`, in any section: ``rerank.epochs`` too) and where the run was made
-    (``genrec_version``, ``data_path``)."""
+    (``genrec_version``, ``data_path``). A key the old record lacks counts as unchanged while it holds its
+    default: it was added to genrec after the run was made, and its default is what that run did."""
     a, b = flat_settings(old), flat_settings(new)
+    defaults = flat_settings({"config": RunConfig().to_dict()})
+
+    def changed(k: str) -> bool:
+        if k in ("genrec_version", "data_path") or k.rsplit(".", 1)[-1] in CALL_KNOBS:
+            return False
+        if k not in a and k in defaults and b.get(k) == defaults[k]:
+            return False
+        return a.get(k) != b.get(k)
+
     return [f"{k.removeprefix('config.')} is {b.get(k)!r}, recorded {a.get(k)!r}" for k in sorted(a.keys() | b.keys())
-            if k not in ("genrec_version", "data_path") and k.rsplit(".", 1)[-1] not in CALL_KNOBS
-            and a.get(k) != b.get(k)]
+            if changed(k)]
 
 
 def initial_state() -> dict[str, Any]:
