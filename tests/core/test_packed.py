@@ -193,3 +193,20 @@ def test_benchmarks_report_packed_shares_and_step_times(toy_dir, tmp_path, monke
     saved = json.loads((tmp_path / "results" / "quick.json").read_text())
     for key in ("dataset", "model", "recipe", "protocol", "metrics", "seeds", "command", "date", "commit"):
         assert key in saved
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_packed_equals_padded_on_cuda(name, dtype):
+    """The packed attention on a GPU (fp32: the CPU's 1e-5; bf16 autocast: within bf16 rounding of the padded
+    path run the same way)."""
+    torch.manual_seed(3)
+    model = build_model(MODELS[name], V, MAX_LEN).cuda().train()
+    batch = uneven_batch(5, LENGTHS[0]).to("cuda")
+    real = batch.mask
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        padded = model.sequence_output(batch)[real].float()  # (T, D)
+        packed = model.packed_output(batch).float()  # (T, D)
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(packed, padded, atol=tol, rtol=0)
