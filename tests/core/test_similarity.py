@@ -53,3 +53,25 @@ def test_the_packed_path_keeps_the_models_similarity(name):
         packed = model.packed_output(batch)
     assert torch.allclose(packed, padded, atol=1e-5)
     assert not torch.allclose(packed.norm(dim=-1), torch.ones(len(packed)), atol=1e-3)
+
+
+def test_positions_last_gives_the_newest_item_position_zero_in_both_paths():
+    import math
+
+    torch.manual_seed(0)
+    model = build_model({"name": "sasrec", "d_model": 16, "num_layers": 1, "num_heads": 1, "dropout": 0.0,
+                         "positions": "last"}, 10, 4).eval()
+    batch = _batch()
+    x, _, _ = model._inputs(batch)  # (B, L, D)
+    for b, n in enumerate(batch.lengths.tolist()):
+        for j in range(n):  # item j of n sits n - 1 - j places before the newest
+            want = model.item_emb.weight[batch.items[b, j]] * math.sqrt(16) + model.pos_emb.weight[n - 1 - j]
+            assert torch.allclose(x[b, j], want, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(model.packed_output(batch), model.sequence_output(batch)[batch.mask],
+                                   atol=1e-5, rtol=0)
+    first = build_model({"name": "sasrec", "d_model": 16, "num_layers": 1, "num_heads": 1, "dropout": 0.0}, 10, 4)
+    first.load_state_dict(model.state_dict())
+    assert not torch.allclose(first.eval().encode(batch), model.encode(batch), atol=1e-4)
+    with pytest.raises(ConfigError, match="model.positions: 'middle'"):
+        build_model({"name": "sasrec", "d_model": 16, "positions": "middle"}, 10, 4)

@@ -16,11 +16,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrec.data.sequences import SeqBatch
+from genrec.errors import ConfigError
 from genrec.models.base import Retriever, check_similarity, scoring_space
 from genrec.models.pretrained import Pretrained, PretrainedSettings, copy_item_table, retriever_stage1
 from genrec.models.registry import register
 from genrec.nn.embedding import item_embedding
 from genrec.nn.jagged import LengthGroup, Packing
+
+POSITIONS = ("first", "last")  # model.positions
 
 
 class PointWiseFFN(nn.Module):
@@ -98,10 +101,13 @@ class SASRec(Retriever):
         d_ff: int = 0  # 0 = d_model, as in the reference configs
         dropout: float = 0.2
         similarity: str = "cosine"  # cosine | dot (see genrec.models.base.scoring_space)
+        positions: str = "first"  # first: position 0 is the oldest item | last: 0 is the newest (see _positions)
 
     def __init__(self, cfg: Config, num_items: int, max_len: int) -> None:
         super().__init__(num_items, max_len)
         check_similarity(cfg.similarity, "sasrec")
+        if cfg.positions not in POSITIONS:
+            raise ConfigError(f"model.positions: '{cfg.positions}' is not one of {', '.join(POSITIONS)} (sasrec)")
         self.cfg = cfg
         d = cfg.d_model
         self.item_emb = item_embedding(num_items, d)  # (I+1, D), row 0 = padding
@@ -119,11 +125,24 @@ class SASRec(Retriever):
         """Start from the stage-1 item table (called by the trainer once, when a run starts fresh)."""
         copy_item_table(self.item_emb, pre, self.cfg, "sasrec")
 
+    def _positions(self, lengths: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Position embeddings of items at ``pos`` (counted from the oldest) in histories of ``lengths``
+        (broadcast). ``last`` counts from the newest item, as the original SASRec's left padding and RecTools'
+        inverse encoding do: the item just before the prediction always has position 0, so recency is one
+        embedding however long the history (Beauty's histories hold 9 items on average in a window of 50)."""
+        if self.cfg.positions == "first":
+            return self.pos_emb(pos)
+        return self.pos_emb((lengths - 1 - pos).clamp(min=0))
+
     def _inputs(self, batch: SeqBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Embedded inputs (B, L, D), the real positions (B, L) and the attention mask (B, L, L)."""
         B, L = batch.items.shape
         valid = batch.mask  # (B, L)
-        x = self.item_emb(batch.items) * math.sqrt(self.cfg.d_model) + self.pos_emb.weight[:L][None]
+        if self.cfg.positions == "first":  # the recorded runs' arithmetic, bit for bit
+            pos = self.pos_emb.weight[:L][None]  # (1, L, D)
+        else:
+            pos = self._positions(batch.lengths[:, None], torch.arange(L, device=valid.device)[None])  # (B, L, D)
+        x = self.item_emb(batch.items) * math.sqrt(self.cfg.d_model) + pos
         x = self.input_dropout(x) * valid[..., None]
         ar = torch.arange(L, device=x.device)
         # causal; padded query rows read key 0 only so no row is fully masked (those rows are discarded)
@@ -139,7 +158,8 @@ class SASRec(Retriever):
     def packed_output(self, batch: SeqBatch) -> torch.Tensor:
         """(T, D) states at the real positions; no padding token enters a token-wise layer."""
         pk = Packing.of(batch.lengths, batch.items.shape[1])
-        x = self.item_emb(pk.pack(batch.items)) * math.sqrt(self.cfg.d_model) + self.pos_emb.weight[pk.positions]
+        pos = self._positions(pk.lengths[pk.index // pk.width], pk.positions)  # (T, D)
+        x = self.item_emb(pk.pack(batch.items)) * math.sqrt(self.cfg.d_model) + pos
         x = self.input_dropout(x)  # (T, D)
         for blk in self.blocks:
             x = blk.packed(x, pk)
