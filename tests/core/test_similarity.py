@@ -75,3 +75,17 @@ def test_positions_last_gives_the_newest_item_position_zero_in_both_paths():
     assert not torch.allclose(first.eval().encode(batch), model.encode(batch), atol=1e-4)
     with pytest.raises(ConfigError, match="model.positions: 'middle'"):
         build_model({"name": "sasrec", "d_model": 16, "positions": "middle"}, 10, 4)
+
+
+def test_item_init_std_and_input_scale_are_the_recipes():
+    torch.manual_seed(0)
+    rt = build_model({"name": "sasrec", "d_model": 64, "num_layers": 1, "dropout": 0.0, "item_init_std": 1.0,
+                      "scale_inputs": False}, 500, 4)
+    torch.manual_seed(0)
+    default = build_model({"name": "sasrec", "d_model": 64, "num_layers": 1, "dropout": 0.0}, 500, 4)
+    assert 0.8 < float(rt.item_emb.weight[1:].std()) < 0.95  # N(0, 1) cut at +-2
+    assert 0.018 < float(default.item_emb.weight[1:].std()) < 0.022
+    assert rt.input_scale == 1.0 and default.input_scale == 8.0
+    assert float(rt.item_emb.weight[0].abs().sum()) == 0.0  # padding row stays zero
+    with pytest.raises(ConfigError, match="model.item_init_std must be > 0"):
+        build_model({"name": "sasrec", "d_model": 16, "item_init_std": 0.0}, 10, 4)

@@ -102,15 +102,20 @@ class SASRec(Retriever):
         dropout: float = 0.2
         similarity: str = "cosine"  # cosine | dot (see genrec.models.base.scoring_space)
         positions: str = "first"  # first: position 0 is the oldest item | last: 0 is the newest (see _positions)
+        item_init_std: float = 0.02  # the item table's initial std (RecTools: 1.0, torch's default)
+        scale_inputs: bool = True  # item embeddings times sqrt(d_model) at the input (RecTools: false)
 
     def __init__(self, cfg: Config, num_items: int, max_len: int) -> None:
         super().__init__(num_items, max_len)
         check_similarity(cfg.similarity, "sasrec")
         if cfg.positions not in POSITIONS:
             raise ConfigError(f"model.positions: '{cfg.positions}' is not one of {', '.join(POSITIONS)} (sasrec)")
+        if not cfg.item_init_std > 0:
+            raise ConfigError(f"model.item_init_std must be > 0, got {cfg.item_init_std!r} (sasrec)")
         self.cfg = cfg
         d = cfg.d_model
-        self.item_emb = item_embedding(num_items, d)  # (I+1, D), row 0 = padding
+        self.item_emb = item_embedding(num_items, d, cfg.item_init_std)  # (I+1, D), row 0 = padding
+        self.input_scale = math.sqrt(d) if cfg.scale_inputs else 1.0
         if cfg.pretrained:  # checks model.stage1; the table is copied by init_from_pretrained
             retriever_stage1(cfg, num_items, d, "sasrec")
         self.pos_emb = nn.Embedding(max_len, d)
@@ -142,7 +147,7 @@ class SASRec(Retriever):
             pos = self.pos_emb.weight[:L][None]  # (1, L, D)
         else:
             pos = self._positions(batch.lengths[:, None], torch.arange(L, device=valid.device)[None])  # (B, L, D)
-        x = self.item_emb(batch.items) * math.sqrt(self.cfg.d_model) + pos
+        x = self.item_emb(batch.items) * self.input_scale + pos
         x = self.input_dropout(x) * valid[..., None]
         ar = torch.arange(L, device=x.device)
         # causal; padded query rows read key 0 only so no row is fully masked (those rows are discarded)
@@ -159,7 +164,7 @@ class SASRec(Retriever):
         """(T, D) states at the real positions; no padding token enters a token-wise layer."""
         pk = Packing.of(batch.lengths, batch.items.shape[1])
         pos = self._positions(pk.lengths[pk.index // pk.width], pk.positions)  # (T, D)
-        x = self.item_emb(pk.pack(batch.items)) * math.sqrt(self.cfg.d_model) + pos
+        x = self.item_emb(pk.pack(batch.items)) * self.input_scale + pos
         x = self.input_dropout(x)  # (T, D)
         for blk in self.blocks:
             x = blk.packed(x, pk)
