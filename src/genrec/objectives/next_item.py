@@ -66,6 +66,8 @@ class SampledSoftmax:
 class FullSoftmax:
     """Softmax over the whole catalogue (exact; affordable up to ~100k items)."""
 
+    history_negatives = False  # every item is a negative already
+
     def __init__(self, cfg: ObjectiveConfig) -> None:
         self.tau = cfg.temperature
 
@@ -78,6 +80,8 @@ class FullSoftmax:
 
 class BCE:
     """Binary cross-entropy with one uniform negative per position (the 2018 SASRec recipe)."""
+
+    history_negatives = False
 
     def __init__(self, cfg: ObjectiveConfig) -> None:
         self.tau = cfg.temperature

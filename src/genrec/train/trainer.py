@@ -48,7 +48,7 @@ class _LossModule(nn.Module):
             return self._packed(batch, generator)
         states = self.model.sequence_output(batch)  # (B, L, D)
         valid = batch.targets > 0  # (B, L)
-        if getattr(self.objective, "history_negatives", False):
+        if self.objective.history_negatives:
             hist = history_logits(self.model, states, batch.items, batch.targets)[valid]  # (T, L)
             return self.objective(self.model, states[valid], batch.targets[valid], generator, hist), valid.sum()
         return self.objective(self.model, states[valid], batch.targets[valid], generator), valid.sum()
@@ -58,7 +58,7 @@ class _LossModule(nn.Module):
         states = self.model.packed_output(batch)  # (T, D) at the real positions
         targets = batch.targets[real]  # (T,)
         valid = targets > 0  # (T,)
-        if getattr(self.objective, "history_negatives", False):  # (B, L, L) logits: the padded layout, once
+        if self.objective.history_negatives:  # (B, L, L) logits: the padded layout, once
             full = states.new_zeros(*real.shape, states.shape[-1]).index_put((real,), states)  # (B, L, D)
             hist = history_logits(self.model, full, batch.items, batch.targets)[real][valid]  # (N, L)
             return self.objective(self.model, states[valid], targets[valid], generator, hist), valid.sum()
