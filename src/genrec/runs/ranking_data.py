@@ -98,12 +98,10 @@ def build_ranking_data(cfg: RunConfig, dataset: Dataset) -> RankingData:
         if rc.impression_behaviors is not None or rc.horizon_hours is not None:
             raise ConfigError("ranking.impression_behaviors and ranking.horizon_hours are for ranking.window: "
                               f"horizon, not window: {rc.window}")
-        imps = impressions_from_behaviors(
+        imps = impressions_from_behaviors(  # impressions are page views; days in the logs' UTC+8
             inter, dataset.behavior_names,
-            impression=getattr(rc, "impression_behavior", "pv"),
             positives=tuple(rc.positive_behaviors),
             window=rc.window,
-            tz_offset_hours=getattr(rc, "tz_offset_hours", 8.0),
             session_gap=rc.session_gap,
             min_history=rc.min_history,
         )
