@@ -113,6 +113,17 @@ def counted_flops(fn: Callable[[], Any]) -> int:
     return fc.get_total_flops()
 
 
+def median_step_seconds(step: Callable[[], Any], reps: int) -> float:
+    """Median wall seconds of ``step()`` over ``reps`` calls, after one untimed warm-up call."""
+    step()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def interleaved_steps(trainers: dict[str, Any], steps: int, warmup: int) -> tuple[dict[str, list[float]], list[Any]]:
     """Wall and process-CPU seconds of each trainer's loop step (``_train_step``) on the same batches of epoch 0
     (the first trainer's), interleaved: the trainers in their order on even steps, reversed on odd ones. Keys

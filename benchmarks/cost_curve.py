@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_result  # noqa: E402
+from common import median_step_seconds, write_result  # noqa: E402
 
 from genrec.config import ObjectiveConfig  # noqa: E402
 from genrec.data.sequences import SeqBatch  # noqa: E402
@@ -73,15 +71,10 @@ def one_point(model_name: str, L: int, args: argparse.Namespace) -> dict[str, fl
         opt.step()
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MB: interpreter, model, batch
-    step()
-    times = []
-    for _ in range(args.reps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
+    seconds = median_step_seconds(step, args.reps)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"step_s": statistics.median(times), "peak_rss_mb": peak, "step_extra_mb": peak - before,
-            "tokens_per_s": args.batch * L / statistics.median(times)}
+    return {"step_s": seconds, "peak_rss_mb": peak, "step_extra_mb": peak - before,
+            "tokens_per_s": args.batch * L / seconds}
 
 
 def child(model_name: str, L: int, args: argparse.Namespace) -> dict[str, float]:

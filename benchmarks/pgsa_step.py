@@ -14,9 +14,7 @@ the acceptance figure of issue 18 ("a training step at N = 2,048 at least 3x fas
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_result  # noqa: E402
+from common import median_step_seconds, write_result  # noqa: E402
 
 from genrec.data.sequences import SeqBatch  # noqa: E402
 from genrec.models.registry import build_model  # noqa: E402
@@ -66,13 +64,7 @@ def measure(pgsa: bool, N: int, args: argparse.Namespace) -> float:
         (loss / count).backward()
         opt.step()
 
-    step()
-    times = []
-    for _ in range(args.reps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_step_seconds(step, args.reps)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

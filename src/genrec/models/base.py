@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from genrec.data.sequences import SeqBatch
+from genrec.errors import ConfigError
 
 RETRIEVER = "retriever"
 RANKER = "ranker"
@@ -192,8 +193,6 @@ SIMILARITIES = ("cosine", "dot")  # a retriever's ``model.similarity``
 
 def check_similarity(similarity: str, model: str) -> None:
     if similarity not in SIMILARITIES:
-        from genrec.errors import ConfigError
-
         raise ConfigError(f"model.similarity: '{similarity}' is not one of {', '.join(SIMILARITIES)} ({model})")
 
 
