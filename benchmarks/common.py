@@ -55,15 +55,19 @@ def shown_path(path: str | Path, runs: str | Path = DEFAULT_RUNS) -> str:
     return str(Path(DEFAULT_RUNS) / p.relative_to(root)) if p.is_relative_to(root) else str(path)
 
 
+SCRATCH_FLAGS = ("--runs", "--work")  # folders that hold run folders or scratch files, never results
+
+
 def command_line() -> str:
-    """The command that wrote a record; a ``--runs`` root outside the repository is left out (it moves the run
-    folders, not the results)."""
+    """The command that wrote a record; a ``--runs`` or ``--work`` folder outside the repository is left out (it
+    moves the run folders or scratch files, not the results)."""
     args, out, i = sys.argv[1:], [], 0
     while i < len(args):
         a = args[i]
-        value = args[i + 1] if a == "--runs" and i + 1 < len(args) else a[7:] if a.startswith("--runs=") else None
+        flag = next((f for f in SCRATCH_FLAGS if a == f or a.startswith(f + "=")), None)
+        value = None if flag is None else a[len(flag) + 1:] if "=" in a else args[i + 1] if i + 1 < len(args) else None
         if value is not None and not Path(value).resolve().is_relative_to(REPO):
-            i += 1 if a.startswith("--runs=") else 2
+            i += 1 if "=" in a else 2
             continue
         out.append(a)
         i += 1

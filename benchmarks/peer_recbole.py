@@ -55,15 +55,27 @@ RECBOLE_PIN = "recbole==1.2.1"  # installed --no-deps: its ray pin serves hyper-
 RUNTIME_PINS = ["numpy==2.4.6", "pandas==2.3.3", "scipy==1.17.1", "scikit-learn==1.9.1", "pyyaml==6.0.3",
                 "tqdm==4.70.1", "tensorboard==2.21.0", "tabulate==0.10.0", "texttable==1.7.0", "psutil==7.2.2",
                 "colorlog==4.7.2", "colorama==0.4.4", "thop==0.1.1.post2209072238"]
-DIFFERENCES = [
-    "loss: RecBole CE over the full catalogue at the last position of each history prefix; genrec sampled "
-    "softmax (512 uniform negatives shared by the batch, temperature 0.05, cosine scores) at every position of "
-    "the user's last max_len+1 training events (so a user's targets older than that are trained by RecBole only)",
-    "block: RecBole post-LayerNorm transformer with dot-product scores; genrec pre-LayerNorm SASRec "
-    "(inputs E*sqrt(d)+P) with L2-normalised outputs; both ReLU FFN, LayerNorm eps 1e-8",
-    "optimiser: RecBole Adam betas (0.9, 0.999) (not configurable); genrec AdamW betas (0.9, 0.98), no decay",
-    "batch: RecBole --recbole-batch-size history prefixes; genrec train.batch_size users (all their positions)",
-]
+def differences(cfg: RunConfig) -> list[str]:
+    """What still differs between the two sides after the sizes are matched, read from the genrec recipe."""
+    o, m, t = cfg.objective, cfg.model, cfg.train
+    sim = m.get("similarity", "cosine")
+    if o.name == "sampled_softmax":
+        negs = (f"{o.num_negatives} uniform negatives " + ("shared by the batch" if o.shared_negatives else
+                "per position") + (" plus the position's own earlier items" if o.history_negatives else ""))
+        loss = f"sampled softmax ({negs}, temperature {o.temperature:g}, {sim} scores)"
+    else:
+        loss = f"{o.name} (temperature {o.temperature:g}, {sim} scores)"
+    return [
+        "loss: RecBole CE over the full catalogue at the last position of each history prefix; genrec " + loss +
+        " at every position of the user's last max_len+1 training events (so a user's targets older than that "
+        "are trained by RecBole only)",
+        "block: RecBole post-LayerNorm transformer with dot-product scores; genrec pre-LayerNorm SASRec "
+        f"(inputs E*sqrt(d)+P){' with L2-normalised outputs' if sim == 'cosine' else ''}; both ReLU FFN, "
+        "LayerNorm eps 1e-8",
+        f"optimiser: RecBole Adam betas (0.9, 0.999) (not configurable); genrec AdamW betas {tuple(t.betas)}, "
+        f"weight decay {t.weight_decay:g}",
+        "batch: RecBole --recbole-batch-size history prefixes; genrec train.batch_size users (all their positions)",
+    ]
 
 
 # -- the environment --------------------------------------------------------------------------------
@@ -367,7 +379,7 @@ def write_record(args: argparse.Namespace, info: dict[str, Any], check: dict[str
            "recipe": args.recipe, "overrides": list(args.set), "baseline": "RecBole 1.2.1 SASRec",
            "protocol": {"evaluation": PROTOCOL, "split_check": check, "threads": args.threads, "target": args.target,
                         "users": info["users"], "items": info["items"], "quick": args.quick,
-                        "differences": DIFFERENCES, "recbole_epochs": args.recbole_epochs,
+                        "differences": differences(load_config(args.recipe, genrec_overrides(args, args.data))), "recbole_epochs": args.recbole_epochs,
                         "genrec_epochs": args.genrec_epochs, "recbole_batch_size": args.recbole_batch_size,
                         "recbole_run": "an earlier invocation (--recbole-result), same files and machine"
                         if args.recbole_result else "this invocation, before genrec's"},
