@@ -1,13 +1,16 @@
-"""Packed (``train.packed``) against padded retriever training steps, measured in one run: ms per step, the ratio.
+"""Packed (``train.packed``) against padded training steps, measured in one run: ms per step, the ratio.
 
-For each recipe two trainers start from the same weights (same seed), one padded (the default) and one with
-``train.packed=true``; they take the real loop step (``TrainerBase._train_step``: forward, loss, backward, AdamW)
-on the same batches of epoch 0, interleaved (padded first on even steps, packed first on odd ones), after
-``--warmup`` untimed steps each; wall and process-CPU time are both kept. Before any step both compute the first
-batch's loss with dropout off, which must agree to float rounding; the timed batches' padding shares (token-wise
-layers and attention slots) are counted.
+For each recipe (a retriever, or a ranker: ``hstu_ranker``, ``mtgr``, ``hpgr``) two trainers start from the same weights
+(same seed), one padded (the default) and one with ``train.packed=true``; they take the real loop step
+(``TrainerBase._train_step``: forward, loss, backward, AdamW) on the same batches of epoch 0, interleaved (padded
+first on even steps, packed first on odd ones), after ``--warmup`` untimed steps each; wall and process-CPU time
+are both kept. Before any step both compute the first batch's loss with dropout off, which must agree to float
+rounding; the timed batches' padding shares (token-wise layers and attention slots) are counted. A two-stage HPGR
+recipe is timed as its fine-tuning stage without a stage-1 artifact (no frozen SEM, relevance from the ranker's
+own table): the SEM would run padded, and the same, on both sides.
 
     python benchmarks/packed_speed.py --recipe configs/sasrec-ml100k.yaml --data data_cache/ml-100k --threads 1
+    python benchmarks/packed_speed.py --recipe configs/hstu_ranker-ml1m.yaml --data data_cache/ml-1m --steps 12
 """
 
 from __future__ import annotations
@@ -27,24 +30,49 @@ from common import interleaved_steps, write_result  # noqa: E402
 
 from genrec.config import load_config  # noqa: E402
 from genrec.data.loading import load_data  # noqa: E402
+from genrec.models.base import RANKER  # noqa: E402
+from genrec.models.hpgr import HPGRRanker  # noqa: E402
+from genrec.models.mtgr import MTGR  # noqa: E402
+from genrec.models.registry import get_model_class  # noqa: E402
 from genrec.nn.jagged import Packing  # noqa: E402
+from genrec.train.ranker import RankerTrainer  # noqa: E402
 from genrec.train.trainer import Trainer  # noqa: E402
 
 SIDES = ("padded", "packed")
 
 
-def trainers(recipe: str, data: str, overrides: list[str], dataset: Any = None) -> dict[str, Trainer]:
+def trainers(recipe: str, data: str, overrides: list[str], dataset: Any = None) -> dict[str, Any]:
     """A padded and a packed trainer of ``recipe``, same seed, so the same initial weights and batches."""
     out = {}
     for side in SIDES:
         cfg = load_config(recipe, [*overrides, f"data.path={data or repr('')}", "train.progress=false",
                                    "train.tensorboard=false", f"train.packed={side == 'packed'}"])
         dataset = dataset if dataset is not None else load_data(cfg.data)
-        out[side] = Trainer(cfg, tempfile.mkdtemp(prefix=f"genrec-{side}-"), dataset, resume=False)
+        cls = RankerTrainer if RANKER in get_model_class(cfg.model["name"]).kinds else Trainer
+        out[side] = cls(cfg, tempfile.mkdtemp(prefix=f"genrec-{side}-"), dataset, resume=False)
     return out
 
 
-def loss_gap(trs: dict[str, Trainer], rows: Any) -> float:
+def packed_lengths(tr: Any, rows: Any) -> tuple[Any, int]:
+    """(tokens per row of the batch ``rows`` (B,), the padded width the layers compute): a retriever's history;
+    a ranker's history and candidates; HPGR's PGSA-gathered kept columns and candidate."""
+    if not isinstance(tr, RankerTrainer):
+        b = tr.train_batch(rows)
+        return b.lengths, b.items.shape[1]
+    batch, cands, _, kw = tr.batch(tr.train_idx[rows])
+    model, (B, N), C = tr.model, batch.items.shape, cands.shape[1]
+    if isinstance(model, HPGRRanker) and model.cfg.pgsa:
+        with torch.no_grad():
+            kept = (model.column_weights(batch, cands[:, 0]) > 0).sum(1)  # (B,)
+        return kept + 1, int(kept.max()) + 1
+    F = 0
+    if isinstance(model, MTGR):  # its profile tokens (one all-missing token without a profile)
+        profile = (kw.get("features") or {}).get("profile")
+        F = 1 if profile is None else torch.as_tensor(profile).reshape(B, -1).shape[1]
+    return batch.lengths + F + C, N + F + C
+
+
+def loss_gap(trs: dict[str, Any], rows: Any) -> float:
     """|packed - padded| of a batch's mean loss with dropout off (eval mode), before either trainer steps."""
     values = []
     for side in SIDES:
@@ -57,14 +85,14 @@ def loss_gap(trs: dict[str, Trainer], rows: Any) -> float:
     return abs(values[1] - values[0])
 
 
-def shares(tr: Trainer, batches: list[Any]) -> dict[str, float]:
+def shares(tr: Any, batches: list[Any]) -> dict[str, float]:
     """Padding shares of ``batches``: the padded path's (every layer), the packed path's attention slots."""
     real = padded = grouped = 0
     for rows in batches:
-        b = tr.train_batch(rows)
-        pk = Packing.of(b.lengths, b.items.shape[1])
+        lengths, width = packed_lengths(tr, rows)
+        pk = Packing.of(lengths, width)
         real += pk.num_tokens
-        padded += b.items.numel()
+        padded += len(lengths) * width
         grouped += len(pk.gather)
     return {"padded_padding_share": 1 - real / padded, "packed_padding_share_tokenwise": 0.0,
             "packed_padding_share_attention": 1 - real / grouped}
@@ -117,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{row['padded_padding_share']:.1%} padded, packed {row['packed_padding_share_tokenwise']:.1%} "
               f"token-wise / {row['packed_padding_share_attention']:.1%} attention; first-batch loss gap "
               f"{row['first_batch_loss_gap']:.1e}")
-    rec = {"dataset": [r["dataset"] for r in rows], "model": "retrievers, padded vs packed training",
+    rec = {"dataset": [r["dataset"] for r in rows], "model": "retrievers and rankers, padded vs packed training",
            "recipe": args.recipe, "protocol": {"what": "ms per training step (forward, loss, backward, AdamW), "
                                                "padded and packed interleaved on the same batches of epoch 0",
                                                "threads": torch.get_num_threads(), "overrides": args.set},
