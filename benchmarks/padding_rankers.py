@@ -19,6 +19,8 @@ What a slot is, per model (one candidate per impression, C = 1):
   length (``genrec.nn.jagged``); the share is that of the attention groups' slots.
 - stage 1 (SEM): the intra-session encoder on (B, N + M) (events and one [SES] token per kept session, M the
   most sessions of the batch), the inter-session encoder on (B, M); ``sem`` weighs them by their layer counts.
+  Packed (``train.packed``), every token-wise layer runs on real tokens only, and attention per group of sessions
+  of similar length (``sem_intra_packed_attention``) and of rows with similar session counts (``..._inter_...``).
 
     python benchmarks/padding_rankers.py --recipe configs/hstu_ranker-ml100k.yaml --data data_cache/ml-100k
 """
@@ -95,12 +97,16 @@ def sem_slots(tally: Tally, pcfg: PretrainConfig, timestamps: torch.Tensor, sess
     tally.add("sem_inter", int(m.sum()), B * M)
     tally.add("sem", sem.intra_layers * intra_real + sem.inter_layers * int(m.sum()),
               sem.intra_layers * intra_slots + sem.inter_layers * B * M)
+    if tokens:  # packed (SessionEncoder.packed_events): one sequence per session, then one per row of sessions
+        first = (torch.cumsum(m, 0) - m)[:, None] + lay.event_session  # (B, N) global session of each event
+        sizes = torch.bincount(first[lay.event_valid], minlength=int(m.sum())).numpy() + 1  # (Ts,) events + [SES]
+        attention_groups(tally, sizes, "sem_intra_packed_attention")
+        attention_groups(tally, m.numpy(), "sem_inter_packed_attention")
 
 
-def attention_groups(tally: Tally, tokens: np.ndarray) -> None:
+def attention_groups(tally: Tally, tokens: np.ndarray, part: str = "packed_attention") -> None:
     """Attention slots of the packed path (``train.packed``): rows of similar length grouped, as ``Packing``."""
-    tally.add("packed_attention", int(tokens.sum()),
-              sum(len(g) * int(tokens[g[0]]) for g in length_groups(tokens)))
+    tally.add(part, int(tokens.sum()), sum(len(g) * int(tokens[g[0]]) for g in length_groups(tokens)))
 
 
 def count_batch(tally: Tally, cfg: RunConfig, model: Any, batch: SeqBatch, cands: torch.Tensor,

@@ -4,9 +4,10 @@ computes what the padded one does.
 The padded path stays the reference: the logits and the gradients of a loss on them equal the padded ones (fp32,
 dropout off, atol 1e-5) for the HSTU ranker (with and without cross features), MTGR (dynamic and causal masks, group
 norm on and off), HPGR's dense ranker and HPGR's PGSA gathered layers (with and without the frozen stage-1 SEM),
-several candidates per row included; the packed target-aware mask is the padded one at the real tokens; a packed
-epoch trains to the padded run's weights; the default step never packs; the settings without a packed path are
-refused in one line.
+several candidates per row included; HPGR's stage-1 session encoder (SEM) on packed tokens equals its padded
+forward, and a packed stage-1 step its padded loss; the packed target-aware mask is the padded one at the real
+tokens; packed steps train to the padded run's weights; the default step never packs; the settings without a
+packed path are refused in one line.
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ from genrec.data.features import CROSS_FEATURES
 from genrec.data.schema import load_dataset, write_dataset
 from genrec.data.sequences import SeqBatch, UserSequences
 from genrec.errors import ConfigError
-from genrec.models.hpgr import HPGRRanker, SessionEncoder
+from genrec.models.hpgr import MASK_ID, HPGRRanker, SessionEncoder, window_sessions
 from genrec.models.hstu_ranker import HSTURanker, target_aware_mask
 from genrec.models.mtgr import MTGR
 from genrec.models.pretrained import apply_pretrained, read_meta, stage1_record
 from genrec.nn.jagged import Packing, target_aware_masks
 from genrec.objectives import ctr_bce
-from genrec.objectives.mim import MIMConfig
-from genrec.train.pretrain import PretrainConfig, pretrain_sessions
+from genrec.objectives.mim import MIMConfig, MIMLoss
+from genrec.train.pretrain import PretrainConfig, _mim_step_loss, pretrain_sessions
 from genrec.train.ranker import RankerTrainer
 from tests.conftest import load_benchmark
 from tests.hpgr.conftest import make_ctr_toy
@@ -82,8 +83,8 @@ def assert_packed_equals_padded(model: torch.nn.Module, batch: SeqBatch, cands: 
     padded, packed = model.score(batch, cands, **kw), model.packed_score(batch, cands, **kw)  # (B, C) each
     assert packed.shape == padded.shape == cands.shape
     torch.testing.assert_close(packed, padded, atol=1e-5, rtol=0)
-    weight = torch.randn(padded.shape, generator=torch.Generator().manual_seed(1))  # a loss reading every logit
-    ga, gb = _grads(model, (padded * weight).sum()), _grads(model, (packed * weight).sum())
+    weight = torch.randn(padded.shape, generator=torch.Generator().manual_seed(1)) / padded.numel()  # a mean loss
+    ga, gb = _grads(model, (padded * weight).sum()), _grads(model, (packed * weight).sum())  # reading every logit
     assert ga.keys() == gb.keys() and ga
     for k in ga:
         torch.testing.assert_close(gb[k], ga[k], atol=1e-5, rtol=0, msg=k)
@@ -131,6 +132,58 @@ def test_packed_hpgr_with_the_frozen_sem_equals_the_padded_path(artifact, pgsa):
     for lengths in LENGTHS[:2]:
         batch, cands, _ = uneven_batch(7, lengths, 2)
         assert_packed_equals_padded(model, batch, cands, {})
+
+
+def sem_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(items with a [MASK], timestamps, session ids, lengths) of uneven histories, sessions by a 1 h gap and 5 events."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([24, 3, 0, 17, 1, 9])
+    valid = torch.arange(24)[None] < lengths[:, None]
+    ts = torch.cumsum(torch.randint(1, 7200, (6, 24), generator=g), 1) * valid
+    items = torch.randint(1, V + 1, (6, 24), generator=g) * valid
+    items[0, 3] = MASK_ID
+    return items, ts, window_sessions(ts, lengths, 3600, 5), lengths
+
+
+@pytest.mark.parametrize("layout", [{}, {"max_sessions": 3}, {"session_repr": "mean"}, {"use_sessions": False}])
+def test_the_packed_sem_equals_the_padded_sem(layout):
+    """Stage 1's encoder on packed tokens (sessions attended one by one, rows of sessions one by one): its event
+    vectors and the gradients of a mean loss on them equal the padded forward's (dropout off, 1e-5)."""
+    torch.manual_seed(0)
+    sem = SessionEncoder(SessionEncoder.Config(d_model=16, num_heads=2, intra_layers=2, inter_layers=1, dropout=0.0,
+                                               **layout), V, 30).train()
+    items, ts, sids, lengths = sem_batch(1)
+    out = sem(items, ts, sids, lengths)
+    events, valid = sem.packed_events(items, ts, sids, lengths)  # (Te, D)
+    padded = out.events[out.event_valid]
+    assert torch.equal(valid, out.event_valid) and events.shape == padded.shape
+    torch.testing.assert_close(events, padded, atol=1e-5, rtol=0)
+    weight = torch.randn(padded.shape, generator=torch.Generator().manual_seed(2)) / len(padded)
+    ga, gb = _grads(sem, (padded * weight).sum()), _grads(sem, (events * weight).sum())
+    assert ga.keys() == gb.keys() and ga
+    for k in ga:
+        torch.testing.assert_close(gb[k], ga[k], atol=1e-5, rtol=0, msg=k)
+
+
+def test_a_packed_stage1_step_reads_the_same_masked_events():
+    """``_mim_step_loss`` with ``packed``: the same masks (same stream), masked slots and negatives, the loss and
+    gradients of the padded step."""
+    torch.manual_seed(0)
+    sem = SessionEncoder(SessionEncoder.Config(d_model=16, num_heads=2, intra_layers=1, inter_layers=1, dropout=0.0),
+                         V, 30).train()
+    items, ts, sids, lengths = sem_batch(3)
+    batch = SeqBatch(items.clamp(min=0), ts, lengths, ts.max(1).values, session_ids=sids)
+    cfg = PretrainConfig(sem=sem.cfg, mim=MIMConfig(mask_ratio=0.4))
+    loss_fn, got = MIMLoss(cfg.mim, V), {}
+    for packed in (False, True):
+        loss, count = _mim_step_loss(sem, loss_fn, batch, cfg, torch.Generator().manual_seed(5), torch.device("cpu"),
+                                     packed)
+        got[packed] = (loss, count, _grads(sem, loss / count))
+    (la, ca, ga), (lb, cb, gb) = got[False], got[True]
+    assert ca == cb > 0
+    torch.testing.assert_close(lb, la, atol=1e-5, rtol=1e-6)
+    for k in ga:  # the MIM scores divide by tau = 0.05, so gradients reach ~50: 1e-5 relative as well
+        torch.testing.assert_close(gb[k], ga[k], atol=1e-5, rtol=1e-5, msg=k)
 
 
 def test_packed_target_aware_masks_are_the_padded_mask_at_the_real_tokens():

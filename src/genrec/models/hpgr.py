@@ -209,12 +209,16 @@ class HPGRRanker(HSTURanker):
                             c.sigma_r)
 
     @torch.no_grad()
-    def sem_features(self, batch: SeqBatch) -> torch.Tensor:
-        """(B, N, Dp) frozen SEM event vectors u_j of the history window (zeros on padding)."""
+    def sem_features(self, batch: SeqBatch, packed: bool = False) -> torch.Tensor:
+        """(B, N, Dp) frozen SEM event vectors u_j of the history window (zeros on padding); ``packed``: the SEM
+        computed on packed tokens (:meth:`SessionEncoder.packed_events`), laid back out (B, N)."""
         assert self.sem is not None
         sids = window_sessions(batch.timestamps, batch.lengths, *self.session_rule) if self.sem.cfg.use_sessions \
             else None
-        return self.sem(batch.items, batch.timestamps, sids, batch.lengths).events
+        if not packed:
+            return self.sem(batch.items, batch.timestamps, sids, batch.lengths).events
+        events, valid = self.sem.packed_events(batch.items, batch.timestamps, sids, batch.lengths)  # (Te, Dp)
+        return events.new_zeros(*valid.shape, events.shape[-1]).index_put_((valid,), events)
 
     def embed(self, batch: SeqBatch, candidates: torch.Tensor, sem: torch.Tensor | None = None,
               features: Features = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -282,7 +286,7 @@ class HPGRRanker(HSTURanker):
             return x, slot, real
         assert self.sem_proj is not None
         N, C = batch.items.shape[1], candidates.shape[1]
-        sem = self.sem_features(batch) if sem is None else sem  # (B, N, Dp), the frozen SEM (padded, no grad)
+        sem = self.sem_features(batch, packed=True) if sem is None else sem  # (B, N, Dp), the frozen SEM
         at = torch.nonzero(slot < N).squeeze(1)  # packed history tokens
         u = sem.reshape(-1, sem.shape[-1]).index_select(0, (src // (N + C)).index_select(0, at) * N
                                                          + slot.index_select(0, at))  # (Th, Dp)
@@ -292,7 +296,7 @@ class HPGRRanker(HSTURanker):
                                  features: Features = None) -> torch.Tensor:
         """(B, C, D) :meth:`candidate_outputs` on packed tokens: with PGSA (gathered, all rows) each pass packs
         its kept history columns and its candidate, so neither the batch's padding nor the slots of columns other
-        rows keep are computed; the relevance and the frozen SEM still read the padded (B, N) window."""
+        rows keep are computed; the relevance still reads the padded (B, N) window (a gather, no layer)."""
         if not self.cfg.pgsa:
             return super().packed_candidate_outputs(batch, candidates, features)
         if not self.packs:
@@ -304,7 +308,7 @@ class HPGRRanker(HSTURanker):
         w = self.column_weights(flat, cand[:, 0])  # (B*C, N)
         sem = None
         if self.sem is not None:
-            sem = self.sem_features(batch)  # (B, N, Dp), once per user
+            sem = self.sem_features(batch, packed=True)  # (B, N, Dp), once per user
             sem = sem.repeat_interleave(C, dim=0) if C > 1 else sem
         keep = w > 0
         kept = keep.sum(1)  # (B*C,)

@@ -93,7 +93,7 @@ class RankerTrainer(TrainerBase):
     def predict(self, idx: np.ndarray) -> np.ndarray:
         """(S,) logits of samples ``idx`` in their given order."""
         return predict_impressions(self.model, self.data, idx, self.cfg.data.max_len, self.cfg.ranking.eval_batch_size,
-                                   self.features, self.autocast)
+                                   self.features, self.autocast, packed=self.cfg.train.packed)
 
     def metrics(self, which: str) -> dict[str, float]:
         """The selected CTR metrics (AUC, GAUC + users counted, LogLoss), count and positive rate on one part."""
