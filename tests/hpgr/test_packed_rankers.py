@@ -273,10 +273,15 @@ def test_padding_and_speed_benchmarks_on_the_toy(toy, tmp_path, monkeypatch):
     for which in ("train", "valid", "test"):
         assert 0 <= row[f"{which}_tokens"] < 1
         assert row[f"{which}_packed_attention"] <= 0.05
-    (sp,) = speed.main(["--recipe", recipe, "--data", str(data), "--quick", "--set", "train.batch_size=64",
-                        "--name", "quick"])["metrics"]["rows"]
-    assert sp["first_batch_loss_gap"] < 1e-5 and sp["ms_per_step_packed"] > 0 and sp["steps"] == 3
-    assert sp["packed_padding_share_tokenwise"] == 0.0 and 0 <= sp["packed_padding_share_attention"] <= 0.05
+    two_stage = str(ROOT / "configs" / "hpgr-ml100k.yaml")
+    rows = speed.main(["--recipe", recipe, "--data", str(data), "--recipe", two_stage, "--data", str(data), "--quick",
+                       "--stage1", "--set", "train.batch_size=64", "pretrain.batch_size=16",
+                       "--name", "quick"])["metrics"]["rows"]
+    assert [(Path(r["recipe"]).stem, r["stage"]) for r in rows] == [
+        ("hstu_ranker-ml100k", "train"), ("hpgr-ml100k", "train"), ("hpgr-ml100k", "pretrain")]
+    for sp in rows:
+        assert sp["first_batch_loss_gap"] < 1e-5 and sp["ms_per_step_packed"] > 0 and sp["steps"] == 3
+        assert sp["packed_padding_share_tokenwise"] == 0.0 and 0 <= sp["packed_padding_share_attention"] <= 0.05
     saved = json.loads((tmp_path / "results" / "quick.json").read_text())
     for key in ("dataset", "model", "recipe", "protocol", "metrics", "seeds", "command", "date", "commit"):
         assert key in saved
