@@ -4,7 +4,8 @@ Training batches are the trainer's own (``batch_order`` with the recipe's length
 evaluation batches are those of ``genrec.eval.retrieval.query_batches`` (queries batched by history length) and,
 for comparison, the evaluation before it (queries in their own order); packed training (``train.packed``) is
 counted too, token-wise layers and attention apart. Nothing is trained: only batch shapes
-are counted, so the figures are exact and machine-independent.
+are counted, so the figures are exact and machine-independent. The rankers' and HPGR's stage-1 batches are counted
+by ``benchmarks/padding_rankers.py``.
 
     python benchmarks/padding.py --recipe configs/sasrec-beauty.yaml --data data_cache/beauty
 """

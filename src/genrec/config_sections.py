@@ -75,9 +75,11 @@ class TrainConfig(OptimConfig):
     # exactly: a run longer than one session or one short GPU loan is the same command, repeated
     max_seconds: float = 0.0
     length_bucketing: bool = True  # sequences of similar length share a batch (less padding)
-    # retrievers (sasrec, hstu): the same batches computed on packed tokens, attention per group of similar lengths
-    # (no padding in the token-wise layers, under 5% in attention); equal to the padded path up to float rounding,
-    # dropout masks drawn in the packed shape (BENCHMARKS.md 13)
+    # retrievers (sasrec, hstu) and rankers (hstu_ranker, mtgr; hpgr with pgsa=false or PGSA's gathered all rows,
+    # its stage-1 session encoder too): the same batches computed on packed tokens, attention per group of similar
+    # lengths (no padding in the token-wise layers, under 5% in attention; a ranker's candidates keep their mask,
+    # and its evaluation packs too); equal to the padded path up to float rounding, dropout masks drawn in the
+    # packed shape (BENCHMARKS.md 13)
     packed: bool = False
     num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default
     progress: bool = True  # progress bar / plain progress lines (the per-epoch lines stay)

@@ -31,7 +31,7 @@ from genrec.train.base import TrainerBase
 from genrec.train.trainer import _LossModule
 
 BUILT_IN = sorted(n for n, c in MODELS.items() if c.__module__.startswith("genrec."))
-CAPABILITIES = {RETRIEVER: (Retriever, ("packs",)), RANKER: (Ranker, ("needs_features", "accepts_pretrained")),
+CAPABILITIES = {RETRIEVER: (Retriever, ("packs",)), RANKER: (Ranker, ("needs_features", "accepts_pretrained", "packs")),
                 GENERATOR: (Generator, ("protocol", "needs_item_vectors", "needs_behavior_levels", "user_token"))}
 B, L, V = 3, 6, 30
 SMALL = {"d_model": 16, "num_layers": 1, "num_heads": 2}

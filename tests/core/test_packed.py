@@ -164,8 +164,8 @@ def test_packed_training_with_dropout_runs_and_its_loss_is_finite(toy, tmp_path)
 
 
 def test_packed_is_refused_in_one_line_where_there_is_no_packed_path(toy, tmp_path, monkeypatch):
-    raw = tiny_cfg("hstu_ranker", train={"packed": True})
-    with pytest.raises(ConfigError, match="train.packed: only retrievers"):
+    raw = tiny_cfg("tiger", train={"packed": True})  # rankers pack too (tests/hpgr/test_packed_rankers.py)
+    with pytest.raises(ConfigError, match="train.packed: only retrievers and rankers"):
         train_run(config_from_dict(raw), tmp_path / "r", dataset=toy)
     monkeypatch.setattr(SASRec, "packs", False)  # a retriever without packed_output
     with pytest.raises(ConfigError, match="train.packed: model 'sasrec' has no packed path"):

@@ -121,21 +121,24 @@ def ranking_metrics(
 @torch.no_grad()
 def predict_impressions(model: nn.Module, data: RankingData, idx: np.ndarray, max_len: int, batch_size: int,
                         features: dict[str, np.ndarray] | None = None,
-                        autocast: Callable[[], AbstractContextManager] | None = None) -> np.ndarray:
+                        autocast: Callable[[], AbstractContextManager] | None = None,
+                        packed: bool = False) -> np.ndarray:
     """(S,) logits of samples ``idx`` in their given order (batched by history length for speed), on the
-    model's device; ``autocast`` is the trainer's mixed-precision context (none: fp32)."""
+    model's device; ``autocast`` is the trainer's mixed-precision context (none: fp32); ``packed``: the model's
+    ``packed_score`` (a run trained under ``train.packed``)."""
     idx = np.asarray(idx, dtype=np.int64)
     out = np.empty(len(idx), dtype=np.float64)
     order = np.argsort(data.imps.history_lengths[idx], kind="stable")
     device = next(model.parameters()).device
     was_training = model.training
+    score = model.packed_score if packed else model.score
     model.eval()
     try:
         for i in range(0, len(order), batch_size):
             pos = order[i : i + batch_size]
             batch, cands, _, kw = impression_batch(data, idx[pos], max_len, features, device)
             with autocast() if autocast is not None else nullcontext():
-                logits = model.score(batch, cands, **kw)  # (B, 1)
+                logits = score(batch, cands, **kw)  # (B, 1)
             out[pos] = logits.float().reshape(-1).cpu().numpy()
     finally:
         model.train(was_training)
@@ -148,7 +151,8 @@ def ranker_metrics(model: nn.Module, cfg: RunConfig, data: RankingData, which: s
     """The selected CTR metrics (``eval.metrics``), count and positive rate on one part of the split."""
     idx = data.part(which)
     imps = data.imps
-    logits = predict_impressions(model, data, idx, cfg.data.max_len, cfg.ranking.eval_batch_size, features, autocast)
+    logits = predict_impressions(model, data, idx, cfg.data.max_len, cfg.ranking.eval_batch_size, features, autocast,
+                                 packed=cfg.train.packed and model.packs)
     return ranking_metrics(imps.label[idx], logits, imps.user_id[idx], from_logits=True,
                            select=select_metrics(cfg.eval.metrics, CTR))
 

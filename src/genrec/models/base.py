@@ -109,9 +109,14 @@ class Ranker(Model):
     kinds: ClassVar[tuple[str, ...]] = (RANKER,)
     needs_features: ClassVar[bool] = False
     accepts_pretrained: ClassVar[bool] = False
+    packs: ClassVar[bool] = False  # has packed_score: trains on packed tokens under train.packed
 
     def score(self, batch: SeqBatch, candidates: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """(B, C) logits of candidates (B, C) (0 = padding) after the histories of ``batch``."""
+        raise NotImplementedError
+
+    def packed_score(self, batch: SeqBatch, candidates: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """:meth:`score` computed without padding in the token-wise layers (``packs`` models only)."""
         raise NotImplementedError
 
     def score_candidates(self, batch: SeqBatch, candidates: torch.Tensor,

@@ -32,6 +32,7 @@ from genrec.models.pretrained import Pretrained, PretrainedSettings, check_stage
 from genrec.models.registry import register
 from genrec.nn.cross_features import Features, per_candidate_rows
 from genrec.nn.hstu_block import DenseAttention, HSTUBlock
+from genrec.nn.jagged import Packing
 from genrec.nn.sparse import IMPLS, ROWS, WINDOWS, PGSAAttention, kept_columns, pgsa_relevance, pgsa_weights
 
 
@@ -96,6 +97,15 @@ def _per_candidate(batch: SeqBatch, candidates: torch.Tensor) -> tuple[SeqBatch,
     return flat, candidates.reshape(-1, 1)
 
 
+class _PacksWith:
+    """``packs`` as its settings decide (the model's, or the class defaults'), as a ``ConfigCapability``: the dense
+    ranker (``pgsa=false``) and PGSA's gathered all-rows layers have a packed path, the other PGSA variants not."""
+
+    def __get__(self, model: HPGRRanker | None, owner: type) -> bool:
+        cfg = owner.Config() if model is None else model.cfg
+        return not cfg.pgsa or (cfg.impl == "gather" and cfg.rows == "all")
+
+
 @register("hpgr")
 class HPGRRanker(HSTURanker):
     """HPGR stage 2: the target-aware HSTU ranker, pre-trained item table, PGSA in every layer.
@@ -110,6 +120,7 @@ class HPGRRanker(HSTURanker):
     """
 
     accepts_pretrained = True
+    packs = _PacksWith()  # type: ignore[assignment]
 
     @dataclass
     class Config(HSTURanker.Config, PretrainedSettings):
@@ -198,12 +209,16 @@ class HPGRRanker(HSTURanker):
                             c.sigma_r)
 
     @torch.no_grad()
-    def sem_features(self, batch: SeqBatch) -> torch.Tensor:
-        """(B, N, Dp) frozen SEM event vectors u_j of the history window (zeros on padding)."""
+    def sem_features(self, batch: SeqBatch, packed: bool = False) -> torch.Tensor:
+        """(B, N, Dp) frozen SEM event vectors u_j of the history window (zeros on padding); ``packed``: the SEM
+        computed on packed tokens (:meth:`SessionEncoder.packed_events`), laid back out (B, N)."""
         assert self.sem is not None
         sids = window_sessions(batch.timestamps, batch.lengths, *self.session_rule) if self.sem.cfg.use_sessions \
             else None
-        return self.sem(batch.items, batch.timestamps, sids, batch.lengths).events
+        if not packed:
+            return self.sem(batch.items, batch.timestamps, sids, batch.lengths).events
+        events, valid = self.sem.packed_events(batch.items, batch.timestamps, sids, batch.lengths)  # (Te, Dp)
+        return events.new_zeros(*valid.shape, events.shape[-1]).index_put_((valid,), events)
 
     def embed(self, batch: SeqBatch, candidates: torch.Tensor, sem: torch.Tensor | None = None,
               features: Features = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -261,3 +276,53 @@ class HPGRRanker(HSTURanker):
         for layer in self.layers:
             xg = layer(xg, attention) * keep[..., None]
         return xg[:, -1].reshape(B, C, -1)
+
+    # -- packed path (train.packed) ---------------------------------------------------------------
+    def token_inputs(self, batch: SeqBatch, candidates: torch.Tensor, src: torch.Tensor, features: Features = None,
+                     sem: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The ranker's packed inputs plus ``W_sem u_j`` on the history tokens (as :meth:`embed`)."""
+        x, slot, real = super().token_inputs(batch, candidates, src, features)  # (T, D), (T,), (T,)
+        if self.sem is None:
+            return x, slot, real
+        assert self.sem_proj is not None
+        N, C = batch.items.shape[1], candidates.shape[1]
+        sem = self.sem_features(batch, packed=True) if sem is None else sem  # (B, N, Dp), the frozen SEM
+        at = torch.nonzero(slot < N).squeeze(1)  # packed history tokens
+        u = sem.reshape(-1, sem.shape[-1]).index_select(0, (src // (N + C)).index_select(0, at) * N
+                                                         + slot.index_select(0, at))  # (Th, Dp)
+        return x.index_copy(0, at, x.index_select(0, at) + self.sem_proj(u.to(x.dtype))), slot, real
+
+    def packed_candidate_outputs(self, batch: SeqBatch, candidates: torch.Tensor,
+                                 features: Features = None) -> torch.Tensor:
+        """(B, C, D) :meth:`candidate_outputs` on packed tokens: with PGSA (gathered, all rows) each pass packs
+        its kept history columns and its candidate, so neither the batch's padding nor the slots of columns other
+        rows keep are computed; the relevance still reads the padded (B, N) window (a gather, no layer)."""
+        if not self.cfg.pgsa:
+            return super().packed_candidate_outputs(batch, candidates, features)
+        if not self.packs:
+            raise ConfigError("train.packed: hpgr packs PGSA's gathered path with rows=all only "
+                              f"(model.impl={self.cfg.impl!r}, model.rows={self.cfg.rows!r})")
+        B, N = batch.items.shape
+        C = candidates.shape[1]
+        flat, cand = _per_candidate(batch, candidates)  # (B*C, N), (B*C, 1)
+        w = self.column_weights(flat, cand[:, 0])  # (B*C, N)
+        sem = None
+        if self.sem is not None:
+            sem = self.sem_features(batch, packed=True)  # (B, N, Dp), once per user
+            sem = sem.repeat_interleave(C, dim=0) if C > 1 else sem
+        keep = w > 0
+        kept = keep.sum(1)  # (B*C,)
+        packing = Packing.of(kept + 1, N + 1)  # tokens per pass: its kept columns, then its candidate
+        row, pos = packing.index // (N + 1), packing.positions  # (T,) each
+        cols = torch.nonzero(keep)[:, 1]  # (Th,) kept columns, row by row, ascending
+        hist = pos < kept.index_select(0, row)
+        if len(cols):
+            at = ((torch.cumsum(kept, 0) - kept).index_select(0, row) + pos).clamp(max=len(cols) - 1)
+            slot = torch.where(hist, cols.index_select(0, at), torch.full_like(pos, N))
+        else:
+            slot = torch.full_like(pos, N)
+        src = row * (N + 1) + slot  # (T,) slot in the padded (B*C, N+1) layout
+        x, slot, real = self.token_inputs(flat, cand, src, per_candidate_rows(features, C), sem)
+        weights = torch.cat([w, torch.ones_like(w[:, :1])], 1).reshape(-1).index_select(0, src)  # (T,) key weights
+        x = self.packed_layers(x, packing, slot, real, N, weights.to(x.dtype))
+        return x[slot >= N].view(B, C, -1)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrec.nn.embedding import item_embedding
+from genrec.nn.jagged import LengthGroup, Packing
 from genrec.nn.position import log_time_bucket
 
 MASK_ID = -1  # an input item id meaning "the learned [MASK] vector" (set by objectives.mim)
@@ -133,6 +134,24 @@ class TransformerLayer(nn.Module):
         x = x + self.drop(self.proj(o.transpose(1, 2).reshape(B, L, D)))
         return x + self.drop(self.ffn(self.ln2(x)))
 
+    def packed(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+        """The same layer on packed tokens x (T, D), each packed sequence attending over its own tokens
+        (bidirectional), per length group of ``packing``. Returns (T, D)."""
+        T, D = x.shape
+        qkv = self.qkv(self.ln1(x)).view(T, 3, self.h, D // self.h)
+
+        def one(i: int, g: LengthGroup, parts: list[torch.Tensor]) -> torch.Tensor:
+            q, k, v = parts[0].permute(2, 0, 3, 1, 4)  # (G, h, Lg, dh) each
+            real = packing.real_slots(g)  # (G, Lg)
+            eye = torch.eye(g.width, dtype=torch.bool, device=x.device)[None]
+            mask = real[:, None, :] | (eye & ~real[:, :, None])  # the row's tokens; layout padding reads itself
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None],
+                                               dropout_p=self.p if self.training else 0.0)  # (G, h, Lg, dh)
+            return o.transpose(1, 2).reshape(len(g.rows), g.width, D)
+
+        x = x + self.drop(self.proj(packing.per_group(one, qkv)))
+        return x + self.drop(self.ffn(self.ln2(x)))
+
 
 class Encoder(nn.Module):
     """A stack of TransformerLayer with a final LayerNorm; padding rows are zeroed."""
@@ -149,6 +168,12 @@ class Encoder(nn.Module):
         for layer in self.layers:
             x = layer(x, mask)
         return self.norm(x) * valid[..., None].to(x.dtype)
+
+    def packed(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+        """:meth:`forward` on packed tokens x (T, D), one bidirectional sequence per packed row."""
+        for layer in self.layers:
+            x = layer.packed(x, packing)
+        return self.norm(x)
 
 
 @dataclass
@@ -257,3 +282,39 @@ class SessionEncoder(nn.Module):
         g_j = torch.gather(g, 1, lay.event_session[..., None].expand(B, N, g.shape[-1]))  # (B, N, D)
         u = self.out_norm(h + self.fuse(g_j)) * valid[..., None]
         return SEMOutput(u, valid, g, s_valid)
+
+    def packed_events(self, items: torch.Tensor, timestamps: torch.Tensor, session_ids: torch.Tensor | None,
+                      lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """((Te, D) :meth:`forward`'s ``events`` at its ``event_valid`` slots, row-major; (B, N) ``event_valid``).
+
+        Packed (``train.packed``): the intra-session encoder runs once per session (its events, then its [SES]
+        token; sessions of similar length attended together), the inter-session encoder once per row of kept
+        sessions, every token-wise layer on real tokens only: the padded path's block-diagonal mask over
+        ``[events | SES tokens]`` made explicit. Attention is permutation-equivariant here (positions are
+        added embeddings), so the order inside a packed session changes nothing. The other layouts
+        (``session_repr="mean"``, ``use_sessions=False``) run :meth:`forward` and keep its valid events.
+        """
+        cfg = self.cfg
+        if not cfg.use_sessions or cfg.session_repr != "token" or session_ids is None:
+            out = self(items, timestamps, session_ids, lengths)
+            return out.events[out.event_valid], out.event_valid
+        lay = session_layout(timestamps, session_ids, lengths, cfg.max_sessions, cfg.num_time_buckets)
+        valid, s_valid = lay.event_valid, lay.session_valid  # (B, N), (B, M)
+        pos = lay.intra_pos.clamp(max=cfg.max_intra_pos - 1)
+        x_ev = self.item_input(items[valid]) + self.pos_emb(pos[valid]) + self.gap_emb(lay.gap_bucket[valid])  # (Te, D)
+        if not len(x_ev):
+            return x_ev, valid
+        ses_of = ((torch.cumsum(lay.num_sessions, 0) - lay.num_sessions)[:, None] + lay.event_session)[valid]  # (Te,)
+        sizes = torch.bincount(ses_of, minlength=int(lay.num_sessions.sum()))  # (Ts,) events of each kept session
+        intra = Packing.of(sizes + 1, int(sizes.max()) + 1)  # each session: its events, then its [SES] token
+        seq, p = intra.index // intra.width, intra.positions  # (T,) each
+        n = sizes.index_select(0, seq)
+        which = torch.where(p < n, (torch.cumsum(sizes, 0) - sizes).index_select(0, seq) + p, len(x_ev) + seq)
+        x = torch.cat([x_ev, self.ses_token.expand(len(sizes), -1).to(x_ev.dtype)]).index_select(0, which)
+        out = self.intra.packed(self.drop(x), intra)  # (T, D)
+        back = torch.empty_like(which).index_copy_(0, which, torch.arange(len(which), device=which.device))
+        h, z = out.index_select(0, back[: len(x_ev)]), out.index_select(0, back[len(x_ev):])  # (Te, D), (Ts, D)
+        rec = lay.session_recency.clamp(max=cfg.max_sessions - 1)[s_valid]  # (Ts,)
+        zs = z + self.sess_pos_emb(rec) + self.sess_gap_emb(lay.session_gap_bucket[s_valid])
+        g = self.inter.packed(self.drop(zs), Packing.of(lay.num_sessions, s_valid.shape[1]))  # (Ts,) row-major
+        return self.out_norm(h + self.fuse(g.index_select(0, ses_of))), valid

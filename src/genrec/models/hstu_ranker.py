@@ -44,6 +44,7 @@ from genrec.nn.cross_features import (
 )
 from genrec.nn.embedding import item_embedding
 from genrec.nn.hstu_block import DenseAttention, HSTUBlock, head_widths
+from genrec.nn.jagged import JaggedAttention, Packing, target_aware_masks
 
 ColumnMask = torch.Tensor | Sequence[torch.Tensor | None] | None
 
@@ -82,6 +83,7 @@ class HSTURanker(Ranker):
     """Target-aware HSTU pCTR model: ``score(batch, candidates) -> (B, C)`` logits."""
 
     needs_features = ConfigCapability("cross_features")  # impression features only when the switch is on
+    packs = True  # packed_score: the same logits on packed tokens (train.packed)
 
     @dataclass
     class Config:
@@ -202,3 +204,65 @@ class HSTURanker(Ranker):
             ], dim=1)
         kw = {"features": features} if self.cfg.cross_features else {}
         return self.head(self.candidate_outputs(batch, candidates, column_mask, **kw)).squeeze(-1)  # (B, C)
+
+    # -- packed path (train.packed) ---------------------------------------------------------------
+    def token_inputs(self, batch: SeqBatch, candidates: torch.Tensor, src: torch.Tensor,
+                     features: Features = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`embed` at the flat slots ``src`` (T,) of its (B, N+C) layout only: ((T, D) inputs after the input
+        dropout, (T,) slot in the row, (T,) bool real). The integer attributes are laid out padded (cheap), every
+        float op runs on the T tokens, in :meth:`embed`'s order, so they equal its rows at ``src``."""
+        B, N = batch.items.shape
+        C = candidates.shape[1]
+        ar = torch.arange(N, device=batch.items.device)
+        dist = (batch.lengths[:, None] - ar[None, :]).clamp(0, self.max_len)  # (B, N)
+        tb = time_bucket(batch.query_time[:, None] - batch.timestamps, self.cfg.num_time_buckets,
+                         self.cfg.time_bucket_fn)
+        act = batch.behaviors.clamp(0, self.cfg.num_behaviors) if batch.behaviors is not None else torch.zeros_like(
+            batch.items)
+        zero = torch.zeros_like(candidates)
+        cols = (torch.cat([h, c], 1).reshape(-1).index_select(0, src) for h, c in (
+            (batch.items, candidates), (dist, zero), (tb, zero), (act, torch.full_like(candidates,
+                                                                                    self.cfg.num_behaviors + 1))))
+        ids, pos, tim, acts = cols  # (T,) each
+        x = self.item_emb(ids) + self.pos_emb(pos) + self.time_emb(tim) + self.action_emb(acts)  # (T, D)
+        slot = src % (N + C)  # (T,)
+        at = torch.nonzero(slot >= N).squeeze(1)  # packed tokens that are candidates
+        if self.cfg.cross_features:
+            which = (src // (N + C)).index_select(0, at) * C + slot.index_select(0, at) - N  # (Tc,) b*C + c
+            xc = x.index_select(0, at)
+            for e in cross_feature_embeddings(self.cross_emb, features, B, C, x.device, self.registry_name):
+                xc = xc + e.reshape(B * C, -1).index_select(0, which)
+            x = x.index_copy(0, at, xc)
+        real = (slot < N) | (ids > 0)  # (T,) every history token; a candidate unless it is padding (0)
+        return self.input_dropout(x) * real[:, None], slot, real
+
+    def packed_layers(self, x: torch.Tensor, packing: Packing, slot: torch.Tensor, real: torch.Tensor, history: int,
+                      weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The layers on packed tokens x (T, D), attention per length group under the target-aware mask."""
+        attention = JaggedAttention(packing, self.max_len,
+                                    masks=target_aware_masks(packing, slot, real, history, weights))
+        for layer in self.layers:
+            x = layer(x, attention) * real[:, None]
+        return x
+
+    def packed_candidate_outputs(self, batch: SeqBatch, candidates: torch.Tensor,
+                                 features: Features = None) -> torch.Tensor:
+        """(B, C, D) :meth:`candidate_outputs` (no column mask) computed on the real tokens only: each row's
+        history then its candidates, attention per group of rows of similar length (``genrec.nn.jagged``)."""
+        B, N = batch.items.shape
+        C = candidates.shape[1]
+        packing = Packing.of(batch.lengths + C, N + C)  # tokens per row: its history, then its C candidates
+        row, pos = packing.index // (N + C), packing.positions  # (T,) each
+        n = batch.lengths.index_select(0, row)
+        src = row * (N + C) + torch.where(pos < n, pos, N + pos - n)  # (T,) slot in the padded (B, N+C) layout
+        x, slot, real = self.token_inputs(batch, candidates, src, features)
+        x = self.packed_layers(x, packing, slot, real, N)
+        return x[slot >= N].view(B, C, -1)  # rows in order, each row's candidates last and in order
+
+    def packed_score(self, batch: SeqBatch, candidates: torch.Tensor, features: Features = None) -> torch.Tensor:
+        """(B, C) :meth:`score` logits from :meth:`packed_candidate_outputs` (``train.packed``: no token of
+        padding in the token-wise layers; with dropout the masks are drawn in the packed shape)."""
+        if candidates.dim() == 1:
+            candidates = candidates[:, None]
+        kw = {"features": features} if self.cfg.cross_features else {}
+        return self.head(self.packed_candidate_outputs(batch, candidates, **kw)).squeeze(-1)  # (B, C)

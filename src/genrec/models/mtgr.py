@@ -50,6 +50,7 @@ from genrec.nn.cross_features import (
     cross_feature_tables,
 )
 from genrec.nn.hstu_block import DenseAttention, HSTUBlock, head_widths
+from genrec.nn.jagged import JaggedAttention, Packing
 
 # token groups
 GROUP_U, GROUP_S, GROUP_R, GROUP_C = 0, 1, 2, 3
@@ -107,6 +108,7 @@ class MTGR(Ranker):
     """MTGR pCTR model: ``score(batch, candidates, features=...) -> (B, C)`` logits."""
 
     needs_features = True
+    packs = True  # packed_score: the same logits on packed tokens (train.packed)
 
     @dataclass
     class Config:
@@ -216,23 +218,11 @@ class MTGR(Ranker):
         return torch.where(p > 0, h, torch.zeros_like(h))
 
     # ------------------------------------------------------------------ tokens
-    def tokens(self, batch: SeqBatch, candidates: torch.Tensor, features: Features = None,
-               candidate_times: torch.Tensor | None = None):
-        """Token inputs and per-token attributes.
-
-        Returns x (B, T, D), groups (B, T), times (B, T), real (B, T) and the number of profile tokens
-        F, with T = F + N + C: profile tokens, the (padded) history, then the candidates.
-        """
+    def _history(self, batch: SeqBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, N) each: real history slots, the real-time group R among them, time-gap bucket, action."""
         cfg = self.cfg
-        B, N = batch.items.shape
-        C = candidates.shape[1]
-        dev = batch.items.device
-        # U: profile tokens
-        prof = self._profile_ids(features, B)  # (B, F)
-        Fn = prof.shape[1]
-        xu = self.profile_emb(prof) + self.field_emb(torch.arange(Fn, device=dev))[None]
-        # S / R: history tokens
-        ar = torch.arange(N, device=dev)
+        N = batch.items.shape[1]
+        ar = torch.arange(N, device=batch.items.device)
         valid = ar[None, :] < batch.lengths[:, None]  # (B, N)
         age = batch.query_time[:, None] - batch.timestamps  # (B, N) seconds before the request
         recent = valid & ((batch.lengths[:, None] - ar[None, :]) <= cfg.realtime_max)
@@ -241,15 +231,31 @@ class MTGR(Ranker):
         tb = time_bucket(age, cfg.num_time_buckets, cfg.time_bucket_fn)
         act = (batch.behaviors.clamp(0, cfg.num_behaviors) if batch.behaviors is not None
                else torch.zeros_like(batch.items))
-        fields = torch.cat([self.item_emb(batch.items), self.time_emb(tb), self.action_emb(act)], dim=-1)
-        xh = torch.where(recent[..., None], self.seq_mlp[1](fields), self.seq_mlp[0](fields))
-        # C: candidate tokens with item side features and cross features
+        return valid, recent, tb, act
+
+    def _history_tokens(self, items: torch.Tensor, tb: torch.Tensor, act: torch.Tensor,
+                        recent: torch.Tensor) -> torch.Tensor:
+        """(..., D) S / R tokens, each group's MLP over [item, time gap, action] (padded (B, N) or packed (T,))."""
+        fields = torch.cat([self.item_emb(items), self.time_emb(tb), self.action_emb(act)], dim=-1)
+        return torch.where(recent[..., None], self.seq_mlp[1](fields), self.seq_mlp[0](fields))
+
+    def _candidate_tokens(self, features: Features, candidates: torch.Tensor) -> torch.Tensor:
+        """(B, C, D) candidate tokens with item side features and cross features."""
+        B, C = candidates.shape
+        dev = candidates.device
         cat = candidate_feature(features, "cand_category", B, C, dev, "mtgr")
-        cat = torch.where(cat > 0, 1 + (cat * _P_VALUE) % cfg.category_buckets, torch.zeros_like(cat))
+        cat = torch.where(cat > 0, 1 + (cat * _P_VALUE) % self.cfg.category_buckets, torch.zeros_like(cat))
         parts = [self.item_emb(candidates), self.cat_emb(cat),
-                 *cross_feature_embeddings(self.cross_emb, features if cfg.cross_features else None, B, C, dev, "mtgr")]
-        xc = self.cand_mlp(torch.cat(parts, dim=-1))
-        x = torch.cat([xu, xh, xc], dim=1)  # (B, T, D)
+                 *cross_feature_embeddings(self.cross_emb, features if self.cfg.cross_features else None, B, C, dev,
+                                           "mtgr")]
+        return self.cand_mlp(torch.cat(parts, dim=-1))
+
+    @staticmethod
+    def _attributes(batch: SeqBatch, candidates: torch.Tensor, Fn: int, valid: torch.Tensor, recent: torch.Tensor,
+                    candidate_times: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T) groups, times and real flags of the padded layout [U | history | candidates]."""
+        B, C = candidates.shape
+        dev = candidates.device
         groups = torch.cat([
             torch.full((B, Fn), GROUP_U, dtype=torch.long, device=dev),
             torch.where(recent, GROUP_R, GROUP_S),
@@ -261,6 +267,22 @@ class MTGR(Ranker):
             ct = torch.as_tensor(candidate_times, device=dev).long().reshape(B, C)
         times = torch.cat([torch.zeros(B, Fn, dtype=torch.long, device=dev), batch.timestamps, ct], dim=1)
         real = torch.cat([torch.ones(B, Fn, dtype=torch.bool, device=dev), valid, candidates > 0], dim=1)
+        return groups, times, real
+
+    def tokens(self, batch: SeqBatch, candidates: torch.Tensor, features: Features = None,
+               candidate_times: torch.Tensor | None = None):
+        """Token inputs and per-token attributes.
+
+        Returns x (B, T, D), groups (B, T), times (B, T), real (B, T) and the number of profile tokens
+        F, with T = F + N + C: profile tokens, the (padded) history, then the candidates.
+        """
+        prof = self._profile_ids(features, batch.items.shape[0])  # (B, F) U: profile tokens
+        Fn = prof.shape[1]
+        xu = self.profile_emb(prof) + self.field_emb(torch.arange(Fn, device=prof.device))[None]
+        valid, recent, tb, act = self._history(batch)
+        xh = self._history_tokens(batch.items, tb, act, recent)  # (B, N, D) S / R
+        x = torch.cat([xu, xh, self._candidate_tokens(features, candidates)], dim=1)  # (B, T, D)
+        groups, times, real = self._attributes(batch, candidates, Fn, valid, recent, candidate_times)
         x = self.input_dropout(x) * real[..., None]
         return x, groups, times, real, Fn
 
@@ -284,3 +306,42 @@ class MTGR(Ranker):
         if candidates.dim() == 1:
             candidates = candidates[:, None]
         return self.head(self.candidate_outputs(batch, candidates, features, candidate_times)).squeeze(-1)
+
+    # ------------------------------------------------------------------ packed path (train.packed)
+    def packed_candidate_outputs(self, batch: SeqBatch, candidates: torch.Tensor, features: Features = None,
+                                 candidate_times: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, D) :meth:`candidate_outputs` on packed tokens: each row's profile tokens, real history and
+        candidates (``genrec.nn.jagged``); the dynamic mask over 1/T_b per group of rows of similar length."""
+        B, N = batch.items.shape
+        C = candidates.shape[1]
+        prof = self._profile_ids(features, B)  # (B, F)
+        Fn, W = prof.shape[1], prof.shape[1] + N + C
+        xu = self.profile_emb(prof) + self.field_emb(torch.arange(Fn, device=prof.device))[None]  # (B, F, D)
+        valid, recent, tb, act = self._history(batch)
+        xh = self._history_tokens(batch.items[valid], tb[valid], act[valid], recent[valid])  # (Th, D) real only
+        parts = torch.cat([xu.reshape(B * Fn, -1), xh, self._candidate_tokens(features, candidates).flatten(0, 1)])
+        packing = Packing.of(batch.lengths + Fn + C, W)  # tokens per row: U, its history, its candidates
+        row, pos = packing.index // W, packing.positions  # (T,) each
+        n = batch.lengths.index_select(0, row)
+        start = (torch.cumsum(batch.lengths, 0) - batch.lengths).index_select(0, row)  # row's first history token
+        which = torch.where(pos < Fn, row * Fn + pos, torch.where(  # (T,) each token's row of ``parts``
+            pos < Fn + n, B * Fn + start + pos - Fn, B * Fn + len(xh) + row * C + pos - Fn - n))
+        src = row * W + torch.where(pos < Fn + n, pos, N + pos - n)  # (T,) slot in the padded (B, T) layout
+        attrs = self._attributes(batch, candidates, Fn, valid, recent, candidate_times)
+        groups, times, real = (a.reshape(-1).index_select(0, src) for a in attrs)  # (T,) each
+        x = self.input_dropout(parts.index_select(0, which)) * real[:, None]  # (T, D)
+        norm = (Fn + batch.lengths + 1).to(x.dtype)  # (B,) tokens of one candidate's sample
+        masks = tuple(mtgr_mask(gg, tt, rr & packing.real_slots(g), self.cfg.mask, self.cfg.history_mask).to(x.dtype)
+                      / norm[g.rows][:, None, None]
+                      for g, (gg, tt, rr) in zip(packing.groups, packing.laid_out(groups, times, real)))
+        attention = JaggedAttention(packing, 1, masks=masks, scale_at="query")  # the masks carry 1/T_b
+        for layer in self.layers:
+            x = layer(x, attention, groups=groups) * real[:, None]
+        return x[src % W >= Fn + N].view(B, C, -1)  # rows in order, each row's candidates last and in order
+
+    def packed_score(self, batch: SeqBatch, candidates: torch.Tensor, features: Features = None,
+                     candidate_times: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C) :meth:`score` logits from :meth:`packed_candidate_outputs` (``train.packed``)."""
+        if candidates.dim() == 1:
+            candidates = candidates[:, None]
+        return self.head(self.packed_candidate_outputs(batch, candidates, features, candidate_times)).squeeze(-1)

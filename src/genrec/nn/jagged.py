@@ -8,7 +8,10 @@ padded to its own longest row for one batched attention call, and the outputs ar
 
 Inside a group only the causal mask is needed: the rows are left-aligned, so a real query ``i < length`` reads
 keys ``j <= i``, all real; padding slots (which repeat packed token 0, any finite value does) are read only by
-padding query rows, whose outputs are dropped and get no gradient.
+padding query rows, whose outputs are dropped and get no gradient. The rankers pack each row's history followed
+by its candidates and pass one mask per group instead: ``hstu_ranker`` and ``hpgr`` the M-FALCON mask at the real
+tokens (:func:`target_aware_masks`: a candidate reads the history and itself, never another candidate), MTGR its
+dynamic mask built on each group's layout.
 """
 
 from __future__ import annotations
@@ -86,14 +89,24 @@ class Packing:
         out = x.new_zeros(len(self.lengths) * self.width, *x.shape[1:])
         return out.index_copy(0, self.index, x).view(len(self.lengths), self.width, *x.shape[1:])
 
+    def laid_out(self, *xs: torch.Tensor) -> list[list[torch.Tensor]]:
+        """Every group's padded layout of the packed inputs: ``[[x (G, Lg, ...) for x in xs] for each group]``; a
+        layout's padding slots repeat packed token 0 (:meth:`real_slots` says which slots are real)."""
+        sizes = [g.slots for g in self.groups]
+        laid = [x.index_select(0, self.gather).split(sizes) for x in xs]  # one gather per input, (S, ...) split
+        return [[part[i].view(len(g.rows), g.width, *part[i].shape[1:]) for part in laid]
+                for i, g in enumerate(self.groups)]
+
+    def real_slots(self, g: LengthGroup) -> torch.Tensor:
+        """(G, Lg) bool: the real slots of a group's layout (each row's first ``length`` slots)."""
+        return torch.arange(g.width, device=g.rows.device)[None] < self.lengths[g.rows][:, None]
+
     def per_group(self, fn: Callable[[int, LengthGroup, list[torch.Tensor]], torch.Tensor],
                   *xs: torch.Tensor) -> torch.Tensor:
         """Run ``fn(i, group, [x padded (G, Lg, ...) for x in xs]) -> (G, Lg, W)`` on every group; (T, W) back."""
-        sizes = [g.slots for g in self.groups]
-        laid = [x.index_select(0, self.gather).split(sizes) for x in xs]  # one gather per input, (S, ...) split
         outs = []
-        for i, g in enumerate(self.groups):
-            o = fn(i, g, [part[i].view(len(g.rows), g.width, *part[i].shape[1:]) for part in laid])  # (G, Lg, W)
+        for i, (g, laid) in enumerate(zip(self.groups, self.laid_out(*xs))):
+            o = fn(i, g, laid)  # (G, Lg, W)
             outs.append(o.reshape(-1, o.shape[-1]))  # (G*Lg, W)
         return (outs[0] if len(outs) == 1 else torch.cat(outs)).index_select(0, self.back)  # (T, W)
 
@@ -123,6 +136,26 @@ def _t(a: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)
 
 
+def target_aware_masks(packing: Packing, slot: torch.Tensor, real: torch.Tensor, history: int,
+                       weights: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """One (G, Lg, Lg) mask per length group for the rankers' target-aware layout (the M-FALCON mask, packed).
+
+    ``slot`` (T,): each packed token's slot in the padded layout it stands for (history slots ``< history``, the
+    candidates after them); ``real`` (T,): False for a padding candidate. Query i reads key j iff both are real
+    and either key j is a history token at or before query i's slot or j is i: a history token reads the
+    history up to itself, a candidate reads the history and itself, never another candidate. ``weights`` (T,)
+    scale the keys (HPGR's PGSA column weights; the mask is then float).
+    """
+    out = []
+    for g, (s, r, *w) in zip(packing.groups, packing.laid_out(slot, real, *([] if weights is None else [weights]))):
+        r = r & packing.real_slots(g)  # (G, Lg): layout padding is not real
+        col = torch.arange(g.width, device=s.device)
+        reads = ((s[:, None, :] <= s[:, :, None]) & (s[:, None, :] < history)) | (col[:, None] == col[None])[None]
+        m = reads & r[:, :, None] & r[:, None, :]  # (G, Lg, Lg)
+        out.append(m.to(w[0].dtype) * w[0][:, None, :] if w else m)
+    return tuple(out)
+
+
 @dataclass(frozen=True, eq=False)
 class JaggedAttention:
     """HSTU pointwise attention over packed tokens: an ``AttentionFn`` taking (T, h, d) and giving (T, h*dv).
@@ -130,11 +163,16 @@ class JaggedAttention:
     ``times``: the padded batch's (B, L) timestamps and next-event times, from which each layer's relative bias
     is built per group (:meth:`relative_bias`, which the HSTU block calls instead of building a (B, L, L) bias).
     The temperature divides the scores (``scale_at="scores"``, the retriever's and the production ranker's).
+    ``masks``: one (G, Lg, Lg) mask per group instead of the causal one (bool, or float weights: the rankers'
+    :func:`target_aware_masks`, MTGR's dynamic mask over its normaliser). ``scale_at="query"`` divides the queries
+    instead (MTGR's rounding, as ``DenseAttention``).
     """
 
     packing: Packing
     norm_len: int | float
     times: tuple[torch.Tensor, torch.Tensor] | None = None
+    masks: tuple[torch.Tensor, ...] | None = None
+    scale_at: str = "scores"
 
     def relative_bias(self, rab: nn.Module) -> list[torch.Tensor]:
         """One (G, Lg, Lg) bias per group from the layer's ``rab`` module."""
@@ -149,6 +187,10 @@ class JaggedAttention:
         def one(i: int, g: LengthGroup, qkv: list[torch.Tensor]) -> torch.Tensor:
             qg, kg, vg = (t.transpose(1, 2) for t in qkv)  # (G, h, Lg, d)
             b = None if bias is None else bias[i]
-            return hstu_pointwise_attention(qg, kg, vg, b, g.causal, self.norm_len, temperature, dropout)
+            mask = g.causal if self.masks is None else self.masks[i]
+            t = temperature
+            if t is not None and self.scale_at == "query":
+                qg, t = qg / t, None
+            return hstu_pointwise_attention(qg, kg, vg, b, mask, self.norm_len, t, dropout)
 
         return self.packing.per_group(one, q, k, v)

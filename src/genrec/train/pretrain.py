@@ -120,20 +120,30 @@ def _events_fingerprint(seqs: UserSequences) -> str:
 
 
 def _mim_step_loss(sem: SessionEncoder, loss_fn: MIMLoss, batch: SeqBatch, cfg: PretrainConfig,
-                   gen: torch.Generator, device: torch.device) -> tuple[torch.Tensor, int]:
+                   gen: torch.Generator, device: torch.device, packed: bool = False) -> tuple[torch.Tensor, int]:
+    """(loss sum, masked slots) of one batch; ``packed`` (``train.packed``): the SEM on packed tokens, the same
+    masked events read in the same (row-major) order."""
     m = mask_items(batch.items, batch.lengths, batch.session_ids, sem.num_items, cfg.mim, gen)
-    out = sem(m.items.to(device), batch.timestamps.to(device), batch.session_ids.to(device),
-              batch.lengths.to(device))
-    pos = m.positions.to(device) & out.event_valid  # (B, N)
+    inputs = (m.items.to(device), batch.timestamps.to(device), batch.session_ids.to(device), batch.lengths.to(device))
+    if packed:
+        events, valid = sem.packed_events(*inputs)  # (Te, D) at the valid events, (B, N)
+        pos = m.positions.to(device) & valid  # (B, N)
+        picked = events[pos[valid]]  # the masked events, row-major as events[pos] of the padded output
+    else:
+        out = sem(*inputs)
+        events, pos = out.events, m.positions.to(device) & out.event_valid  # (B, N, D), (B, N)
+        picked = events[pos]
     count = int(pos.sum())
     if count == 0:
-        return out.events.sum() * 0.0, 0
-    return loss_fn(out.events[pos], m.targets.to(device)[pos], sem.item_emb.weight, gen), count
+        return events.sum() * 0.0, 0
+    return loss_fn(picked, m.targets.to(device)[pos], sem.item_emb.weight, gen), count
 
 
 @torch.no_grad()
-def probe_loss(sem: SessionEncoder, seqs: UserSequences, cfg: PretrainConfig, rows: np.ndarray) -> float:
-    """Mean MIM loss on ``rows`` under a fixed masking (seeded), in eval mode: comparable across training."""
+def probe_loss(sem: SessionEncoder, seqs: UserSequences, cfg: PretrainConfig, rows: np.ndarray,
+               packed: bool = False) -> float:
+    """Mean MIM loss on ``rows`` under a fixed masking (seeded), in eval mode: comparable across training
+    (``packed``: the SEM on packed tokens, as the run trains)."""
     was = sem.training
     sem.eval()
     gen = torch.Generator().manual_seed(cfg.seed + 12345)
@@ -142,7 +152,7 @@ def probe_loss(sem: SessionEncoder, seqs: UserSequences, cfg: PretrainConfig, ro
     device = next(sem.parameters()).device
     for i in range(0, len(rows), cfg.batch_size):
         batch = pretrain_batch(seqs, rows[i : i + cfg.batch_size], cfg.max_len, cfg.sem.max_sessions)
-        loss, c = _mim_step_loss(sem, loss_fn, batch, cfg, gen, device)
+        loss, c = _mim_step_loss(sem, loss_fn, batch, cfg, gen, device, packed)
         total, count = total + float(loss), count + c
     sem.train(was)
     return total / max(count, 1)
@@ -157,12 +167,13 @@ def cutoff_record(cutoff: int | Split) -> dict[str, Any]:
 
 def _loop_config(cfg: PretrainConfig, loop: TrainConfig | None) -> TrainConfig:
     """Stage 1's TrainConfig: the section's own optimiser, epochs, batch and seed; the loop knobs
-    (``max_steps``, ``max_seconds``, ``checkpoint_every``, progress, threads) of the caller's ``train:`` section."""
+    (``max_steps``, ``max_seconds``, ``checkpoint_every``, progress, threads, ``packed``) of the caller's ``train:``
+    section."""
     lp = loop or TrainConfig(tensorboard=False)
     return TrainConfig(**optim_knobs(cfg), epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
                        device=cfg.device, patience=0, bf16=False, max_steps=lp.max_steps, max_seconds=lp.max_seconds,
                        checkpoint_every=lp.checkpoint_every, progress=lp.progress, tensorboard=lp.tensorboard,
-                       num_threads=lp.num_threads, progress_interval=lp.progress_interval)
+                       num_threads=lp.num_threads, progress_interval=lp.progress_interval, packed=lp.packed)
 
 
 class PretrainTrainer(TrainerBase):
@@ -203,7 +214,7 @@ class PretrainTrainer(TrainerBase):
         for key, value in (("epoch_losses", []), ("mim_sum", 0.0), ("mim_count", 0)):
             self.state.setdefault(key, value)
         if "probe_initial" not in self.state:
-            self.state["probe_initial"] = probe_loss(self.model, ev, cfg, rows[: cfg.probe_rows])
+            self.state["probe_initial"] = probe_loss(self.model, ev, cfg, rows[: cfg.probe_rows], self.cfg.train.packed)
 
     def run_record(self) -> dict[str, Any]:
         config = {k: v for k, v in asdict(self.pcfg).items() if k != "device"}
@@ -224,7 +235,8 @@ class PretrainTrainer(TrainerBase):
     def step_loss(self, idx: np.ndarray) -> tuple[torch.Tensor, int]:
         cfg = self.pcfg
         batch = pretrain_batch(self.ev, self.rows[idx], cfg.max_len, cfg.sem.max_sessions)
-        loss, count = _mim_step_loss(self.model, self.loss_fn, batch, cfg, self.generators["mim"], self.device)
+        loss, count = _mim_step_loss(self.model, self.loss_fn, batch, cfg, self.generators["mim"], self.device,
+                                     self.cfg.train.packed)
         if count == 0:
             return loss, 0
         self.state["mim_sum"] += float(loss.detach())
@@ -250,7 +262,7 @@ class PretrainTrainer(TrainerBase):
         """The artifact, from the finished run (main process; the others wait for it)."""
         st, ev = self.state, self.ev
         if self.main:
-            final = probe_loss(self.model, ev, self.pcfg, self.rows[: self.pcfg.probe_rows])
+            final = probe_loss(self.model, ev, self.pcfg, self.rows[: self.pcfg.probe_rows], self.cfg.train.packed)
             meta = {
                 "format": FORMAT,
                 "config": asdict(self.pcfg),

@@ -55,6 +55,9 @@ class RankerTrainer(TrainerBase):
         self.model: Ranker = build_model(cfg.model, dataset.num_items, cfg.data.max_len).to(self.device)
         if RANKER not in self.model.kinds:
             raise ConfigError(f"model '{cfg.model['name']}' is not a ranker; this trainer trains rankers")
+        if cfg.train.packed and not self.model.packs:
+            raise ConfigError(f"train.packed: model '{cfg.model['name']}' has no packed path with these settings "
+                              "(hpgr packs its dense ranker and PGSA's gathered all-rows layers); set train.packed=false")
         self.needs_features = self.model.needs_features
         self.features: dict[str, np.ndarray] | None = (
             impression_features(dataset, self.data) if self.needs_features else None)
@@ -78,8 +81,9 @@ class RankerTrainer(TrainerBase):
 
     def step_loss(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         batch, cands, labels, kw = self.batch(self.train_idx[rows])
+        score = self.model.packed_score if self.cfg.train.packed else self.model.score  # packed: same logits
         with self.autocast():
-            return ctr_bce(self.model.score(batch, cands, **kw), cands, labels)  # (sum, real candidates)
+            return ctr_bce(score(batch, cands, **kw), cands, labels)  # (sum, real candidates)
 
     def validate(self) -> tuple[dict[str, Any], float]:
         m = self.metrics("valid")
@@ -89,7 +93,7 @@ class RankerTrainer(TrainerBase):
     def predict(self, idx: np.ndarray) -> np.ndarray:
         """(S,) logits of samples ``idx`` in their given order."""
         return predict_impressions(self.model, self.data, idx, self.cfg.data.max_len, self.cfg.ranking.eval_batch_size,
-                                   self.features, self.autocast)
+                                   self.features, self.autocast, packed=self.cfg.train.packed)
 
     def metrics(self, which: str) -> dict[str, float]:
         """The selected CTR metrics (AUC, GAUC + users counted, LogLoss), count and positive rate on one part."""

@@ -51,9 +51,9 @@ def _train_any(cfg: RunConfig, out: str | Path, resume: bool, dataset: Dataset |
     if not cls.trainable:
         raise ConfigError(f"model '{cfg.model['name']}' has nothing to train; evaluate it with "
                           "python -m genrec.train.gamer --config RECIPE --out RUN (or benchmarks/gamer.py)")
-    if cfg.train.packed and kind != RETRIEVER:
-        raise ConfigError(f"train.packed: only retrievers train on packed sequences, not the {model_kind(cfg)} "
-                          f"'{cfg.model['name']}'; set train.packed=false")
+    if cfg.train.packed and kind not in (RETRIEVER, RANKER):
+        raise ConfigError(f"train.packed: only retrievers and rankers pack their sequences, not the "
+                          f"{model_kind(cfg)} '{cfg.model['name']}'; set train.packed=false")
     if cfg.stages and kind in (RETRIEVER, RANKER):  # HPGR stage 1, then the model initialised from it
         return run_stages(cfg, out, resume=resume, dataset=dataset)
     if cfg.stages:
