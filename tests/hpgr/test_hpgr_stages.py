@@ -96,6 +96,7 @@ def test_pretrain_stage_is_leak_free_written_once_and_checked(tmp_path):
     assert rec["stages"] == ["pretrain"] and "finetune" not in rec and not rec["pretrain"]["skipped"]
     assert rec["pretrain"]["cutoff"] == {"kind": "time", "t": cut}
     assert rec["pretrain"]["num_events"] == int((base.interactions.timestamp < cut).sum())
+    assert json.loads((art / "pretrain.json").read_text())["packed"] is False  # provenance: train.packed
     assert load_pretrained(art, num_items=ITEMS).item_table.shape == (ITEMS + 1, 16)
     assert json.loads((tmp_path / "a" / "stages.json").read_text())["pretrain"]["path"] == str(art)
     stamp = (art / "pretrain.json").stat().st_mtime_ns
@@ -113,6 +114,10 @@ def test_pretrain_stage_is_leak_free_written_once_and_checked(tmp_path):
         run_stages(changed, tmp_path / "a", dataset=base)
     assert not run_stages(changed, tmp_path / "a", resume=False, dataset=base)["pretrain"]["skipped"]
     assert json.loads((art / "pretrain.json").read_text())["steps"] == 1
+    packed = _cfg(["pretrain"])
+    packed.train.packed = True
+    run_stages(packed, tmp_path / "c", dataset=base)
+    assert json.loads((tmp_path / "c" / "pretrain" / "pretrain.json").read_text())["packed"] is True
 
 
 def test_finetune_gets_the_artifact(tmp_path, monkeypatch):

@@ -278,6 +278,7 @@ class PretrainTrainer(TrainerBase):
                 "epoch_losses": st["epoch_losses"],
                 "probe_loss": {"initial": st["probe_initial"], "final": final},
                 "seconds": round(float(st.get("train_seconds") or 0.0), 2),
+                "packed": bool(self.cfg.train.packed),  # provenance: packed and padded agree up to rounding/dropout
             }
             write_artifact(self.run_dir, self.model, meta)
         dist_utils.barrier()
