@@ -59,12 +59,10 @@ def differences(cfg: RunConfig) -> list[str]:
     """What still differs between the two sides after the sizes are matched, read from the genrec recipe."""
     o, m, t = cfg.objective, cfg.model, cfg.train
     sim = m.get("similarity", "cosine")
-    if o.name == "sampled_softmax":
-        negs = (f"{o.num_negatives} uniform negatives " + ("shared by the batch" if o.shared_negatives else
-                "per position") + (" plus the position's own earlier items" if o.history_negatives else ""))
-        loss = f"sampled softmax ({negs}, temperature {o.temperature:g}, {sim} scores)"
-    else:
-        loss = f"{o.name} (temperature {o.temperature:g}, {sim} scores)"
+    negs = (f"{o.num_negatives} uniform negatives " + ("shared by the batch" if o.shared_negatives else "per position")
+            + (" plus the position's own earlier items" if o.history_negatives else "") + ", ") \
+        if o.name == "sampled_softmax" else ""
+    loss = f"{o.name.replace('_', ' ')} ({negs}temperature {o.temperature:g}, {sim} scores)"
     return [
         "loss: RecBole CE over the full catalogue at the last position of each history prefix; genrec " + loss +
         " at every position of the user's last max_len+1 training events (so a user's targets older than that "
@@ -370,16 +368,16 @@ def compare_sides(args: argparse.Namespace, work: Path) -> None:
         note = "" if t["target_reached_by_both"] else f" (the best both reach; target {args.target} is not)"
         print(f"time to validation NDCG@10 >= {t['level']:.4f}{note}: RecBole {t['seconds']['recbole']:.0f} s (epoch {t['epochs']['recbole']}), genrec "
               f"{t['seconds']['genrec']:.0f} s (epoch {t['epochs']['genrec']}) -> {t['ratio']:.1f}x")
-    write_record(args, info, check, sides, cmp)
+    write_record(args, cfg, info, check, sides, cmp)
 
 
-def write_record(args: argparse.Namespace, info: dict[str, Any], check: dict[str, Any],
+def write_record(args: argparse.Namespace, cfg: RunConfig, info: dict[str, Any], check: dict[str, Any],
                  sides: dict[str, dict[str, Any]], cmp: dict[str, Any]) -> None:
     rec = {"dataset": info["name"], "data_fingerprint": info["fingerprint"], "model": "sasrec",
            "recipe": args.recipe, "overrides": list(args.set), "baseline": "RecBole 1.2.1 SASRec",
            "protocol": {"evaluation": PROTOCOL, "split_check": check, "threads": args.threads, "target": args.target,
                         "users": info["users"], "items": info["items"], "quick": args.quick,
-                        "differences": differences(load_config(args.recipe, genrec_overrides(args, args.data))), "recbole_epochs": args.recbole_epochs,
+                        "differences": differences(cfg), "recbole_epochs": args.recbole_epochs,
                         "genrec_epochs": args.genrec_epochs, "recbole_batch_size": args.recbole_batch_size,
                         "recbole_run": "an earlier invocation (--recbole-result), same files and machine"
                         if args.recbole_result else "this invocation, before genrec's"},
