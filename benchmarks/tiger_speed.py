@@ -152,6 +152,31 @@ def time_training(trainer: GeneratorTrainer, names: list[str], batches: list[np.
     return out
 
 
+CATEGORIES = {"matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
+              "casts and copies": ("aten::copy_",), "element-wise multiply": ("aten::mul", "aten::mul_")}
+
+
+def profile_steps(trainer: GeneratorTrainer, names: list[str], batches: list[np.ndarray]) -> dict[str, Any]:
+    """Where the CPU time of ``batches`` steps of each variant goes (torch.profiler, self time per op), by
+    category, and the bound on a further speed-up if every matmul took no time (Amdahl)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out: dict[str, Any] = {}
+    for n in names:
+        v = Variant(trainer, *VARIANTS[n])
+        v.step(batches[0])  # warm-up, not profiled
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for rows in batches[1:]:
+                v.step(rows)
+        avg = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in avg) or 1e-9
+        shares = {c: sum(e.self_cpu_time_total for e in avg if e.key in ops) / total for c, ops in CATEGORIES.items()}
+        top = sorted(avg, key=lambda e: -e.self_cpu_time_total)[:8]
+        out[n] = {"shares": shares, "bound_if_matmuls_were_free": 1.0 / max(1.0 - shares["matmul"], 1e-9),
+                  "top_ops": {e.key: e.self_cpu_time_total / total for e in top}, "profiled_steps": len(batches) - 1}
+    return out
+
+
 def test_queries(trainer: GeneratorTrainer, users: int, seed: int) -> EvalSamples:
     """``users`` test queries picked at random (sample order)."""
     test = trainer.split.test
@@ -230,6 +255,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--beam", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                    help="also profile STEPS steps of each variant: CPU time by op category (0 = no profile)")
     ap.add_argument("--quick", action="store_true", help="3 timed steps, 32 users, 5 training steps")
     ap.add_argument("--name", default="")
     args = ap.parse_args(argv)
@@ -248,6 +275,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{m[f'{kind}_ms_per_step_median']:7.1f} median ({m[f'{kind}_speedup_median']:4.2f}x)"
             for kind in ("cpu", "wall")) + f", loss {m['loss_last3']:.3f}")
     print(f"encoder padding share over the epoch's length-bucketed batches: {pad:.1%}")
+    prof = profile_steps(trainer, names, batches[: args.profile + 1]) if args.profile else {}
+    for n, p in prof.items():
+        print(f"profile {n:15s}: " + ", ".join(f"{c} {v:.0%}" for c, v in p["shares"].items())
+              + f" of the CPU time; if matmuls were free: at most {p['bound_if_matmuls_were_free']:.2f}x faster")
     model, source = beam_model(args, trainer)
     samples = test_queries(trainer, args.users, args.seed)
     beam = time_beam(model, trainer, samples, args.beam_batch, args.beam)
@@ -266,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            "timed_steps": args.steps, "warmup_steps": args.warmup, "batches": "epoch 0 order",
                            "beam": args.beam, "beam_batch": args.beam_batch, "beam_users": beam["users"],
                            "beam_model": source, "constrained": True, "quick": args.quick},
-              "metrics": {"train": train, "encoder_padding_share": pad, "beam": beam}}
+              "metrics": {"train": train, "encoder_padding_share": pad, "beam": beam, **({"profile": prof} if prof else {})}}
     name = args.name or f"tiger_speed__{Path(args.recipe).stem}"
     print(f"wrote {write_result(name, record)}")
     return record

@@ -25,7 +25,7 @@ def test_quick_run_times_every_variant_and_checks_the_beams(tmp_path, monkeypatc
     rec = mod.main(["--quick", "--data", "", "--sid-table", str(table), "--name", "quick", "--set",
                     "data.synthetic_users=120", "data.synthetic_items=300", "train.batch_size=32",
                     "model.d_model=32", "model.num_heads=2", "model.head_dim=16", "model.d_ff=64",
-                    "model.num_user_buckets=16"])
+                    "model.num_user_buckets=16", "--profile", "2"])
     train, beam = rec["metrics"]["train"], rec["metrics"]["beam"]
     assert set(train) == set(mod.VARIANTS)
     for m in train.values():
@@ -33,6 +33,11 @@ def test_quick_run_times_every_variant_and_checks_the_beams(tmp_path, monkeypatc
     assert train["reference"]["cpu_speedup_mean"] == 1.0
     assert beam["users_with_identical_lists"] == beam["users"] > 0 and beam["identical_evaluation_ranks"]
     assert 0.0 <= rec["metrics"]["encoder_padding_share"] < 1.0
+    prof = rec["metrics"]["profile"]  # --profile: where each variant's CPU time goes
+    assert set(prof) == set(mod.VARIANTS) and all(p["profiled_steps"] == 2 for p in prof.values())
+    for p in prof.values():
+        assert 0.0 < p["shares"]["matmul"] < 1.0 and p["bound_if_matmuls_were_free"] > 1.0
+        assert sum(p["shares"].values()) <= 1.0 + 1e-9
     saved = json.loads((tmp_path / "results" / "quick.json").read_text())
     for key in ("dataset", "model", "recipe", "protocol", "metrics", "seeds", "command", "date", "commit"):
         assert key in saved
