@@ -23,6 +23,7 @@ from genrec.models.registry import register
 from genrec.nn.embedding import item_embedding
 from genrec.nn.jagged import LengthGroup, Packing
 
+INITS = ("default", "xavier")
 POSITIONS = ("first", "last")  # model.positions
 
 
@@ -102,8 +103,9 @@ class SASRec(Retriever):
         dropout: float = 0.2
         similarity: str = "cosine"  # cosine | dot (see genrec.models.base.scoring_space)
         positions: str = "first"  # first: position 0 is the oldest item | last: 0 is the newest (see _positions)
-        item_init_std: float = 0.02  # the item table's initial std (RecTools: 1.0, torch's default)
+        item_init_std: float = 0.02  # the item table's initial std (torch's nn.Embedding default: 1.0)
         scale_inputs: bool = True  # item embeddings times sqrt(d_model) at the input (RecTools: false)
+        init: str = "default"  # default | xavier: every weight matrix re-drawn Xavier-normal (RecTools' SASRec)
 
     def __init__(self, cfg: Config, num_items: int, max_len: int) -> None:
         super().__init__(num_items, max_len)
@@ -112,6 +114,8 @@ class SASRec(Retriever):
             raise ConfigError(f"model.positions: '{cfg.positions}' is not one of {', '.join(POSITIONS)} (sasrec)")
         if not cfg.item_init_std > 0:
             raise ConfigError(f"model.item_init_std must be > 0, got {cfg.item_init_std!r} (sasrec)")
+        if cfg.init not in INITS:
+            raise ConfigError(f"model.init: '{cfg.init}' is not one of {', '.join(INITS)} (sasrec)")
         self.cfg = cfg
         d = cfg.d_model
         self.item_emb = item_embedding(num_items, d, cfg.item_init_std)  # (I+1, D), row 0 = padding
@@ -125,6 +129,18 @@ class SASRec(Retriever):
             SASRecBlock(d, cfg.num_heads, cfg.d_ff or d, cfg.dropout) for _ in range(cfg.num_layers)
         )
         self.final_ln = nn.LayerNorm(d, eps=1e-8)
+        if cfg.init == "xavier":
+            self._xavier_init()
+
+    def _xavier_init(self) -> None:
+        """RecTools' SASRec redraws every parameter of two or more dimensions from Xavier normal when training
+        starts (item table std sqrt(2 / (I + 1 + d)), about 0.013 on Beauty; positions sqrt(2 / (L + d))), which
+        with unscaled inputs lets positions, not items, dominate the first steps; the padding row stays zero."""
+        with torch.no_grad():
+            for p in self.parameters():
+                if p.dim() > 1:
+                    nn.init.xavier_normal_(p)
+            self.item_emb.weight[0].zero_()
 
     def init_from_pretrained(self, pre: Pretrained) -> None:
         """Start from the stage-1 item table (called by the trainer once, when a run starts fresh)."""
