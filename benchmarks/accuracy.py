@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ablation_suffix, write_result  # noqa: E402
+from common import ablation_suffix, shown_config, write_result  # noqa: E402
 
 from genrec.config import load_config  # noqa: E402
 from genrec.errors import GenrecError  # noqa: E402
@@ -139,7 +139,7 @@ def main() -> None:
            "recipe": args.recipe, "ablation": " + ".join(args.ablation) or None, "overrides": list(args.set),
            "protocol": res["protocol"], "seeds": args.seeds, "metrics": mean, "metrics_mean": mean,
            "metrics_std": std, f"{other_key}_mean": {**setting, "metrics": other_mean} if has_other else None,
-           "per_seed": per_seed, "train_seconds_per_seed": train_secs, "config": res["config"]}
+           "per_seed": per_seed, "train_seconds_per_seed": train_secs, "config": shown_config(res["config"], args.runs)}
     if "sid_health" in res:
         rec["sid_health"] = res["sid_health"]
     path = write_result(name, rec)

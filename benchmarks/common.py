@@ -55,6 +55,16 @@ def shown_path(path: str | Path, runs: str | Path = DEFAULT_RUNS) -> str:
     return str(Path(DEFAULT_RUNS) / p.relative_to(root)) if p.is_relative_to(root) else str(path)
 
 
+def shown_config(config: Any, runs: str | Path = DEFAULT_RUNS) -> Any:
+    """A run's config as a committed record shows it: every absolute path in it (a stage-1 artifact under the
+    ``--runs`` root, say) through :func:`shown_path`."""
+    if isinstance(config, dict):
+        return {k: shown_config(v, runs) for k, v in config.items()}
+    if isinstance(config, list):
+        return [shown_config(v, runs) for v in config]
+    return shown_path(config, runs) if isinstance(config, str) and config.startswith("/") else config
+
+
 SCRATCH_FLAGS = ("--runs", "--work")  # folders that hold run folders or scratch files, never results
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import shown_path, write_result  # noqa: E402
+from common import shown_config, shown_path, write_result  # noqa: E402
 
 from genrec.config import load_config  # noqa: E402
 from genrec.data.loading import load_data  # noqa: E402
@@ -97,7 +97,7 @@ def main() -> None:
         "metrics": {k: v[0] for k, v in stats.items()}, "spread": {k: v[1] for k, v in stats.items()},
         "test_impressions": res["metrics"]["num_impressions"], "test_positive_rate": res["metrics"]["positive_rate"],
         "per_seed": per_seed, "train_seconds_per_seed": [s["train_seconds"] for s in per_seed],
-        "config": res["config"],
+        "config": shown_config(res["config"], args.runs),
     }
     rec["protocol"] = {**rec["protocol"], "best_epoch": [s["best_epoch"] for s in per_seed]}
     path = write_result(name, rec)

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "num_users": {row: int(c.get("num_users", 0)) for row, c in users.items()}, "per_seed": per_seed,
         "train_seconds_per_seed": [s["train_seconds"] for s in per_seed],
         "num_parameters": rec.get("num_parameters"), "sid_fingerprint": rec.get("sid_fingerprint"),
-        "config": rec["config"],
+        "config": common.shown_config(rec["config"], args.runs),
     }
     saved = common.RESULTS
     common.RESULTS = Path(args.results) if args.results else saved

@@ -25,3 +25,15 @@ def test_runs_outside_the_repository_leave_the_record(tmp_path, monkeypatch):
     assert common.shown_path(outside / "x-seed1" / "pretrain", outside) == "runs/bench/x-seed1/pretrain"
     assert common.shown_path(common.REPO / "runs" / "a", outside) == str(Path("runs") / "a")
     assert common.shown_path("/somewhere/else", outside) == "/somewhere/else"  # not a run folder: as given
+
+
+def test_absolute_paths_in_a_recorded_config_are_shown_as_run_folders(tmp_path):
+    load_benchmark("ctr")
+    import common
+
+    outside = tmp_path / "elsewhere" / "runs"
+    cfg = {"model": {"pretrained": str(outside / "x-seed1" / "pretrain"), "d_model": 64},
+           "data": {"path": "data_cache/ml-1m"}, "stages": ["finetune"], "sid": {"table": str(common.REPO / "t")}}
+    shown = common.shown_config(cfg, outside)
+    assert shown["model"] == {"pretrained": "runs/bench/x-seed1/pretrain", "d_model": 64}
+    assert shown["data"] == cfg["data"] and shown["stages"] == ["finetune"] and shown["sid"]["table"] == "t"
