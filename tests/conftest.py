@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +126,14 @@ def write_toy(root: Path) -> Path:
     """The toy dataset written as a prepared folder under ``root``."""
     ds = make_toy()
     return write_dataset(root / "toy", ds.interactions, ds.items, ds.manifest, ds.users)
+
+
+RECORD_KEYS = ("dataset", "model", "recipe", "protocol", "metrics", "seeds", "command", "date", "commit")
+
+
+def assert_saved_record(path: Path) -> dict:
+    """A benchmark's JSON record at ``path`` holds every key the project's records carry; returns it."""
+    saved = json.loads(Path(path).read_text())
+    for key in RECORD_KEYS:
+        assert key in saved
+    return saved

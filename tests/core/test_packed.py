@@ -25,7 +25,7 @@ from genrec.nn.jagged import Packing, length_groups
 from genrec.objectives.next_item import SampledSoftmax
 from genrec.train.run import train_run
 from genrec.train.trainer import Trainer, _LossModule
-from tests.conftest import load_benchmark, tiny_cfg
+from tests.conftest import assert_saved_record, load_benchmark, tiny_cfg
 
 V, MAX_LEN = 50, 24
 ROOT = Path(__file__).resolve().parents[2]
@@ -190,9 +190,7 @@ def test_benchmarks_report_packed_shares_and_step_times(toy_dir, tmp_path, monke
     (pad,) = padding.main([*args, "--name", "pad"])["metrics"]["rows"]
     assert pad["train_padding_share_packed_attention"] <= 0.05 < pad["train_padding_share"]
     assert pad["train_padding_share_packed_attention_pairs"] < pad["train_padding_share_attention_pairs"]
-    saved = json.loads((tmp_path / "results" / "quick.json").read_text())
-    for key in ("dataset", "model", "recipe", "protocol", "metrics", "seeds", "command", "date", "commit"):
-        assert key in saved
+    assert_saved_record(tmp_path / "results" / "quick.json")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

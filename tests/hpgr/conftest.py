@@ -10,7 +10,11 @@ import pytest
 import torch
 
 from genrec.data.schema import Dataset, Interactions, fingerprint_of
+from genrec.data.sequences import UserSequences
+from genrec.models.hpgr import SessionEncoder
 from genrec.objectives import ctr_bce
+from genrec.objectives.mim import MIMConfig
+from genrec.train.pretrain import PretrainConfig, pretrain_sessions
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -76,3 +80,22 @@ def mean_bce(model, batch, candidates: torch.Tensor, labels: torch.Tensor, **kw)
     """A ranker's training loss (the CTR objective over its logits) as the mean over real candidates."""
     s, n = ctr_bce(model.score(batch, candidates, **kw), candidates, labels)
     return s / n.clamp(min=1.0)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    """A tiny stage-1 artifact (d=16) pre-trained for a few steps on synthetic sessions over 40 items (the
+    catalogue size ``V`` of the tests that use it)."""
+    V = 40
+    rng = np.random.default_rng(0)
+    its, tss, offs = [], [], [0]
+    for _ in range(30):
+        n = int(rng.integers(8, 30))
+        its.append(rng.integers(1, V + 1, n))
+        tss.append(1_000_000 + np.cumsum(rng.choice([60, 600, 20_000], n)))
+        offs.append(offs[-1] + n)
+    seqs = UserSequences(np.arange(1, 31), np.array(offs), np.concatenate(its), np.concatenate(tss))
+    cfg = PretrainConfig(sem=SessionEncoder.Config(d_model=16, num_heads=2, intra_layers=1, inter_layers=1),
+                         mim=MIMConfig(), max_len=30, epochs=1, max_steps=3, batch_size=16, probe_rows=8)
+    return pretrain_sessions(seqs, int(np.quantile(seqs.timestamps, 0.8)), cfg, tmp_path_factory.mktemp("s1") / "a",
+                             num_items=V)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from genrec.data.sequences import SeqBatch, UserSequences
+from genrec.data.sequences import SeqBatch
 from genrec.data.sessions import sessionize
 from genrec.errors import ConfigError
-from genrec.models.hpgr import HPGRRanker, SessionEncoder, fit_table, pgsa_layer, window_sessions
+from genrec.models.hpgr import HPGRRanker, fit_table, pgsa_layer, window_sessions
 from genrec.models.hstu_ranker import HSTURanker
 from genrec.models.pretrained import (
     apply_pretrained,
@@ -24,8 +24,6 @@ from genrec.models.pretrained import (
 from genrec.models.registry import MODELS, build_model
 from genrec.nn.hstu_block import DenseAttention
 from genrec.nn.sparse import pgsa_mask
-from genrec.objectives.mim import MIMConfig
-from genrec.train.pretrain import PretrainConfig, pretrain_sessions
 from tests.hpgr.conftest import mean_bce
 
 V = 40  # catalogue size of every test here
@@ -55,23 +53,6 @@ def _pair(**kw) -> tuple[HPGRRanker, HPGRRanker]:
     gather = HPGRRanker(_cfg(impl="gather", **kw), num_items=V, max_len=24)
     gather.load_state_dict(dense.state_dict())
     return dense, gather
-
-
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    """A tiny stage-1 artifact (d=16) pre-trained for a few steps on synthetic sessions over V items."""
-    rng = np.random.default_rng(0)
-    its, tss, offs = [], [], [0]
-    for _ in range(30):
-        n = int(rng.integers(8, 30))
-        its.append(rng.integers(1, V + 1, n))
-        tss.append(1_000_000 + np.cumsum(rng.choice([60, 600, 20_000], n)))
-        offs.append(offs[-1] + n)
-    seqs = UserSequences(np.arange(1, 31), np.array(offs), np.concatenate(its), np.concatenate(tss))
-    cfg = PretrainConfig(sem=SessionEncoder.Config(d_model=16, num_heads=2, intra_layers=1, inter_layers=1),
-                         mim=MIMConfig(), max_len=30, epochs=1, max_steps=3, batch_size=16, probe_rows=8)
-    return pretrain_sessions(seqs, int(np.quantile(seqs.timestamps, 0.8)), cfg, tmp_path_factory.mktemp("s1") / "a",
-                             num_items=V)
 
 
 def test_registered_as_ranker_and_config_checked():

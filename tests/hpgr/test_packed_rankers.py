@@ -12,17 +12,15 @@ packed path are refused in one line.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from genrec.config import config_from_dict
 from genrec.data.features import CROSS_FEATURES
 from genrec.data.schema import load_dataset, write_dataset
-from genrec.data.sequences import SeqBatch, UserSequences
+from genrec.data.sequences import SeqBatch
 from genrec.errors import ConfigError
 from genrec.models.hpgr import MASK_ID, HPGRRanker, SessionEncoder, window_sessions
 from genrec.models.hstu_ranker import HSTURanker, target_aware_mask
@@ -31,9 +29,9 @@ from genrec.models.pretrained import apply_pretrained, read_meta, stage1_record
 from genrec.nn.jagged import Packing, target_aware_masks
 from genrec.objectives import ctr_bce
 from genrec.objectives.mim import MIMConfig, MIMLoss
-from genrec.train.pretrain import PretrainConfig, _mim_step_loss, pretrain_sessions
+from genrec.train.pretrain import PretrainConfig, _mim_step_loss
 from genrec.train.ranker import RankerTrainer
-from tests.conftest import load_benchmark
+from tests.conftest import assert_saved_record, load_benchmark
 from tests.hpgr.conftest import make_ctr_toy
 
 V, MAX_LEN = 40, 24
@@ -102,23 +100,6 @@ def test_packed_logits_and_gradients_equal_the_padded_path(name, lengths, C):
             p.add_(0.05 * torch.randn_like(p))
     batch, cands, feats = uneven_batch(len(lengths) + C, lengths, C)
     assert_packed_equals_padded(model, batch, cands, {"features": feats} if name in FEATURES else {})
-
-
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    """A tiny stage-1 artifact (d=16) pre-trained for a few steps on synthetic sessions over V items."""
-    rng = np.random.default_rng(0)
-    its, tss, offs = [], [], [0]
-    for _ in range(30):
-        n = int(rng.integers(8, 30))
-        its.append(rng.integers(1, V + 1, n))
-        tss.append(1_000_000 + np.cumsum(rng.choice([60, 600, 20_000], n)))
-        offs.append(offs[-1] + n)
-    seqs = UserSequences(np.arange(1, 31), np.array(offs), np.concatenate(its), np.concatenate(tss))
-    cfg = PretrainConfig(sem=SessionEncoder.Config(d_model=16, num_heads=2, intra_layers=1, inter_layers=1),
-                         mim=MIMConfig(), max_len=30, epochs=1, max_steps=3, batch_size=16, probe_rows=8)
-    return pretrain_sessions(seqs, int(np.quantile(seqs.timestamps, 0.8)), cfg, tmp_path_factory.mktemp("s1") / "a",
-                             num_items=V)
 
 
 @pytest.mark.parametrize("pgsa", [True, False])
@@ -282,9 +263,7 @@ def test_padding_and_speed_benchmarks_on_the_toy(toy, tmp_path, monkeypatch):
     for sp in rows:
         assert sp["first_batch_loss_gap"] < 1e-5 and sp["ms_per_step_packed"] > 0 and sp["steps"] == 3
         assert sp["packed_padding_share_tokenwise"] == 0.0 and 0 <= sp["packed_padding_share_attention"] <= 0.05
-    saved = json.loads((tmp_path / "results" / "quick.json").read_text())
-    for key in ("dataset", "model", "recipe", "protocol", "metrics", "seeds", "command", "date", "commit"):
-        assert key in saved
+    assert_saved_record(tmp_path / "results" / "quick.json")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

@@ -3,9 +3,7 @@ the record carries its provenance."""
 
 from __future__ import annotations
 
-import json
-
-from tests.conftest import load_benchmark
+from tests.conftest import assert_saved_record, load_benchmark
 
 
 def test_quick_run_times_both_paths_and_compares_their_lists(tmp_path, monkeypatch):
@@ -24,6 +22,4 @@ def test_quick_run_times_both_paths_and_compares_their_lists(tmp_path, monkeypat
             assert m[f"full_copy_{k}_ms_per_user"] > 0 and m[f"shared_{k}_ms_per_user"] > 0
             assert m[f"{k}_speedup"] == m[f"full_copy_{k}_ms_per_user"] / m[f"shared_{k}_ms_per_user"]
     assert rec["protocol"]["cases"]["gamer"]["prompt_tokens"] == 20 * 5 + 1  # 20 interactions of <b> c1..c4, <b>
-    saved = json.loads((tmp_path / "results" / "quick.json").read_text())
-    for key in ("dataset", "model", "recipe", "protocol", "metrics", "seeds", "command", "date", "commit"):
-        assert key in saved
+    assert_saved_record(tmp_path / "results" / "quick.json")

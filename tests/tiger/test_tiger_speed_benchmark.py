@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from genrec.config import DataConfig
 from genrec.data.loading import load_data
 from genrec.sid import SIDTable
-from tests.conftest import load_benchmark
+from tests.conftest import assert_saved_record, load_benchmark
 
 
 def test_quick_run_times_every_variant_and_checks_the_beams(tmp_path, monkeypatch):
@@ -38,6 +36,4 @@ def test_quick_run_times_every_variant_and_checks_the_beams(tmp_path, monkeypatc
     for p in prof.values():
         assert 0.0 < p["shares"]["matmul"] < 1.0 and p["bound_if_matmuls_were_free"] > 1.0
         assert sum(p["shares"].values()) <= 1.0 + 1e-9
-    saved = json.loads((tmp_path / "results" / "quick.json").read_text())
-    for key in ("dataset", "model", "recipe", "protocol", "metrics", "seeds", "command", "date", "commit"):
-        assert key in saved
+    assert_saved_record(tmp_path / "results" / "quick.json")
