@@ -106,3 +106,26 @@ def test_xavier_init_redraws_every_weight_matrix_as_rectools_does():
     assert not torch.equal(xav.blocks[0].q.weight, default.blocks[0].q.weight)
     with pytest.raises(ConfigError, match="model.init: 'he' is not one of default, xavier"):
         build_model({**cfg, "init": "he"}, 10, 4)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_item_dropout_drops_the_table_once_per_step_for_inputs_and_scored_items(packed):
+    torch.manual_seed(0)
+    model = build_model({"name": "sasrec", "d_model": 32, "num_layers": 1, "dropout": 0.0, "item_dropout": 0.5,
+                         "similarity": "dot"}, 10, 4)
+    ids = torch.arange(11)
+    model.train()
+    states = model.packed_output(_batch()) if packed else model.sequence_output(_batch())
+    scored = model.item_vectors(ids)  # (11, D): the rows the loss reads this step
+    table = model.item_emb.weight
+    kept = scored != 0
+    assert 0.3 < float(kept[1:].float().mean()) < 0.7  # about half of every row dropped ...
+    assert torch.allclose(scored[kept], table[kept] * 2.0)  # ... and the rest scaled by 1 / (1 - p)
+    (states.sum() + scored.sum()).backward()
+    # the inputs read the same mask: item 3 is an input (first row); its dropped coordinates get no gradient
+    grad3, drop3 = table.grad[3], ~kept[3]
+    assert drop3.any() and float(grad3[drop3].abs().sum()) == 0.0 and float(grad3[~drop3].abs().sum()) > 0
+    model.eval()
+    assert torch.equal(model.item_vectors(ids), table.detach() * 1.0)  # no dropout outside training
+    with pytest.raises(ConfigError, match=r"model.item_dropout must be in \[0, 1\)"):
+        build_model({"name": "sasrec", "d_model": 16, "item_dropout": 1.0}, 10, 4)

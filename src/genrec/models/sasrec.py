@@ -106,6 +106,7 @@ class SASRec(Retriever):
         item_init_std: float = 0.02  # the item table's initial std (torch's nn.Embedding default: 1.0)
         scale_inputs: bool = True  # item embeddings times sqrt(d_model) at the input (RecTools: false)
         init: str = "default"  # default | xavier: every weight matrix re-drawn Xavier-normal (RecTools' SASRec)
+        item_dropout: float = 0.0  # dropout on the item table, one mask per step for inputs and scored items
 
     def __init__(self, cfg: Config, num_items: int, max_len: int) -> None:
         super().__init__(num_items, max_len)
@@ -116,6 +117,8 @@ class SASRec(Retriever):
             raise ConfigError(f"model.item_init_std must be > 0, got {cfg.item_init_std!r} (sasrec)")
         if cfg.init not in INITS:
             raise ConfigError(f"model.init: '{cfg.init}' is not one of {', '.join(INITS)} (sasrec)")
+        if not 0.0 <= cfg.item_dropout < 1.0:
+            raise ConfigError(f"model.item_dropout must be in [0, 1), got {cfg.item_dropout!r} (sasrec)")
         self.cfg = cfg
         d = cfg.d_model
         self.item_emb = item_embedding(num_items, d, cfg.item_init_std)  # (I+1, D), row 0 = padding
@@ -129,6 +132,7 @@ class SASRec(Retriever):
             SASRecBlock(d, cfg.num_heads, cfg.d_ff or d, cfg.dropout) for _ in range(cfg.num_layers)
         )
         self.final_ln = nn.LayerNorm(d, eps=1e-8)
+        self._step_table: torch.Tensor | None = None  # the dropped item table of the current training step
         if cfg.init == "xavier":
             self._xavier_init()
 
@@ -155,6 +159,16 @@ class SASRec(Retriever):
             return self.pos_emb(pos)
         return self.pos_emb((lengths - 1 - pos).clamp(min=0))
 
+    def _items(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input item vectors (..., D). With ``item_dropout`` a training forward first drops the whole table once
+        (RecTools 0.13's item network, which the eSASRec benchmark pins): the inputs and every item the loss then
+        scores through :meth:`item_vectors` share one mask, so a dropped coordinate is dropped on both sides."""
+        if self.training and self.cfg.item_dropout > 0:
+            self._step_table = F.dropout(self.item_emb.weight, self.cfg.item_dropout, training=True)  # (I+1, D)
+            return self._step_table[ids]
+        self._step_table = None
+        return self.item_emb(ids)
+
     def _inputs(self, batch: SeqBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Embedded inputs (B, L, D), the real positions (B, L) and the attention mask (B, L, L)."""
         B, L = batch.items.shape
@@ -163,7 +177,7 @@ class SASRec(Retriever):
             pos = self.pos_emb.weight[:L][None]  # (1, L, D)
         else:
             pos = self._positions(batch.lengths[:, None], torch.arange(L, device=valid.device)[None])  # (B, L, D)
-        x = self.item_emb(batch.items) * self.input_scale + pos
+        x = self._items(batch.items) * self.input_scale + pos
         x = self.input_dropout(x) * valid[..., None]
         ar = torch.arange(L, device=x.device)
         # causal; padded query rows read key 0 only so no row is fully masked (those rows are discarded)
@@ -180,7 +194,7 @@ class SASRec(Retriever):
         """(T, D) states at the real positions; no padding token enters a token-wise layer."""
         pk = Packing.of(batch.lengths, batch.items.shape[1])
         pos = self._positions(pk.lengths[pk.index // pk.width], pk.positions)  # (T, D)
-        x = self.item_emb(pk.pack(batch.items)) * self.input_scale + pos
+        x = self._items(pk.pack(batch.items)) * self.input_scale + pos
         x = self.input_dropout(x)  # (T, D)
         for blk in self.blocks:
             x = blk.packed(x, pk)
@@ -197,4 +211,6 @@ class SASRec(Retriever):
         return scoring_space(state, self.cfg.similarity)
 
     def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.training and self._step_table is not None:  # the same dropped table as this step's inputs
+            return scoring_space(self._step_table[ids], self.cfg.similarity)
         return scoring_space(self.item_emb(ids), self.cfg.similarity)
