@@ -129,3 +129,39 @@ def test_item_dropout_drops_the_table_once_per_step_for_inputs_and_scored_items(
     assert torch.equal(model.item_vectors(ids), table.detach() * 1.0)  # no dropout outside training
     with pytest.raises(ConfigError, match=r"model.item_dropout must be in \[0, 1\)"):
         build_model({"name": "sasrec", "d_model": 16, "item_dropout": 1.0}, 10, 4)
+
+
+def test_pad_keys_equal_attention_over_a_left_padded_window_without_key_mask():
+    """RecTools pads every sequence on the left to the window and lets attention read the zero padding inputs;
+    ``pad_keys`` gives the same outputs at the real positions from genrec's right-padded batch."""
+    from genrec.models.sasrec import SASRecBlock
+
+    torch.manual_seed(0)
+    D, window, n, width = 8, 6, 3, 4
+    blk = SASRecBlock(D, 2, D, 0.0).eval()
+    with torch.no_grad():
+        blk.k.bias.normal_()
+        blk.v.bias.normal_()
+    x = torch.randn(1, width, D) * torch.tensor([1.0] * n + [0.0] * (width - n))[None, :, None]
+    ar = torch.arange(width)
+    mask = (ar[None, :] <= ar[:, None]) & ((ar < n) | (ar == 0))[None, :]
+    pad_log = torch.log(torch.tensor([float(window - n)]))
+    ours = blk(x, mask[None], pad_log=pad_log)[0, :n]  # (n, D)
+    left = torch.cat([torch.zeros(1, window - n, D), x[:, :n]], 1)  # (1, window, D): RecTools' layout
+    causal = torch.ones(window, window, dtype=torch.bool).tril()[None]
+    reference = blk(left, causal)[0, window - n:]
+    assert torch.allclose(ours, reference, atol=1e-5)
+    assert not torch.allclose(blk(x, mask[None])[0, :n], reference, atol=1e-3)  # without it they differ
+    full = blk(x, mask[None], pad_log=torch.log(torch.tensor([0.0])))[0, :n]  # a full window: no padding key
+    assert torch.allclose(full, blk(x, mask[None])[0, :n], atol=1e-6)
+
+
+def test_pad_keys_model_paths_agree():
+    torch.manual_seed(0)
+    model = build_model({"name": "sasrec", "d_model": 16, "num_layers": 2, "dropout": 0.0, "pad_keys": True},
+                        10, 6).eval()
+    batch = _batch()
+    seq = model.sequence_output(batch)  # (B, L, D)
+    last = seq[torch.arange(2), batch.lengths - 1]
+    assert torch.allclose(model.encode(batch), last, atol=1e-5)
+    assert torch.allclose(model.packed_output(batch), seq[batch.mask], atol=1e-6)

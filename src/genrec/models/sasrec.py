@@ -54,9 +54,11 @@ class SASRecBlock(nn.Module):
         self.ln_ffn = nn.LayerNorm(d, eps=1e-8)
         self.ffn = PointWiseFFN(d, d_ff, dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, last: torch.Tensor | None = None,
+                pad_log: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, L, D), attn_mask (B, L, L) -> (B, L, D); with ``last`` (B,) only that query row of each sequence
-        is computed (keys and values still read every position): (B, 1, D), what an evaluation needs."""
+        is computed (keys and values still read every position): (B, 1, D), what an evaluation needs.
+        ``pad_log`` (B,): log of the number of padding keys each query also reads (``model.pad_keys``)."""
         B, L, D = x.shape
         h = self.heads
         qin = self.ln_attn(x if last is None else x[torch.arange(B, device=x.device), last][:, None])  # (B, Lq, D)
@@ -66,11 +68,25 @@ class SASRecBlock(nn.Module):
         q = self.q(qin).view(B, Lq, h, D // h).transpose(1, 2)
         k = self.k(x).view(B, L, h, D // h).transpose(1, 2)
         v = self.v(x).view(B, L, h, D // h).transpose(1, 2)
+        mask = attn_mask[:, None]  # (B, 1, Lq, L)
+        if pad_log is not None:
+            k, v, mask = self._with_padding_keys(k, v, mask, pad_log)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask[:, None], dropout_p=self.attn_dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
         )
         y = self.o(y.transpose(1, 2).reshape(B, Lq, D))
         return self.ffn(self.ln_ffn(qin + y))
+
+    def _with_padding_keys(self, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                           pad_log: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One more key and value in front: what m zero padding inputs give (the projections' biases), read m
+        times, which softmax counts as one key with log(m) added to its logit (-inf when m = 0)."""
+        B, h, _, dh = k.shape
+        k_pad = self.k.bias.view(1, h, 1, dh).expand(B, h, 1, dh)
+        v_pad = self.v.bias.view(1, h, 1, dh).expand(B, h, 1, dh)
+        bias = torch.zeros(mask.shape, dtype=k.dtype, device=k.device).masked_fill(~mask, float("-inf"))
+        first = pad_log.to(k.dtype).view(B, 1, 1, 1).expand(B, 1, mask.shape[2], 1)  # (B, 1, Lq, 1)
+        return torch.cat([k_pad, k], 2), torch.cat([v_pad, v], 2), torch.cat([first, bias], 3)
 
     def packed(self, x: torch.Tensor, pk: Packing) -> torch.Tensor:
         """The same block on packed tokens: x (T, D) -> (T, D), attention per length group of ``pk``."""
@@ -107,6 +123,7 @@ class SASRec(Retriever):
         scale_inputs: bool = True  # item embeddings times sqrt(d_model) at the input (RecTools: false)
         init: str = "default"  # default | xavier: every weight matrix re-drawn Xavier-normal (RecTools' SASRec)
         item_dropout: float = 0.0  # dropout on the item table, one mask per step for inputs and scored items
+        pad_keys: bool = False  # attention also reads the window's padding (RecTools without a key padding mask)
 
     def __init__(self, cfg: Config, num_items: int, max_len: int) -> None:
         super().__init__(num_items, max_len)
@@ -169,6 +186,13 @@ class SASRec(Retriever):
         self._step_table = None
         return self.item_emb(ids)
 
+    def _pad_log(self, batch: SeqBatch) -> torch.Tensor | None:
+        """``model.pad_keys``: RecTools left-pads every sequence to the window (``data.max_len``) and, without a
+        key padding mask, each query also attends to those max_len - n zero inputs; (B,) log of their count."""
+        if not self.cfg.pad_keys:
+            return None
+        return torch.log((self.max_len - batch.lengths).clamp(min=0).float())  # log 0 = -inf: no padding key
+
     def _inputs(self, batch: SeqBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Embedded inputs (B, L, D), the real positions (B, L) and the attention mask (B, L, L)."""
         B, L = batch.items.shape
@@ -186,12 +210,15 @@ class SASRec(Retriever):
 
     def sequence_output(self, batch: SeqBatch) -> torch.Tensor:
         x, valid, attn_mask = self._inputs(batch)
+        pad_log = self._pad_log(batch)
         for blk in self.blocks:
-            x = blk(x, attn_mask) * valid[..., None]
+            x = blk(x, attn_mask, pad_log=pad_log) * valid[..., None]
         return scoring_space(self.final_ln(x), self.cfg.similarity)
 
     def packed_output(self, batch: SeqBatch) -> torch.Tensor:
         """(T, D) states at the real positions; no padding token enters a token-wise layer."""
+        if self.cfg.pad_keys:  # the padding keys need the padded layout
+            return Packing.of(batch.lengths, batch.items.shape[1]).pack(self.sequence_output(batch))
         pk = Packing.of(batch.lengths, batch.items.shape[1])
         pos = self._positions(pk.lengths[pk.index // pk.width], pk.positions)  # (T, D)
         x = self._items(pk.pack(batch.items)) * self.input_scale + pos
@@ -204,10 +231,11 @@ class SASRec(Retriever):
         """(B, D) state after the last real position; the last block computes only that row (the other rows of
         the last block feed nothing), which saves a quarter of a 4-block evaluation."""
         x, valid, attn_mask = self._inputs(batch)
+        pad_log = self._pad_log(batch)
         for blk in self.blocks[:-1]:
-            x = blk(x, attn_mask) * valid[..., None]
+            x = blk(x, attn_mask, pad_log=pad_log) * valid[..., None]
         last = (batch.lengths - 1).clamp(min=0)  # (B,)
-        state = self.final_ln(self.blocks[-1](x, attn_mask, last)[:, 0])  # (B, D)
+        state = self.final_ln(self.blocks[-1](x, attn_mask, last, pad_log)[:, 0])  # (B, D)
         return scoring_space(state, self.cfg.similarity)
 
     def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
