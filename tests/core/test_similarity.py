@@ -108,10 +108,11 @@ def test_xavier_init_redraws_every_weight_matrix_as_rectools_does():
         build_model({**cfg, "init": "he"}, 10, 4)
 
 
+@pytest.mark.parametrize("name", ["sasrec", "hstu"])
 @pytest.mark.parametrize("packed", [False, True])
-def test_item_dropout_drops_the_table_once_per_step_for_inputs_and_scored_items(packed):
+def test_item_dropout_drops_the_table_once_per_step_for_inputs_and_scored_items(name, packed):
     torch.manual_seed(0)
-    model = build_model({"name": "sasrec", "d_model": 32, "num_layers": 1, "dropout": 0.0, "item_dropout": 0.5,
+    model = build_model({"name": name, "d_model": 32, "num_layers": 1, "dropout": 0.0, "item_dropout": 0.5,
                          "similarity": "dot"}, 10, 4)
     ids = torch.arange(11)
     model.train()
@@ -128,7 +129,7 @@ def test_item_dropout_drops_the_table_once_per_step_for_inputs_and_scored_items(
     model.eval()
     assert torch.equal(model.item_vectors(ids), table.detach() * 1.0)  # no dropout outside training
     with pytest.raises(ConfigError, match=r"model.item_dropout must be in \[0, 1\)"):
-        build_model({"name": "sasrec", "d_model": 16, "item_dropout": 1.0}, 10, 4)
+        build_model({"name": name, "d_model": 16, "item_dropout": 1.0}, 10, 4)
 
 
 def test_pad_keys_equal_attention_over_a_left_padded_window_without_key_mask():

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from genrec.data.sequences import SeqBatch
+from genrec.errors import ConfigError
 from genrec.models.base import Retriever, check_similarity, scoring_space
 from genrec.models.pretrained import (  # noqa: F401 (copy_pretrained_table: the frozen test oracle imports it here)
     Pretrained,
@@ -25,7 +26,7 @@ from genrec.models.pretrained import (  # noqa: F401 (copy_pretrained_table: the
 )
 from genrec.models.registry import register
 from genrec.nn.attention import causal_valid_mask
-from genrec.nn.embedding import item_embedding
+from genrec.nn.embedding import StepItemDropout, item_embedding
 from genrec.nn.hstu_block import DenseAttention, HSTUBlock, head_widths
 from genrec.nn.jagged import JaggedAttention, Packing
 from genrec.nn.position import next_event_times
@@ -49,14 +50,18 @@ class HSTU(Retriever):
         time_bias: bool = True
         position_bias: bool = True
         similarity: str = "cosine"  # cosine | dot (see genrec.models.base.scoring_space)
+        item_dropout: float = 0.0  # dropout on the item table, one mask per step for inputs and scored items
 
     def __init__(self, cfg: Config, num_items: int, max_len: int) -> None:
         super().__init__(num_items, max_len)
         check_similarity(cfg.similarity, "hstu")
+        if not 0.0 <= cfg.item_dropout < 1.0:
+            raise ConfigError(f"model.item_dropout must be in [0, 1), got {cfg.item_dropout!r} (hstu)")
         self.cfg = cfg
         d = cfg.d_model
         dqk, dv = head_widths(d, cfg.num_heads, cfg.dqk, cfg.dv)
         self.item_emb = item_embedding(num_items, d)  # (I+1, D), row 0 = padding
+        self.item_drop = StepItemDropout(cfg.item_dropout)
         if cfg.pretrained:  # checks model.stage1; the table is copied by init_from_pretrained
             retriever_stage1(cfg, num_items, d, "hstu")
         self.pos_emb = nn.Embedding(max_len, d)
@@ -75,7 +80,7 @@ class HSTU(Retriever):
     def embed(self, batch: SeqBatch) -> tuple[torch.Tensor, torch.Tensor]:
         L = batch.items.shape[1]
         valid = batch.mask  # (B, L)
-        x = self.item_emb(batch.items) * math.sqrt(self.cfg.d_model)
+        x = self.item_drop.inputs(self.item_emb, batch.items) * math.sqrt(self.cfg.d_model)
         x = x + self.pos_emb.weight[:L][None]
         x = self.input_dropout(x) * valid[..., None]
         return x, valid
@@ -94,7 +99,7 @@ class HSTU(Retriever):
     def packed_output(self, batch: SeqBatch) -> torch.Tensor:
         """(T, D) states at the real positions: the layers run on packed tokens, attention per length group."""
         pk = Packing.of(batch.lengths, batch.items.shape[1])
-        x = self.item_emb(pk.pack(batch.items)) * math.sqrt(self.cfg.d_model)
+        x = self.item_drop.inputs(self.item_emb, pk.pack(batch.items)) * math.sqrt(self.cfg.d_model)
         x = self.input_dropout(x + self.pos_emb.weight[pk.positions])  # (T, D)
         qt = next_event_times(batch.timestamps, batch.lengths, batch.query_time)  # (B, L)
         attention = JaggedAttention(pk, self.max_len, (batch.timestamps, qt))
@@ -103,4 +108,4 @@ class HSTU(Retriever):
         return scoring_space(x, self.cfg.similarity)
 
     def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
-        return scoring_space(self.item_emb(ids), self.cfg.similarity)
+        return scoring_space(self.item_drop.scored(self.item_emb, ids), self.cfg.similarity)

@@ -20,7 +20,7 @@ from genrec.errors import ConfigError
 from genrec.models.base import Retriever, check_similarity, scoring_space
 from genrec.models.pretrained import Pretrained, PretrainedSettings, copy_item_table, retriever_stage1
 from genrec.models.registry import register
-from genrec.nn.embedding import item_embedding
+from genrec.nn.embedding import StepItemDropout, item_embedding
 from genrec.nn.jagged import LengthGroup, Packing
 
 INITS = ("default", "xavier")
@@ -149,7 +149,7 @@ class SASRec(Retriever):
             SASRecBlock(d, cfg.num_heads, cfg.d_ff or d, cfg.dropout) for _ in range(cfg.num_layers)
         )
         self.final_ln = nn.LayerNorm(d, eps=1e-8)
-        self._step_table: torch.Tensor | None = None  # the dropped item table of the current training step
+        self.item_drop = StepItemDropout(cfg.item_dropout)
         if cfg.init == "xavier":
             self._xavier_init()
 
@@ -176,16 +176,6 @@ class SASRec(Retriever):
             return self.pos_emb(pos)
         return self.pos_emb((lengths - 1 - pos).clamp(min=0))
 
-    def _items(self, ids: torch.Tensor) -> torch.Tensor:
-        """Input item vectors (..., D). With ``item_dropout`` a training forward first drops the whole table once
-        (RecTools 0.13's item network, which the eSASRec benchmark pins): the inputs and every item the loss then
-        scores through :meth:`item_vectors` share one mask, so a dropped coordinate is dropped on both sides."""
-        if self.training and self.cfg.item_dropout > 0:
-            self._step_table = F.dropout(self.item_emb.weight, self.cfg.item_dropout, training=True)  # (I+1, D)
-            return self._step_table[ids]
-        self._step_table = None
-        return self.item_emb(ids)
-
     def _pad_log(self, batch: SeqBatch) -> torch.Tensor | None:
         """``model.pad_keys``: RecTools left-pads every sequence to the window (``data.max_len``) and, without a
         key padding mask, each query also attends to those max_len - n zero inputs; (B,) log of their count."""
@@ -201,7 +191,7 @@ class SASRec(Retriever):
             pos = self.pos_emb.weight[:L][None]  # (1, L, D)
         else:
             pos = self._positions(batch.lengths[:, None], torch.arange(L, device=valid.device)[None])  # (B, L, D)
-        x = self._items(batch.items) * self.input_scale + pos
+        x = self.item_drop.inputs(self.item_emb, batch.items) * self.input_scale + pos
         x = self.input_dropout(x) * valid[..., None]
         ar = torch.arange(L, device=x.device)
         # causal; padded query rows read key 0 only so no row is fully masked (those rows are discarded)
@@ -221,7 +211,7 @@ class SASRec(Retriever):
             return Packing.of(batch.lengths, batch.items.shape[1]).pack(self.sequence_output(batch))
         pk = Packing.of(batch.lengths, batch.items.shape[1])
         pos = self._positions(pk.lengths[pk.index // pk.width], pk.positions)  # (T, D)
-        x = self._items(pk.pack(batch.items)) * self.input_scale + pos
+        x = self.item_drop.inputs(self.item_emb, pk.pack(batch.items)) * self.input_scale + pos
         x = self.input_dropout(x)  # (T, D)
         for blk in self.blocks:
             x = blk.packed(x, pk)
@@ -239,6 +229,4 @@ class SASRec(Retriever):
         return scoring_space(state, self.cfg.similarity)
 
     def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.training and self._step_table is not None:  # the same dropped table as this step's inputs
-            return scoring_space(self._step_table[ids], self.cfg.similarity)
-        return scoring_space(self.item_emb(ids), self.cfg.similarity)
+        return scoring_space(self.item_drop.scored(self.item_emb, ids), self.cfg.similarity)

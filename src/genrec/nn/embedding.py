@@ -1,8 +1,9 @@
-"""The item-id embedding table every ID-based model starts from."""
+"""The item-id embedding table every ID-based model starts from, and its per-step dropout."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -18,3 +19,26 @@ def item_embedding(num_items: int, d: int, std: float = 0.02) -> nn.Embedding:
     with torch.no_grad():
         emb.weight[0].zero_()
     return emb
+
+
+class StepItemDropout:
+    """Dropout on a whole item table, drawn once per training step (RecTools 0.13's item network, which the eSASRec
+    benchmark pins): the inputs (:meth:`inputs`, called first in a forward) and every item the loss then scores
+    (:meth:`scored`) read the same dropped table, so a dropped coordinate is dropped on both sides. Outside
+    training, or at p = 0, both read the table as it is."""
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+        self.table: torch.Tensor | None = None  # (I+1, D) of the current training step
+
+    def inputs(self, emb: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+        if emb.training and self.p > 0:
+            self.table = F.dropout(emb.weight, self.p, training=True)
+            return self.table[ids]
+        self.table = None
+        return emb(ids)
+
+    def scored(self, emb: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+        if emb.training and self.table is not None:
+            return self.table[ids]
+        return emb(ids)
