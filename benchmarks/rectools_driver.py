@@ -61,10 +61,10 @@ def last_per_user(df: pd.DataFrame) -> np.ndarray:
     return (rank == 0).reindex(df.index).values
 
 
-def ranking_metrics(scores: torch.Tensor, seen: list[np.ndarray], targets: np.ndarray, k: int = 10) -> tuple:
-    """Recall@k and NDCG@k of one target per row, history items masked out: scores (B, I)."""
-    for row, items in enumerate(seen):
-        scores[row, items] = -math.inf
+def ranking_metrics(scores: torch.Tensor, history: torch.Tensor, targets: np.ndarray, k: int = 10) -> tuple:
+    """Recall@k and NDCG@k of one target per row, history items masked out: scores (B, I), history (B, L) ids
+    (0 = padding, an extra token that is never a target)."""
+    scores = scores.scatter(1, history.long(), -math.inf)
     top = scores.topk(k, dim=1).indices.numpy()  # (B, k)
     hit = top == targets[:, None]
     rank = hit.argmax(1)
@@ -87,9 +87,7 @@ class ValidationCurve(Callback):
             item_embs = pl_module.item_embs  # (I, D), set by RecTools before validation
             state = pl_module.torch_model.encode_sessions(batch, item_embs)[:, -1, :]  # (B, D)
             scores = state @ item_embs.T  # (B, I): the dot-product similarity RecTools' SASRec uses
-        x = batch["x"].numpy()
-        seen = [row[row != 0] for row in x]
-        hit, gain = ranking_metrics(scores, seen, batch["y"][:, 0].numpy())
+        hit, gain = ranking_metrics(scores, batch["x"], batch["y"][:, 0].numpy())
         self.hits.append(hit)
         self.gains.append(gain)
 

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from genrec.data.sequences import SeqBatch
-from genrec.errors import ConfigError
 from genrec.models.base import Retriever, check_similarity, scoring_space
 from genrec.models.pretrained import (  # noqa: F401 (copy_pretrained_table: the frozen test oracle imports it here)
     Pretrained,
@@ -55,13 +54,11 @@ class HSTU(Retriever):
     def __init__(self, cfg: Config, num_items: int, max_len: int) -> None:
         super().__init__(num_items, max_len)
         check_similarity(cfg.similarity, "hstu")
-        if not 0.0 <= cfg.item_dropout < 1.0:
-            raise ConfigError(f"model.item_dropout must be in [0, 1), got {cfg.item_dropout!r} (hstu)")
         self.cfg = cfg
         d = cfg.d_model
         dqk, dv = head_widths(d, cfg.num_heads, cfg.dqk, cfg.dv)
         self.item_emb = item_embedding(num_items, d)  # (I+1, D), row 0 = padding
-        self.item_drop = StepItemDropout(cfg.item_dropout)
+        self.item_drop = StepItemDropout(cfg.item_dropout, "hstu")
         if cfg.pretrained:  # checks model.stage1; the table is copied by init_from_pretrained
             retriever_stage1(cfg, num_items, d, "hstu")
         self.pos_emb = nn.Embedding(max_len, d)

@@ -134,8 +134,6 @@ class SASRec(Retriever):
             raise ConfigError(f"model.item_init_std must be > 0, got {cfg.item_init_std!r} (sasrec)")
         if cfg.init not in INITS:
             raise ConfigError(f"model.init: '{cfg.init}' is not one of {', '.join(INITS)} (sasrec)")
-        if not 0.0 <= cfg.item_dropout < 1.0:
-            raise ConfigError(f"model.item_dropout must be in [0, 1), got {cfg.item_dropout!r} (sasrec)")
         self.cfg = cfg
         d = cfg.d_model
         self.item_emb = item_embedding(num_items, d, cfg.item_init_std)  # (I+1, D), row 0 = padding
@@ -149,7 +147,7 @@ class SASRec(Retriever):
             SASRecBlock(d, cfg.num_heads, cfg.d_ff or d, cfg.dropout) for _ in range(cfg.num_layers)
         )
         self.final_ln = nn.LayerNorm(d, eps=1e-8)
-        self.item_drop = StepItemDropout(cfg.item_dropout)
+        self.item_drop = StepItemDropout(cfg.item_dropout, "sasrec")
         if cfg.init == "xavier":
             self._xavier_init()
 
@@ -207,9 +205,9 @@ class SASRec(Retriever):
 
     def packed_output(self, batch: SeqBatch) -> torch.Tensor:
         """(T, D) states at the real positions; no padding token enters a token-wise layer."""
-        if self.cfg.pad_keys:  # the padding keys need the padded layout
-            return Packing.of(batch.lengths, batch.items.shape[1]).pack(self.sequence_output(batch))
         pk = Packing.of(batch.lengths, batch.items.shape[1])
+        if self.cfg.pad_keys:  # the padding keys need the padded layout
+            return pk.pack(self.sequence_output(batch))
         pos = self._positions(pk.lengths[pk.index // pk.width], pk.positions)  # (T, D)
         x = self.item_drop.inputs(self.item_emb, pk.pack(batch.items)) * self.input_scale + pos
         x = self.input_dropout(x)  # (T, D)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genrec.errors import ConfigError
+
 
 def item_embedding(num_items: int, d: int, std: float = 0.02) -> nn.Embedding:
     """(num_items + 1, d) table, row 0 the padding: truncated normal (``std``, 0.02 by default), row 0 zero.
@@ -27,7 +29,9 @@ class StepItemDropout:
     (:meth:`scored`) read the same dropped table, so a dropped coordinate is dropped on both sides. Outside
     training, or at p = 0, both read the table as it is."""
 
-    def __init__(self, p: float) -> None:
+    def __init__(self, p: float, model: str) -> None:
+        if not 0.0 <= p < 1.0:
+            raise ConfigError(f"model.item_dropout must be in [0, 1), got {p!r} ({model})")
         self.p = p
         self.table: torch.Tensor | None = None  # (I+1, D) of the current training step
 
