@@ -30,7 +30,7 @@ from genrec.models.pretrained import (
 from genrec.models.registry import build_model
 from genrec.train.pretrain import parse_pretrain_config, pretrain_sessions
 from genrec.train.rerank import RerankTrainer, parse_rerank_config, rerank_run
-from genrec.train.run import train_run
+from genrec.train.run import open_run, train_run
 from genrec.train.stages import run_stages
 from genrec.train.trainer import Trainer
 from tests.conftest import (
@@ -336,6 +336,19 @@ def test_rerank_settings_are_checked():
         parse_rerank_config({"negatives": 3})
     with pytest.raises(ConfigError):
         parse_rerank_config({"model": {"name": "hstu"}})
+    with pytest.raises(ConfigError, match="rerank.precision"):
+        parse_rerank_config({"precision": "fp16"})
+    with pytest.raises(ConfigError, match="rerank.progress_interval"):
+        parse_rerank_config({"progress_interval": -1})
+
+
+def test_rerank_hands_precision_and_progress_to_the_loop(tmp_path, retriever_and_artifact):
+    """rerank: takes the same precision and progress knobs as train:, and the shared loop reads them."""
+    ds, ret, art = retriever_and_artifact
+    rr = parse_rerank_config({**TINY_RERANK, "precision": "fp32", "progress": False, "progress_interval": 5})
+    trainer = RerankTrainer(open_run(ret, device="cpu"), ret, art, rr, tmp_path / "rr")
+    tc = trainer.cfg.train
+    assert (tc.precision, tc.progress, tc.progress_interval) == ("fp32", False, 5)
 
 
 def test_beauty_recipe_and_benchmark_settings_fit_together():

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from genrec.config import OptimConfig, RunConfig, TrainConfig, dataclass_from_dict, optim_knobs
+from genrec.config import PRECISIONS, OptimConfig, RunConfig, TrainConfig, dataclass_from_dict, optim_knobs
 from genrec.data.sequences import UserSequences, batch_order, make_history_batch
 from genrec.data.splits import EvalSamples, split_from_config
 from genrec.errors import ConfigError, DataError
@@ -79,7 +79,10 @@ class RerankConfig(OptimConfig):
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = at epoch ends only
     seed: int = 1
     device: str = "cpu"
+    precision: str = "auto"  # auto | fp32 | bf16, as train.precision
     num_threads: int = 0
+    progress: bool = True  # progress lines while an epoch runs, as train.progress
+    progress_interval: float = 60.0  # seconds between plain progress lines (0 = per-epoch lines only)
     eval_batch_size: int = 32  # queries per scoring call (each with top_k candidates)
     retrieve_batch_size: int = 256
 
@@ -96,6 +99,10 @@ class RerankConfig(OptimConfig):
                               f"(got {self.top_k}, {self.num_negatives})")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("rerank: epochs and batch_size must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"rerank.precision: '{self.precision}' is not one of {', '.join(PRECISIONS)}")
+        if self.progress_interval < 0:
+            raise ConfigError(f"rerank.progress_interval: must be >= 0 (got {self.progress_interval})")
 
 
 def parse_rerank_config(raw: dict[str, Any], where: str = "rerank") -> RerankConfig:
@@ -149,7 +156,8 @@ class RerankTrainer(TrainerBase):
         train = TrainConfig(**optim_knobs(rcfg), epochs=rcfg.epochs, batch_size=rcfg.batch_size, seed=rcfg.seed,
                             device=rcfg.device, patience=rcfg.patience, early_stop_metric="ndcg@10",
                             num_threads=rcfg.num_threads, max_steps=rcfg.max_steps,
-                            checkpoint_every=rcfg.checkpoint_every, tensorboard=False)
+                            checkpoint_every=rcfg.checkpoint_every, tensorboard=False, precision=rcfg.precision,
+                            progress=rcfg.progress, progress_interval=rcfg.progress_interval)
         cfg = RunConfig(model=model, data=base.data, train=train, eval=base.eval, source="rerank")
         super().__init__(cfg, out, retriever.dataset, default_metric="ndcg@10")
         self.seqs = retriever.seqs
