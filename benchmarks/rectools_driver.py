@@ -14,6 +14,10 @@ the position is the timestamp), split leave-one-out (test: the last item; valida
 from training, as the benchmark's `get_val_mask_func_all`), scored on the full catalogue with the user's
 history excluded (RecTools' `filter_viewed=True`). The model state with the best validation Recall@10 is the
 one tested; the per-epoch validation Recall@10 / NDCG@10 and seconds go to ``--out`` after every epoch.
+
+A stopped run resumes: Lightning's ``last.ckpt`` (weights, optimizer, epoch, the curve and the best state so far)
+is written to ``OUT.ckpt/`` after every epoch, and the same command continues from it (``resumed_at_epoch`` in the
+record). The random streams restart on resume, so a resumed curve is not bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import pandas as pd
 import rectools
 import torch
 from pytorch_lightning import Callback, Trainer
+from pytorch_lightning.callbacks import ModelCheckpoint
 from rectools import Columns
 from rectools.dataset import Dataset
 from rectools.models import SASRecModel
@@ -121,6 +126,28 @@ class ValidationCurve(Callback):
         if self.best_state is not None:
             pl_module.torch_model.load_state_dict(self.best_state)
 
+    def state_dict(self) -> dict:  # saved in Lightning's checkpoint, so a resumed run keeps its curve and best state
+        return {"record": self.record, "best": self.best, "best_state": self.best_state,
+                "elapsed": time.time() - self.t0}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.record.clear()
+        self.record.update(state["record"])
+        self.record.setdefault("resumed_at_epoch", []).append(len(self.record["curve"]) + 1)
+        self.best, self.best_state = state["best"], state["best_state"]
+        self.t0 = time.time() - state["elapsed"]
+
+
+class ResumingTrainer(Trainer):
+    """Starts from ``last.ckpt`` of its checkpoint folder when there is one (RecTools calls ``fit`` itself)."""
+
+    resume_from: Path | None = None
+
+    def fit(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        if self.resume_from is not None and self.resume_from.exists():
+            kwargs["ckpt_path"] = str(self.resume_from)
+        return super().fit(*args, **kwargs)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -151,10 +178,15 @@ def main() -> None:
         "users": int(df[Columns.User].nunique()), "interactions": len(df), "curve": []}
     callback = ValidationCurve(args.out, log)
 
+    ckpt_dir = args.out.with_suffix(".ckpt")
+
     def trainer() -> Trainer:
-        return Trainer(max_epochs=args.epochs, accelerator="cpu", deterministic=True, logger=False,
-                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                       callbacks=[callback])
+        last = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)  # last.ckpt after every epoch
+        t = ResumingTrainer(max_epochs=args.epochs, accelerator="cpu", deterministic=True, logger=False,
+                            enable_checkpointing=True, enable_progress_bar=False, enable_model_summary=False,
+                            callbacks=[callback, last])
+        t.resume_from = ckpt_dir / "last.ckpt"
+        return t
 
     model = SASRecModel(
         n_factors=256, n_blocks=1, n_heads=1, dropout_rate=0.2, session_max_len=50, loss="sampled_softmax",
@@ -163,6 +195,8 @@ def main() -> None:
         get_trainer_func=trainer, recommend_torch_device="cpu")
     t0 = time.time()
     model.fit(Dataset.construct(train))
+    # RecTools trains a deep copy of the trainer: the curve lives in the copy's callback
+    log = next(c for c in model.fit_trainer.callbacks if isinstance(c, ValidationCurve)).record
     log["train_seconds"] = round(time.time() - t0, 1)
 
     users = test[Columns.User].unique()
