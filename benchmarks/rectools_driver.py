@@ -91,8 +91,8 @@ def ranking_metrics(scores: torch.Tensor, history: torch.Tensor, targets: np.nda
 class ValidationCurve(Callback):
     """Full-catalogue validation Recall@10 / NDCG@10 after every epoch; keeps the best state (by Recall@10)."""
 
-    def __init__(self, out: Path, log: dict) -> None:
-        self.out, self.record = out, log
+    def __init__(self, out: Path, log: dict, patience: int = 0) -> None:
+        self.out, self.record, self.patience = out, log, patience
         self.best, self.best_state = -1.0, None
         self.hits: list[np.ndarray] = []
         self.gains: list[np.ndarray] = []
@@ -121,6 +121,8 @@ class ValidationCurve(Callback):
             self.record["best_epoch"] = trainer.current_epoch + 1
         print(json.dumps(self.record["curve"][-1]), flush=True)
         self.out.write_text(json.dumps(self.record, indent=1))
+        if self.patience and trainer.current_epoch + 1 - self.record["best_epoch"] >= self.patience:
+            trainer.should_stop = True  # the benchmark's early stopping: no better validation Recall@10 in N epochs
 
     def on_fit_end(self, trainer, pl_module):  # noqa: ANN001
         if self.best_state is not None:
@@ -154,6 +156,8 @@ def main() -> None:
     ap.add_argument("--sequences", type=Path, required=True, help="P5/S3-Rec sequence file (user item item ...)")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--patience", type=int, default=50, help="stop after N epochs without a better validation "
+                    "Recall@10 (the benchmark's 50); 0 = never")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--key-padding-mask", action="store_true", help="RecTools' use_key_padding_mask (default off)")
     ap.add_argument("--users", type=int, default=0, help="only the first N users (a quick check)")
@@ -176,7 +180,7 @@ def main() -> None:
         "loss": "sampled_softmax", "n_negatives": 256, "lr": 1e-3, "batch_size": 128,
         "use_key_padding_mask": args.key_padding_mask}, "epochs": args.epochs, "seed": args.seed,
         "users": int(df[Columns.User].nunique()), "interactions": len(df), "curve": []}
-    callback = ValidationCurve(args.out, log)
+    callback = ValidationCurve(args.out, log, args.patience)
 
     ckpt_dir = args.out.with_suffix(".ckpt")
 
