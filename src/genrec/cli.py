@@ -90,7 +90,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from genrec.eval.retrieval import RETRIEVAL_TASK
 
     res = evaluate_run(args.run_dir, args.split, exclude_history=args.exclude_history,
-                       constrained=not args.unconstrained)
+                       constrained=not args.unconstrained, rescore_history=args.rescore_history)
     pr = res["protocol"]
     retriever = pr.get("task") == RETRIEVAL_TASK
     if args.json:
@@ -206,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-exclude-history", dest="exclude_history", action="store_false",
                    help="retrievers: rank earlier items too")
     e.add_argument("--unconstrained", action="store_true", help="generators: free (not trie-constrained) decoding")
+    e.add_argument("--rescore-history", type=int, default=None, metavar="N",
+                   help="multi-behavior generators: also score each user's N most recent distinct history items "
+                        "exactly and merge them into the beam (default: the recipe's generator.rescore_history)")
     e.add_argument("--json", action="store_true", help="print the results record (model, protocol, metrics) as JSON")
     e.set_defaults(func=_cmd_evaluate)
 

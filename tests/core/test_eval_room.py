@@ -143,6 +143,20 @@ def test_evaluate_other_settings_match_the_recorded_ones(runs):
     assert evaluate_run(runs["generator"], constrained=other["constrained"])["metrics"] == other["metrics"]
 
 
+def test_evaluate_rescores_a_multi_behavior_runs_history_on_request(runs, capsys):
+    """`genrec evaluate --rescore-history N` merges the users' recent items into GAMER's beams and says so in the
+    protocol; the recipe's own setting (0) stays the default, and a negative N is refused by name."""
+    saved = json.loads(results_path(runs["gamer"]).read_text())
+    capsys.readouterr()
+    assert main(["evaluate", str(runs["gamer"]), "--rescore-history", "5", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert "5 recent history items scored exactly" in shown["protocol"]["candidates"]
+    assert "scored exactly" not in saved["protocol"]["candidates"]
+    assert shown["metrics"]["headline"]["num_users"] == saved["metrics"]["headline"]["num_users"]
+    assert main(["evaluate", str(runs["gamer"]), "--rescore-history", "-1"]) == 2
+    assert "rescore_history" in capsys.readouterr().err
+
+
 def test_open_run_gives_each_kind_its_evaluation_data(runs):
     ranker = open_run(runs["ranker"])
     assert ranker.kind == "ranker" and len(ranker.data.part("test")) > 0 and ranker.features is None

@@ -96,6 +96,21 @@ def test_generator_adapter_decodes_only_candidate_sids_and_needs_no_user_token()
         GeneratorAdapter(build_model({**TIGER_TINY, "num_user_buckets": 8}, NUM_ITEMS, 10))
 
 
+def test_generator_adapter_merges_known_candidates_with_their_exact_scores():
+    torch.manual_seed(1)
+    model = build_model(TIGER_TINY, NUM_ITEMS, 10)
+    model.set_sid_table(toy_table())
+    adapter = GeneratorAdapter(model)
+    hist = torch.tensor([[3, 7, 1], [4, 0, 0]])
+    cand = np.array([2, 5, 9, 11])
+    every = torch.arange(1, NUM_ITEMS + 1).repeat(2, 1)  # known: every item, most outside the candidates
+    res = adapter.generate(hist, torch.zeros_like(hist), 3, beam_size=2, candidates=cand, known=every)
+    full = adapter.generate(hist, torch.zeros_like(hist), 3, beam_size=len(cand), candidates=cand)
+    # the narrow beam plus every candidate scored exactly is the exhaustive search's top 2; nothing else enters
+    assert torch.equal(res.items, full.items[:, :2])
+    assert torch.allclose(res.scores, full.scores[:, :2], atol=1e-5)
+
+
 def test_baselines_see_the_same_queries_and_tiger_learns_the_toy_rule(tmp_path):
     ds = make_dataset(cycle_events(num_users=24, seed=0))
     cfg = config_from_dict({**BASE, "model": TIGER_TINY, "train": _train(epochs=15, batch_size=32, lr=0.01,

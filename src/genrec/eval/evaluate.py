@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from genrec.config import early_stop_metric
+from genrec.errors import ConfigError
 from genrec.eval.generation import generation_ks, generation_results
 from genrec.eval.metrics import CTR, GENERATION, RETRIEVAL, default_stop_metric
 from genrec.eval.multibehavior import behavior_results
@@ -31,15 +33,22 @@ Evaluator = Callable[[LoadedRun, str, bool | None, bool | None], dict[str, Any]]
 
 
 def evaluate_run(run: str | Path | LoadedRun, which: str = "test", *, exclude_history: bool | None = None,
-                 constrained: bool | None = None, device: str = "cpu") -> dict[str, Any]:
+                 constrained: bool | None = None, rescore_history: int | None = None,
+                 device: str = "cpu") -> dict[str, Any]:
     """Results record of a run folder's best weights on ``which`` (test | valid), with its training summary
     (``train``, from the latest checkpoint).
 
-    ``exclude_history`` (retrievers) and ``constrained`` (generators) override the recipe's setting when given;
-    other kinds ignore them. ``run`` may be an already opened run (its model is used as it is).
+    ``exclude_history`` (retrievers), ``constrained`` (generators) and ``rescore_history`` (multi-behavior
+    evaluation, ``generator.rescore_history``) override the recipe's setting when given; other kinds ignore them.
+    ``run`` may be an already opened run (its model is used as it is).
     """
     check_split(which)
     loaded = run if isinstance(run, LoadedRun) else open_run(run, device=device)
+    if rescore_history is not None:
+        if rescore_history < 0:
+            raise ConfigError(f"rescore_history: must be >= 0 (got {rescore_history})")
+        gen = replace(loaded.cfg.generator, rescore_history=rescore_history)
+        loaded = replace(loaded, cfg=replace(loaded.cfg, generator=gen))  # the caller's run is left as it was
     with _threads(loaded.cfg.train.num_threads):
         res = EVALUATORS[loaded.kind](loaded, which, exclude_history, constrained)
     res["train"] = summary_of(loaded.state)

@@ -106,12 +106,25 @@ def query_histories(split: SessionSplit, queries: BehaviorQueries, max_len: int)
     return w.take(split.seqs.items), w.take(split.behaviors)
 
 
+def recent_distinct(hist: np.ndarray, n: int) -> np.ndarray:
+    """(B, L) right-padded histories -> (B, n) their ``n`` most recent distinct items, newest first, 0-padded."""
+    out = np.zeros((len(hist), n), dtype=np.int64)
+    for r, row in enumerate(hist):
+        seen: dict[int, None] = {}
+        for item in row[row > 0][::-1].tolist():
+            seen.setdefault(item)
+            if len(seen) == n:
+                break
+        out[r, :len(seen)] = list(seen)
+    return out
+
+
 @torch.no_grad()
 def evaluate_behaviors(model: Any, split: SessionSplit, which: str = "test", behaviors: Sequence[int] | None = None,
                        ks: Sequence[int] = (1, 5, 10), beam_size: int = 20, batch_size: int = 128,
                        candidates: str = "behavior_history", min_history: int = 1, constrained: bool = True,
                        max_users: int = 0, seed: int = 0, select: Sequence[str] | None = None,
-                       by_length: bool = False) -> MultiBehaviorEval:
+                       by_length: bool = False, rescore_history: int = 0) -> MultiBehaviorEval:
     """Beam-search every (user, behavior) query of ``which`` and score it against its target set (the metric
     families in ``select``, default all).
 
@@ -119,6 +132,8 @@ def evaluate_behaviors(model: Any, split: SessionSplit, which: str = "test", beh
     ``max_len`` history window. ``max_users > 0`` evaluates a fixed seeded subset of each behavior's users.
     ``by_length`` searches queries in order of history length, each batch cut to its longest history, so a
     prompt carries little padding (the lists are the model's same lists; scores move by float rounding).
+    ``rescore_history > 0`` also hands the model each query's most recent distinct history items (``known=``)
+    to score exactly and merge into its list.
     """
     if max(ks) > beam_size:
         raise ConfigError(f"eval ks {list(ks)} exceed the beam size {beam_size}; a generator ranks only its beams")
@@ -143,9 +158,11 @@ def evaluate_behaviors(model: Any, split: SessionSplit, which: str = "test", beh
         for i in range(0, len(q), batch_size):
             rows = order[i:i + batch_size]
             width = max(int(lengths[rows].max()), 1) if by_length else hist_items.shape[1]
+            extra = {"known": torch.from_numpy(recent_distinct(hist_items[rows], rescore_history))} \
+                if rescore_history else {}
             res = model.generate(torch.from_numpy(hist_items[rows, :width]),
                                  torch.from_numpy(hist_beh[rows, :width]), int(b), beam_size=beam_size,
-                                 k=beam_size, candidates=cand, constrained=constrained)
+                                 k=beam_size, candidates=cand, constrained=constrained, **extra)
             ranked[rows] = res.items.cpu().numpy()
             invalid += int((~res.valid).sum())
             total += res.valid.numel()
@@ -207,7 +224,8 @@ def behavior_eval(model: Any, cfg: RunConfig, opts: MultiBehaviorConfig, split: 
     con = g.constrained if constrained is None else constrained
     return evaluate_behaviors(model, split, which, behaviors, multi_behavior_ks(cfg), g.beam_size,
                               cfg.eval.batch_size, opts.candidates, opts.min_history, con, max_users, cfg.train.seed,
-                              select_metrics(cfg.eval.metrics, MULTI_TARGET), by_length=opts.length_bucketing)
+                              select_metrics(cfg.eval.metrics, MULTI_TARGET), by_length=opts.length_bucketing,
+                              rescore_history=g.rescore_history)
 
 
 def behavior_results(model: Any, cfg: RunConfig, opts: MultiBehaviorConfig, dataset: Dataset, split: SessionSplit,
@@ -222,7 +240,8 @@ def behavior_results(model: Any, cfg: RunConfig, opts: MultiBehaviorConfig, data
     con = g.constrained if constrained is None else constrained
     ev = behavior_eval(model, cfg, opts, split, which, [levels.id_of(n) for n in opts.eval_behaviors] or None,
                        constrained=con)
-    ranked_by = f"beam {g.beam_size}, {'trie-constrained' if con else 'unconstrained'}"
+    ranked_by = f"beam {g.beam_size}, {'trie-constrained' if con else 'unconstrained'}" + (
+        f", {g.rescore_history} recent history items scored exactly and merged" if g.rescore_history else "")
     protocol = {**protocol_record(levels, opts, which, ranked_by, cfg.data.max_len, multi_behavior_ks(cfg)),
                 "best_epoch": best_epoch}
     return results_record(cfg.model["name"], dataset, protocol,

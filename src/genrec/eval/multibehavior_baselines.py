@@ -27,7 +27,7 @@ from genrec.data.sequences import SeqBatch, pad_windows
 from genrec.errors import ConfigError, DataError
 from genrec.models.base import GENERATOR, MULTI_BEHAVIOR, RETRIEVER, Generator, Model, Retriever
 from genrec.models.recency import Recency, as_rows, check_k, ranked_result
-from genrec.sid.beam import BeamResult, beam_search
+from genrec.sid.beam import BeamResult, beam_search, candidate_mask, with_known_items
 from genrec.sid.trie import SIDTrie
 
 
@@ -53,8 +53,9 @@ class RetrieverAdapter:
 
     @torch.no_grad()
     def generate(self, items: Any, behaviors: Any, behavior: int, beam_size: int = 20, k: int | None = None,
-                 candidates: np.ndarray | None = None, constrained: bool = True) -> BeamResult:
-        """Top ``k`` candidates by the retriever's score (``behaviors``/``behavior`` unused: no behavior input)."""
+                 candidates: np.ndarray | None = None, constrained: bool = True, known: Any = None) -> BeamResult:
+        """Top ``k`` candidates by the retriever's score (``behaviors``/``behavior`` unused: no behavior input;
+        ``known`` unused: every candidate is scored exactly already)."""
         k = check_k(k, beam_size, "retriever")
         was = self.model.training
         self.model.eval()
@@ -106,8 +107,10 @@ class GeneratorAdapter:
 
     @torch.no_grad()
     def generate(self, items: Any, behaviors: Any, behavior: int, beam_size: int = 20, k: int | None = None,
-                 candidates: np.ndarray | None = None, constrained: bool = True) -> BeamResult:
-        """Beam search over the candidates' SIDs from the item history alone (``behaviors`` unused)."""
+                 candidates: np.ndarray | None = None, constrained: bool = True,
+                 known: torch.Tensor | None = None) -> BeamResult:
+        """Beam search over the candidates' SIDs from the item history alone (``behaviors`` unused); ``known``
+        items are scored exactly and merged in, as for GAMER."""
         m = self.model
         k = check_k(k, beam_size, m.registry_name)
         was = m.training
@@ -117,6 +120,10 @@ class GeneratorAdapter:
             step, state = m.step_fn(*m.encoder_inputs(hist, None))
             res = beam_search(step, self.trie(candidates), hist.shape[0], beam_size, state, constrained,
                               m.reorder_state)
+            if known is not None:
+                allowed = None if candidates is None else candidate_mask(candidates, m.num_items)
+                return with_known_items(res, known, m.item_sids, lambda: m.step_fn(*m.encoder_inputs(hist, None)),
+                                        k, allowed, m.reorder_state)
         finally:
             m.train(was)
         return BeamResult(res.sids[:, :k], res.scores[:, :k], res.items[:, :k], res.valid[:, :k])

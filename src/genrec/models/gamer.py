@@ -62,7 +62,7 @@ from genrec.models.gamer_layers import (  # noqa: F401  (re-exported: the layer 
 from genrec.models.registry import register
 from genrec.models.tiger_layers import RMSNorm
 from genrec.nn.rope import rope_cos_sin
-from genrec.sid.beam import BeamResult, beam_search, list_length
+from genrec.sid.beam import BeamResult, beam_search, candidate_mask, list_length, with_known_items
 from genrec.sid.codebook import SIDTable
 from genrec.sid.trie import SIDTrie
 
@@ -288,8 +288,9 @@ class GAMER(Decoding, Generator):
     def generate(self, items: Sequence[Sequence[int] | np.ndarray] | torch.Tensor,
                  behaviors: Sequence[Sequence[int] | np.ndarray] | torch.Tensor, behavior: int,
                  beam_size: int = 20, k: int | None = None, candidates: np.ndarray | None = None,
-                 constrained: bool = True) -> BeamResult:
-        """Top-``k`` next items with ``behavior`` per history, by beam search over ``candidates``' SIDs."""
+                 constrained: bool = True, known: torch.Tensor | None = None) -> BeamResult:
+        """Top-``k`` next items with ``behavior`` per history, by beam search over ``candidates``' SIDs;
+        ``known`` (B, H) items (0 = none) are also scored exactly and merged in (:func:`with_known_items`)."""
         k = list_length(k, beam_size, "gamer.generate")
         was_training = self.training
         self.eval()
@@ -298,6 +299,9 @@ class GAMER(Decoding, Generator):
             prompts = self.prompt_tokens(it, bh, behavior)
             step, state = self.step_fn(prompts)
             res = beam_search(step, self.trie(candidates), prompts.shape[0], beam_size, state, constrained)
+            if known is not None:
+                allowed = None if candidates is None else candidate_mask(candidates, self.num_items)
+                return with_known_items(res, known, self.item_sids, lambda: self.step_fn(prompts), k, allowed)
         finally:
             self.train(was_training)
         return BeamResult(res.sids[:, :k], res.scores[:, :k], res.items[:, :k], res.valid[:, :k])

@@ -86,7 +86,8 @@ class Recency(Generator):
         return out
 
     def generate(self, items: Any, behaviors: Any, behavior: int, beam_size: int = 20, k: int | None = None,
-                 candidates: np.ndarray | None = None, constrained: bool = True) -> BeamResult:
-        """The evaluate_behaviors interface; ``behaviors`` and ``behavior`` are not used (the list is the same)."""
+                 candidates: np.ndarray | None = None, constrained: bool = True, known: Any = None) -> BeamResult:
+        """The evaluate_behaviors interface; ``behaviors`` and ``behavior`` are not used (the list is the same),
+        nor ``known`` (the list is the user's own items already)."""
         k = check_k(k, beam_size, self.registry_name)
         return ranked_result(torch.from_numpy(self.ranked(items, candidates, k)))

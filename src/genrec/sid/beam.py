@@ -129,3 +129,72 @@ def list_length(k: int | None, beam_size: int, who: str) -> int:
     if not 1 <= k <= beam_size:
         raise ConfigError(f"{who}: need 1 <= k <= beam_size, got k={k}, beam_size={beam_size}")
     return k
+
+
+def score_known(step_fn: StepFn, state: Any, sids: torch.Tensor, reorder_state: ReorderFn = reorder_tensors
+                ) -> torch.Tensor:
+    """Summed log-probabilities of ``H`` given SIDs per user: (B, H, m) tokens -> (B, H).
+
+    The decoder is called as :func:`beam_search` calls it (the first step on the B users' rows, then H rows per
+    user in one consecutive run), so a SID scores here exactly what the beam would give it."""
+    b, h, m = sids.shape
+    dev = sids.device
+    logits, state = step_fn(torch.zeros(b, 0, dtype=torch.long, device=dev), state)  # (B, V)
+    total = torch.log_softmax(logits.float(), -1).gather(1, sids[:, :, 0])  # (B, H)
+    if m == 1:
+        return total
+    state = reorder_state(state, torch.arange(b, device=dev).repeat_interleave(h))
+    tok, total = sids.reshape(b * h, m), total.reshape(-1)  # (B*H, m), (B*H,)
+    for t in range(1, m):
+        logits, state = step_fn(tok[:, :t], state)  # (B*H, V)
+        total = total + torch.log_softmax(logits.float(), -1).gather(1, tok[:, t:t + 1]).squeeze(1)
+    return total.view(b, h)
+
+
+def merge_known(res: BeamResult, items: torch.Tensor, sids: torch.Tensor, scores: torch.Tensor, k: int
+                ) -> BeamResult:
+    """The best ``k`` of the beam's list and the known ``items`` (B, H) with their ``sids`` (B, H, m) and exact
+    ``scores`` (B, H; -inf = none), each item once. Invalid beams (item -1) keep their place by score."""
+    it = torch.cat([res.items, items.to(res.items.device)], 1)  # (B, T)
+    sc = torch.cat([res.scores, scores.to(res.scores.device)], 1)  # (B, T)
+    sd = torch.cat([res.sids, sids.to(res.sids.device)], 1)  # (B, T, m)
+    order = torch.argsort(sc, dim=1, descending=True, stable=True)  # the beam's entry first on a tie
+    it, sc = it.gather(1, order), sc.gather(1, order)
+    sd = sd.gather(1, order[:, :, None].expand_as(sd))
+    t = it.shape[1]
+    earlier = torch.ones(t, t, dtype=torch.bool, device=it.device).tril(-1)  # [j, i]: i before j
+    dup = ((it[:, :, None] == it[:, None, :]) & earlier).any(-1) & (it > 0)  # (B, T): seen at a better rank
+    sc = sc.masked_fill(dup, float("-inf"))
+    keep = torch.argsort(sc, dim=1, descending=True, stable=True)[:, :k]  # (B, k)
+    it, sc = it.gather(1, keep), sc.gather(1, keep)
+    sd = sd.gather(1, keep[:, :, None].expand(-1, -1, sd.shape[2]))
+    valid = (it >= 0) & torch.isfinite(sc)
+    return BeamResult(sd, sc, torch.where(valid, it, torch.full_like(it, -1)), valid)
+
+
+def with_known_items(res: BeamResult, known: torch.Tensor, item_sids: torch.Tensor,
+                     start: Callable[[], tuple[StepFn, Any]], k: int, allowed: torch.Tensor | None = None,
+                     reorder_state: ReorderFn = reorder_tensors) -> BeamResult:
+    """``res`` (a full beam) with the items ``known`` (B, H; 0 = none), e.g. the user's own recent items, scored
+    exactly and merged in, cut to ``k``. A beam of width W misses an item whose SID prefix fell out of the top W
+    early, however likely its full SID; on logs where users return to their own items (a cart, then the buy) that
+    search error costs the repeats. ``allowed`` (N+1,) bool restricts ``known`` to the candidates; ``start()``
+    returns a fresh ``(step_fn, state)`` for the same users (the beam search consumed its own)."""
+    known = known.long().to(item_sids.device)
+    ok = known > 0
+    if allowed is not None:
+        ok &= allowed.to(known.device)[known.clamp(min=0)]
+    if not bool(ok.any()):
+        return BeamResult(res.sids[:, :k], res.scores[:, :k], res.items[:, :k], res.valid[:, :k])
+    known = torch.where(ok, known, torch.zeros_like(known))
+    sids = item_sids[known].clamp(min=0)  # (B, H, m); rows without an item are scored, then dropped
+    step, state = start()
+    scores = score_known(step, state, sids, reorder_state).masked_fill(~ok, float("-inf"))  # (B, H)
+    return merge_known(res, torch.where(ok, known, torch.full_like(known, -1)), sids, scores, k)
+
+
+def candidate_mask(candidates: Any, num_items: int) -> torch.Tensor:
+    """(num_items + 1,) bool, True at the ``candidates`` item ids (the ``allowed`` of :func:`with_known_items`)."""
+    mask = torch.zeros(num_items + 1, dtype=torch.bool)
+    mask[torch.as_tensor(candidates, dtype=torch.long).reshape(-1)] = True
+    return mask
