@@ -104,8 +104,23 @@ def test_xavier_init_redraws_every_weight_matrix_as_rectools_does():
     assert float(xav.item_emb.weight.detach()[0].abs().sum()) == 0.0  # the padding row stays zero
     assert torch.equal(xav.final_ln.weight, default.final_ln.weight)  # vectors (norms, biases) are kept
     assert not torch.equal(xav.blocks[0].q.weight, default.blocks[0].q.weight)
-    with pytest.raises(ConfigError, match="model.init: 'he' is not one of default, xavier"):
+    with pytest.raises(ConfigError, match="model.init: 'he' is not one of default, xavier, rectools"):
         build_model({**cfg, "init": "he"}, 10, 4)
+
+
+def test_rectools_init_starts_the_attention_as_torch_multihead_attention():
+    """init=rectools: Xavier as above, q/k/v drawn as one (3d, d) matrix (std sqrt(2 / 4d)) and every attention
+    bias zero (nn.MultiheadAttention's start), the rest as init=xavier."""
+    cfg = {"name": "sasrec", "d_model": 64, "num_layers": 2, "dropout": 0.0}
+    torch.manual_seed(0)
+    rt = build_model({**cfg, "init": "rectools"}, 2000, 50)
+    for blk in rt.blocks:
+        qkv = torch.cat([blk.q.weight, blk.k.weight, blk.v.weight]).detach()
+        assert abs(float(qkv.std()) - (2 / (4 * 64)) ** 0.5) < 0.006  # 0.088, against 0.125 for three (d, d)
+        assert all(float(lin.bias.abs().sum()) == 0.0 for lin in (blk.q, blk.k, blk.v, blk.o))
+        assert abs(float(blk.o.weight.detach().std()) - (2 / 128) ** 0.5) < 0.01
+        assert float(blk.ffn.w1.bias.abs().sum()) > 0  # other biases keep their start
+    assert float(rt.item_emb.weight.detach()[0].abs().sum()) == 0.0
 
 
 @pytest.mark.parametrize("name", ["sasrec", "hstu"])

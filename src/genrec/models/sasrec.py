@@ -23,7 +23,7 @@ from genrec.models.registry import register
 from genrec.nn.embedding import StepItemDropout, item_embedding
 from genrec.nn.jagged import LengthGroup, Packing
 
-INITS = ("default", "xavier")
+INITS = ("default", "xavier", "rectools")
 POSITIONS = ("first", "last")  # model.positions
 
 
@@ -121,7 +121,9 @@ class SASRec(Retriever):
         positions: str = "first"  # first: position 0 is the oldest item | last: 0 is the newest (see _positions)
         item_init_std: float = 0.02  # the item table's initial std (torch's nn.Embedding default: 1.0)
         scale_inputs: bool = True  # item embeddings times sqrt(d_model) at the input (RecTools: false)
-        init: str = "default"  # default | xavier: every weight matrix re-drawn Xavier-normal (RecTools' SASRec)
+        # default | xavier: every weight matrix re-drawn Xavier-normal (RecTools' SASRec) | rectools: xavier, and the
+        # attention as torch's nn.MultiheadAttention starts it (q, k, v drawn as one (3d, d) matrix, biases zero)
+        init: str = "default"
         item_dropout: float = 0.0  # dropout on the item table, one mask per step for inputs and scored items
         pad_keys: bool = False  # attention also reads the window's padding (RecTools without a key padding mask)
 
@@ -148,17 +150,28 @@ class SASRec(Retriever):
         )
         self.final_ln = nn.LayerNorm(d, eps=1e-8)
         self.item_drop = StepItemDropout(cfg.item_dropout, "sasrec")
-        if cfg.init == "xavier":
-            self._xavier_init()
+        if cfg.init in ("xavier", "rectools"):
+            self._xavier_init(fused_attention=cfg.init == "rectools")
 
-    def _xavier_init(self) -> None:
+    def _xavier_init(self, fused_attention: bool = False) -> None:
         """RecTools' SASRec redraws every parameter of two or more dimensions from Xavier normal when training
         starts (item table std sqrt(2 / (I + 1 + d)), about 0.013 on Beauty; positions sqrt(2 / (L + d))), which
-        with unscaled inputs lets positions, not items, dominate the first steps; the padding row stays zero."""
+        with unscaled inputs lets positions, not items, dominate the first steps; the padding row stays zero.
+        ``fused_attention``: its attention is torch's nn.MultiheadAttention, whose q, k, v are one (3d, d) matrix
+        (so Xavier draws them sqrt(2) smaller than three (d, d) ones) and whose biases start at zero: under
+        ``pad_keys`` the padding's keys and values are those biases, so they start at zero too."""
         with torch.no_grad():
             for p in self.parameters():
                 if p.dim() > 1:
                     nn.init.xavier_normal_(p)
+            if fused_attention:
+                d = self.cfg.d_model
+                for blk in self.blocks:
+                    qkv = nn.init.xavier_normal_(torch.empty(3 * d, d))  # (3D, D), as in_proj_weight
+                    for lin, part in zip((blk.q, blk.k, blk.v), qkv.split(d)):
+                        lin.weight.copy_(part)
+                    for lin in (blk.q, blk.k, blk.v, blk.o):
+                        lin.bias.zero_()
             self.item_emb.weight[0].zero_()
 
     def init_from_pretrained(self, pre: Pretrained) -> None:
