@@ -145,10 +145,13 @@ class ResumingTrainer(Trainer):
 
     resume_from: Path | None = None
 
-    def fit(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+    def fit(self, model, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
         if self.resume_from is not None and self.resume_from.exists():
             kwargs["ckpt_path"] = str(self.resume_from)
-        return super().fit(*args, **kwargs)
+            # RecTools redraws every weight matrix (Xavier) in on_train_start, which Lightning calls after
+            # restoring the checkpoint: without this the resumed run would start from random weights again
+            model._xavier_normal_init = lambda: None
+        return super().fit(model, *args, **kwargs)
 
 
 def main() -> None:
