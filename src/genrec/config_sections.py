@@ -74,7 +74,9 @@ class TrainConfig(OptimConfig):
     # stop this call after this many seconds of training (0 = no limit) with a checkpoint a later call resumes
     # exactly: a run longer than one session or one short GPU loan is the same command, repeated
     max_seconds: float = 0.0
-    length_bucketing: bool = True  # sequences of similar length share a batch (less padding)
+    # sequences of similar length share a batch (less padding); a batch's loss is the mean over its targets, so this
+    # also gives short histories' targets more weight than random batches do (docs/models/sasrec.md, RecTools)
+    length_bucketing: bool = True
     # retrievers (sasrec, hstu) and rankers (hstu_ranker, mtgr; hpgr with pgsa=false or PGSA's gathered all rows,
     # its stage-1 session encoder too): the same batches computed on packed tokens, attention per group of similar
     # lengths (no padding in the token-wise layers, under 5% in attention; a ranker's candidates keep their mask,
