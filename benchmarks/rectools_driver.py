@@ -53,12 +53,6 @@ def pos_neg_logits_via_catalogue(self, session_embs, item_embs, candidate_item_i
     return out
 
 
-def pos_neg_logits_full_rows(self, session_embs, item_embs, candidate_item_ids):  # noqa: ANN001, ANN201
-    """The previous form (every position scored), kept for ``--full-rows``."""
-    session_embs = session_embs[:, -candidate_item_ids.shape[1]:]
-    return (session_embs @ item_embs.T).gather(-1, candidate_item_ids)  # (B, L, N + 1)
-
-
 def read_sequences(path: Path) -> pd.DataFrame:
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
@@ -164,12 +158,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--key-padding-mask", action="store_true", help="RecTools' use_key_padding_mask (default off)")
     ap.add_argument("--users", type=int, default=0, help="only the first N users (a quick check)")
-    ap.add_argument("--full-rows", action="store_true", help="score every window position (the slower, older form)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    DistanceSimilarityModule._get_pos_neg_logits = (pos_neg_logits_full_rows if args.full_rows
-                                                    else pos_neg_logits_via_catalogue)
+    DistanceSimilarityModule._get_pos_neg_logits = pos_neg_logits_via_catalogue
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
 

@@ -81,13 +81,21 @@ def test_retriever_adapter_returns_the_top_scored_candidates():
     assert few.items[:, 2:].eq(-1).all() and few.valid.sum() == 4
 
 
-def test_generator_adapter_decodes_only_candidate_sids_and_needs_no_user_token():
-    torch.manual_seed(0)
+HIST = torch.tensor([[3, 7, 1], [4, 0, 0]])  # two right-padded item histories
+CAND = np.array([2, 5, 9, 11])
+
+
+def _tiger_adapter(seed: int) -> tuple:
+    """A tiny TIGER on the toy SID table (seeded) and its multi-behavior adapter."""
+    torch.manual_seed(seed)
     model = build_model(TIGER_TINY, NUM_ITEMS, 10)
     model.set_sid_table(toy_table())
-    adapter = GeneratorAdapter(model)
-    hist = torch.tensor([[3, 7, 1], [4, 0, 0]])
-    cand = np.array([2, 5, 9, 11])
+    return model, GeneratorAdapter(model)
+
+
+def test_generator_adapter_decodes_only_candidate_sids_and_needs_no_user_token():
+    model, adapter = _tiger_adapter(0)
+    hist, cand = HIST, CAND
     res = adapter.generate(hist, torch.zeros_like(hist), 3, beam_size=5, candidates=cand)
     got = res.items[res.valid]
     assert got.numel() == 2 * len(cand) and np.isin(got.numpy(), cand).all()
@@ -97,12 +105,8 @@ def test_generator_adapter_decodes_only_candidate_sids_and_needs_no_user_token()
 
 
 def test_generator_adapter_merges_known_candidates_with_their_exact_scores():
-    torch.manual_seed(1)
-    model = build_model(TIGER_TINY, NUM_ITEMS, 10)
-    model.set_sid_table(toy_table())
-    adapter = GeneratorAdapter(model)
-    hist = torch.tensor([[3, 7, 1], [4, 0, 0]])
-    cand = np.array([2, 5, 9, 11])
+    model, adapter = _tiger_adapter(1)
+    hist, cand = HIST, CAND
     every = torch.arange(1, NUM_ITEMS + 1).repeat(2, 1)  # known: every item, most outside the candidates
     res = adapter.generate(hist, torch.zeros_like(hist), 3, beam_size=2, candidates=cand, known=every)
     full = adapter.generate(hist, torch.zeros_like(hist), 3, beam_size=len(cand), candidates=cand)

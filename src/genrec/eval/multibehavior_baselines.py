@@ -27,7 +27,7 @@ from genrec.data.sequences import SeqBatch, pad_windows
 from genrec.errors import ConfigError, DataError
 from genrec.models.base import GENERATOR, MULTI_BEHAVIOR, RETRIEVER, Generator, Model, Retriever
 from genrec.models.recency import Recency, as_rows, check_k, ranked_result
-from genrec.sid.beam import BeamResult, beam_search, candidate_mask, with_known_items
+from genrec.sid.beam import BeamResult, beam_search, with_known_items
 from genrec.sid.trie import SIDTrie
 
 
@@ -121,12 +121,11 @@ class GeneratorAdapter:
             res = beam_search(step, self.trie(candidates), hist.shape[0], beam_size, state, constrained,
                               m.reorder_state)
             if known is not None:
-                allowed = None if candidates is None else candidate_mask(candidates, m.num_items)
                 return with_known_items(res, known, m.item_sids, lambda: m.step_fn(*m.encoder_inputs(hist, None)),
-                                        k, allowed, m.reorder_state)
+                                        k, candidates, m.reorder_state)
         finally:
             m.train(was)
-        return BeamResult(res.sids[:, :k], res.scores[:, :k], res.items[:, :k], res.valid[:, :k])
+        return res.top(k)
 
 
 

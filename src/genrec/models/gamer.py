@@ -62,7 +62,7 @@ from genrec.models.gamer_layers import (  # noqa: F401  (re-exported: the layer 
 from genrec.models.registry import register
 from genrec.models.tiger_layers import RMSNorm
 from genrec.nn.rope import rope_cos_sin
-from genrec.sid.beam import BeamResult, beam_search, candidate_mask, list_length, with_known_items
+from genrec.sid.beam import BeamResult, beam_search, list_length, with_known_items
 from genrec.sid.codebook import SIDTable
 from genrec.sid.trie import SIDTrie
 
@@ -300,11 +300,10 @@ class GAMER(Decoding, Generator):
             step, state = self.step_fn(prompts)
             res = beam_search(step, self.trie(candidates), prompts.shape[0], beam_size, state, constrained)
             if known is not None:
-                allowed = None if candidates is None else candidate_mask(candidates, self.num_items)
-                return with_known_items(res, known, self.item_sids, lambda: self.step_fn(prompts), k, allowed)
+                return with_known_items(res, known, self.item_sids, lambda: self.step_fn(prompts), k, candidates)
         finally:
             self.train(was_training)
-        return BeamResult(res.sids[:, :k], res.scores[:, :k], res.items[:, :k], res.valid[:, :k])
+        return res.top(k)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

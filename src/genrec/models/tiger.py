@@ -372,7 +372,7 @@ class TIGER(Generator):
                               self.reorder_state)
         finally:
             self.train(was_training)
-        return BeamResult(res.sids[:, :k], res.scores[:, :k], res.items[:, :k], res.valid[:, :k])
+        return res.top(k)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -41,6 +41,10 @@ class BeamResult(NamedTuple):
         """Fraction of returned beams that name no item (always 0 for constrained search over >= K items)."""
         return float((~self.valid).float().mean()) if self.valid.numel() else 0.0
 
+    def top(self, k: int) -> BeamResult:
+        """The best ``k`` beams of each user."""
+        return BeamResult(self.sids[:, :k], self.scores[:, :k], self.items[:, :k], self.valid[:, :k])
+
 
 def reorder_tensors(state: Any, rows: torch.Tensor) -> Any:
     """Select ``rows`` (dim 0) of every tensor inside nested tuples, lists and dicts; other values pass through."""
@@ -115,9 +119,14 @@ def score_sids(step_fn: StepFn, sids: torch.Tensor, state: Any = None) -> torch.
 
     The reference the beam search is tested against: brute force over every SID of a small table.
     """
-    total = torch.zeros(sids.shape[0], device=sids.device)
-    for t in range(sids.shape[1]):
-        logits, state = step_fn(sids[:, :t], state)
+    return _teacher_forced(step_fn, state, sids, torch.zeros(sids.shape[0], device=sids.device), 0)
+
+
+def _teacher_forced(step_fn: StepFn, state: Any, sids: torch.Tensor, total: torch.Tensor, start: int
+                    ) -> torch.Tensor:
+    """``total`` (R,) plus the log-probabilities of ``sids`` (R, m) tokens ``start..m-1``, decoded in order."""
+    for t in range(start, sids.shape[1]):
+        logits, state = step_fn(sids[:, :t], state)  # (R, V)
         total = total + torch.log_softmax(logits.float(), -1).gather(1, sids[:, t:t + 1]).squeeze(1)
     return total
 
@@ -140,15 +149,11 @@ def score_known(step_fn: StepFn, state: Any, sids: torch.Tensor, reorder_state: 
     b, h, m = sids.shape
     dev = sids.device
     logits, state = step_fn(torch.zeros(b, 0, dtype=torch.long, device=dev), state)  # (B, V)
-    total = torch.log_softmax(logits.float(), -1).gather(1, sids[:, :, 0])  # (B, H)
+    first = torch.log_softmax(logits.float(), -1).gather(1, sids[:, :, 0])  # (B, H)
     if m == 1:
-        return total
-    state = reorder_state(state, torch.arange(b, device=dev).repeat_interleave(h))
-    tok, total = sids.reshape(b * h, m), total.reshape(-1)  # (B*H, m), (B*H,)
-    for t in range(1, m):
-        logits, state = step_fn(tok[:, :t], state)  # (B*H, V)
-        total = total + torch.log_softmax(logits.float(), -1).gather(1, tok[:, t:t + 1]).squeeze(1)
-    return total.view(b, h)
+        return first
+    state = reorder_state(state, torch.arange(b, device=dev).repeat_interleave(h))  # B*H rows, H per user
+    return _teacher_forced(step_fn, state, sids.reshape(b * h, m), first.reshape(-1), 1).view(b, h)
 
 
 def merge_known(res: BeamResult, items: torch.Tensor, sids: torch.Tensor, scores: torch.Tensor, k: int
@@ -173,28 +178,24 @@ def merge_known(res: BeamResult, items: torch.Tensor, sids: torch.Tensor, scores
 
 
 def with_known_items(res: BeamResult, known: torch.Tensor, item_sids: torch.Tensor,
-                     start: Callable[[], tuple[StepFn, Any]], k: int, allowed: torch.Tensor | None = None,
+                     start: Callable[[], tuple[StepFn, Any]], k: int, candidates: Any = None,
                      reorder_state: ReorderFn = reorder_tensors) -> BeamResult:
     """``res`` (a full beam) with the items ``known`` (B, H; 0 = none), e.g. the user's own recent items, scored
     exactly and merged in, cut to ``k``. A beam of width W misses an item whose SID prefix fell out of the top W
     early, however likely its full SID; on logs where users return to their own items (a cart, then the buy) that
-    search error costs the repeats. ``allowed`` (N+1,) bool restricts ``known`` to the candidates; ``start()``
-    returns a fresh ``(step_fn, state)`` for the same users (the beam search consumed its own)."""
+    search error costs the repeats. Only ``known`` items among the ``candidates`` (item ids; None = all) enter;
+    ``start()`` returns a fresh ``(step_fn, state)`` for the same users (the beam search consumed its own)."""
     known = known.long().to(item_sids.device)
     ok = known > 0
-    if allowed is not None:
-        ok &= allowed.to(known.device)[known.clamp(min=0)]
+    if candidates is not None:
+        allowed = torch.zeros(item_sids.shape[0], dtype=torch.bool, device=known.device)  # (N+1,)
+        allowed[torch.as_tensor(candidates, dtype=torch.long, device=known.device).reshape(-1)] = True
+        ok &= allowed[known.clamp(min=0)]
     if not bool(ok.any()):
-        return BeamResult(res.sids[:, :k], res.scores[:, :k], res.items[:, :k], res.valid[:, :k])
+        return res.top(k)
     known = torch.where(ok, known, torch.zeros_like(known))
     sids = item_sids[known].clamp(min=0)  # (B, H, m); rows without an item are scored, then dropped
     step, state = start()
     scores = score_known(step, state, sids, reorder_state).masked_fill(~ok, float("-inf"))  # (B, H)
     return merge_known(res, torch.where(ok, known, torch.full_like(known, -1)), sids, scores, k)
 
-
-def candidate_mask(candidates: Any, num_items: int) -> torch.Tensor:
-    """(num_items + 1,) bool, True at the ``candidates`` item ids (the ``allowed`` of :func:`with_known_items`)."""
-    mask = torch.zeros(num_items + 1, dtype=torch.bool)
-    mask[torch.as_tensor(candidates, dtype=torch.long).reshape(-1)] = True
-    return mask
