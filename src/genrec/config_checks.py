@@ -86,6 +86,7 @@ RULES: dict[str, Rule] = {
     "train.seed": SEED, "train.device": DEVICE, "train.bf16": BOOL, "train.precision": PRECISION,
     "train.eval_every": at_least(1), "train.patience": at_least(0), "train.checkpoint_every": at_least(0),
     "train.max_steps": at_least(0), "train.max_seconds": at_least(0), "train.length_bucketing": BOOL,
+    "train.loss_denominator": one_of("batch", "epoch_mean"),
     "train.packed": BOOL,
     "train.num_threads": at_least(0), "train.progress": BOOL, "train.tensorboard": BOOL,
     "train.progress_interval": at_least(0), "train.lr_schedule": one_of("constant", "cosine"),

@@ -77,6 +77,10 @@ class TrainConfig(OptimConfig):
     # sequences of similar length share a batch (less padding); a batch's loss is the mean over its targets, so this
     # also gives short histories' targets more weight than random batches do (docs/models/sasrec.md, RecTools)
     length_bucketing: bool = True
+    # what a step's summed loss is divided by: ``batch`` = its own number of targets (each batch weighs the same);
+    # ``epoch_mean`` = the mean number of targets per batch over an epoch (each target weighs the same, as with
+    # random batches, while length bucketing keeps its speed); retrievers only
+    loss_denominator: str = "batch"
     # retrievers (sasrec, hstu) and rankers (hstu_ranker, mtgr; hpgr with pgsa=false or PGSA's gathered all rows,
     # its stage-1 session encoder too): the same batches computed on packed tokens, attention per group of similar
     # lengths (no padding in the token-wise layers, under 5% in attention; a ranker's candidates keep their mask,

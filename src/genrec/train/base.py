@@ -79,6 +79,9 @@ class TrainerBase(RunFolder):
     log_steps = True
     ddp_find_unused = False
     schedule: LRSchedule | None = None  # None: constant train.lr
+    # train.loss_denominator=epoch_mean: the mean number of supervised positions per global batch, which a trainer
+    # that supports it sets; None = each step divides by its own count
+    fixed_denominator: float | None = None
     _ddp: nn.Module | None = None  # the DDP-wrapped step, built by fit() under torchrun
 
     # -- hooks ------------------------------------------------------------------------------------
@@ -115,6 +118,9 @@ class TrainerBase(RunFolder):
                                                             find_unused_parameters=self.ddp_find_unused)
         stop, self.interrupted_by, self._t_call = False, "", time.time()
         self._planned_schedule()
+        if self.cfg.train.loss_denominator != "batch" and self.fixed_denominator is None:
+            raise ConfigError(f"train.loss_denominator={self.cfg.train.loss_denominator}: only retrievers (sasrec, "
+                              "hstu) support it; set train.loss_denominator=batch")
         while st["epoch"] < self.cfg.train.epochs and not stop:
             stop = self._run_epoch(st["epoch"])
         self.close()
@@ -220,7 +226,8 @@ class TrainerBase(RunFolder):
 
     def _reduce(self, loss: torch.Tensor, count: Any) -> tuple[torch.Tensor, float] | None:
         """The loss to differentiate and the value to log: the sum of per-position losses over the global count
-        (times ``world``, as DDP averages gradients over processes); None to skip an empty step.
+        (times ``world``, as DDP averages gradients over processes); None to skip an empty step. Under
+        :attr:`fixed_denominator` the differentiated sum is divided by that instead; the logged value stays the mean.
 
         The differentiated scale is ``world / total`` rounded once to fp32, the gradient a trainer's own mean
         (``sum / count``) gives, so moving a mean out of a model into this loop leaves the weights bit-identical.
@@ -231,7 +238,8 @@ class TrainerBase(RunFolder):
         if self.skip_empty_steps and total == 0:
             return None
         total = max(total, 1.0)
-        return loss * (self.world / total), float(stats[0]) / total
+        scale = total if self.fixed_denominator is None else self.fixed_denominator
+        return loss * (self.world / scale), float(stats[0]) / total
 
     def set_lr(self, lr: float) -> None:
         for g in self.optimizer.param_groups:

@@ -185,6 +185,9 @@ class MultiBehaviorRetriever(MultiBehaviorProtocol, Trainer):
     def example_lengths(self) -> np.ndarray:
         return np.diff(self.windows.offsets)[self.targets]  # (T,) events of each window
 
+    def target_counts(self) -> np.ndarray:
+        return self.example_lengths() - 1  # (T,) a window of n events supervises n - 1 positions
+
     def train_batch(self, ids: np.ndarray) -> SeqBatch:
         """Windows ``targets[ids]`` -> inputs ``w[:-1]`` and next items ``w[1:]`` (no timestamps)."""
         items = self.seqs.items

@@ -8,6 +8,7 @@ checkpoints, logs and DDP are :class:`~genrec.train.base.TrainerBase`'s.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,8 @@ class Trainer(TrainerBase):
         self.loss_module = _LossModule(self.model, self.objective, cfg.train.packed)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.setup_protocol()
+        if cfg.train.loss_denominator == "epoch_mean":
+            self.fixed_denominator = self.targets_per_batch()
         self.open_run(resume)
 
     # -- protocol hooks ---------------------------------------------------------------------------
@@ -111,6 +114,17 @@ class Trainer(TrainerBase):
     def train_batch(self, rows: np.ndarray) -> SeqBatch:
         """Batch ``rows`` of :meth:`epoch_batches`: the last ``max_len + 1`` training events of each user."""
         return make_train_batch(self.seqs, self.train_rows[rows], self.split.train_end, self.cfg.data.max_len)
+
+    def target_counts(self) -> np.ndarray:
+        """(rows,) supervised positions of each training row: ``min(n, max_len + 1) - 1`` for a row of ``n``
+        training events (:meth:`train_batch` reads the last ``max_len + 1``)."""
+        n = self.split.train_end[self.train_rows].astype(np.int64)
+        return np.minimum(n, self.cfg.data.max_len + 1) - 1
+
+    def targets_per_batch(self) -> float:
+        """Mean supervised positions per batch over an epoch (``train.loss_denominator: epoch_mean``)."""
+        counts = self.target_counts()
+        return float(counts.sum()) / max(math.ceil(len(counts) / self.cfg.train.batch_size), 1)
 
     # -- training ---------------------------------------------------------------------------------
     def _step_generator(self, step: int) -> torch.Generator:
