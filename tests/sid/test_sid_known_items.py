@@ -79,3 +79,17 @@ def test_recent_distinct_items_newest_first():
     hist = np.array([[5, 6, 5, 7, 0, 0], [1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0]])
     assert recent_distinct(hist, 2).tolist() == [[7, 5], [1, 0], [0, 0]]
     assert recent_distinct(hist, 4).tolist() == [[7, 5, 6, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
+
+
+def test_recent_distinct_matches_a_row_by_row_walk_on_random_histories():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 30, 200)
+    hist = np.zeros((200, 30), dtype=np.int64)
+    for row, n in enumerate(lengths):
+        hist[row, :n] = rng.integers(1, 12, n)  # few items: many repeats
+    for n in (1, 5, 20):
+        want = np.zeros((200, n), dtype=np.int64)
+        for row in range(200):
+            seen = list(dict.fromkeys(hist[row][hist[row] > 0][::-1].tolist()))[:n]
+            want[row, :len(seen)] = seen
+        assert np.array_equal(recent_distinct(hist, n), want)

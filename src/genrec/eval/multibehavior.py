@@ -109,13 +109,18 @@ def query_histories(split: SessionSplit, queries: BehaviorQueries, max_len: int)
 def recent_distinct(hist: np.ndarray, n: int) -> np.ndarray:
     """(B, L) right-padded histories -> (B, n) their ``n`` most recent distinct items, newest first, 0-padded."""
     out = np.zeros((len(hist), n), dtype=np.int64)
-    for r, row in enumerate(hist):
-        seen: dict[int, None] = {}
-        for item in row[row > 0][::-1].tolist():
-            seen.setdefault(item)
-            if len(seen) == n:
-                break
-        out[r, :len(seen)] = list(seen)
+    rev = np.asarray(hist)[:, ::-1]  # (B, L) newest first after the padding
+    r, c = np.nonzero(rev > 0)  # row-major: within a row, newest first
+    items = rev[r, c]
+    order = np.lexsort((c, items, r))  # by row, then item, then recency: each (row, item)'s newest comes first
+    ro, io = r[order], items[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (ro[1:] != ro[:-1]) | (io[1:] != io[:-1])
+    keep = np.sort(order[first])  # the newest occurrence of each item, back in (row, recency) order
+    kr, ki = r[keep], items[keep]
+    rank = np.arange(len(kr)) - np.searchsorted(kr, kr)  # place among the row's distinct items
+    sel = rank < n
+    out[kr[sel], rank[sel]] = ki[sel]
     return out
 
 
