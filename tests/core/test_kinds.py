@@ -64,7 +64,7 @@ def _loop_grads(model: Model, loss_fn) -> dict[str, torch.Tensor]:
     """Gradients of the loss the training loop differentiates, from a step's (sum, count)."""
     model.zero_grad()
     total, count = loss_fn()
-    loop = SimpleNamespace(world=1, skip_empty_steps=False)
+    loop = SimpleNamespace(world=1, skip_empty_steps=False, fixed_denominator=None)
     TrainerBase._reduce(loop, total, count)[0].backward()
     return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
 
