@@ -45,9 +45,9 @@ def test_other_trainers_refuse_epoch_mean_and_bad_values_name_the_key(tmp_path):
     from tests.hpgr.conftest import make_ctr_toy
     from tests.hpgr.test_ranker_trainer import raw_cfg
 
-    tr = RankerTrainer(config_from_dict(raw_cfg(train={"epochs": 1, "loss_denominator": "epoch_mean"})),
-                       tmp_path / "r", make_ctr_toy())
     with pytest.raises(ConfigError, match="train.loss_denominator"):
-        tr.fit()
+        RankerTrainer(config_from_dict(raw_cfg(train={"epochs": 1, "loss_denominator": "epoch_mean"})),
+                      tmp_path / "r", make_ctr_toy())
+    assert not (tmp_path / "r" / "config.json").exists()  # refused before the run folder is written
     with pytest.raises(ConfigError, match="train.loss_denominator"):
         config_from_dict(tiny_cfg("sasrec", train={"loss_denominator": "rows"}))

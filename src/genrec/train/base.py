@@ -84,6 +84,14 @@ class TrainerBase(RunFolder):
     fixed_denominator: float | None = None
     _ddp: nn.Module | None = None  # the DDP-wrapped step, built by fit() under torchrun
 
+    def open_run(self, resume: bool = True, write: bool = True) -> None:
+        """:meth:`RunFolder.open_run`, after refusing a ``train.loss_denominator`` this trainer does not set (before
+        the run folder is written)."""
+        if write and self.cfg.train.loss_denominator != "batch" and self.fixed_denominator is None:
+            raise ConfigError(f"train.loss_denominator={self.cfg.train.loss_denominator}: only retrievers (sasrec, "
+                              "hstu) support it; set train.loss_denominator=batch")
+        super().open_run(resume, write)
+
     # -- hooks ------------------------------------------------------------------------------------
     def epoch_batches(self, epoch: int) -> Sequence[Any]:
         raise NotImplementedError
@@ -118,9 +126,6 @@ class TrainerBase(RunFolder):
                                                             find_unused_parameters=self.ddp_find_unused)
         stop, self.interrupted_by, self._t_call = False, "", time.time()
         self._planned_schedule()
-        if self.cfg.train.loss_denominator != "batch" and self.fixed_denominator is None:
-            raise ConfigError(f"train.loss_denominator={self.cfg.train.loss_denominator}: only retrievers (sasrec, "
-                              "hstu) support it; set train.loss_denominator=batch")
         while st["epoch"] < self.cfg.train.epochs and not stop:
             stop = self._run_epoch(st["epoch"])
         self.close()
