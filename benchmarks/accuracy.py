@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ablation_suffix, shown_config, write_result  # noqa: E402
+from seeds import earlier_record, joined, stamped  # noqa: E402
 
 from genrec.config import load_config  # noqa: E402
 from genrec.errors import GenrecError  # noqa: E402
@@ -85,11 +86,16 @@ def main() -> None:
     ap.add_argument("--evaluate-only", action="store_true",
                     help="evaluate the run folders' best weights as they stand, without training; seeds whose "
                          "early stopping had not ended are marked finished=false")
+    ap.add_argument("--add-seeds", action="store_true",
+                    help="train only --seeds and join them to the existing record of the same experiment (its "
+                         "per-seed rows kept, mean and spread over all), e.g. seed 3 in a later session")
     args = ap.parse_args()
     stem = Path(args.recipe).stem
     for abl in args.ablation:  # glass-ml100k-cpu + glass-ml100k-tiger -> glass-ml100k-cpu+tiger
         stem += "+" + ablation_suffix(Path(args.recipe).stem, Path(abl).stem)
     name = args.name or f"{stem}__{Path(args.data).name}"
+    old = (earlier_record(name, recipe=args.recipe, ablation=" + ".join(args.ablation) or None, overrides=args.set,
+                          seeds=args.seeds) if args.add_seeds else None)
     per_seed, train_secs = [], []
     for seed in args.seeds:
         # quiet by default; --set train.progress=true shows progress lines within long epochs
@@ -128,6 +134,10 @@ def main() -> None:
         m = res["metrics"]
         print(f"seed {seed}: " + " ".join(f"{k}={m[k]:.4f}" for k in ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "mrr")),
               flush=True)
+    config = shown_config(res["config"], args.runs)
+    per_seed = (joined(old, per_seed, data_fingerprint=res["data_fingerprint"], protocol=res["protocol"], config=config)
+                if old else stamped(per_seed))
+    train_secs = [s["train_seconds"] for s in per_seed]
     keys = [k for k in per_seed[0]["metrics"] if k != "num_queries"]
     mean = {k: statistics.fmean(s["metrics"][k] for s in per_seed) for k in keys}
     std = {k: (statistics.stdev(s["metrics"][k] for s in per_seed) if len(per_seed) > 1 else 0.0) for k in keys}
@@ -137,9 +147,9 @@ def main() -> None:
     setting = {k: v for k, v in per_seed[0][other_key].items() if k != "metrics"} if has_other else {}
     rec = {"dataset": res["dataset"], "data_fingerprint": res["data_fingerprint"], "model": res["model"],
            "recipe": args.recipe, "ablation": " + ".join(args.ablation) or None, "overrides": list(args.set),
-           "protocol": res["protocol"], "seeds": args.seeds, "metrics": mean, "metrics_mean": mean,
+           "protocol": res["protocol"], "seeds": [s["seed"] for s in per_seed], "metrics": mean, "metrics_mean": mean,
            "metrics_std": std, f"{other_key}_mean": {**setting, "metrics": other_mean} if has_other else None,
-           "per_seed": per_seed, "train_seconds_per_seed": train_secs, "config": shown_config(res["config"], args.runs)}
+           "per_seed": per_seed, "train_seconds_per_seed": train_secs, "config": config}
     if "sid_health" in res:
         rec["sid_health"] = res["sid_health"]
     path = write_result(name, rec)

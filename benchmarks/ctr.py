@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import shown_config, shown_path, write_result  # noqa: E402
+from seeds import earlier_record, joined, stamped  # noqa: E402
 
 from genrec.config import load_config  # noqa: E402
 from genrec.data.loading import load_data  # noqa: E402
@@ -55,8 +56,13 @@ def main() -> None:
     ap.add_argument("--pretrained-from", metavar="NAME",
                     help="fine-tune only, from the stage-1 artifact of run NAME with the same seed "
                     "(RUNS/NAME-seedS/pretrain): for ablations whose stage 1 equals the main recipe's")
+    ap.add_argument("--add-seeds", action="store_true",
+                    help="train only --seeds and join them to the existing record of the same experiment (its "
+                         "per-seed rows kept, mean and spread over all), e.g. seed 3 in a later session")
     args = ap.parse_args()
     name = args.name or f"ctr-{Path(args.data).name}-{Path(args.recipe).stem}"
+    old = (earlier_record(name, recipe=args.recipe, ablation=None, overrides=args.set, seeds=args.seeds)
+           if args.add_seeds else None)
     dataset = None
     per_seed = []
     res: dict = {}
@@ -87,17 +93,20 @@ def main() -> None:
             per_seed[-1]["pretrained_from"] = shown_path(art, args.runs)
         m = res["metrics"]
         print(f"seed {seed}: " + " ".join(f"{k}={m[k]:.4f}" for k in METRICS), flush=True)
+    config = shown_config(res["config"], args.runs)
+    per_seed = (joined(old, per_seed, data_fingerprint=res["data_fingerprint"], protocol=res["protocol"], config=config)
+                if old else stamped(per_seed))
     keys = [k for k in per_seed[0]["metrics"] if k not in ("num_impressions", "gauc_users", "positive_rate")]
     stats = {k: mean_std([s["metrics"][k] for s in per_seed]) for k in keys}
     rec = {
         "dataset": res["dataset"], "data_fingerprint": res["data_fingerprint"], "model": res["model"],
         "recipe": args.recipe, "overrides": list(args.set), "stages": res.get("stages", ["finetune"]),
         "pretrained_from": args.pretrained_from,
-        "task": "ranking (CTR)", "protocol": res["protocol"], "seeds": args.seeds,
+        "task": "ranking (CTR)", "protocol": res["protocol"], "seeds": [s["seed"] for s in per_seed],
         "metrics": {k: v[0] for k, v in stats.items()}, "spread": {k: v[1] for k, v in stats.items()},
         "test_impressions": res["metrics"]["num_impressions"], "test_positive_rate": res["metrics"]["positive_rate"],
         "per_seed": per_seed, "train_seconds_per_seed": [s["train_seconds"] for s in per_seed],
-        "config": shown_config(res["config"], args.runs),
+        "config": config,
     }
     rec["protocol"] = {**rec["protocol"], "best_epoch": [s["best_epoch"] for s in per_seed]}
     path = write_result(name, rec)

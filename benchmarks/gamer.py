@@ -32,6 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+from seeds import earlier_record, joined, stamped  # noqa: E402
 
 from genrec.config import apply_overrides, config_from_dict, load_yaml, with_ablation  # noqa: E402
 from genrec.data.schema import load_dataset  # noqa: E402
@@ -93,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
                     "gamer-<data>-<recipe>[-<ablation>]; another candidate mode appends -cand-<mode>)")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--results", help="write the record into this folder instead of benchmarks/results")
+    ap.add_argument("--add-seeds", action="store_true",
+                    help="train only --seeds and join them to the existing record of the same experiment (its "
+                         "per-seed rows kept, mean and spread over all), e.g. seed 3 in a later session")
     args = ap.parse_args(argv)
     name = args.name or variant_name(args.data, args.recipe, args.ablation)
     raw = load_yaml(args.recipe)
@@ -108,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     if mode != DEFAULT_CANDIDATES:  # --name is the base name: a record of another mode never overwrites it
         name = f"{name}-cand-{mode}"
         folder = name if selection_uses_candidates(first) else folder
+    if args.add_seeds and deterministic:
+        raise SystemExit(f"--add-seeds: {first.model['name']} is deterministic; its record has one evaluation")
+    old = (earlier_record(name, recipe=args.recipe, ablation=args.ablation, overrides=args.set, seeds=seeds,
+                          results=Path(args.results) if args.results else None) if args.add_seeds else None)
     for seed in seeds:
         over = [*args.set, f"data.path={args.data}", f"train.seed={seed}", "train.progress=false"]
         cfg = config_from_dict(apply_overrides(raw, over), args.recipe)
@@ -120,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         m = rows_of(rec)[head]
         print(f"seed {seed}: {head} hit@10={m.get('hit@10', float('nan')):.4f} "
               f"ndcg@10={m.get('ndcg@10', float('nan')):.4f} ({m.get('num_users', 0)} users)", flush=True)
+    config = common.shown_config(rec["config"], args.runs)
+    per_seed = (joined(old, per_seed, data_fingerprint=rec["data_fingerprint"], protocol=rec["protocol"],
+                       config=config) if old else stamped(per_seed))
+    seeds = [s["seed"] for s in per_seed]
     means, spread, users = summarize(per_seed)
     protocol = {**rec["protocol"], "best_epoch": [s["best_epoch"] for s in per_seed]}
     levels = protocol["behavior_levels"]
@@ -133,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "num_users": {row: int(c.get("num_users", 0)) for row, c in users.items()}, "per_seed": per_seed,
         "train_seconds_per_seed": [s["train_seconds"] for s in per_seed],
         "num_parameters": rec.get("num_parameters"), "sid_fingerprint": rec.get("sid_fingerprint"),
-        "config": common.shown_config(rec["config"], args.runs),
+        "config": config,
     }
     saved = common.RESULTS
     common.RESULTS = Path(args.results) if args.results else saved
