@@ -25,6 +25,7 @@ from genrec.data.sequences import UserSequences  # noqa: E402
 from genrec.data.splits import make_split  # noqa: E402
 from genrec.errors import GenrecError  # noqa: E402
 from genrec.eval.popularity import evaluate_popularity  # noqa: E402
+from genrec.eval.record import tie_order  # noqa: E402
 
 
 def main() -> None:
@@ -49,7 +50,8 @@ def main() -> None:
            "protocol": {"task": "next-item retrieval", "split": split.name, "evaluated_on": "test",
                         "candidates": "full catalogue", "exclude_history": excl, "ks": args.ks,
                         "num_queries": m["num_queries"],
-                        "popularity_from": "training events of the split (before each row's train_end)"},
+                        "popularity_from": "training events of the split (before each row's train_end)",
+                        "tie_order": tie_order(ds)},
            "metrics": metrics, "metrics_mean": metrics, "metrics_std": {k: 0.0 for k in metrics},
            "per_seed": [{"seed": 0, "metrics": m, "best_epoch": "-", "finished": True}],
            "train_seconds_per_seed": [0.0], "eval_seconds": round(time.time() - t0, 2)}

@@ -33,22 +33,27 @@ def fmt(mean: float, std: float | None) -> str:
     return f"{mean:.4f}" if not std else f"{mean:.4f} ± {std:.4f}"
 
 
-def accuracy_table(recs: list[dict], dataset: str, cols: list[str]) -> str:
-    rows = [r for r in recs if r.get("dataset") == dataset and "metrics_mean" in r
+def accuracy_table(recs: list[dict], dataset: str | tuple[str, ...], cols: list[str], tie_order: bool = False) -> str:
+    """One row per record of ``dataset`` (or of several preparations of one log, e.g. ML-1M in both tie orders,
+    with ``tie_order`` adding the column that tells them apart)."""
+    names = (dataset,) if isinstance(dataset, str) else dataset
+    rows = [r for r in recs if r.get("dataset") in names and "metrics_mean" in r
             and all(c in r["metrics_mean"] for c in cols)  # retrieval/generation records (not CTR ones)
             and not (r.get("model") == "popularity" and r["protocol"].get("exclude_history") is False)]
     if not rows:
         return "(no results yet)"
-    head = "| model | recipe | seeds | " + " | ".join(cols) + " | best epochs | train s/seed | record |"
-    sep = "|" + " --- |" * (len(cols) + 6)
+    tie = " tie order |" if tie_order else ""
+    head = f"| model | recipe |{tie} seeds | " + " | ".join(cols) + " | best epochs | train s/seed | record |"
+    sep = "|" + " --- |" * (len(cols) + 6 + tie_order)
     lines = [head, sep]
-    for r in sorted(rows, key=lambda r: (r["model"], r["recipe"])):
+    for r in sorted(rows, key=lambda r: (r["model"], r["recipe"], r["protocol"].get("tie_order", "stable") != "stable")):
         m, s = r["metrics_mean"], r["metrics_std"]
         eps = ",".join(str(x["best_epoch"]) + ("*" if x.get("finished") is False else "") for x in r["per_seed"])
         secs = r.get("train_seconds_per_seed") or r.get("wall_seconds_per_seed")
         wall = sum(secs) / len(secs)
         recipe = "(most popular, history removed)" if r["model"] == "popularity" else f"`{Path(r['recipe']).name}`"
-        lines.append(f"| {r['model']} | {recipe} | {len(r['seeds'])} | "
+        order = f" {r['protocol'].get('tie_order', '-')} |" if tie_order else ""
+        lines.append(f"| {r['model']} | {recipe} |{order} {len(r['seeds'])} | "
                      + " | ".join(fmt(m[c], s[c]) for c in cols)
                      + f" | {eps} | {wall:.0f} | `{r['_file']}` |")
     return "\n".join(lines)
@@ -291,7 +296,7 @@ def tables() -> dict[str, str]:
         "glass": glass_table(recs),
         "beauty-other": other_exclusion_table(recs, "beauty", beauty_cols),
         "ml-100k": accuracy_table(recs, "ml-100k", ml_cols),
-        "ml-1m": accuracy_table(recs, "ml-1m", ml_cols),
+        "ml-1m": accuracy_table(recs, ("ml-1m", "ml-1m-hstu"), ml_cols, tie_order=True),
         "books": accuracy_table(recs, "books", ml_cols),
         "speed": speed_table(recs),
         "serve": serve_table(recs),
