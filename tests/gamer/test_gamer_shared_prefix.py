@@ -69,7 +69,10 @@ CONFIGS = [
 
 # float64: the two paths compute the same function, so only rounding far below fp32's separates them; fp32: the
 # scores agree to 1e-5 (plus 1e-6 relative: these sharp models give log-probabilities of -10 to -30)
-TOLERANCE = {torch.float64: {"atol": 1e-9, "rtol": 0.0}, torch.float32: {"atol": 1e-5, "rtol": 1e-6}}
+# float64 is the exactness check; float32 only has to agree to its rounding, which scales with the logits (up to
+# about 50 with these weights), not with the summed score: the two paths reduce in other shapes, and on some CPUs
+# (an AMD EPYC, measured) they differ by up to 2.3e-5 on scores of magnitude 28-49.
+TOLERANCE = {torch.float64: {"atol": 1e-9, "rtol": 0.0}, torch.float32: {"atol": 1e-4, "rtol": 1e-6}}
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -152,7 +155,7 @@ def test_rows_that_are_not_runs_per_user_read_their_own_prefix():
             _, state = step(torch.zeros(3, 0, dtype=torch.long), state)
             state = reorder_tensors(state, torch.tensor([2, 0, 1, 0, 2, 1]))  # users of rows: not runs
             outs.append(step(torch.tensor([[0], [1], [2], [3], [1], [0]]), state)[0])
-    assert torch.allclose(outs[0], outs[1], atol=1e-5, rtol=0)
+    assert torch.allclose(outs[0], outs[1], **TOLERANCE[torch.float32])
     assert isinstance(state, tuple) and not isinstance(state[0], PrefixCache)
 
 
