@@ -96,7 +96,7 @@ def main() -> None:
     name = args.name or f"{stem}__{Path(args.data).name}"
     old = (earlier_record(name, recipe=args.recipe, ablation=" + ".join(args.ablation) or None, overrides=args.set,
                           seeds=args.seeds) if args.add_seeds else None)
-    per_seed, train_secs = [], []
+    per_seed = []
     for seed in args.seeds:
         # quiet by default; --set train.progress=true shows progress lines within long epochs
         cfg = load_config(args.recipe, ["train.progress=false", *args.set, f"data.path={args.data}",
@@ -123,7 +123,6 @@ def main() -> None:
             log = run_dir / "metrics.jsonl"
             secs = sum(json.loads(line).get("epoch_seconds", 0.0) for line in log.read_text().splitlines())
             res["train"]["train_seconds"] = secs
-        train_secs.append(secs)
         other_key = "metrics_other_exclusion" if "metrics_other_exclusion" in res else "metrics_other_decoding"
         per_seed.append({"seed": seed, "metrics": res["metrics"], "best_epoch": res["protocol"]["best_epoch"],
                          other_key: res.get(other_key),
