@@ -96,9 +96,10 @@ def ablation_suffix(recipe_stem: str, ablation_stem: str) -> str:
     return "-".join(abl[n:])
 
 
-def write_result(name: str, record: dict[str, Any]) -> Path:
+def write_result(name: str, record: dict[str, Any], command: str | None = None) -> Path:
+    """``record`` with its command (default :func:`command_line`), date, commit and machine, into RESULTS."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    record = {**record, "command": command_line(), "date": time.strftime("%Y-%m-%d"), "commit": commit(),
+    record = {**record, "command": command or command_line(), "date": time.strftime("%Y-%m-%d"), "commit": commit(),
               "machine": machine()}
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")

@@ -220,6 +220,22 @@ def gamer_table(recs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def repeat_table(recs: list[dict]) -> str:
+    """benchmarks/repeat_breakdown.py: each variant's metrics on all targets, on those the user met before the
+    session (repeat) and on the rest (new); users = queries with a target in that part."""
+    lines = ["| dataset | variant | model | recall@10 | NDCG@10 | repeat recall@10 | repeat NDCG@10 | repeat users | "
+             "new recall@10 | new NDCG@10 | new users | record |", "|" + " --- |" * 12]
+    for r in (r for r in recs if r["_file"].startswith("repeat-breakdown__")):
+        for v in r["rows"]:
+            a, rep, new = v["all"], v["repeat"], v["new"]
+            cells = [f"{p.get(c, float('nan')):.4f}" for p in (a,) for c in ("recall@10", "ndcg@10")]
+            for p in (rep, new):
+                cells += [f"{p.get(c, float('nan')):.4f}" for c in ("recall@10", "ndcg@10")] + [str(p["num_users"])]
+            lines.append(f"| {r['dataset']} | {v['variant']} | {v['model']} | " + " | ".join(cells)
+                         + f" | `{r['_file']}` |")
+    return "\n".join(lines) if len(lines) > 2 else "(no results yet)"
+
+
 def rerank_table(recs: list[dict]) -> str:
     """Retrieval track, two stages: HSTU's top-200 re-scored by HPGR; both stages on the same test users."""
     rows = [r for r in recs if r["_file"].startswith("rerank-")]
@@ -308,6 +324,7 @@ def tables() -> dict[str, str]:
         "sid-health": sid_health_table(recs),
         "ctr": ctr_table(recs),
         "gamer": gamer_table(recs),
+        "repeat-breakdown": repeat_table(recs),
         "rerank": rerank_table(recs),
     }
 

@@ -74,6 +74,25 @@ def multi_target_metrics(ranked: np.ndarray | torch.Tensor, targets: Sequence[np
     return out
 
 
+def repeat_new_metrics(ranked: np.ndarray, targets: Sequence[np.ndarray], histories: Sequence[np.ndarray],
+                       ks: Sequence[int], select: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+    """The same metrics on two parts of each target set: ``repeat`` (items the user met before the session, in any
+    behavior) and ``new`` (the rest); each part is averaged over the queries that have one.
+
+    Why: where many purchases are of items the buyer carted before, a model can score well by repeating the
+    history; the split says whether it also finds the items the user has not met, where history cannot help.
+    """
+    r = np.asarray(ranked, dtype=np.int64)  # (Q, K)
+    out: dict[str, dict[str, float]] = {}
+    seen = [np.isin(np.asarray(t, np.int64), np.asarray(h, np.int64)) for t, h in zip(targets, histories)]
+    for part, want in (("repeat", True), ("new", False)):
+        rows = [q for q, s in enumerate(seen) if (s == want).any()]
+        sets = [np.asarray(targets[q], np.int64)[seen[q] == want] for q in rows]
+        per = multi_target_metrics(r[rows], sets, ks, select) if rows else {}
+        out[part] = mean_metrics(per) if rows else {"num_users": 0}
+    return out
+
+
 def mean_metrics(per_query: dict[str, np.ndarray]) -> dict[str, float]:
     """Means of per-query metrics plus ``num_users``."""
     n = len(next(iter(per_query.values()))) if per_query else 0
@@ -92,6 +111,9 @@ def merge_behaviors(per_behavior: dict[str, dict[str, float]]) -> dict[str, floa
                      / total) if total else 0.0
     merged["num_users"] = total
     return merged
+
+
+NOT_MERGED = ("num_candidates", "targets_in_candidates", "repeat", "new")  # per-behavior facts, not means
 
 
 class MultiBehaviorEval(NamedTuple):
@@ -129,7 +151,8 @@ def evaluate_behaviors(model: Any, split: SessionSplit, which: str = "test", beh
                        ks: Sequence[int] = (1, 5, 10), beam_size: int = 20, batch_size: int = 128,
                        candidates: str = "behavior_history", min_history: int = 1, constrained: bool = True,
                        max_users: int = 0, seed: int = 0, select: Sequence[str] | None = None,
-                       by_length: bool = False, rescore_history: int = 0) -> MultiBehaviorEval:
+                       by_length: bool = False, rescore_history: int = 0,
+                       repeat_breakdown: bool = False) -> MultiBehaviorEval:
     """Beam-search every (user, behavior) query of ``which`` and score it against its target set (the metric
     families in ``select``, default all).
 
@@ -138,7 +161,8 @@ def evaluate_behaviors(model: Any, split: SessionSplit, which: str = "test", beh
     ``by_length`` searches queries in order of history length, each batch cut to its longest history, so a
     prompt carries little padding (the lists are the model's same lists; scores move by float rounding).
     ``rescore_history > 0`` also hands the model each query's most recent distinct history items (``known=``)
-    to score exactly and merge into its list.
+    to score exactly and merge into its list. ``repeat_breakdown`` adds each behavior's ``repeat`` and ``new``
+    parts (:func:`repeat_new_metrics`; the whole history before the session decides which part a target is in).
     """
     if max(ks) > beam_size:
         raise ConfigError(f"eval ks {list(ks)} exceed the beam size {beam_size}; a generator ranks only its beams")
@@ -174,9 +198,12 @@ def evaluate_behaviors(model: Any, split: SessionSplit, which: str = "test", beh
         m = mean_metrics(multi_target_metrics(ranked, sets, ks, select))
         m["num_candidates"] = int(cand.size)
         m["targets_in_candidates"] = float(np.mean([np.isin(s, cand).mean() for s in sets]))
+        if repeat_breakdown:
+            w = split.seqs.windows(q.rows, q.hist_end, None)  # every event before the session
+            seen = w.take(split.seqs.items)  # (Q, L) 0-padded; item ids start at 1
+            m.update(repeat_new_metrics(ranked, sets, list(seen), ks, select))
         per[names[b]] = m
-    merged = merge_behaviors({k: {kk: vv for kk, vv in v.items() if kk not in ("num_candidates",
-                                                                           "targets_in_candidates")}
+    merged = merge_behaviors({k: {kk: vv for kk, vv in v.items() if kk not in NOT_MERGED}
                               for k, v in per.items()})
     return MultiBehaviorEval(per, merged, invalid / max(total, 1))
 

@@ -105,7 +105,9 @@ def _run_sids(root: Path, record: dict[str, Any], kind: str) -> SIDTable:
     """The SID table a generator run was trained with, checked against the record's fingerprint."""
     from genrec.sid.build import load_sid_table
 
-    sids = SIDTable.load(root / SESSION_SID_FILE) if kind == MULTI_BEHAVIOR else load_sid_table(root / SID_DIR)
+    # a multi-behavior run keeps its table in one file; so does the TIGER baseline trained on GAMER's split
+    session_file = kind == MULTI_BEHAVIOR or (not (root / SID_DIR).exists() and (root / SESSION_SID_FILE).exists())
+    sids = SIDTable.load(root / SESSION_SID_FILE) if session_file else load_sid_table(root / SID_DIR)
     if record.get("sid_fingerprint") and sids.fingerprint != record["sid_fingerprint"]:
         raise CheckpointError(f"{root}: its SID table does not match the one the run was trained with")
     return sids
