@@ -90,7 +90,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from genrec.eval.retrieval import RETRIEVAL_TASK
 
     res = evaluate_run(args.run_dir, args.split, exclude_history=args.exclude_history,
-                       constrained=not args.unconstrained, rescore_history=args.rescore_history)
+                       constrained=not args.unconstrained, rescore_history=args.rescore_history,
+                       repeat_breakdown=args.repeat_breakdown)
     pr = res["protocol"]
     retriever = pr.get("task") == RETRIEVAL_TASK
     if args.json:
@@ -209,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--rescore-history", type=int, default=None, metavar="N",
                    help="multi-behavior generators: also score each user's N most recent distinct history items "
                         "exactly and merge them into the beam (default: the recipe's generator.rescore_history)")
+    e.add_argument("--repeat-breakdown", action="store_true",
+                   help="multi-behavior runs: also score each behavior's targets the user met before the session "
+                        "(repeat) and the others (new) apart")
     e.add_argument("--json", action="store_true", help="print the results record (model, protocol, metrics) as JSON")
     e.set_defaults(func=_cmd_evaluate)
 

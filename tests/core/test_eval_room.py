@@ -258,3 +258,19 @@ def test_results_record_builder_keeps_the_spine(toy):
                          "eval_seconds", "config", "generator", *STAMP]
     assert rec["dataset"] == "toy" and rec["data_fingerprint"] == toy.fingerprint and rec["config"] == cfg.to_dict()
     assert "config" not in results_record("m", toy, {}, {}, None)
+
+
+def test_evaluate_splits_a_multi_behavior_runs_targets_into_repeat_and_new(runs, capsys):
+    """`genrec evaluate --repeat-breakdown`: the headline metrics stay those of the record; each behavior gains its
+    repeat and new parts (printed as their own rows); other kinds refuse the flag in one line."""
+    saved = json.loads(results_path(runs["gamer"]).read_text())
+    res = evaluate_run(runs["gamer"], repeat_breakdown=True)
+    buy = dict(res["metrics"]["per_behavior"]["buy"])
+    parts = {p: buy.pop(p) for p in ("repeat", "new")}
+    assert buy == saved["metrics"]["per_behavior"]["buy"] and res["metrics"]["merged"] == saved["metrics"]["merged"]
+    assert 0 < parts["new"]["num_users"] <= buy["num_users"] and "recall@5" in parts["new"]
+    capsys.readouterr()
+    assert main(["evaluate", str(runs["gamer"]), "--repeat-breakdown"]) == 0
+    assert "buy:repeat" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="only multi-behavior runs"):
+        evaluate_run(runs["retriever"], repeat_breakdown=True)

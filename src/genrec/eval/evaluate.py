@@ -34,12 +34,14 @@ Evaluator = Callable[[LoadedRun, str, bool | None, bool | None], dict[str, Any]]
 
 def evaluate_run(run: str | Path | LoadedRun, which: str = "test", *, exclude_history: bool | None = None,
                  constrained: bool | None = None, rescore_history: int | None = None,
-                 device: str = "cpu") -> dict[str, Any]:
+                 repeat_breakdown: bool = False, device: str = "cpu") -> dict[str, Any]:
     """Results record of a run folder's best weights on ``which`` (test | valid), with its training summary
     (``train``, from the latest checkpoint).
 
     ``exclude_history`` (retrievers), ``constrained`` (generators) and ``rescore_history`` (multi-behavior
     evaluation, ``generator.rescore_history``) override the recipe's setting when given; other kinds ignore them.
+    ``repeat_breakdown`` (multi-behavior runs only) adds each behavior's metrics on the targets the user met before
+    the session and on the new ones.
     ``run`` may be an already opened run (its model is used as it is).
     """
     check_split(which)
@@ -49,8 +51,14 @@ def evaluate_run(run: str | Path | LoadedRun, which: str = "test", *, exclude_hi
             raise ConfigError(f"rescore_history: must be >= 0 (got {rescore_history})")
         gen = replace(loaded.cfg.generator, rescore_history=rescore_history)
         loaded = replace(loaded, cfg=replace(loaded.cfg, generator=gen))  # the caller's run is left as it was
+    if repeat_breakdown and loaded.kind != MULTI_BEHAVIOR:
+        raise ConfigError(f"repeat_breakdown: only multi-behavior runs split their targets ({loaded.run_dir} is a "
+                          f"{loaded.kind} run)")
     with _threads(loaded.cfg.train.num_threads):
-        res = EVALUATORS[loaded.kind](loaded, which, exclude_history, constrained)
+        if repeat_breakdown:
+            res = _multi_behavior(loaded, which, exclude_history, constrained, repeat_breakdown=True)
+        else:
+            res = EVALUATORS[loaded.kind](loaded, which, exclude_history, constrained)
     res["train"] = summary_of(loaded.state)
     return res
 
@@ -91,12 +99,12 @@ def _generator(run: LoadedRun, which: str, exclude_history: bool | None, constra
                               best_epoch=run.state.get("best_epoch"))
 
 
-def _multi_behavior(run: LoadedRun, which: str, exclude_history: bool | None, constrained: bool | None
-                    ) -> dict[str, Any]:
+def _multi_behavior(run: LoadedRun, which: str, exclude_history: bool | None, constrained: bool | None,
+                    repeat_breakdown: bool = False) -> dict[str, Any]:
     assert run.sids is not None
     return behavior_results(run.model, run.cfg, run.cfg.multibehavior, run.dataset, run.data, which, constrained,
                             sid_fingerprint=run.sids.fingerprint, best_epoch=run.state.get("best_epoch"),
-                            train_seconds=run.state.get("train_seconds"))
+                            train_seconds=run.state.get("train_seconds"), repeat_breakdown=repeat_breakdown)
 
 
 EVALUATORS: dict[str, Evaluator] = {RETRIEVER: _retriever, RANKER: _ranker, GENERATOR: _generator,

@@ -248,8 +248,8 @@ def multi_behavior_ks(cfg: RunConfig) -> list[int]:
 
 
 def behavior_eval(model: Any, cfg: RunConfig, opts: MultiBehaviorConfig, split: SessionSplit, which: str,
-                  behaviors: Sequence[int] | None = None, max_users: int = 0, constrained: bool | None = None
-                  ) -> MultiBehaviorEval:
+                  behaviors: Sequence[int] | None = None, max_users: int = 0, constrained: bool | None = None,
+                  repeat_breakdown: bool = False) -> MultiBehaviorEval:
     """``evaluate_behaviors`` with the recipe's settings (validation and test alike); ``constrained`` None is
     ``generator.constrained``."""
     g = cfg.generator
@@ -257,21 +257,21 @@ def behavior_eval(model: Any, cfg: RunConfig, opts: MultiBehaviorConfig, split: 
     return evaluate_behaviors(model, split, which, behaviors, multi_behavior_ks(cfg), g.beam_size,
                               cfg.eval.batch_size, opts.candidates, opts.min_history, con, max_users, cfg.train.seed,
                               select_metrics(cfg.eval.metrics, MULTI_TARGET), by_length=opts.length_bucketing,
-                              rescore_history=g.rescore_history)
+                              rescore_history=g.rescore_history, repeat_breakdown=repeat_breakdown)
 
 
 def behavior_results(model: Any, cfg: RunConfig, opts: MultiBehaviorConfig, dataset: Dataset, split: SessionSplit,
                      which: str = "test", constrained: bool | None = None, *, sid_fingerprint: str | None,
-                     best_epoch: Any, train_seconds: Any) -> dict[str, Any]:
+                     best_epoch: Any, train_seconds: Any, repeat_breakdown: bool = False) -> dict[str, Any]:
     """Results record of a multi-behavior generator on ``which`` (test | valid): per-behavior metrics of the
     ``multibehavior.eval_behaviors`` (default all), merged row, protocol. The trainer's test record and
-    ``genrec evaluate`` both come from here."""
+    ``genrec evaluate`` both come from here; ``repeat_breakdown`` adds each behavior's repeat and new parts."""
     check_split(which)
     t0 = time.time()
     levels, g = split.levels, cfg.generator
     con = g.constrained if constrained is None else constrained
     ev = behavior_eval(model, cfg, opts, split, which, [levels.id_of(n) for n in opts.eval_behaviors] or None,
-                       constrained=con)
+                       constrained=con, repeat_breakdown=repeat_breakdown)
     ranked_by = f"beam {g.beam_size}, {'trie-constrained' if con else 'unconstrained'}" + (
         f", {g.rescore_history} recent history items scored exactly and merged" if g.rescore_history else "")
     protocol = {**protocol_record(levels, opts, which, ranked_by, cfg.data.max_len, multi_behavior_ks(cfg)),
@@ -287,8 +287,11 @@ def format_table(rec: dict[str, Any]) -> str:
     """Per-behavior metrics of a results record as a plain-text table (merged row last)."""
     per, ks = rec["metrics"]["per_behavior"], rec["protocol"]["ks"]
     cols = [f"{m}@{k}" for m in METRICS for k in ks]
-    lines = ["behavior  users  " + "  ".join(f"{c:>9}" for c in cols)]
-    for name, m in [*per.items(), ("merged", rec["metrics"]["merged"])]:
+    lines = ["behavior    users  " + "  ".join(f"{c:>9}" for c in cols)]
+    rows = []
+    for name, m in per.items():  # a behavior, then its repeat and new parts when the record has them
+        rows += [(name, m)] + [(f"{name}:{part}", m[part]) for part in ("repeat", "new") if part in m]
+    for name, m in [*rows, ("merged", rec["metrics"]["merged"])]:
         vals = "  ".join(f"{m.get(c, float('nan')):>9.4f}" for c in cols)
-        lines.append(f"{name:<8}  {int(m.get('num_users', 0)):>5}  {vals}")
+        lines.append(f"{name:<10}  {int(m.get('num_users', 0)):>5}  {vals}")
     return "\n".join(lines)
