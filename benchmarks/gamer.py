@@ -38,6 +38,8 @@ from genrec.config import apply_overrides, config_from_dict, load_yaml, with_abl
 from genrec.data.schema import load_dataset  # noqa: E402
 from genrec.errors import GenrecError  # noqa: E402
 from genrec.models import get_model_class  # noqa: E402
+from genrec.runs.layout import SESSION_SID_FILE  # noqa: E402
+from genrec.sid.codebook import SIDTable  # noqa: E402
 from genrec.train.multibehavior_baselines import (  # noqa: E402
     DEFAULT_CANDIDATES,
     run_variant,
@@ -81,6 +83,18 @@ def summarize(per_seed: list[dict[str, Any]]) -> tuple[dict, dict, dict]:
         means[row] = {k: v[0] for k, v in stats.items()}
         spread[row] = {k: v[1] for k, v in stats.items()}
     return means, spread, users
+
+
+def sid_health(run_dir: Path, fingerprint: str | None) -> dict[str, Any] | None:
+    """The health report (code usage, entropy, collisions) of the SID table a GAMER or TIGER run decoded with;
+    None for a model without one (SASRec, the heuristic)."""
+    path = run_dir / SESSION_SID_FILE
+    if not fingerprint or not path.exists():
+        return None
+    table = SIDTable.load(path)
+    if table.fingerprint != fingerprint:
+        raise SystemExit(f"{path}: SID table {table.fingerprint} is not the one the run recorded ({fingerprint})")
+    return table.health().as_dict()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         "num_parameters": rec.get("num_parameters"), "sid_fingerprint": rec.get("sid_fingerprint"),
         "config": config,
     }
+    health = sid_health(Path(args.runs) / f"{folder}-seed{seed}", rec.get("sid_fingerprint"))
+    if health is not None:
+        out["sid_health"] = health
     saved = common.RESULTS
     common.RESULTS = Path(args.results) if args.results else saved
     try:

@@ -136,7 +136,7 @@ def sid_health_table(recs: list[dict]) -> str:
     """One block per distinct SID table: GLASS's variants share one table per dataset, listed once."""
     tables: dict[tuple, list[dict]] = {}
     for r in recs:
-        if r.get("sid_health") and "metrics_mean" in r:
+        if r.get("sid_health") and ("metrics_mean" in r or r["_file"].startswith("gamer-")):
             key = (r["dataset"], r["model"], json.dumps(r["sid_health"], sort_keys=True))
             tables.setdefault(key, []).append(r)
     lines = ["| dataset | model | SID level | codebook | usage | entropy bits | prefixes | max items/prefix | record |",

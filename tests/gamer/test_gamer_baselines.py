@@ -251,6 +251,7 @@ def test_benchmark_script_runs_seeds_resumes_and_reports(tmp_path, capsys):
     assert out["metrics"]["buy"]["ndcg@5"] == pytest.approx(np.mean(vals))
     assert out["spread"]["buy"]["ndcg@5"] == pytest.approx(np.std(vals, ddof=1))
     assert out["num_users"]["buy"] == out["per_seed"][0]["metrics"]["buy"]["num_users"]
+    assert out["sid_health"] == toy_table().health().as_dict()  # the table the runs decoded with, reported
     # finished seeds are resumed, not retrained: their run folders stay as they are
     stamp = (tmp_path / "runs" / "gamer-data-gamer-toy-seed1" / "results.json").stat().st_mtime_ns
     assert bench.main(["--recipe", str(tmp_path / "gamer-toy.yaml"), "--seeds", "1", "2", *common]) == 0
@@ -284,8 +285,11 @@ def test_benchmark_script_runs_seeds_resumes_and_reports(tmp_path, capsys):
     assert bench.main(["--recipe", str(tmp_path / "recency.yaml"), "--seeds", "1", "2", "3", *common]) == 0
     rec = json.loads((tmp_path / "res" / "gamer-data-recency.json").read_text())
     assert rec["deterministic"] and rec["seeds"] == [1] and rec["spread"]["buy"]["hit@5"] == 0.0
+    assert "sid_health" not in rec  # the heuristic decodes no SIDs
     capsys.readouterr()
     recs = [{**json.loads(p.read_text()), "_file": p.name} for p in sorted((tmp_path / "res").glob("*.json"))]
+    health = report.sid_health_table(recs)
+    assert "`gamer-data-gamer-toy-cand-all.json` (+2 more with this table)" in health and "recency" not in health
     table = report.gamer_table(recs)
     lines = table.splitlines()
     assert len(lines) == 2 + 4 and lines[0].index("buy hit@5") < lines[0].index("cart hit@10")
