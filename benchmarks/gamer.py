@@ -137,12 +137,16 @@ def main(argv: list[str] | None = None) -> int:
         summary = rec.get("summary", {})
         per_seed.append({"seed": seed, "metrics": rows_of(rec), "best_epoch": rec["protocol"].get("best_epoch"),
                          "epochs_run": summary.get("epoch"), "finished": summary.get("finished"),
-                         "train_seconds": rec.get("train_seconds"), "eval_seconds": rec.get("eval_seconds")})
+                         "train_seconds": rec.get("train_seconds"), "eval_seconds": rec.get("eval_seconds"),
+                         "sid_fingerprint": rec.get("sid_fingerprint")})
         head = rec["protocol"]["headline_behavior"]
         m = rows_of(rec)[head]
         print(f"seed {seed}: {head} hit@10={m.get('hit@10', float('nan')):.4f} "
               f"ndcg@10={m.get('ndcg@10', float('nan')):.4f} ({m.get('num_users', 0)} users)", flush=True)
     config = common.shown_config(rec["config"], args.runs)
+    if old and old.get("sid_fingerprint") != rec.get("sid_fingerprint"):
+        raise SystemExit(f"--add-seeds: SID table {rec.get('sid_fingerprint')} differs from the {name} record's "
+                         f"{old.get('sid_fingerprint')}; nothing written (the run folders are kept)")
     per_seed = (joined(old, per_seed, data_fingerprint=rec["data_fingerprint"], protocol=rec["protocol"],
                        config=config) if old else stamped(per_seed))
     seeds = [s["seed"] for s in per_seed]

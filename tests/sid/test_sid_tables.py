@@ -43,6 +43,28 @@ def test_session_table_is_the_old_gamer_table(mb, embeddings):
     assert new.fingerprint == old.fingerprint and new.meta() == old.meta()
 
 
+def test_session_table_is_built_on_one_thread_whatever_the_callers_setting(mb, monkeypatch):
+    """GAMER and its TIGER baseline must decode one table; two threads round the sparse SVD and K-means
+    differently (on the Tmall log, 74% of the items' codes changed), so the build pins one thread and restores
+    the caller's setting after."""
+    import genrec.sid.build as build
+
+    ds, split = mb
+    sc = SIDConfig(embeddings="cooccurrence", quantizer="rqkmeans", levels=2, codebook_size=4, seed=3)
+    seen, fit = [], build.fit_quantizer
+    monkeypatch.setattr(build, "fit_quantizer", lambda *a: (seen.append(torch.get_num_threads()), fit(*a))[1])
+    before = torch.get_num_threads()
+    tables = []
+    try:
+        for n in (2, 1):
+            torch.set_num_threads(n)
+            tables.append(build_session_sid_table(sc, ds, split))
+            assert torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 1] and tables[0].fingerprint == tables[1].fingerprint
+
+
 def test_session_table_needs_rqkmeans_or_a_saved_table(mb, tmp_path):
     ds, split = mb
     with pytest.raises(ConfigError, match="RQ-KMeans"):

@@ -190,19 +190,34 @@ def build_session_sid_table(cfg: SIDConfig, dataset: Dataset, split: SessionSpli
     """The table of a multi-behavior run (GAMER and its baselines): ``sid.table`` when set, else RQ-KMeans over
     :func:`item_embeddings` with ``sessions=split`` (co-occurrence from the split's training sessions).
 
-    Deterministic given ``sid.seed`` and the split, so every variant and seed of a benchmark gets the same table;
-    the embedding source is stamped into the table's ``quantizer_params``.
+    Deterministic given ``sid.seed`` and the split, whatever the caller's thread count (built on one thread), so
+    every variant and seed of a benchmark gets the same table; the embedding source is stamped into the table's
+    ``quantizer_params``.
     """
     if cfg.table:
         return load_sid_table(cfg.table)
     if cfg.quantizer != "rqkmeans":
         raise ConfigError(f"sid.quantizer '{cfg.quantizer}': the GAMER trainer builds RQ-KMeans SIDs "
                           "(train an RQ-VAE table separately and pass sid.table)")
-    emb = item_embeddings(cfg, dataset, sessions=split, cf_loader=cf_loader)
-    quant, _ = fit_quantizer(cfg, emb.vectors)
-    table = SIDTable.from_quantizer(quant, emb.item_ids, emb.vectors)
+    with one_thread():  # the sparse SVD and K-means round differently on two threads: another table
+        emb = item_embeddings(cfg, dataset, sessions=split, cf_loader=cf_loader)
+        quant, _ = fit_quantizer(cfg, emb.vectors)
+        table = SIDTable.from_quantizer(quant, emb.item_ids, emb.vectors)
     table.quantizer_params = {**table.quantizer_params, "embeddings": emb.source}
     return table
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block on one torch thread, then restore the caller's setting. Why: GAMER and its TIGER baseline
+    must decode the same table, and a run's thread count is an operational setting (a TIGER baseline built its
+    table on two threads and got 74% of the items' codes different from GAMER's one-thread table)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def load_sid_table(path: str | Path) -> SIDTable:
