@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     rec = {"dataset": data_name, "data_fingerprint": fp, "behavior": args.behavior,
            "protocol": {"evaluated_on": "test", "parts": "repeat: targets met before the session in any behavior; "
                         "new: the rest; each part averaged over the queries that have one"},
-           "rows": rows}
+           "model": ",".join(dict.fromkeys(r["model"] for r in rows)), "metrics": rows}  # one row per variant
     saved = common.RESULTS
     common.RESULTS = args.results or saved
     try:

@@ -226,7 +226,7 @@ def repeat_table(recs: list[dict]) -> str:
     lines = ["| dataset | variant | model | recall@10 | NDCG@10 | repeat recall@10 | repeat NDCG@10 | repeat users | "
              "new recall@10 | new NDCG@10 | new users | record |", "|" + " --- |" * 12]
     for r in (r for r in recs if r["_file"].startswith("repeat-breakdown__")):
-        for v in r["rows"]:
+        for v in r["metrics"]:  # one row per variant
             a, rep, new = v["all"], v["repeat"], v["new"]
             cells = [f"{p.get(c, float('nan')):.4f}" for p in (a,) for c in ("recall@10", "ndcg@10")]
             for p in (rep, new):

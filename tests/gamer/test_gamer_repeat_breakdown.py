@@ -59,8 +59,9 @@ def test_script_writes_one_row_per_variant(tmp_path, capsys):
     assert bench.main(["--data", str(tmp_path / "data"), "--recency", str(tmp_path / "recency.yaml"),
                        "--results", str(tmp_path / "res")]) == 0
     out = json.loads((tmp_path / "res" / "repeat-breakdown__data.json").read_text())
-    assert [r["variant"] for r in out["rows"]] == ["recency"] and out["behavior"] == "buy"
-    row = out["rows"][0]
+    assert [r["variant"] for r in out["metrics"]] == ["recency"] and out["behavior"] == "buy"
+    assert out["model"] == "recency"
+    row = out["metrics"][0]
     assert set(row) >= {"all", "repeat", "new"} and row["new"]["recall@10"] == 0.0
     assert "| recency | recency |" in capsys.readouterr().out
     assert bench.main(["--data", str(tmp_path / "data"), "--run", str(tmp_path / "missing")]) != 0
