@@ -25,27 +25,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-from genrec.config import config_from_dict, load_yaml  # noqa: E402
-from genrec.data.multibehavior import BehaviorLevels, MultiBehaviorConfig, session_split  # noqa: E402
+from genrec.config import RunConfig, config_from_dict, load_yaml  # noqa: E402
+from genrec.data.multibehavior import BehaviorLevels, session_split  # noqa: E402
 from genrec.data.schema import Dataset, load_dataset  # noqa: E402
 from genrec.errors import GenrecError  # noqa: E402
-from genrec.eval.multibehavior import evaluate_behaviors  # noqa: E402
+from genrec.eval.multibehavior import behavior_eval  # noqa: E402
 from genrec.eval.multibehavior_baselines import behavior_ranker  # noqa: E402
 from genrec.models.registry import build_model  # noqa: E402
 from genrec.runs.open import open_run  # noqa: E402
 
-PARTS = ("all", "repeat", "new")
 
-
-def breakdown(ranker: Any, dataset: Dataset, opts: MultiBehaviorConfig, behavior: str, ks: list[int],
-              beam_size: int, batch_size: int, rescore_history: int, constrained: bool = True) -> dict[str, Any]:
-    """The test metrics of one ranker on ``behavior``: all targets, then the repeat and new parts."""
+def breakdown(ranker: Any, cfg: RunConfig, dataset: Dataset, behavior: str) -> dict[str, Any]:
+    """The test metrics of one ranker on ``behavior`` under its recipe's evaluation settings (the records'):
+    all targets, then the repeat and new parts."""
+    opts = cfg.multibehavior
     levels = BehaviorLevels.from_manifest(dataset.manifest, opts.behavior_order or None)
     split = session_split(dataset.interactions, levels, opts.session_gap)
     t0 = time.time()
-    ev = evaluate_behaviors(ranker, split, "test", [levels.id_of(behavior)], ks, beam_size, batch_size,
-                            opts.candidates, opts.min_history, constrained, by_length=opts.length_bucketing,
-                            rescore_history=rescore_history, repeat_breakdown=True)
+    ev = behavior_eval(ranker, cfg, opts, split, "test", [levels.id_of(behavior)], repeat_breakdown=True)
     m = dict(ev.per_behavior[behavior])
     parts = {"repeat": m.pop("repeat"), "new": m.pop("new")}
     return {"all": m, **parts, "eval_seconds": round(time.time() - t0, 1)}
@@ -53,11 +50,8 @@ def breakdown(ranker: Any, dataset: Dataset, opts: MultiBehaviorConfig, behavior
 
 def from_run(run_dir: Path, behavior: str) -> dict[str, Any]:
     run = open_run(run_dir)
-    cfg, g = run.cfg, run.cfg.generator
-    ks = [k for k in cfg.eval.ks if k <= g.beam_size] or [1, 5, 10]
-    row = breakdown(behavior_ranker(run.model), run.dataset, cfg.multibehavior, behavior, ks, g.beam_size,
-                    cfg.eval.batch_size, g.rescore_history, g.constrained)
-    return {"variant": run_dir.name, "model": cfg.model["name"], "seed": cfg.train.seed,
+    row = breakdown(behavior_ranker(run.model), run.cfg, run.dataset, behavior)
+    return {"variant": run_dir.name, "model": run.cfg.model["name"], "seed": run.cfg.train.seed,
             "best_epoch": run.state.get("best_epoch"), "data_fingerprint": run.record.get("data_fingerprint"),
             **row}
 
@@ -65,9 +59,7 @@ def from_run(run_dir: Path, behavior: str) -> dict[str, Any]:
 def from_recency(recipe: Path, dataset: Dataset, behavior: str) -> dict[str, Any]:
     cfg = config_from_dict(load_yaml(recipe))
     model = build_model(cfg.model, dataset.num_items, cfg.data.max_len)
-    ks = [k for k in cfg.eval.ks if k <= cfg.generator.beam_size] or [1, 5, 10]
-    row = breakdown(behavior_ranker(model), dataset, cfg.multibehavior, behavior, ks, cfg.generator.beam_size,
-                    cfg.eval.batch_size, 0)
+    row = breakdown(behavior_ranker(model), cfg, dataset, behavior)
     return {"variant": recipe.stem, "model": cfg.model["name"], "seed": None, "best_epoch": None, **row}
 
 

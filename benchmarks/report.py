@@ -227,10 +227,11 @@ def repeat_table(recs: list[dict]) -> str:
              "new recall@10 | new NDCG@10 | new users | record |", "|" + " --- |" * 12]
     for r in (r for r in recs if r["_file"].startswith("repeat-breakdown__")):
         for v in r["metrics"]:  # one row per variant
-            a, rep, new = v["all"], v["repeat"], v["new"]
-            cells = [f"{p.get(c, float('nan')):.4f}" for p in (a,) for c in ("recall@10", "ndcg@10")]
-            for p in (rep, new):
-                cells += [f"{p.get(c, float('nan')):.4f}" for c in ("recall@10", "ndcg@10")] + [str(p["num_users"])]
+            cells = []
+            for part in ("all", "repeat", "new"):
+                p = v[part]
+                cells += [f"{p.get(c, float('nan')):.4f}" for c in ("recall@10", "ndcg@10")]
+                cells += [] if part == "all" else [str(p["num_users"])]
             lines.append(f"| {r['dataset']} | {v['variant']} | {v['model']} | " + " | ".join(cells)
                          + f" | `{r['_file']}` |")
     return "\n".join(lines) if len(lines) > 2 else "(no results yet)"

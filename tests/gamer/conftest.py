@@ -68,3 +68,21 @@ def tiny_model(seed: int = 0, **over: Any) -> GAMER:
     model = GAMER(GAMER.Config(**{**TINY, **over}), num_items=NUM_ITEMS, max_len=10)
     model.set_sid_table(toy_table())
     return model.eval()
+
+
+def bench_toy(root: Any, name: str = "gamer-toy.yaml") -> dict[str, Any]:
+    """What the benchmarks/gamer.py tests share: the toy log written to ``root/data``, the toy SID table to
+    ``root/sids.json``, and a one-epoch tiny GAMER recipe over them written to ``root/name`` (returned)."""
+    import yaml
+
+    from genrec.data.schema import write_dataset
+
+    ds = make_dataset(cycle_events(num_users=8, seed=5))
+    write_dataset(root / "data", ds.interactions, ds.items, ds.manifest)
+    toy_table().save(root / "sids.json")
+    recipe = {"source": "test", "model": {"name": "gamer", **TINY}, "data": {"max_len": 10},
+              "train": {"epochs": 1, "device": "cpu", "tensorboard": False}, "eval": {"ks": [1, 5]},
+              "generator": {"beam_size": 5}, "sid": {"table": str(root / "sids.json")},
+              "multibehavior": {"session_gap": 1800, "augment": 1}}
+    (root / name).write_text(yaml.safe_dump(recipe))
+    return recipe

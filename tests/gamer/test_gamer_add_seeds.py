@@ -6,25 +6,15 @@ import json
 
 import numpy as np
 import pytest
-import yaml
 
 from genrec.sid import SIDTable
 from tests.conftest import load_benchmark
-from tests.gamer.conftest import NUM_ITEMS, TINY, cycle_events, make_dataset, toy_table
+from tests.gamer.conftest import NUM_ITEMS, bench_toy, toy_table
 
 
 def test_added_seeds_must_decode_the_records_sid_table(tmp_path):
-    from genrec.data.schema import write_dataset
-
     bench = load_benchmark("gamer")
-    ds = make_dataset(cycle_events(num_users=8, seed=5))
-    write_dataset(tmp_path / "data", ds.interactions, ds.items, ds.manifest)
-    toy_table().save(tmp_path / "sids.json")
-    recipe = {"source": "test", "model": {"name": "gamer", **TINY}, "data": {"max_len": 10},
-              "train": {"epochs": 1, "device": "cpu", "tensorboard": False}, "eval": {"ks": [1, 5]},
-              "generator": {"beam_size": 5}, "sid": {"table": str(tmp_path / "sids.json")},
-              "multibehavior": {"session_gap": 1800, "augment": 1}}
-    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(recipe))
+    bench_toy(tmp_path, "toy.yaml")
     common = ["--recipe", str(tmp_path / "toy.yaml"), "--data", str(tmp_path / "data"), "--runs",
               str(tmp_path / "runs"), "--results", str(tmp_path / "res")]
     assert bench.main([*common, "--seeds", "1"]) == 0

@@ -18,7 +18,7 @@ from genrec.eval.multibehavior_baselines import GeneratorAdapter, RecencyBaselin
 from genrec.models.registry import build_model
 from genrec.train.multibehavior_baselines import evaluate_untrained, multibehavior_trainer, run_variant
 from tests.conftest import assert_same_weights, latest_state, latest_weights, load_benchmark
-from tests.gamer.conftest import NUM_ITEMS, TINY, cycle_events, make_dataset, toy_table
+from tests.gamer.conftest import NUM_ITEMS, bench_toy, cycle_events, make_dataset, toy_table
 
 ROOT = Path(__file__).resolve().parents[2]
 H = 3_600
@@ -224,18 +224,9 @@ def test_plain_decoder_switches_remove_every_gamer_addition():
 
 
 def test_benchmark_script_runs_seeds_resumes_and_reports(tmp_path, capsys):
-    from genrec.data.schema import write_dataset
-
     bench = load_benchmark("gamer")
     report = load_benchmark("report")
-    ds = make_dataset(cycle_events(num_users=8, seed=5))
-    write_dataset(tmp_path / "data", ds.interactions, ds.items, ds.manifest)
-    toy_table().save(tmp_path / "sids.json")
-    recipe = {"source": "test", "model": {"name": "gamer", **TINY}, "data": {"max_len": 10},
-              "train": {"epochs": 1, "device": "cpu", "tensorboard": False}, "eval": {"ks": [1, 5]},
-              "generator": {"beam_size": 5}, "sid": {"table": str(tmp_path / "sids.json")},
-              "multibehavior": {"session_gap": 1800, "augment": 1}}
-    (tmp_path / "gamer-toy.yaml").write_text(yaml.safe_dump(recipe))
+    bench_toy(tmp_path)
     (tmp_path / "gamer-toy-nocross.yaml").write_text("extends: gamer-toy.yaml\nsource: x\nmodel: {cross_layers: 0}\n")
     (tmp_path / "recency.yaml").write_text(yaml.safe_dump({"model": {"name": "recency"}, "data": {"max_len": 10},
                                                            "eval": {"ks": [1, 5]}, "generator": {"beam_size": 5},

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +55,9 @@ def evaluate_run(run: str | Path | LoadedRun, which: str = "test", *, exclude_hi
     if repeat_breakdown and loaded.kind != MULTI_BEHAVIOR:
         raise ConfigError(f"repeat_breakdown: only multi-behavior runs split their targets ({loaded.run_dir} is a "
                           f"{loaded.kind} run)")
+    evaluator = partial(_multi_behavior, repeat_breakdown=True) if repeat_breakdown else EVALUATORS[loaded.kind]
     with _threads(loaded.cfg.train.num_threads):
-        if repeat_breakdown:
-            res = _multi_behavior(loaded, which, exclude_history, constrained, repeat_breakdown=True)
-        else:
-            res = EVALUATORS[loaded.kind](loaded, which, exclude_history, constrained)
+        res = evaluator(loaded, which, exclude_history, constrained)
     res["train"] = summary_of(loaded.state)
     return res
 
