@@ -8,14 +8,11 @@ class (its kinds and capabilities), never from its name.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from genrec.config import early_stop_metric
 from genrec.errors import ConfigError
@@ -26,6 +23,7 @@ from genrec.eval.ranking import ranker_results
 from genrec.eval.record import check_split
 from genrec.eval.retrieval import retrieval_results
 from genrec.models.base import GENERATOR, RANKER, RETRIEVER
+from genrec.nn.precision import torch_threads
 from genrec.runs.checkpoint import summary_of
 from genrec.runs.kinds import MULTI_BEHAVIOR
 from genrec.runs.open import LoadedRun, open_run
@@ -56,22 +54,10 @@ def evaluate_run(run: str | Path | LoadedRun, which: str = "test", *, exclude_hi
         raise ConfigError(f"repeat_breakdown: only multi-behavior runs split their targets ({loaded.run_dir} is a "
                           f"{loaded.kind} run)")
     evaluator = partial(_multi_behavior, repeat_breakdown=True) if repeat_breakdown else EVALUATORS[loaded.kind]
-    with _threads(loaded.cfg.train.num_threads):
+    with torch_threads(loaded.cfg.train.num_threads):  # as at the end of training
         res = evaluator(loaded, which, exclude_history, constrained)
     res["train"] = summary_of(loaded.state)
     return res
-
-
-@contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """Evaluate with the run's ``train.num_threads`` (as at the end of training), then restore the setting."""
-    before = torch.get_num_threads()
-    if n > 0:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _stop_metric(run: LoadedRun, task: str, ks: list[int]) -> str:

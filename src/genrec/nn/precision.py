@@ -11,7 +11,8 @@ does not depend on the precision it was trained in.
 from __future__ import annotations
 
 import logging
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ FP32, BF16 = "fp32", "bf16"
 log = logging.getLogger(__name__)
 _said: set[str] = set()  # fallback lines already logged by this process (one line, not one per trainer)
 
-__all__ = ["BF16", "FP32", "PRECISIONS", "autocast", "cpu_bf16_supported", "resolve_precision"]
+__all__ = ["BF16", "FP32", "PRECISIONS", "autocast", "cpu_bf16_supported", "resolve_precision", "torch_threads"]
 
 
 def cpu_bf16_supported() -> bool:
@@ -61,3 +62,19 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     if precision == BF16:
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[int]:
+    """Run the block on ``n`` torch threads (``n <= 0``: the process's setting), yield the count in use and
+    restore the caller's setting after. Why: matmuls and sums split their reductions by thread count, so a result
+    that must not depend on the machine (a SID table, an evaluation at the run's setting) pins it here."""
+    before = torch.get_num_threads()
+    threads = n if n > 0 else before
+    if threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        if threads != before:
+            torch.set_num_threads(before)

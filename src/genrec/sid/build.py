@@ -12,8 +12,6 @@ TIGER / GLASS runs) and :func:`build_session_sid_table` (multi-behavior runs) qu
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from genrec.data.multibehavior import SessionSplit
 from genrec.data.schema import Dataset
 from genrec.errors import ConfigError, DataError
 from genrec.io import write_json_atomic
+from genrec.nn.precision import torch_threads
 from genrec.progress import stage
 from genrec.sid.codebook import SIDTable, tensor_fingerprint
 from genrec.sid.cooccurrence import cooccurrence_embeddings, cooccurrence_vectors, item_categories
@@ -139,22 +138,6 @@ def fit_quantizer(cfg: SIDConfig, x: torch.Tensor) -> tuple[Any, dict[str, Any]]
     raise ConfigError(f"sid.quantizer '{cfg.quantizer}' is not one of {list(QUANTIZERS)}")
 
 
-@contextmanager
-def quantizer_threads(cfg: SIDConfig) -> Iterator[int]:
-    """Run the block on the quantizer's torch threads (:data:`RQVAE_THREADS` for the RQ-VAE, else the process's
-    setting) and yield that count, restoring the setting after: the same seed then gives the same RQ-VAE table
-    on any thread count (two threads round the weights differently from one)."""
-    before = torch.get_num_threads()
-    threads = RQVAE_THREADS if cfg.quantizer == "rqvae" else before
-    if threads != before:
-        torch.set_num_threads(threads)
-    try:
-        yield threads
-    finally:
-        if threads != before:
-            torch.set_num_threads(before)
-
-
 def build_sid_table(cfg: SIDConfig, dataset: Dataset, out_dir: str | Path | None = None,
                     cf_loader: CFLoader | None = None) -> SIDTable:
     """Embed, quantize and make unique; writes the SID folder when ``out_dir`` is given. The torch threads the
@@ -164,7 +147,8 @@ def build_sid_table(cfg: SIDConfig, dataset: Dataset, out_dir: str | Path | None
         emb = item_embeddings(cfg, dataset, cf_loader=cf_loader)
     t_embed = time.time() - t0
     n, dim = emb.vectors.shape
-    with quantizer_threads(cfg) as threads:
+    # the RQ-VAE on RQVAE_THREADS: the same seed gives the same table on any machine; RQ-KMeans on the process's
+    with torch_threads(RQVAE_THREADS if cfg.quantizer == "rqvae" else 0) as threads:
         with stage(f"sid build: {cfg.quantizer} on {n:,} x {dim} ({cfg.levels} levels x {cfg.codebook_size} codes)"):
             q, fit_log = fit_quantizer(cfg, emb.vectors)
         with stage("sid build: unique SIDs"):
@@ -199,25 +183,14 @@ def build_session_sid_table(cfg: SIDConfig, dataset: Dataset, split: SessionSpli
     if cfg.quantizer != "rqkmeans":
         raise ConfigError(f"sid.quantizer '{cfg.quantizer}': the GAMER trainer builds RQ-KMeans SIDs "
                           "(train an RQ-VAE table separately and pass sid.table)")
-    with one_thread():  # the sparse SVD and K-means round differently on two threads: another table
+    # one thread whatever the caller's setting: GAMER and its TIGER baseline must decode one table, and the sparse
+    # SVD and K-means round differently on two threads (74% of the Tmall items got other codes)
+    with torch_threads(1):
         emb = item_embeddings(cfg, dataset, sessions=split, cf_loader=cf_loader)
         quant, _ = fit_quantizer(cfg, emb.vectors)
         table = SIDTable.from_quantizer(quant, emb.item_ids, emb.vectors)
     table.quantizer_params = {**table.quantizer_params, "embeddings": emb.source}
     return table
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run the block on one torch thread, then restore the caller's setting. Why: GAMER and its TIGER baseline
-    must decode the same table, and a run's thread count is an operational setting (a TIGER baseline built its
-    table on two threads and got 74% of the items' codes different from GAMER's one-thread table)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def load_sid_table(path: str | Path) -> SIDTable:
