@@ -99,3 +99,19 @@ def artifact(tmp_path_factory):
                          mim=MIMConfig(), max_len=30, epochs=1, max_steps=3, batch_size=16, probe_rows=8)
     return pretrain_sessions(seqs, int(np.quantile(seqs.timestamps, 0.8)), cfg, tmp_path_factory.mktemp("s1") / "a",
                              num_items=V)
+
+
+def toy_ctr_benchmark(tmp_path: Path) -> tuple[Path, Path]:
+    """(prepared toy CTR dataset folder, a one-epoch toy HSTU-ranker recipe) for the ``benchmarks/ctr.py`` tests."""
+    import yaml
+
+    from genrec.data.schema import write_dataset
+
+    ds = make_ctr_toy()
+    data = write_dataset(tmp_path / "ctr-toy", ds.interactions, ds.items, ds.manifest)
+    recipe = tmp_path / "toy-ranker.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"name": "hstu_ranker", "d_model": 16, "num_layers": 1, "num_heads": 1},
+        "data": {"max_len": 16}, "ranking": {"labels": "ratings"},
+        "train": {"epochs": 1, "batch_size": 64, "tensorboard": False, "patience": 0, "num_threads": 1}}))
+    return Path(data), recipe

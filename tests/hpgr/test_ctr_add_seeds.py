@@ -6,11 +6,9 @@ import json
 import sys
 
 import pytest
-import yaml
 
-from genrec.data.schema import write_dataset
 from tests.conftest import load_benchmark
-from tests.hpgr.conftest import make_ctr_toy
+from tests.hpgr.conftest import toy_ctr_benchmark
 
 
 def test_ctr_seeds_added_later_equal_one_run(tmp_path, monkeypatch):
@@ -18,13 +16,7 @@ def test_ctr_seeds_added_later_equal_one_run(tmp_path, monkeypatch):
     import common
 
     monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
-    ds = make_ctr_toy()
-    data = write_dataset(tmp_path / "ctr-toy", ds.interactions, ds.items, ds.manifest)
-    recipe = tmp_path / "toy-ranker.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "model": {"name": "hstu_ranker", "d_model": 16, "num_layers": 1, "num_heads": 1},
-        "data": {"max_len": 16}, "ranking": {"labels": "ratings"},
-        "train": {"epochs": 1, "batch_size": 64, "tensorboard": False, "patience": 0, "num_threads": 1}}))
+    data, recipe = toy_ctr_benchmark(tmp_path)
 
     def run(runs: str, *extra: str) -> dict:
         monkeypatch.setattr(sys, "argv", ["benchmarks/ctr.py", "--recipe", str(recipe), "--data", str(data),
