@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -28,8 +27,8 @@ from repeat_breakdown import shown_command  # noqa: E402
 from genrec.errors import GenrecError  # noqa: E402
 from genrec.eval.ranking import predict_impressions, ranking_metrics  # noqa: E402
 from genrec.models.base import RANKER  # noqa: E402
+from genrec.nn.precision import torch_threads  # noqa: E402
 from genrec.runs.open import open_run  # noqa: E402
-from genrec.runs.ranking_data import build_ranking_data, impression_features  # noqa: E402
 
 METRICS = ("auc", "gauc", "logloss")
 
@@ -49,13 +48,11 @@ def from_run(run_dir: Path, cuts: list[int]) -> dict[str, Any]:
     run = open_run(run_dir)
     if run.kind != RANKER:
         raise GenrecError(f"{run_dir}: a {run.kind} run; this script reads ranker runs (benchmarks/ctr.py)")
-    cfg, model = run.cfg, run.model
-    torch.set_num_threads(max(1, cfg.train.num_threads or 1))
-    data = build_ranking_data(cfg, run.dataset)
-    features = impression_features(run.dataset, data) if model.needs_features else None
+    cfg, model, data = run.cfg, run.model, run.data
     idx = data.part("test")
-    logits = predict_impressions(model, data, idx, cfg.data.max_len, cfg.ranking.eval_batch_size, features,
-                                 packed=cfg.train.packed and model.packs)
+    with torch_threads(cfg.train.num_threads):  # scored as at the end of training
+        logits = predict_impressions(model, data, idx, cfg.data.max_len, cfg.ranking.eval_batch_size, run.features,
+                                     packed=cfg.train.packed and model.packs)
     labels, users = data.imps.label[idx], data.imps.user_id[idx]
     history = data.imps.history_lengths[idx]
     rows = {}

@@ -48,5 +48,6 @@ def main() -> None:
                 kept = torch.cat([(model.column_weights(b, c[:, 0]) > 0).sum(1).float() for b, c in chunks])  # (S,)
                 print(f"{k:>4} {s:>6.1f} {kept.mean():>13.1f} {(kept / lengths).mean():>10.0%}")
 
+
 if __name__ == "__main__":
     main()
