@@ -8,7 +8,7 @@ from tests.conftest import load_benchmark
 
 def test_dense_and_pgsa_time_the_same_weights_and_differ_only_in_attention():
     bench = load_benchmark("pgsa_step")
-    args = bench.argparse.Namespace(d=16, layers=1, heads=2, k=2, sigma=1.0, items=50, batch=2)
+    args = bench.argparse.Namespace(d=16, layers=1, heads=2, k=2, sigma=1.0, items=50, batch=2, device="cpu")
     states = []
     for pgsa in (False, True):
         torch.manual_seed(0)
