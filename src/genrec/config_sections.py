@@ -87,6 +87,10 @@ class TrainConfig(OptimConfig):
     # and its evaluation packs too); equal to the padded path up to float rounding, dropout masks drawn in the
     # packed shape (BENCHMARKS.md 13)
     packed: bool = False
+    # packed attention at long histories: MB of one head's fp32 scores per length group; groups are cut to fit and
+    # their attention is recomputed in the backward pass instead of stored (genrec.nn.jagged), so a dense ranker at
+    # N = 2,048 trains in a few GB; 0 = off (every group's scores kept, as before)
+    attention_budget_mb: float = 0.0
     num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default
     progress: bool = True  # progress bar / plain progress lines (the per-epoch lines stay)
     tensorboard: bool = True  # also log to RUN_DIR/tb/ (metrics.jsonl is always written)

@@ -23,6 +23,7 @@ from genrec.eval.ranking import ranker_results
 from genrec.eval.record import check_split
 from genrec.eval.retrieval import retrieval_results
 from genrec.models.base import GENERATOR, RANKER, RETRIEVER
+from genrec.nn.jagged import attention_budget
 from genrec.nn.precision import torch_threads
 from genrec.runs.checkpoint import summary_of
 from genrec.runs.kinds import MULTI_BEHAVIOR
@@ -54,7 +55,8 @@ def evaluate_run(run: str | Path | LoadedRun, which: str = "test", *, exclude_hi
         raise ConfigError(f"repeat_breakdown: only multi-behavior runs split their targets ({loaded.run_dir} is a "
                           f"{loaded.kind} run)")
     evaluator = partial(_multi_behavior, repeat_breakdown=True) if repeat_breakdown else EVALUATORS[loaded.kind]
-    with torch_threads(loaded.cfg.train.num_threads):  # as at the end of training
+    # as at the end of training
+    with torch_threads(loaded.cfg.train.num_threads), attention_budget(loaded.cfg.train.attention_budget_mb):
         res = evaluator(loaded, which, exclude_history, constrained)
     res["train"] = summary_of(loaded.state)
     return res

@@ -12,20 +12,45 @@ padding query rows, whose outputs are dropped and get no gradient. The rankers p
 by its candidates and pass one mask per group instead: ``hstu_ranker`` and ``hpgr`` the M-FALCON mask at the real
 tokens (:func:`target_aware_masks`: a candidate reads the history and itself, never another candidate), MTGR its
 dynamic mask built on each group's layout.
+
+Long histories (an HPGR ranker with dense attention at N = 2,048) make a group's (G, h, Lg, Lg) scores the whole
+memory bill. Inside :func:`attention_budget` a group's score plane ``G * Lg * Lg`` stays under the budget (groups
+are cut by size as well as by padding) and, while gradients are recorded, each group's attention is recomputed in
+the backward pass instead of stored (``torch.utils.checkpoint``, dropout masks replayed): memory then follows one
+group, not the batch, for about one more attention forward per step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from genrec.nn.attention import hstu_pointwise_attention
 
 MAX_PADDING = 0.05  # a group is cut where its padding would pass this share (as the evaluation's query batches)
+# score elements G * Lg * Lg allowed per length group (one head), 0 = no limit and no recomputation
+_BUDGET: ContextVar[int] = ContextVar("genrec_attention_budget", default=0)
+
+
+@contextmanager
+def attention_budget(mb: float) -> Iterator[None]:
+    """Within: packed attention keeps each length group's one-head fp32 score plane under ``mb`` MB and recomputes
+    it in the backward pass (module doc); ``mb = 0`` leaves everything as it is. A row longer than the budget
+    allows forms a group of its own."""
+    if mb < 0:
+        raise ValueError(f"attention_budget: mb must be >= 0 (got {mb})")
+    token = _BUDGET.set(int(mb * 2**20 / 4))
+    try:
+        yield
+    finally:
+        _BUDGET.reset(token)
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,7 +89,7 @@ class Packing:
         row_of = np.repeat(np.arange(len(lens)), lens)  # (T,)
         pos = np.arange(int(offsets[-1])) - offsets[row_of]  # (T,)
         groups, gather, back, base = [], [], np.zeros(int(offsets[-1]), np.int64), 0
-        for rows in length_groups(lens, max_padding):
+        for rows in length_groups(lens, max_padding, _BUDGET.get()):
             w = int(lens[rows[0]])
             col = np.arange(w)[None, :]  # (1, Lg)
             real = col < lens[rows][:, None]  # (G, Lg)
@@ -103,10 +128,12 @@ class Packing:
 
     def per_group(self, fn: Callable[[int, LengthGroup, list[torch.Tensor]], torch.Tensor],
                   *xs: torch.Tensor) -> torch.Tensor:
-        """Run ``fn(i, group, [x padded (G, Lg, ...) for x in xs]) -> (G, Lg, W)`` on every group; (T, W) back."""
+        """Run ``fn(i, group, [x padded (G, Lg, ...) for x in xs]) -> (G, Lg, W)`` on every group; (T, W) back.
+        Inside :func:`attention_budget`, with gradients on, each call is recomputed in the backward pass."""
         outs = []
+        recompute = _BUDGET.get() > 0 and torch.is_grad_enabled()
         for i, (g, laid) in enumerate(zip(self.groups, self.laid_out(*xs))):
-            o = fn(i, g, laid)  # (G, Lg, W)
+            o = checkpoint(fn, i, g, laid, use_reentrant=False) if recompute else fn(i, g, laid)  # (G, Lg, W)
             outs.append(o.reshape(-1, o.shape[-1]))  # (G*Lg, W)
         return (outs[0] if len(outs) == 1 else torch.cat(outs)).index_select(0, self.back)  # (T, W)
 
@@ -115,15 +142,17 @@ class Packing:
         return 1 - self.num_tokens / len(self.gather)
 
 
-def length_groups(lengths: np.ndarray, max_padding: float = MAX_PADDING) -> list[np.ndarray]:
-    """Rows (B,) sorted longest first and cut greedily where a group's padding would pass ``max_padding``;
-    empty rows join no group. Adding a shorter row only lowers a group's fill, so the greedy cut is exact."""
+def length_groups(lengths: np.ndarray, max_padding: float = MAX_PADDING, max_elems: int = 0) -> list[np.ndarray]:
+    """Rows (B,) sorted longest first and cut greedily where a group's padding would pass ``max_padding`` or
+    (``max_elems`` > 0) its score plane G * Lg * Lg would pass ``max_elems``; empty rows join no group. Adding a
+    shorter row only lowers a group's fill, so the greedy cut is exact."""
     order = np.argsort(-lengths, kind="stable")
     order = order[lengths[order] > 0]
     groups, start, total = [], 0, 0
     for i, r in enumerate(order):
-        n = int(lengths[r])
-        if i > start and (total + n) < (1 - max_padding) * (i - start + 1) * int(lengths[order[start]]):
+        n, width = int(lengths[r]), int(lengths[order[start]])
+        too_big = max_elems > 0 and (i - start + 1) * width * width > max_elems
+        if i > start and ((total + n) < (1 - max_padding) * (i - start + 1) * width or too_big):
             groups.append(order[start:i])
             start, total = i, 0
         total += n

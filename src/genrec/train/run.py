@@ -16,6 +16,7 @@ from genrec.errors import ConfigError, GenrecError
 from genrec.eval.retrieval import score_histories
 from genrec.models.base import GENERATOR, MULTI_BEHAVIOR, RANKER, RETRIEVER
 from genrec.models.registry import get_model_class
+from genrec.nn.jagged import attention_budget
 from genrec.runs.kinds import config_kind
 from genrec.runs.layout import SID_DIR
 from genrec.runs.open import LoadedRun, open_run  # noqa: F401 (re-exported: train.rerank, benchmarks)
@@ -40,7 +41,8 @@ def train_run(cfg: RunConfig, out: str | Path, resume: bool = True, dataset: Dat
     Returns the results record (also written to ``RUN_DIR/results/test.json``). Under ``torchrun`` every
     process returns once the main one has written it (the process group is then closed).
     """
-    res = _train_any(cfg, out, resume, dataset)
+    with attention_budget(cfg.train.attention_budget_mb):  # stage 1, training and the test all under it
+        res = _train_any(cfg, out, resume, dataset)
     dist_utils.finish()
     return res
 
