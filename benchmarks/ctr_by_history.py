@@ -27,6 +27,7 @@ from repeat_breakdown import shown_command  # noqa: E402
 from genrec.errors import GenrecError  # noqa: E402
 from genrec.eval.ranking import predict_impressions, ranking_metrics  # noqa: E402
 from genrec.models.base import RANKER  # noqa: E402
+from genrec.nn.jagged import attention_budget  # noqa: E402
 from genrec.nn.precision import torch_threads  # noqa: E402
 from genrec.runs.open import open_run  # noqa: E402
 
@@ -50,7 +51,8 @@ def from_run(run_dir: Path, cuts: list[int]) -> dict[str, Any]:
         raise GenrecError(f"{run_dir}: a {run.kind} run; this script reads ranker runs (benchmarks/ctr.py)")
     cfg, model, data = run.cfg, run.model, run.data
     idx = data.part("test")
-    with torch_threads(cfg.train.num_threads):  # scored as at the end of training
+    # scored as at the end of training
+    with torch_threads(cfg.train.num_threads), attention_budget(cfg.train.attention_budget_mb):
         logits = predict_impressions(model, data, idx, cfg.data.max_len, cfg.ranking.eval_batch_size, run.features,
                                      packed=cfg.train.packed and model.packs)
     labels, users = data.imps.label[idx], data.imps.user_id[idx]
