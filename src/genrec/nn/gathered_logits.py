@@ -31,7 +31,7 @@ def _sparse_csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, siz
 
 class _GatheredLogits(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, states: torch.Tensor, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    def forward(ctx, states: torch.Tensor, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(states, table, ids)
         out = states.new_empty(ids.shape)  # (T, R)
         for i in range(0, ids.shape[0], CHUNK):
@@ -39,7 +39,7 @@ class _GatheredLogits(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:  # noqa: ANN001
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
         states, table, ids = ctx.saved_tensors
         (T, R), N = ids.shape, table.shape[0]
         flat, g = ids.reshape(-1), grad.contiguous().reshape(-1)  # (T*R,) each

@@ -46,7 +46,7 @@ def attention_budget(mb: float) -> Iterator[None]:
     allows forms a group of its own."""
     if mb < 0:
         raise ValueError(f"attention_budget: mb must be >= 0 (got {mb})")
-    token = _BUDGET.set(int(mb * 2**20 / 4))
+    token = _BUDGET.set(max(1, int(mb * 2**20 / 4)) if mb > 0 else 0)  # fp32 elements; any budget > 0 is on
     try:
         yield
     finally:
