@@ -23,6 +23,14 @@ def gathered_logits(states: torch.Tensor, table: torch.Tensor, ids: torch.Tensor
     return _GatheredLogits.apply(states, table, ids)
 
 
+def dense_gathered_logits(states: torch.Tensor, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """The same (T, R) logits through dense ops (CUDA and autocast, where they are fast; the benchmark's baseline):
+    one (T, N) product read back where the catalogue is small (N <= R * D), else the (T, R, D) gathered vectors."""
+    if table.shape[0] <= ids.shape[1] * states.shape[1]:
+        return (states @ table.T).gather(1, ids)  # (T, N) -> (T, R)
+    return torch.einsum("td,trd->tr", states, table[ids])
+
+
 def _sparse_csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     with warnings.catch_warnings():  # torch marks sparse CSR as beta; the product used here is long-standing
         warnings.simplefilter("ignore", UserWarning)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from genrec.config import ObjectiveConfig
 from genrec.errors import ConfigError
 from genrec.models.base import Retriever
-from genrec.nn.gathered_logits import gathered_logits
+from genrec.nn.gathered_logits import dense_gathered_logits, gathered_logits
 
 MASKED_LOGIT = -5e4  # a sampled negative equal to the positive is pushed out of the softmax
 
@@ -56,13 +56,9 @@ class SampledSoftmax:
             hit = positives[:, None] == neg[None, :]
         else:
             neg = torch.randint(1, n + 1, (T, self.R), generator=generator, device="cpu").to(states.device)
-            if states.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and self.gathered_on_cpu:
-                neg_logit = gathered_logits(states, model.item_table(), neg) / self.tau  # (T, R), blocks + sparse
-            elif n + 1 <= self.R * states.shape[1]:  # small catalogue: one matmul beats gathering (T, R, D) vectors
-                neg_logit = (states @ model.item_table().T).gather(1, neg) / self.tau  # (T, N+1) -> (T, R)
-            else:
-                neg_v = model.item_vectors(neg)  # (T, R, D)
-                neg_logit = torch.einsum("td,trd->tr", states, neg_v) / self.tau
+            blocked = states.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and self.gathered_on_cpu
+            logits_of = gathered_logits if blocked else dense_gathered_logits
+            neg_logit = logits_of(states, model.item_table(), neg) / self.tau  # (T, R)
             hit = positives[:, None] == neg
         neg_logit = neg_logit.masked_fill(hit, MASKED_LOGIT)
         parts = [pos_logit, neg_logit] if history_logit is None else [pos_logit, neg_logit, history_logit / self.tau]
