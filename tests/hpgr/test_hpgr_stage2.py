@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from genrec.data.sequences import SeqBatch
 from genrec.data.sessions import sessionize
@@ -220,6 +221,32 @@ def test_frozen_sem_adds_session_aware_inputs(artifact):
     mean_bce(model, batch, cands, torch.ones(5, 2)).backward()
     assert model.sem_proj.weight.grad is not None
     assert all(p.grad is None and not p.requires_grad for p in model.sem.parameters())
+
+
+def test_sem_relevance_reads_the_session_context(artifact):
+    """relevance="sem": r_j = cos(Ê[c], u_j) with u_j the frozen SEM's event vector, so moving event 0 into
+    another session changes what PGSA keeps for the same items, while the table relevance stays put."""
+    torch.manual_seed(0)
+    model = _from_artifact(artifact, use_sem=True, relevance="sem")
+    table = _from_artifact(artifact, use_sem=True)
+    batch = _batch(seed=4, full=True)
+    cands = torch.randint(1, V + 1, (5,))
+    model.eval()
+    with torch.no_grad():
+        u = F.normalize(model.sem_features(batch), dim=-1)  # (B, N, Dp)
+        e = F.normalize(model.relevance_source(), dim=-1)[cands]  # (B, Dp)
+        assert torch.allclose(model.relevance(batch, cands), torch.einsum("bnd,bd->bn", u, e), atol=1e-6)
+        assert not torch.allclose(model.relevance(batch, cands), table.relevance(batch, cands), atol=1e-3)
+        moved = SeqBatch(items=batch.items, timestamps=batch.timestamps.clone(), lengths=batch.lengths,
+                         query_time=batch.query_time)
+        moved.timestamps[:, 1:] += 10 ** 7  # event 0 alone in its session, every other event unchanged
+        assert not torch.allclose(model.relevance(moved, cands)[:, 0], model.relevance(batch, cands)[:, 0])
+        assert torch.equal(table.relevance(moved, cands), table.relevance(batch, cands))
+        assert model.score(batch, cands[:, None]).shape == (5, 1)
+    with pytest.raises(ConfigError, match="model.relevance='sem'"):
+        _from_artifact(artifact, use_sem=False, relevance="sem")
+    with pytest.raises(ConfigError, match="model.relevance must be one of"):
+        HPGRRanker(_cfg(relevance="items"), num_items=V, max_len=24)
 
 
 def test_fit_table_keeps_dot_products():

@@ -144,6 +144,17 @@ def test_finetune_gets_the_artifact(tmp_path, monkeypatch):
                    tmp_path / "x", dataset=base)
 
 
+@pytest.mark.parametrize("model,match", [({"relevance": "items"}, "model.relevance must be one of"),
+                                         ({"relevance": "sem", "use_sem": False}, "model.relevance='sem'"),
+                                         ({"top_k": 0}, "top_k >= 1")])
+def test_a_bad_model_key_fails_before_stage_one(tmp_path, model, match):
+    """The fine-tuning model's own checks run before pre-training, which can take an hour at real size."""
+    with pytest.raises(ConfigError, match=match):
+        run_stages(_cfg(["pretrain", "finetune"], **model), tmp_path, dataset=_dataset())
+    assert not (tmp_path / "pretrain").exists()
+    run_stages(_cfg(["pretrain"], relevance="sem"), tmp_path / "s1", dataset=_dataset())  # sem + stage 1: fine
+
+
 def test_two_stages_end_to_end(tmp_path):
     tiny = _dataset()
     base = load_dataset(write_dataset(tmp_path / "data", tiny.interactions, tiny.items, tiny.manifest))

@@ -102,11 +102,11 @@ def test_packed_logits_and_gradients_equal_the_padded_path(name, lengths, C):
     assert_packed_equals_padded(model, batch, cands, {"features": feats} if name in FEATURES else {})
 
 
-@pytest.mark.parametrize("pgsa", [True, False])
-def test_packed_hpgr_with_the_frozen_sem_equals_the_padded_path(artifact, pgsa):
+@pytest.mark.parametrize("pgsa,relevance", [(True, "table"), (False, "table"), (True, "sem")])
+def test_packed_hpgr_with_the_frozen_sem_equals_the_padded_path(artifact, pgsa, relevance):
     torch.manual_seed(0)
     model = HPGRRanker(HPGRRanker.Config(**OFF, top_k=3, sigma=1.0, pgsa=pgsa, pretrained=str(artifact),
-                                         stage1=stage1_record(read_meta(artifact))), V, MAX_LEN)
+                                         stage1=stage1_record(read_meta(artifact)), relevance=relevance), V, MAX_LEN)
     assert apply_pretrained(model) == 1 and model.sem is not None
     with torch.no_grad():
         model.sem_proj.weight.normal_(0, 0.1)  # W_sem starts at 0: make the SEM's inputs count

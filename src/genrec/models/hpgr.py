@@ -97,6 +97,9 @@ def _per_candidate(batch: SeqBatch, candidates: torch.Tensor) -> tuple[SeqBatch,
     return flat, candidates.reshape(-1, 1)
 
 
+RELEVANCE = ("table", "sem")  # model.relevance: what the candidate is compared with (see HPGRRanker.relevance)
+
+
 class _PacksWith:
     """``packs`` as its settings decide (the model's, or the class defaults'), as a ``ConfigCapability``: the dense
     ranker (``pgsa=false``) and PGSA's gathered all-rows layers have a packed path, the other PGSA variants not."""
@@ -134,17 +137,26 @@ class HPGRRanker(HSTURanker):
         rows: str = "all"  # "all" rows sparse, or "candidate" row only (cheap variant)
         freeze_relevance: bool = True  # relevance from the frozen pre-trained table
         use_sem: bool = True  # add the frozen pre-trained SEM's session-aware event vectors (needs pretrained)
+        relevance: str = "table"  # r_j from <Ê[c], Ê[i_j]> ("table"), or <Ê[c], u_j>: SEM event vectors ("sem")
 
-    def __init__(self, cfg: Config, num_items: int, max_len: int) -> None:
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        """The option checks that need no data, so a two-stage run refuses a bad value before stage 1."""
         for name, value, options in (("impl", cfg.impl, IMPLS), ("rows", cfg.rows, ROWS),
-                                     ("window", cfg.window, WINDOWS)):
+                                     ("window", cfg.window, WINDOWS), ("relevance", cfg.relevance, RELEVANCE)):
             if value not in options:
                 raise ConfigError(f"hpgr: model.{name} must be one of {list(options)}, got {value!r}")
         if cfg.top_k < 1 or cfg.sigma < 0 or not 0 < cfg.eps < 1:
             raise ConfigError(f"hpgr: need model.top_k >= 1, sigma >= 0, 0 < eps < 1 "
                               f"(got {cfg.top_k}, {cfg.sigma}, {cfg.eps})")
+        if cfg.relevance == "sem" and not (cfg.pretrained and cfg.use_sem):
+            raise ConfigError("hpgr: model.relevance='sem' reads the pre-trained SEM's event vectors; it needs "
+                              "model.pretrained (or stages [pretrain, finetune]) and model.use_sem=true")
         if cfg.pgsa and cfg.attn_dropout > 0:
             raise ConfigError("hpgr: PGSA attention has no score dropout; set model.attn_dropout=0")
+
+    def __init__(self, cfg: Config, num_items: int, max_len: int) -> None:
+        self.check_config(cfg)
         super().__init__(cfg, num_items, max_len)
         self.cfg: HPGRRanker.Config = cfg
         self.sem: SessionEncoder | None = None
@@ -198,15 +210,25 @@ class HPGRRanker(HSTURanker):
             return self.sem.item_emb.weight if self.sem is not None else self.relevance_table
         return self.item_emb.weight.detach()
 
-    def relevance(self, batch: SeqBatch, candidates: torch.Tensor) -> torch.Tensor:
-        """(B, N) relevance of each history item to the candidate (B,); -inf on padding; no gradient."""
-        return pgsa_relevance(self.relevance_source(), candidates, batch.items, batch.lengths).detach()
+    def relevance(self, batch: SeqBatch, candidates: torch.Tensor, sem: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N) relevance of each history item to the candidate (B,); -inf on padding; no gradient.
 
-    def column_weights(self, batch: SeqBatch, candidates: torch.Tensor) -> torch.Tensor:
-        """(B, N) PGSA column weights for one candidate (B,) per row."""
+        ``relevance="sem"`` scores the candidate's pre-trained vector against the SEM's event vector u_j instead
+        of the event's own item vector: MIM trained u_j to predict an item from its session, so the same item
+        read in two sessions can rank differently (spec §5.4 #8). ``sem``: the (B, N, Dp) event vectors, if at hand.
+        """
+        vectors = None
+        if self.cfg.relevance == "sem":
+            vectors = self.sem_features(batch) if sem is None else sem  # (B, N, Dp)
+        return pgsa_relevance(self.relevance_source(), candidates, batch.items, batch.lengths,
+                              history_vectors=vectors).detach()
+
+    def column_weights(self, batch: SeqBatch, candidates: torch.Tensor, sem: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """(B, N) PGSA column weights for one candidate (B,) per row (``sem``: as :meth:`relevance`)."""
         c = self.cfg
-        return pgsa_weights(self.relevance(batch, candidates), batch.lengths, c.top_k, c.sigma, c.eps, c.window,
-                            c.sigma_r)
+        return pgsa_weights(self.relevance(batch, candidates, sem), batch.lengths, c.top_k, c.sigma, c.eps,
+                            c.window, c.sigma_r)
 
     @torch.no_grad()
     def sem_features(self, batch: SeqBatch, packed: bool = False) -> torch.Tensor:
@@ -250,16 +272,16 @@ class HPGRRanker(HSTURanker):
         B, N = batch.items.shape
         C = candidates.shape[1]
         flat, cand = _per_candidate(batch, candidates)  # (B*C, N), (B*C, 1): the mask depends on the candidate
-        w = self.column_weights(flat, cand[:, 0])  # (B*C, N)
+        sem = None
+        if self.sem is not None:
+            sem = self.sem_features(batch)  # (B, N, Dp), once per user, not per candidate
+            sem = sem.repeat_interleave(C, dim=0) if C > 1 else sem
+        w = self.column_weights(flat, cand[:, 0], sem)  # (B*C, N)
         flat_features = per_candidate_rows(features, C)  # (B*C, 1) each, as the candidates
         if cfg.impl == "dense":
             if cfg.rows == "candidate":  # history rows are candidate-free: one shared pass
                 return super().candidate_outputs(batch, candidates, w.view(B, C, N), features)
             return super().candidate_outputs(flat, cand, w, flat_features).reshape(B, C, -1)
-        sem = None
-        if self.sem is not None:
-            sem = self.sem_features(batch)  # (B, N, Dp), once per user, not per candidate
-            sem = sem.repeat_interleave(C, dim=0) if C > 1 else sem
         x, real = self.embed(flat, cand, sem, flat_features)  # (B*C, N+1, D)
         if cfg.rows == "candidate":
             attention = PGSAAttention(w, flat.lengths, self.max_len, "candidate", "gather")
@@ -305,11 +327,11 @@ class HPGRRanker(HSTURanker):
         B, N = batch.items.shape
         C = candidates.shape[1]
         flat, cand = _per_candidate(batch, candidates)  # (B*C, N), (B*C, 1)
-        w = self.column_weights(flat, cand[:, 0])  # (B*C, N)
         sem = None
         if self.sem is not None:
             sem = self.sem_features(batch, packed=True)  # (B, N, Dp), once per user
             sem = sem.repeat_interleave(C, dim=0) if C > 1 else sem
+        w = self.column_weights(flat, cand[:, 0], sem)  # (B*C, N)
         keep = w > 0
         kept = keep.sum(1)  # (B*C,)
         packing = Packing.of(kept + 1, N + 1)  # tokens per pass: its kept columns, then its candidate

@@ -49,3 +49,16 @@ def build_model(params: dict[str, Any], num_items: int, max_len: int):
     cls = get_model_class(name)
     cfg = model_config(name, params)
     return cls(cfg, num_items=num_items, max_len=max_len)
+
+
+def check_model_config(params: dict[str, Any]) -> None:
+    """Refuse a ``model:`` section before any work: its keys and types (the ``Config`` dataclass), then the class's
+    own data-free checks (``check_config``, where a model has one)."""
+    params = dict(params)
+    name = params.pop("name", None)
+    if name is None:
+        raise ConfigError("model: missing 'name'")
+    cfg = model_config(name, params)
+    check = getattr(get_model_class(name), "check_config", None)
+    if check is not None:
+        check(cfg)

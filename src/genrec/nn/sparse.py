@@ -59,18 +59,19 @@ class PGSAConfig:
 
 def pgsa_relevance(
     table: torch.Tensor, candidates: torch.Tensor, history: torch.Tensor, lengths: torch.Tensor,
-    normalize: bool = True,
+    normalize: bool = True, history_vectors: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """r_j = <E[c], E[i_j]> from a frozen table, -inf on padding.
 
     The table is detached: selection must not move with the fine-tuned embeddings (spec §5.4 row 7).
     table: (V, D); candidates: (B,); history: (B, N) item ids; lengths: (B,). Returns (B, N).
+    ``history_vectors`` (B, N, D) replaces E[i_j] (HPGR's SEM event vectors, spec §5.4 #8).
     """
     table = table.detach()
+    h = table[history] if history_vectors is None else history_vectors.detach()  # (B, N, D)
     if normalize:
-        table = F.normalize(table, dim=-1, eps=1e-6)
+        table, h = F.normalize(table, dim=-1, eps=1e-6), F.normalize(h, dim=-1, eps=1e-6)
     c = table[candidates]  # (B, D)
-    h = table[history]  # (B, N, D)
     r = torch.einsum("bd,bnd->bn", c, h)  # (B, N)
     valid = torch.arange(history.shape[1], device=history.device)[None, :] < lengths[:, None]
     return r.masked_fill(~valid, float("-inf"))

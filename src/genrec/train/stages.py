@@ -42,7 +42,7 @@ from genrec.errors import ConfigError
 from genrec.io import write_json_atomic
 from genrec.models.base import RETRIEVER
 from genrec.models.pretrained import FORMAT, META_FILE
-from genrec.models.registry import get_model_class
+from genrec.models.registry import check_model_config, get_model_class
 from genrec.train.base import resolve_device
 from genrec.train.pretrain import PretrainConfig, cutoff_record, parse_pretrain_config, pretrain_run
 from genrec.train.trainer import train_retriever_run
@@ -134,6 +134,8 @@ def run_stages(cfg: RunConfig, out: str | Path, resume: bool = True, dataset: Da
         if "pretrained" not in fields:
             raise ConfigError(f"stages: model '{cfg.model['name']}' has no 'pretrained' setting to fine-tune from; "
                               "use model.name=hpgr, hstu or sasrec, or stages: [pretrain]")
+    if "finetune" in stages:  # a bad model key fails now, not after stage 1's hour
+        check_model_config({**cfg.model, "pretrained": str(art)} if "pretrain" in stages else cfg.model)
     dataset = dataset if dataset is not None else load_data(cfg.data)
     record: dict[str, Any] = {"stages": stages}
     if "pretrain" in stages:
