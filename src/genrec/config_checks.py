@@ -103,7 +103,7 @@ RULES: dict[str, Rule] = {
     "sid.quantizer": one_of("rqvae", "rqkmeans"), "sid.levels": at_least(1), "sid.codebook_size": at_least(1),
     "sid.first_codebook_size": at_least(0), "sid.rqvae_epochs": at_least(0), "sid.seed": SEED,
     "generator.warmup_steps": at_least(0), "generator.linear_warmup_steps": at_least(0),
-    "generator.beam_size": at_least(1), "generator.constrained": BOOL, "generator.valid_max_queries": at_least(0),
+    "generator.beam_size": at_least(1), "generator.train_last": at_least(0), "generator.constrained": BOOL, "generator.valid_max_queries": at_least(0),
     "generator.test_other_decoding": BOOL, "generator.rescore_history": at_least(0),
     "multibehavior.session_gap": at_least(0), "multibehavior.behavior_order": NAMES,
     "multibehavior.min_history": at_least(0), "multibehavior.augment": at_least(0),

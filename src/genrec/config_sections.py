@@ -174,6 +174,7 @@ class GeneratorConfig:
     beam_size: int = 20  # validation/test beam width = the longest ranked list (spec A-T3)
     constrained: bool = True  # trie-constrained decoding for validation and test
     valid_max_queries: int = 0  # 0 = every validation query; else a fixed seeded subset (for slow machines)
+    train_last: int = 0  # 0 = train on every prefix (TIGER); N = each user's N most recent training targets only
     test_other_decoding: bool = True  # also decode the test split the other way (free vs constrained) and record it
     # multi-behavior evaluation (GAMER and its generator baselines): also score the user's N most recent distinct
     # history items (inside the candidates) exactly and merge them into the beam's list; 0 = the beam alone

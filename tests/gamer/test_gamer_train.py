@@ -11,7 +11,7 @@ import torch
 
 from genrec.config import config_from_dict
 from genrec.data.multibehavior import MultiBehaviorConfig
-from genrec.errors import CheckpointError
+from genrec.errors import CheckpointError, ConfigError
 from genrec.eval.multibehavior import merge_behaviors, multi_target_metrics
 from genrec.nn.optim import cosine_lr
 from genrec.train.gamer import GamerTrainer
@@ -91,6 +91,10 @@ def test_resume_is_exact_and_a_run_folder_keeps_its_settings(tmp_path):
         assert torch.equal(a, b), name
     with pytest.raises(CheckpointError, match="multibehavior"):
         GamerTrainer(_cfg(epochs=2), tmp_path / "b", ds, toy_table(), MultiBehaviorConfig(session_gap=1800))
+    bad = _cfg(epochs=2)
+    bad.generator.train_last = 5  # a next-item-prefix knob GAMER would ignore: refused, not ignored
+    with pytest.raises(ConfigError, match="generator.train_last"):
+        GamerTrainer(bad, tmp_path / "c", ds, toy_table(), opts)
 
 
 def test_command_line_run_writes_a_results_record(tmp_path, capsys):

@@ -29,6 +29,15 @@ def test_examples_are_every_training_prefix(toy_data):
     assert row0.tolist() == list(range(1, int(split.train_end[0])))
 
 
+
+def test_train_last_keeps_each_rows_most_recent_targets():
+    train_end = np.array([0, 1, 2, 5, 9])
+    ex = TrainExamples(train_end, last=3)
+    assert ex.rows.tolist() == [2, 3, 3, 3, 4, 4, 4]
+    assert ex.ends.tolist() == [1, 2, 3, 4, 6, 7, 8]  # targets ends[e] < train_end[row], the newest three
+    full = TrainExamples(train_end)
+    assert len(full) == 1 + 4 + 8 and TrainExamples(train_end, last=100).ends.tolist() == full.ends.tolist()
+
 def test_lr_schedule_constant_then_inverse_sqrt():
     assert inverse_sqrt_lr(0, 0.01, 10_000) == 0.01 and inverse_sqrt_lr(9_999, 0.01, 10_000) == 0.01
     assert inverse_sqrt_lr(39_999, 0.01, 10_000) == pytest.approx(0.005)

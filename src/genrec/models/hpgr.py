@@ -137,7 +137,7 @@ class HPGRRanker(HSTURanker):
         rows: str = "all"  # "all" rows sparse, or "candidate" row only (cheap variant)
         freeze_relevance: bool = True  # relevance from the frozen pre-trained table
         use_sem: bool = True  # add the frozen pre-trained SEM's session-aware event vectors (needs pretrained)
-        relevance: str = "table"  # r_j from <Ê[c], Ê[i_j]> ("table"), or <Ê[c], u_j>: SEM event vectors ("sem")
+        relevance: str = "table"  # r_j from <Ê[c], Ê[i_j]> ("table") or <Ê[c], u_j>, SEM event vectors ("sem", as use_sem)
 
     @classmethod
     def check_config(cls, cfg: Config) -> None:
@@ -149,9 +149,9 @@ class HPGRRanker(HSTURanker):
         if cfg.top_k < 1 or cfg.sigma < 0 or not 0 < cfg.eps < 1:
             raise ConfigError(f"hpgr: need model.top_k >= 1, sigma >= 0, 0 < eps < 1 "
                               f"(got {cfg.top_k}, {cfg.sigma}, {cfg.eps})")
-        if cfg.relevance == "sem" and not (cfg.pretrained and cfg.use_sem):
-            raise ConfigError("hpgr: model.relevance='sem' reads the pre-trained SEM's event vectors; it needs "
-                              "model.pretrained (or stages [pretrain, finetune]) and model.use_sem=true")
+        if cfg.relevance == "sem" and not cfg.use_sem:
+            raise ConfigError("hpgr: model.relevance='sem' reads the frozen SEM's event vectors; it needs "
+                              "model.use_sem=true")
         if cfg.pgsa and cfg.attn_dropout > 0:
             raise ConfigError("hpgr: PGSA attention has no score dropout; set model.attn_dropout=0")
 
@@ -218,7 +218,7 @@ class HPGRRanker(HSTURanker):
         read in two sessions can rank differently (spec §5.4 #8). ``sem``: the (B, N, Dp) event vectors, if at hand.
         """
         vectors = None
-        if self.cfg.relevance == "sem":
+        if self.cfg.relevance == "sem" and self.sem is not None:  # without stage 1 there is no SEM (as use_sem)
             vectors = self.sem_features(batch) if sem is None else sem  # (B, N, Dp)
         return pgsa_relevance(self.relevance_source(), candidates, batch.items, batch.lengths,
                               history_vectors=vectors).detach()

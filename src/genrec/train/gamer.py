@@ -121,6 +121,9 @@ class GamerTrainer(TrainerBase):
                  options: MultiBehaviorConfig | None = None, resume: bool = True) -> None:
         self.opts = options or getattr(cfg, "multibehavior", None) or MultiBehaviorConfig()
         self.opts.check()
+        if cfg.generator.train_last:
+            raise ConfigError("generator.train_last: GAMER trains on whole sessions (multibehavior.train_windows), "
+                              "not on next-item prefixes; leave it at 0")
         super().__init__(cfg, run_dir, dataset, default_metric="valid_loss")
         tc = cfg.train
         self.levels = BehaviorLevels.from_manifest(dataset.manifest, self.opts.behavior_order or None)
