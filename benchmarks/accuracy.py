@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ablation_suffix, shown_config, write_result  # noqa: E402
-from seeds import earlier_record, joined, stamped  # noqa: E402
+from seeds import add_record_options, check_record_target, earlier_record, joined, stamped  # noqa: E402
 
 from genrec.config import load_config  # noqa: E402
 from genrec.errors import GenrecError  # noqa: E402
@@ -89,11 +89,13 @@ def main() -> None:
     ap.add_argument("--add-seeds", action="store_true",
                     help="train only --seeds and join them to the existing record of the same experiment (its "
                          "per-seed rows kept, mean and spread over all), e.g. seed 3 in a later session")
+    add_record_options(ap)
     args = ap.parse_args()
     stem = Path(args.recipe).stem
     for abl in args.ablation:  # glass-ml100k-cpu + glass-ml100k-tiger -> glass-ml100k-cpu+tiger
         stem += "+" + ablation_suffix(Path(args.recipe).stem, Path(abl).stem)
     name = args.name or f"{stem}__{Path(args.data).name}"
+    check_record_target(name, args.seeds, args)
     old = (earlier_record(name, recipe=args.recipe, ablation=" + ".join(args.ablation) or None, overrides=args.set,
                           seeds=args.seeds) if args.add_seeds else None)
     per_seed = []
@@ -133,6 +135,9 @@ def main() -> None:
         m = res["metrics"]
         print(f"seed {seed}: " + " ".join(f"{k}={m[k]:.4f}" for k in ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "mrr")),
               flush=True)
+    if args.no_record:
+        print("--no-record: no record written")
+        return
     config = shown_config(res["config"], args.runs)
     per_seed = (joined(old, per_seed, data_fingerprint=res["data_fingerprint"], protocol=res["protocol"], config=config)
                 if old else stamped(per_seed))

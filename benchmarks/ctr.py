@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import shown_config, shown_path, write_result  # noqa: E402
-from seeds import earlier_record, joined, stamped  # noqa: E402
+from seeds import add_record_options, check_record_target, earlier_record, joined, stamped  # noqa: E402
 
 from genrec.config import load_config  # noqa: E402
 from genrec.data.loading import load_data  # noqa: E402
@@ -59,8 +59,10 @@ def main() -> None:
     ap.add_argument("--add-seeds", action="store_true",
                     help="train only --seeds and join them to the existing record of the same experiment (its "
                          "per-seed rows kept, mean and spread over all), e.g. seed 3 in a later session")
+    add_record_options(ap)
     args = ap.parse_args()
     name = args.name or f"ctr-{Path(args.data).name}-{Path(args.recipe).stem}"
+    check_record_target(name, args.seeds, args)
     old = (earlier_record(name, recipe=args.recipe, ablation=None, overrides=args.set, seeds=args.seeds)
            if args.add_seeds else None)
     dataset = None
@@ -93,6 +95,9 @@ def main() -> None:
             per_seed[-1]["pretrained_from"] = shown_path(art, args.runs)
         m = res["metrics"]
         print(f"seed {seed}: " + " ".join(f"{k}={m[k]:.4f}" for k in METRICS), flush=True)
+    if args.no_record:
+        print("--no-record: no record written")
+        return
     config = shown_config(res["config"], args.runs)
     per_seed = (joined(old, per_seed, data_fingerprint=res["data_fingerprint"], protocol=res["protocol"], config=config)
                 if old else stamped(per_seed))

@@ -32,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from seeds import earlier_record, joined, stamped  # noqa: E402
+from seeds import add_record_options, check_record_target, earlier_record, joined, stamped  # noqa: E402
 
 from genrec.config import apply_overrides, config_from_dict, load_yaml, with_ablation  # noqa: E402
 from genrec.data.schema import load_dataset  # noqa: E402
@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--add-seeds", action="store_true",
                     help="train only --seeds and join them to the existing record of the same experiment (its "
                          "per-seed rows kept, mean and spread over all), e.g. seed 3 in a later session")
+    add_record_options(ap)
     args = ap.parse_args(argv)
     name = args.name or variant_name(args.data, args.recipe, args.ablation)
     raw = load_yaml(args.recipe)
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = name if selection_uses_candidates(first) else folder
     if args.add_seeds and deterministic:
         raise SystemExit(f"--add-seeds: {first.model['name']} is deterministic; its record has one evaluation")
+    check_record_target(name, seeds, args, Path(args.results) if args.results else None)
     old = (earlier_record(name, recipe=args.recipe, ablation=args.ablation, overrides=args.set, seeds=seeds,
                           results=Path(args.results) if args.results else None) if args.add_seeds else None)
     for seed in seeds:
@@ -143,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         m = rows_of(rec)[head]
         print(f"seed {seed}: {head} hit@10={m.get('hit@10', float('nan')):.4f} "
               f"ndcg@10={m.get('ndcg@10', float('nan')):.4f} ({m.get('num_users', 0)} users)", flush=True)
+    if args.no_record:
+        print("--no-record: no record written")
+        return 0
     config = common.shown_config(rec["config"], args.runs)
     if old and old.get("sid_fingerprint") != rec.get("sid_fingerprint"):
         raise SystemExit(f"--add-seeds: SID table {rec.get('sid_fingerprint')} differs from the {name} record's "

@@ -51,6 +51,32 @@ def earlier_record(name: str, *, recipe: str, ablation: Any, overrides: list[str
     return old
 
 
+
+def add_record_options(ap: Any) -> None:
+    """``--replace`` and ``--no-record``, the options every seeded benchmark script shares with ``--add-seeds``."""
+    ap.add_argument("--replace", action="store_true",
+                    help="start the record over although it holds seeds this call does not train")
+    ap.add_argument("--no-record", action="store_true",
+                    help="train (or re-evaluate) the seeds' run folders and write no record: seeds trained apart, "
+                         "on several machines or processes, are recorded by one later call")
+
+
+def check_record_target(name: str, seeds: list[int], args: Any, results: Path | None = None) -> None:
+    """Before any training: refuse a call whose record would replace one that holds seeds it does not train
+    (a record is a 3-seed claim; losing seeds by a typo in --seeds is not an update)."""
+    if args.add_seeds or args.replace or args.no_record:
+        return
+    path = (results or common.RESULTS) / f"{name}.json"
+    try:
+        held = [r["seed"] for r in json.loads(path.read_text()).get("per_seed", [])]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return  # no record (or not one of ours): nothing to lose
+    lost = sorted(set(held) - set(seeds))
+    if lost:
+        raise SystemExit(f"{path.name} holds seed(s) {lost} that --seeds {' '.join(map(str, seeds))} does not "
+                         "train: --add-seeds joins the new seeds to it, --replace starts it over, --name writes "
+                         "another record")
+
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(d, dict):
         out: dict[str, Any] = {}

@@ -32,7 +32,7 @@ def bench(tmp_path, monkeypatch, toy_dir):
 
 def test_added_seeds_give_the_table_of_one_run(bench):
     whole = bench("--seeds", "1", "2", runs="whole")
-    first = bench("--seeds", "1", runs="parts")
+    first = bench("--seeds", "1", "--replace", runs="parts")  # the 2-seed record above starts over
     assert first["seeds"] == [1]
     both = bench("--seeds", "2", "--add-seeds", "--set", "train.num_threads=1", runs="parts")  # operational: allowed
     assert both["seeds"] == [1, 2]
@@ -77,3 +77,21 @@ def test_a_config_that_differs_apart_from_the_seed_is_named():
     rows = seeds.joined(rec, [{"seed": 2, "metrics": {}}], data_fingerprint="abc",
                         protocol={"best_epoch": 9, "split": "loo"}, config=same)
     assert [(r["seed"], r["commit"]) for r in rows][0] == (1, "c0") and rows[1]["commit"]
+
+
+def test_a_record_is_not_replaced_by_fewer_seeds_and_no_record_writes_none(bench, tmp_path):
+    """A call that would drop seeds from a record is refused before training; --replace starts it over; seeds
+    trained apart with --no-record are recorded by one later call (which only re-evaluates their finished runs)."""
+    bench("--seeds", "1", "2")
+    record = tmp_path / "results" / "toy-sasrec__toy.json"
+    before = record.read_bytes()
+    with pytest.raises(SystemExit, match=r"holds seed\(s\) \[1\] that --seeds 2 does not train"):
+        bench("--seeds", "2")
+    assert record.read_bytes() == before
+    assert bench("--seeds", "1", "2")["seeds"] == [1, 2]  # the same seeds again: rewritten, nothing lost
+    assert bench("--seeds", "2", "--replace")["seeds"] == [2]
+    record.unlink()
+    with pytest.raises(FileNotFoundError):
+        bench("--seeds", "3", "--no-record", runs="apart")
+    assert (tmp_path / "apart" / "toy-sasrec__toy-seed3" / "results" / "test.json").exists()
+    assert bench("--seeds", "3", runs="apart")["seeds"] == [3]

@@ -25,7 +25,7 @@ def test_ctr_seeds_added_later_equal_one_run(tmp_path, monkeypatch):
         return json.loads((tmp_path / "results" / "ctr-ctr-toy-toy-ranker.json").read_text())
 
     whole = run("whole", "--seeds", "1", "2")
-    run("parts", "--seeds", "1")
+    run("parts", "--seeds", "1", "--replace")  # the 2-seed record above starts over
     both = run("parts", "--seeds", "2", "--add-seeds")
     assert both["seeds"] == [1, 2] and both["metrics"] == pytest.approx(whole["metrics"])
     assert both["spread"] == pytest.approx(whole["spread"]) and both["spread"]["auc"] > 0
