@@ -151,3 +151,17 @@ def test_bad_gate_settings_are_one_line_config_errors(bad, match):
     with pytest.raises(ConfigError, match=match) as err:
         build_model({**TINY, **bad}, NUM_ITEMS, SHORT)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("over", [{"hard_search": False}, {"hard_search": False, "sid_tier": False},
+                                  {"gate": "fixed"}])
+def test_variants_without_learned_gates_train(over):
+    """The TIGER baseline (no hard search, no SID-Tier), SID-Tier alone and the fixed gate have no gates to
+    penalise: their training logits carry no penalty term (a regression: the -tiger and -tier ablations raised)."""
+    model = tiny_model(seed=2, **over).train()
+    inp, t = batch(model)
+    out = model.sid_logits((inp, t))
+    assert model.gates is None and out.aux is None
+    s, n = next_sid_loss(out)
+    s.backward()
+    assert n == t.numel() and torch.isfinite(s)

@@ -131,6 +131,7 @@ class GLASS(TIGER):
         self.pool_proj = nn.Linear(d, d) if cfg.long_pool else None
         n_dec = cfg.num_decoder_layers
         self.fused = list(range(n_dec)) if cfg.gate_layers == "all" else [n_dec - 1]
+        self.gates: nn.ModuleList | None = None  # learned gates exist with hard search only (and gate "learned")
         if cfg.hard_search:
             self.ret_attn = nn.ModuleList(Attention(d, cfg.num_heads, cfg.head_dim, cfg.dropout) for _ in self.fused)
             self.gates = learned_gates(cfg, len(self.fused)) if cfg.gate == "learned" else None
