@@ -51,7 +51,6 @@ def earlier_record(name: str, *, recipe: str, ablation: Any, overrides: list[str
     return old
 
 
-
 def add_record_options(ap: Any) -> None:
     """``--replace`` and ``--no-record``, the options every seeded benchmark script shares with ``--add-seeds``."""
     ap.add_argument("--replace", action="store_true",
@@ -76,6 +75,7 @@ def check_record_target(name: str, seeds: list[int], args: Any, results: Path | 
         raise SystemExit(f"{path.name} holds seed(s) {lost} that --seeds {' '.join(map(str, seeds))} does not "
                          "train: --add-seeds joins the new seeds to it, --replace starts it over, --name writes "
                          "another record")
+
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(d, dict):

@@ -137,7 +137,7 @@ class HPGRRanker(HSTURanker):
         rows: str = "all"  # "all" rows sparse, or "candidate" row only (cheap variant)
         freeze_relevance: bool = True  # relevance from the frozen pre-trained table
         use_sem: bool = True  # add the frozen pre-trained SEM's session-aware event vectors (needs pretrained)
-        relevance: str = "table"  # r_j from <Ê[c], Ê[i_j]> ("table") or <Ê[c], u_j>, SEM event vectors ("sem", as use_sem)
+        relevance: str = "table"  # r_j by <Ê[c], Ê[i_j]> ("table") or by <Ê[c], u_j> of the SEM ("sem", as use_sem)
 
     @classmethod
     def check_config(cls, cfg: Config) -> None:

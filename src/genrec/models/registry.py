@@ -40,25 +40,25 @@ def model_config(name: str, params: dict[str, Any]) -> Any:
     return dataclass_from_dict(cls.Config, params, "model")
 
 
-def build_model(params: dict[str, Any], num_items: int, max_len: int):
-    """Build a model from the ``model:`` section of a run config (``name`` plus its config keys)."""
+def _parsed(params: dict[str, Any]) -> tuple[type, Any]:
+    """(class, ``Config``) of a ``model:`` section (``name`` plus its config keys), keys and types checked."""
     params = dict(params)
     name = params.pop("name", None)
     if name is None:
         raise ConfigError("model: missing 'name'")
-    cls = get_model_class(name)
-    cfg = model_config(name, params)
+    return get_model_class(name), model_config(name, params)
+
+
+def build_model(params: dict[str, Any], num_items: int, max_len: int):
+    """Build a model from the ``model:`` section of a run config (``name`` plus its config keys)."""
+    cls, cfg = _parsed(params)
     return cls(cfg, num_items=num_items, max_len=max_len)
 
 
 def check_model_config(params: dict[str, Any]) -> None:
     """Refuse a ``model:`` section before any work: its keys and types (the ``Config`` dataclass), then the class's
     own data-free checks (``check_config``, where a model has one)."""
-    params = dict(params)
-    name = params.pop("name", None)
-    if name is None:
-        raise ConfigError("model: missing 'name'")
-    cfg = model_config(name, params)
-    check = getattr(get_model_class(name), "check_config", None)
+    cls, cfg = _parsed(params)
+    check = getattr(cls, "check_config", None)
     if check is not None:
         check(cfg)
